@@ -1,0 +1,12 @@
+//! ScaleDown's model crate: SmolLM2 (Llama) and MiniLM (BERT) in Burn, loaded from the bytes
+//! of their published files, with tokenizers and generation. No file-system or network code,
+//! so that it builds for `wasm32-unknown-unknown` too.
+
+pub mod backend;
+pub mod bert;
+pub mod generation;
+pub mod llama;
+pub mod tokenizer;
+pub mod weights;
+
+pub use burn;

@@ -1,0 +1,15 @@
+//! Llama-family decoder (SmolLM2): config, model, RoPE, KV cache and weight loading.
+
+pub mod cache;
+pub mod config;
+pub mod load;
+pub mod model;
+pub mod rope;
+
+pub use cache::KvCache;
+pub use config::LlamaConfig;
+pub use load::{llama_from_gguf, llama_from_safetensors};
+pub use model::Llama;
+
+#[cfg(test)]
+mod tests;

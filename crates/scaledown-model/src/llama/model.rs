@@ -1,0 +1,204 @@
+//! Llama-family decoder: grouped-query attention, RoPE, RMSNorm, SwiGLU, tied embeddings.
+
+use super::cache::KvCache;
+use super::config::LlamaConfig;
+use super::rope::Rope;
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::prelude::*;
+use burn::tensor::activation::silu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl Attention {
+    /// - x: `[batch, seq, hidden]` at positions `cache.len()..`; returns `[batch, seq, hidden]`.
+    /// - mask: `[batch, 1, seq, past + seq]`, true where a key must not be seen (padding);
+    ///   causality is applied on top.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        layer: usize,
+        cache: &mut KvCache,
+        mask: Option<Tensor<4, Bool>>,
+    ) -> Tensor<3> {
+        let [batch, seq, hidden] = x.dims();
+        let start = cache.len();
+        let heads = |t: Tensor<3>, n: usize| {
+            t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2)
+        };
+        let q = rope.apply(heads(self.q_proj.forward(x.clone()), self.num_heads), start);
+        let k = rope.apply(heads(self.k_proj.forward(x.clone()), self.num_kv_heads), start);
+        let v = heads(self.v_proj.forward(x), self.num_kv_heads);
+        let (k, v) = cache.append(layer, k, v);
+
+        let rep = self.num_heads / self.num_kv_heads;
+        let k = repeat_kv(k, rep);
+        let v = repeat_kv(v, rep);
+        let mask = mask.map(|m| {
+            let [b, _, q_len, k_len] = m.dims();
+            m.expand([b, self.num_heads, q_len, k_len])
+        });
+        let options = AttentionModuleOptions { is_causal: true, ..Default::default() };
+        let out = attention(q, k, v, mask, None, options);
+        self.o_proj.forward(out.swap_dims(1, 2).reshape([batch, seq, hidden]))
+    }
+}
+
+/// `[batch, kv_heads, seq, d]` -> `[batch, kv_heads * rep, seq, d]`; query head h reads kv head h / rep.
+fn repeat_kv(x: Tensor<4>, rep: usize) -> Tensor<4> {
+    if rep == 1 {
+        return x;
+    }
+    let [b, kv, s, d] = x.dims();
+    x.unsqueeze_dim::<5>(2).expand([b, kv, rep, s, d]).reshape([b, kv * rep, s, d])
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    /// SwiGLU: `[.., hidden]` -> `[.., hidden]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Block {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+impl Block {
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        layer: usize,
+        cache: &mut KvCache,
+        mask: Option<Tensor<4, Bool>>,
+    ) -> Tensor<3> {
+        let h = x.clone()
+            + self.self_attn.forward(self.input_layernorm.forward(x), rope, layer, cache, mask);
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Llama {
+    pub embed_tokens: Embedding,
+    pub layers: Vec<Block>,
+    pub norm: RmsNorm,
+    /// None when the output head is tied to `embed_tokens`.
+    pub lm_head: Option<Linear>,
+    pub rope: Rope,
+}
+
+impl LlamaConfig {
+    /// Random weights (for tests and tiny models); real weights come from `llama::load`.
+    pub fn init(&self, device: &Device) -> Llama {
+        let linear = |i, o| LinearConfig::new(i, o).with_bias(false).init(device);
+        let norm = || RmsNormConfig::new(self.hidden_size).with_epsilon(self.rms_norm_eps).init(device);
+        let hd = self.head_dim();
+        let layers = (0..self.num_hidden_layers)
+            .map(|_| Block {
+                input_layernorm: norm(),
+                self_attn: Attention {
+                    q_proj: linear(self.hidden_size, self.num_attention_heads * hd),
+                    k_proj: linear(self.hidden_size, self.num_key_value_heads * hd),
+                    v_proj: linear(self.hidden_size, self.num_key_value_heads * hd),
+                    o_proj: linear(self.num_attention_heads * hd, self.hidden_size),
+                    num_heads: self.num_attention_heads,
+                    num_kv_heads: self.num_key_value_heads,
+                    head_dim: hd,
+                },
+                post_attention_layernorm: norm(),
+                mlp: Mlp {
+                    gate_proj: linear(self.hidden_size, self.intermediate_size),
+                    up_proj: linear(self.hidden_size, self.intermediate_size),
+                    down_proj: linear(self.intermediate_size, self.hidden_size),
+                },
+            })
+            .collect();
+        Llama {
+            embed_tokens: EmbeddingConfig::new(self.vocab_size, self.hidden_size).init(device),
+            layers,
+            norm: norm(),
+            lm_head: (!self.tie_word_embeddings).then(|| linear(self.hidden_size, self.vocab_size)),
+            rope: Rope::new(hd, self.max_position_embeddings, self.rope_theta, device),
+        }
+    }
+}
+
+impl Llama {
+    pub fn hidden_size(&self) -> usize {
+        self.norm.gamma.dims()[0]
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.embed_tokens.weight.dims()[0]
+    }
+
+    /// Token ids `[batch, seq]` -> input embeddings `[batch, seq, hidden]`.
+    pub fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        self.embed_tokens.forward(ids)
+    }
+
+    /// Runs the decoder on input embeddings (token embeddings, or compressed document vectors
+    /// spliced among them) and returns the final-normed hidden states `[batch, seq, hidden]`.
+    /// `observe(i, h)` sees the residual stream after layer i (1-based; 0 = the input).
+    pub fn forward_embeds(
+        &self,
+        x: Tensor<3>,
+        cache: &mut KvCache,
+        mask: Option<Tensor<4, Bool>>,
+        mut observe: impl FnMut(usize, &Tensor<3>),
+    ) -> Tensor<3> {
+        let end = cache.len() + x.dims()[1];
+        assert!(end <= self.rope.max_len(), "sequence of {end} tokens exceeds the context length {}", self.rope.max_len());
+        observe(0, &x);
+        let mut h = x;
+        for (i, block) in self.layers.iter().enumerate() {
+            h = block.forward(h, &self.rope, i, cache, mask.clone());
+            observe(i + 1, &h);
+        }
+        self.norm.forward(h)
+    }
+
+    /// Hidden states `[batch, seq, hidden]` -> logits `[batch, seq, vocab]`.
+    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => {
+                let w = self.embed_tokens.weight.val(); // [vocab, hidden]
+                hidden.matmul(w.transpose().unsqueeze())
+            }
+        }
+    }
+
+    /// Token ids `[batch, seq]` -> logits of the last position `[batch, vocab]`.
+    pub fn forward_last(&self, ids: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<2> {
+        let hidden = self.forward_embeds(self.embed(ids), cache, None, |_, _| {});
+        let [b, s, h] = hidden.dims();
+        let last = hidden.slice([0..b, s - 1..s, 0..h]);
+        self.logits(last).reshape([b as i32, -1])
+    }
+}

