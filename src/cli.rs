@@ -12,7 +12,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "scaledown", version, about = "Online soft context compression (OSCAR) for RAG, on Burn")]
+#[command(
+    name = "scaledown",
+    version,
+    about = "Online soft context compression (OSCAR) for RAG, on Burn"
+)]
 pub struct Cli {
     /// Folder holding downloaded models (default: $SCALEDOWN_MODELS or ~/.cache/scaledown/models).
     #[arg(long, global = true, value_name = "DIR")]
@@ -113,11 +117,19 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     let dir = models::models_dir(cli.models_dir.as_deref());
     match cli.command {
-        Command::Models { action: ModelsAction::Fetch } => models::fetch(&dir),
-        Command::Models { action: ModelsAction::List } => {
+        Command::Models {
+            action: ModelsAction::Fetch,
+        } => models::fetch(&dir),
+        Command::Models {
+            action: ModelsAction::List,
+        } => {
             println!("models folder: {}", dir.display());
             for (what, path, present) in models::list(&dir) {
-                let state = if present { "present" } else { "missing (run `scaledown models fetch`)" };
+                let state = if present {
+                    "present"
+                } else {
+                    "missing (run `scaledown models fetch`)"
+                };
                 println!("  {what}: {} [{state}]", path.display());
             }
             Ok(())
@@ -134,7 +146,10 @@ fn device(kind: BackendKind) -> Result<Device> {
 fn model_path(flag: &Option<PathBuf>, default: PathBuf) -> Result<PathBuf> {
     let path = flag.clone().unwrap_or(default);
     if !path.exists() {
-        bail!("model not found at {} (run `scaledown models fetch` or pass --model PATH)", path.display());
+        bail!(
+            "model not found at {} (run `scaledown models fetch` or pass --model PATH)",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -143,7 +158,11 @@ fn generate_cmd(dir: &std::path::Path, a: GenerateArgs) -> Result<()> {
     let device = device(a.run.backend)?;
     let path = model_path(&a.run.model, models::default_generator(dir))?;
     let g = models::load_generator(&path, &device)?;
-    let text = if a.chat { chat_prompt(&a.prompt) } else { a.prompt.clone() };
+    let text = if a.chat {
+        chat_prompt(&a.prompt)
+    } else {
+        a.prompt.clone()
+    };
     let prompt = g.tokenizer.encode(&text)?;
     let config = GenerationConfig {
         max_new_tokens: a.max_new_tokens as usize,
@@ -173,19 +192,25 @@ fn embed_cmd(dir: &std::path::Path, a: EmbedArgs) -> Result<()> {
     let (bert, tokenizer) = models::load_encoder(&path, &device)?;
     let ids = tokenizer.encode_with(&a.text, true)?;
     if ids.len() > bert.max_positions() {
-        bail!("--text is {} tokens long; the encoder reads at most {}", ids.len(), bert.max_positions());
+        bail!(
+            "--text is {} tokens long; the encoder reads at most {}",
+            ids.len(),
+            bert.max_positions()
+        );
     }
     let embedding: Vec<f32> = bert
         .sentence_embedding(&ids, &device)
         .into_data()
-        .into_vec()
+        .try_into_vec::<f32>()
         .map_err(|e| anyhow::anyhow!("reading the embedding: {e:?}"))?;
     if a.run.json {
-        println!("{}", serde_json::to_string(&serde_json::json!({"ids": ids, "embedding": embedding}))?);
+        println!(
+            "{}",
+            serde_json::to_string(&serde_json::json!({"ids": ids, "embedding": embedding}))?
+        );
     } else {
         let shown: Vec<String> = embedding.iter().map(|v| format!("{v:.6}")).collect();
         println!("[{}]", shown.join(", "));
     }
     Ok(())
 }
-

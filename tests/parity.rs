@@ -23,15 +23,27 @@ fn check_smollm2(device: &Device, logit_tol: f32, norm_rel_tol: f32) {
         assert_eq!(ids, u32s(&p["input_ids"]), "{name}: token ids");
 
         let n = ids.len();
-        let x = Tensor::<2, Int>::from_data(TensorData::new(ids.iter().map(|&i| i as i64).collect(), [1, n]), device);
+        let x = Tensor::<2, Int>::from_data(
+            TensorData::new(ids.iter().map(|&i| i as i64).collect(), [1, n]),
+            device,
+        );
         let last_norm = |h: &Tensor<3>| {
             let d = h.dims()[2];
-            let v: Vec<f32> = h.clone().slice([0..1, n - 1..n, 0..d]).into_data().into_vec().unwrap();
+            let v: Vec<f32> = h
+                .clone()
+                .slice([0..1, n - 1..n, 0..d])
+                .into_data()
+                .try_into_vec::<f32>()
+                .unwrap();
             v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt()
         };
         let mut norms = Vec::new();
         let mut cache = KvCache::new(g.model.layers.len());
-        let hidden = g.model.forward_embeds(g.model.embed(x), &mut cache, None, |_, h| norms.push(last_norm(h)));
+        let hidden = g
+            .model
+            .forward_embeds(g.model.embed(x), &mut cache, None, |_, h| {
+                norms.push(last_norm(h))
+            });
         // HF replaces the last layer's output with the final-normed states.
         norms.pop();
         norms.push(last_norm(&hidden));
@@ -39,47 +51,81 @@ fn check_smollm2(device: &Device, logit_tol: f32, norm_rel_tol: f32) {
         assert_eq!(norms.len(), expected_norms.len());
         for (i, (got, want)) in norms.iter().zip(&expected_norms).enumerate() {
             let rel = (*got as f32 - want).abs() / want.abs();
-            assert!(rel < norm_rel_tol, "{name}: hidden norm {i}: {got} vs {want} (rel {rel})");
+            assert!(
+                rel < norm_rel_tol,
+                "{name}: hidden norm {i}: {got} vs {want} (rel {rel})"
+            );
         }
 
         let d = hidden.dims()[2];
-        let logits: Vec<f32> =
-            g.model.logits(hidden.slice([0..1, n - 1..n, 0..d])).into_data().into_vec().unwrap();
+        let logits: Vec<f32> = g
+            .model
+            .logits(hidden.slice([0..1, n - 1..n, 0..d]))
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
         let mut order: Vec<usize> = (0..logits.len()).collect();
         order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
         let top: Vec<u32> = order[..20].iter().map(|&i| i as u32).collect();
         assert_eq!(top, u32s(&p["last_logits_top20_ids"]), "{name}: top-20 ids");
         for (id, want) in top.iter().zip(f32s(&p["last_logits_top20_values"])) {
             let got = logits[*id as usize];
-            assert!((got - want).abs() < logit_tol, "{name}: logit {id}: {got} vs {want}");
+            assert!(
+                (got - want).abs() < logit_tol,
+                "{name}: logit {id}: {got} vs {want}"
+            );
         }
 
-        let config = GenerationConfig { max_new_tokens: 24, ..Default::default() };
+        let config = GenerationConfig {
+            max_new_tokens: 24,
+            ..Default::default()
+        };
         let out = generate(&g.model, &ids, &[2], &config, device);
         assert_eq!(out, u32s(&p["greedy_ids"]), "{name}: greedy continuation");
-        assert_eq!(g.tokenizer.decode(&out, false), p["greedy_text"].as_str().unwrap());
+        assert_eq!(
+            g.tokenizer.decode(&out, false),
+            p["greedy_text"].as_str().unwrap()
+        );
     }
 }
 
 fn check_minilm(device: &Device, tol: f32) {
     let reference = reference("minilm_ref.json");
     let dir = models_dir();
-    let (bert, tokenizer) = models::load_encoder(&models::default_encoder(&dir), device).expect("load MiniLM");
+    let (bert, tokenizer) =
+        models::load_encoder(&models::default_encoder(&dir), device).expect("load MiniLM");
     for s in reference["sentences"].as_array().unwrap() {
         let text = s["text"].as_str().unwrap();
         let ids = tokenizer.encode_with(text, true).unwrap();
         assert_eq!(ids, u32s(&s["input_ids"]), "{text}: token ids");
         let n = ids.len();
-        let x = Tensor::<2, Int>::from_data(TensorData::new(ids.iter().map(|&i| i as i64).collect(), [1, n]), device);
+        let x = Tensor::<2, Int>::from_data(
+            TensorData::new(ids.iter().map(|&i| i as i64).collect(), [1, n]),
+            device,
+        );
         let hidden = bert.forward(x.clone(), x.ones_like());
-        let all: Vec<f32> = hidden.clone().into_data().into_vec().unwrap();
+        let all: Vec<f32> = hidden.clone().into_data().try_into_vec::<f32>().unwrap();
         let l2 = all.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt() as f32;
         let want_l2 = s["last_hidden_state_l2"].as_f64().unwrap() as f32;
-        assert!((l2 - want_l2).abs() / want_l2 < tol, "{text}: hidden L2 {l2} vs {want_l2}");
-        for (i, want) in f32s(&s["last_hidden_state_tok0_first16"]).iter().enumerate() {
-            assert!((all[i] - want).abs() < tol, "{text}: hidden[0,{i}] {} vs {want}", all[i]);
+        assert!(
+            (l2 - want_l2).abs() / want_l2 < tol,
+            "{text}: hidden L2 {l2} vs {want_l2}"
+        );
+        for (i, want) in f32s(&s["last_hidden_state_tok0_first16"])
+            .iter()
+            .enumerate()
+        {
+            assert!(
+                (all[i] - want).abs() < tol,
+                "{text}: hidden[0,{i}] {} vs {want}",
+                all[i]
+            );
         }
-        let emb: Vec<f32> = bert.sentence_embedding(&ids, device).into_data().into_vec().unwrap();
+        let emb: Vec<f32> = bert
+            .sentence_embedding(&ids, device)
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
         let want = f32s(&s["embedding"]);
         assert_eq!(emb.len(), want.len());
         for (i, (g, w)) in emb.iter().zip(&want).enumerate() {

@@ -25,7 +25,9 @@ impl BackendKind {
             #[cfg(feature = "cuda")]
             Self::Cuda => Ok(Device::cuda(0)),
             #[allow(unreachable_patterns)]
-            other => Err(format!("this build has no {other} backend (enable the `{other}` cargo feature)")),
+            other => Err(format!(
+                "this build has no {other} backend (enable the `{other}` cargo feature)"
+            )),
         }
     }
 }

@@ -17,7 +17,12 @@ pub struct GenerationConfig {
 
 impl Default for GenerationConfig {
     fn default() -> Self {
-        Self { max_new_tokens: 64, temperature: 0.0, top_p: 1.0, seed: 0 }
+        Self {
+            max_new_tokens: 64,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+        }
     }
 }
 
@@ -90,7 +95,10 @@ pub fn generate(
     device: &Device,
 ) -> Vec<u32> {
     let mut cache = KvCache::new(model.layers.len());
-    let ids = Tensor::<1, Int>::from_data(TensorData::new(prompt.iter().map(|&i| i as i64).collect(), [prompt.len()]), device);
+    let ids = Tensor::<1, Int>::from_data(
+        TensorData::new(prompt.iter().map(|&i| i as i64).collect(), [prompt.len()]),
+        device,
+    );
     let logits = model.forward_last(ids.unsqueeze(), &mut cache);
     continue_from(model, logits, &mut cache, stop_ids, config, device)
 }
@@ -108,7 +116,7 @@ pub fn continue_from(
     let mut sampler = Sampler::new(config);
     let mut out = Vec::new();
     for step in 0..config.max_new_tokens {
-        let values: Vec<f32> = logits.into_data().into_vec().unwrap_or_default();
+        let values: Vec<f32> = logits.into_data().try_into_vec::<f32>().unwrap_or_default();
         let next = sampler.next(&values);
         out.push(next);
         if stop_ids.contains(&next) || step + 1 == config.max_new_tokens {
@@ -130,14 +138,22 @@ mod tests {
         assert_eq!(argmax(&logits), 1);
         let mut greedy = Sampler::new(&GenerationConfig::default());
         assert_eq!(greedy.next(&logits), 1);
-        let mut nucleus = Sampler::new(&GenerationConfig { temperature: 1.0, top_p: 1e-6, ..Default::default() });
+        let mut nucleus = Sampler::new(&GenerationConfig {
+            temperature: 1.0,
+            top_p: 1e-6,
+            ..Default::default()
+        });
         assert_eq!(nucleus.next(&logits), 1);
     }
 
     #[test]
     fn sampling_is_seeded_and_follows_the_distribution() {
         let logits = [0.0, (3.0f32).ln(), f32::NEG_INFINITY];
-        let config = GenerationConfig { temperature: 1.0, seed: 7, ..Default::default() };
+        let config = GenerationConfig {
+            temperature: 1.0,
+            seed: 7,
+            ..Default::default()
+        };
         let draw = |c: &GenerationConfig| {
             let mut s = Sampler::new(c);
             (0..4000).map(|_| s.next(&logits)).collect::<Vec<_>>()

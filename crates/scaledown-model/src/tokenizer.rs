@@ -41,7 +41,8 @@ impl Tokenizer {
     /// pre-tokenizer), and no BOS is added.
     pub fn from_gguf(file: &GgufFile) -> Result<Self, WeightError> {
         let get = |k: &str| {
-            file.meta(k).ok_or_else(|| WeightError::Config(format!("GGUF lacks {k}")))
+            file.meta(k)
+                .ok_or_else(|| WeightError::Config(format!("GGUF lacks {k}")))
         };
         let model = get("tokenizer.ggml.model")?.as_str().unwrap_or_default();
         if model != "gpt2" {
@@ -57,12 +58,18 @@ impl Tokenizer {
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
         let merges = strings("tokenizer.ggml.merges")?;
-        let types: Vec<u64> = match file.meta("tokenizer.ggml.token_type").and_then(|v| v.as_array()) {
+        let types: Vec<u64> = match file
+            .meta("tokenizer.ggml.token_type")
+            .and_then(|v| v.as_array())
+        {
             Some(a) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
             None => vec![1; tokens.len()],
         };
-        let vocab: serde_json::Map<String, Value> =
-            tokens.iter().enumerate().map(|(i, t)| (t.to_string(), json!(i))).collect();
+        let vocab: serde_json::Map<String, Value> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.to_string(), json!(i)))
+            .collect();
         let added: Vec<Value> = tokens
             .iter()
             .zip(&types)
@@ -91,7 +98,10 @@ impl Tokenizer {
                       "vocab": vocab, "merges": merges}
         });
         let mut tok = Self::from_json(spec.to_string().as_bytes())?;
-        if let Some(eos) = file.meta("tokenizer.ggml.eos_token_id").and_then(|v| v.as_u64()) {
+        if let Some(eos) = file
+            .meta("tokenizer.ggml.eos_token_id")
+            .and_then(|v| v.as_u64())
+        {
             if !tok.stop_ids.contains(&(eos as u32)) {
                 tok.stop_ids.push(eos as u32);
             }

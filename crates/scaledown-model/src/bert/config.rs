@@ -74,7 +74,9 @@ impl BertConfig {
             ("type vocab size", self.type_vocab_size, 16),
         ] {
             if v == 0 || v > max {
-                return Err(WeightError::Config(format!("{what} {v} is out of range (1..={max})")));
+                return Err(WeightError::Config(format!(
+                    "{what} {v} is out of range (1..={max})"
+                )));
             }
         }
         Ok(())

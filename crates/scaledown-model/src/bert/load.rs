@@ -16,33 +16,56 @@ pub fn bert_from_safetensors(
 ) -> Result<(BertConfig, Bert), WeightError> {
     let c = BertConfig::from_hf_json(config_json)?;
     let src = SafetensorsFile::parse(bytes)?;
-    let prefix = if src.contains("bert.embeddings.word_embeddings.weight") { "bert." } else { "" };
+    let prefix = if src.contains("bert.embeddings.word_embeddings.weight") {
+        "bert."
+    } else {
+        ""
+    };
     let h = c.hidden_size;
     let name = |n: &str| format!("{prefix}{n}");
 
     let ln = |n: &str| -> Result<LayerNorm, WeightError> {
-        let mut norm = LayerNormConfig::new(h).with_epsilon(c.layer_norm_eps).init(device);
+        let mut norm = LayerNormConfig::new(h)
+            .with_epsilon(c.layer_norm_eps)
+            .init(device);
         norm.gamma = Param::from_tensor(load(&src, &name(&format!("{n}.weight")), [h], device)?);
-        norm.beta = Some(Param::from_tensor(load(&src, &name(&format!("{n}.bias")), [h], device)?));
+        norm.beta = Some(Param::from_tensor(load(
+            &src,
+            &name(&format!("{n}.bias")),
+            [h],
+            device,
+        )?));
         Ok(norm)
     };
     let lin = |n: &str, out: usize, inp: usize| -> Result<Linear, WeightError> {
         let wname = name(&format!("{n}.weight"));
         let w = src.tensor(&wname)?;
         if w.shape != [out, inp] {
-            return Err(WeightError::Shape { name: wname, found: w.shape, expected: vec![out, inp] });
+            return Err(WeightError::Shape {
+                name: wname,
+                found: w.shape,
+                expected: vec![out, inp],
+            });
         }
         let w = to_tensor(&wname, w.transposed(), [inp, out], device)?;
         let b = load(&src, &name(&format!("{n}.bias")), [out], device)?;
-        Ok(Linear { weight: Param::from_tensor(w), bias: Some(Param::from_tensor(b)) })
+        Ok(Linear {
+            weight: Param::from_tensor(w),
+            bias: Some(Param::from_tensor(b)),
+        })
     };
     let emb = |n: &str, rows: usize| -> Result<Embedding, WeightError> {
-        Ok(Embedding { weight: Param::from_tensor(load(&src, &name(n), [rows, h], device)?) })
+        Ok(Embedding {
+            weight: Param::from_tensor(load(&src, &name(n), [rows, h], device)?),
+        })
     };
 
     let embeddings = BertEmbeddings {
         word: emb("embeddings.word_embeddings.weight", c.vocab_size)?,
-        position: emb("embeddings.position_embeddings.weight", c.max_position_embeddings)?,
+        position: emb(
+            "embeddings.position_embeddings.weight",
+            c.max_position_embeddings,
+        )?,
         token_type: emb("embeddings.token_type_embeddings.weight", c.type_vocab_size)?,
         norm: ln("embeddings.LayerNorm")?,
     };

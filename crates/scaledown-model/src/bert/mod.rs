@@ -20,11 +20,21 @@ mod tests {
         let device = Device::flex();
         let bert = BertConfig::tiny(40).init(&device);
         let alone = bert.sentence_embedding(&[1, 5, 9, 2], &device);
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 5, 9, 2, 0, 0, 1, 7, 7, 7, 7, 2], [2, 6]), &device);
-        let mask = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1], [2, 6]), &device);
+        let ids = Tensor::<2, Int>::from_data(
+            TensorData::new(vec![1i64, 5, 9, 2, 0, 0, 1, 7, 7, 7, 7, 2], [2, 6]),
+            &device,
+        );
+        let mask = Tensor::<2, Int>::from_data(
+            TensorData::new(vec![1i64, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1], [2, 6]),
+            &device,
+        );
         let batch = Bert::pool(bert.forward(ids, mask.clone()), mask);
-        let a: Vec<f32> = alone.into_data().into_vec().unwrap();
-        let b: Vec<f32> = batch.slice([0..1, 0..32]).into_data().into_vec().unwrap();
+        let a: Vec<f32> = alone.into_data().try_into_vec::<f32>().unwrap();
+        let b: Vec<f32> = batch
+            .slice([0..1, 0..32])
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() < 1e-5, "{x} vs {y}");
         }
@@ -37,6 +47,11 @@ mod tests {
         let json = r#"{"vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
             "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 8,
             "hidden_act": "relu"}"#;
-        assert!(BertConfig::from_hf_json(json).unwrap_err().to_string().contains("relu"));
+        assert!(
+            BertConfig::from_hf_json(json)
+                .unwrap_err()
+                .to_string()
+                .contains("relu")
+        );
     }
 }

@@ -42,7 +42,9 @@ impl BertLayer {
         let ctx = attention(q, k, v, mask, None, AttentionModuleOptions::default());
         let ctx = ctx.swap_dims(1, 2).reshape([b, s, h]);
         let x = self.attn_norm.forward(x + self.attn_out.forward(ctx));
-        let ff = self.output.forward(gelu(self.intermediate.forward(x.clone())));
+        let ff = self
+            .output
+            .forward(gelu(self.intermediate.forward(x.clone())));
         self.out_norm.forward(x + ff)
     }
 }
@@ -57,7 +59,11 @@ impl BertConfig {
     /// Random weights (for tests); real weights come from `bert::load`.
     pub fn init(&self, device: &Device) -> Bert {
         let h = self.hidden_size;
-        let ln = || LayerNormConfig::new(h).with_epsilon(self.layer_norm_eps).init(device);
+        let ln = || {
+            LayerNormConfig::new(h)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device)
+        };
         let lin = |i, o| LinearConfig::new(i, o).init(device);
         Bert {
             embeddings: BertEmbeddings {
@@ -97,7 +103,9 @@ impl Bert {
     pub fn forward(&self, ids: Tensor<2, Int>, attention_mask: Tensor<2, Int>) -> Tensor<3> {
         let [b, s] = ids.dims();
         let device = ids.device();
-        let positions = Tensor::<1, Int>::arange(0..s as i64, &device).unsqueeze::<2>().expand([b, s]);
+        let positions = Tensor::<1, Int>::arange(0..s as i64, &device)
+            .unsqueeze::<2>()
+            .expand([b, s]);
         let e = &self.embeddings;
         let x = e.word.forward(ids.clone())
             + e.position.forward(positions)

@@ -71,7 +71,10 @@ impl LlamaConfig {
             ));
         }
         if self.head_dim() % 2 != 0 {
-            return bad(format!("head dim {} must be even for RoPE", self.head_dim()));
+            return bad(format!(
+                "head dim {} must be even for RoPE",
+                self.head_dim()
+            ));
         }
         // Bounds that no real Llama exceeds; they stop a hostile header from sizing allocations.
         let dims = [

@@ -90,7 +90,9 @@ fn build(
     let hd = c.head_dim();
     let h = c.hidden_size;
     let norm = |name: &str| -> Result<RmsNorm, WeightError> {
-        let mut n = RmsNormConfig::new(h).with_epsilon(c.rms_norm_eps).init(device);
+        let mut n = RmsNormConfig::new(h)
+            .with_epsilon(c.rms_norm_eps)
+            .init(device);
         n.gamma = Param::from_tensor(load(src, name, [h], device)?);
         Ok(n)
     };
@@ -98,13 +100,20 @@ fn build(
     let linear = |name: &str, out: usize, inp: usize, heads: Option<usize>| {
         let mut t = src.tensor(name)?;
         if t.shape != [out, inp] {
-            return Err(WeightError::Shape { name: name.into(), found: t.shape, expected: vec![out, inp] });
+            return Err(WeightError::Shape {
+                name: name.into(),
+                found: t.shape,
+                expected: vec![out, inp],
+            });
         }
         if let Some(n_heads) = heads {
             t = unpermute_rope_rows(&t, n_heads);
         }
         let w = to_tensor(name, t.transposed(), [inp, out], device)?;
-        Ok::<_, WeightError>(Linear { weight: Param::from_tensor(w), bias: None })
+        Ok::<_, WeightError>(Linear {
+            weight: Param::from_tensor(w),
+            bias: None,
+        })
     };
     let qk_heads = |n| names.permuted_qk.then_some(n);
 
@@ -114,8 +123,18 @@ fn build(
         layers.push(Block {
             input_layernorm: norm(&n("input_norm"))?,
             self_attn: Attention {
-                q_proj: linear(&n("q"), c.num_attention_heads * hd, h, qk_heads(c.num_attention_heads))?,
-                k_proj: linear(&n("k"), c.num_key_value_heads * hd, h, qk_heads(c.num_key_value_heads))?,
+                q_proj: linear(
+                    &n("q"),
+                    c.num_attention_heads * hd,
+                    h,
+                    qk_heads(c.num_attention_heads),
+                )?,
+                k_proj: linear(
+                    &n("k"),
+                    c.num_key_value_heads * hd,
+                    h,
+                    qk_heads(c.num_key_value_heads),
+                )?,
                 v_proj: linear(&n("v"), c.num_key_value_heads * hd, h, None)?,
                 o_proj: linear(&n("o"), h, c.num_attention_heads * hd, None)?,
                 num_heads: c.num_attention_heads,
@@ -137,7 +156,9 @@ fn build(
         Some(linear(names.head, c.vocab_size, h, None)?)
     };
     Ok(Llama {
-        embed_tokens: Embedding { weight: Param::from_tensor(embed) },
+        embed_tokens: Embedding {
+            weight: Param::from_tensor(embed),
+        },
         layers,
         norm: norm(names.norm)?,
         lm_head,
@@ -160,5 +181,8 @@ fn unpermute_rope_rows(t: &TensorData32, n_heads: usize) -> TensorData32 {
             }
         }
     }
-    TensorData32 { shape: t.shape.clone(), values }
+    TensorData32 {
+        shape: t.shape.clone(),
+        values,
+    }
 }

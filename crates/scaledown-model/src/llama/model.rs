@@ -21,24 +21,26 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// - x: `[batch, seq, hidden]` at positions `cache.len()..`; returns `[batch, seq, hidden]`.
+    /// - x: `[batch, seq, hidden]` at positions `start..start + seq`; returns `[batch, seq, hidden]`.
     /// - mask: `[batch, 1, seq, past + seq]`, true where a key must not be seen (padding);
     ///   causality is applied on top.
     pub fn forward(
         &self,
         x: Tensor<3>,
         rope: &Rope,
+        start: usize,
         layer: usize,
         cache: &mut KvCache,
         mask: Option<Tensor<4, Bool>>,
     ) -> Tensor<3> {
         let [batch, seq, hidden] = x.dims();
-        let start = cache.len();
-        let heads = |t: Tensor<3>, n: usize| {
-            t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2)
-        };
+        let heads =
+            |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
         let q = rope.apply(heads(self.q_proj.forward(x.clone()), self.num_heads), start);
-        let k = rope.apply(heads(self.k_proj.forward(x.clone()), self.num_kv_heads), start);
+        let k = rope.apply(
+            heads(self.k_proj.forward(x.clone()), self.num_kv_heads),
+            start,
+        );
         let v = heads(self.v_proj.forward(x), self.num_kv_heads);
         let (k, v) = cache.append(layer, k, v);
 
@@ -49,9 +51,13 @@ impl Attention {
             let [b, _, q_len, k_len] = m.dims();
             m.expand([b, self.num_heads, q_len, k_len])
         });
-        let options = AttentionModuleOptions { is_causal: true, ..Default::default() };
+        let options = AttentionModuleOptions {
+            is_causal: true,
+            ..Default::default()
+        };
         let out = attention(q, k, v, mask, None, options);
-        self.o_proj.forward(out.swap_dims(1, 2).reshape([batch, seq, hidden]))
+        self.o_proj
+            .forward(out.swap_dims(1, 2).reshape([batch, seq, hidden]))
     }
 }
 
@@ -61,7 +67,9 @@ fn repeat_kv(x: Tensor<4>, rep: usize) -> Tensor<4> {
         return x;
     }
     let [b, kv, s, d] = x.dims();
-    x.unsqueeze_dim::<5>(2).expand([b, kv, rep, s, d]).reshape([b, kv * rep, s, d])
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, kv, rep, s, d])
+        .reshape([b, kv * rep, s, d])
 }
 
 #[derive(Module, Debug)]
@@ -92,12 +100,15 @@ impl Block {
         &self,
         x: Tensor<3>,
         rope: &Rope,
+        start: usize,
         layer: usize,
         cache: &mut KvCache,
         mask: Option<Tensor<4, Bool>>,
     ) -> Tensor<3> {
-        let h = x.clone()
-            + self.self_attn.forward(self.input_layernorm.forward(x), rope, layer, cache, mask);
+        let attn_in = self.input_layernorm.forward(x.clone());
+        let h = x + self
+            .self_attn
+            .forward(attn_in, rope, start, layer, cache, mask);
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 }
@@ -116,7 +127,11 @@ impl LlamaConfig {
     /// Random weights (for tests and tiny models); real weights come from `llama::load`.
     pub fn init(&self, device: &Device) -> Llama {
         let linear = |i, o| LinearConfig::new(i, o).with_bias(false).init(device);
-        let norm = || RmsNormConfig::new(self.hidden_size).with_epsilon(self.rms_norm_eps).init(device);
+        let norm = || {
+            RmsNormConfig::new(self.hidden_size)
+                .with_epsilon(self.rms_norm_eps)
+                .init(device)
+        };
         let hd = self.head_dim();
         let layers = (0..self.num_hidden_layers)
             .map(|_| Block {
@@ -172,12 +187,18 @@ impl Llama {
         mask: Option<Tensor<4, Bool>>,
         mut observe: impl FnMut(usize, &Tensor<3>),
     ) -> Tensor<3> {
-        let end = cache.len() + x.dims()[1];
-        assert!(end <= self.rope.max_len(), "sequence of {end} tokens exceeds the context length {}", self.rope.max_len());
+        // Read once: the cache grows layer by layer during this pass.
+        let start = cache.len();
+        let end = start + x.dims()[1];
+        assert!(
+            end <= self.rope.max_len(),
+            "sequence of {end} tokens exceeds the context length {}",
+            self.rope.max_len()
+        );
         observe(0, &x);
         let mut h = x;
         for (i, block) in self.layers.iter().enumerate() {
-            h = block.forward(h, &self.rope, i, cache, mask.clone());
+            h = block.forward(h, &self.rope, start, i, cache, mask.clone());
             observe(i + 1, &h);
         }
         self.norm.forward(h)

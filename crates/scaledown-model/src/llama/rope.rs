@@ -15,8 +15,9 @@ impl Rope {
     pub fn new(head_dim: usize, max_len: usize, theta: f32, device: &Device) -> Self {
         let half = head_dim / 2;
         // Computed in f32 exactly as transformers does, so angles at long positions agree.
-        let inv_freq: Vec<f32> =
-            (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect();
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
+            .collect();
         let mut cos = Vec::with_capacity(max_len * head_dim);
         let mut sin = Vec::with_capacity(max_len * head_dim);
         for pos in 0..max_len {
@@ -29,7 +30,10 @@ impl Rope {
             }
         }
         let table = |v| Tensor::from_data(TensorData::new(v, [max_len, head_dim]), device);
-        Self { cos: table(cos), sin: table(sin) }
+        Self {
+            cos: table(cos),
+            sin: table(sin),
+        }
     }
 
     pub fn max_len(&self) -> usize {
@@ -40,8 +44,16 @@ impl Rope {
     /// - x: `[batch, heads, seq, head_dim]`, positions `start..start + seq`
     pub fn apply(&self, x: Tensor<4>, start: usize) -> Tensor<4> {
         let [_, _, seq, head_dim] = x.dims();
-        let cos = self.cos.clone().slice([start..start + seq]).unsqueeze::<4>();
-        let sin = self.sin.clone().slice([start..start + seq]).unsqueeze::<4>();
+        let cos = self
+            .cos
+            .clone()
+            .slice([start..start + seq])
+            .unsqueeze::<4>();
+        let sin = self
+            .sin
+            .clone()
+            .slice([start..start + seq])
+            .unsqueeze::<4>();
         let half = head_dim / 2;
         let x1 = x.clone().slice_dim(3, 0..half);
         let x2 = x.clone().slice_dim(3, half..head_dim);

@@ -9,9 +9,13 @@ fn ids(v: &[i64], device: &Device) -> Tensor<2, Int> {
 }
 
 fn close(a: &Tensor<2>, b: &Tensor<2>, tol: f32) {
-    let a: Vec<f32> = a.clone().into_data().into_vec().unwrap();
-    let b: Vec<f32> = b.clone().into_data().into_vec().unwrap();
-    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    let a: Vec<f32> = a.clone().into_data().try_into_vec::<f32>().unwrap();
+    let b: Vec<f32> = b.clone().into_data().try_into_vec::<f32>().unwrap();
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
     assert!(worst < tol, "max difference {worst}");
 }
 
@@ -34,8 +38,15 @@ fn causal_attention_ignores_later_tokens() {
     let device = Device::flex();
     let model = LlamaConfig::tiny(50).init(&device);
     let a = model.forward_last(ids(&[5, 6, 7], &device), &mut KvCache::new(2));
-    let hidden = model.forward_embeds(model.embed(ids(&[5, 6, 7, 8], &device)), &mut KvCache::new(2), None, |_, _| {});
-    let b = model.logits(hidden.slice([0..1, 2..3, 0..64])).reshape([1, 50]);
+    let hidden = model.forward_embeds(
+        model.embed(ids(&[5, 6, 7, 8], &device)),
+        &mut KvCache::new(2),
+        None,
+        |_, _| {},
+    );
+    let b = model
+        .logits(hidden.slice([0..1, 2..3, 0..64]))
+        .reshape([1, 50]);
     close(&a, &b, 1e-4);
 }
 
@@ -46,7 +57,7 @@ fn gguf_round_trip_undoes_the_rope_permutation() {
     let device = Device::flex();
     let cfg = LlamaConfig::tiny(50);
     let model = cfg.init(&device);
-    let values = |t: Tensor<2>| -> Vec<f32> { t.into_data().into_vec().unwrap() };
+    let values = |t: Tensor<2>| -> Vec<f32> { t.into_data().try_into_vec::<f32>().unwrap() };
     // Linear [in, out] -> stored [out, in], GGUF ne = [in, out].
     let linear = |w: &burn::nn::Linear, permute_heads: Option<usize>| {
         let [inp, out] = w.weight.dims();
@@ -73,12 +84,33 @@ fn gguf_round_trip_undoes_the_rope_permutation() {
         .u32("llama.embedding_length", cfg.hidden_size as u32)
         .u32("llama.feed_forward_length", cfg.intermediate_size as u32)
         .u32("llama.attention.head_count", cfg.num_attention_heads as u32)
-        .u32("llama.attention.head_count_kv", cfg.num_key_value_heads as u32)
+        .u32(
+            "llama.attention.head_count_kv",
+            cfg.num_key_value_heads as u32,
+        )
         .u32("llama.context_length", cfg.max_position_embeddings as u32);
-    w.meta.push(("llama.rope.freq_base".into(), 6, cfg.rope_theta.to_le_bytes().to_vec()));
+    w.meta.push((
+        "llama.rope.freq_base".into(),
+        6,
+        cfg.rope_theta.to_le_bytes().to_vec(),
+    ));
     let h = cfg.hidden_size as u64;
-    w = w.f32_tensor("token_embd.weight", &[h, 50], &values(model.embed_tokens.weight.val()));
-    w = w.f32_tensor("output_norm.weight", &[h], &model.norm.gamma.val().into_data().into_vec::<f32>().unwrap());
+    w = w.f32_tensor(
+        "token_embd.weight",
+        &[h, 50],
+        &values(model.embed_tokens.weight.val()),
+    );
+    w = w.f32_tensor(
+        "output_norm.weight",
+        &[h],
+        &model
+            .norm
+            .gamma
+            .val()
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap(),
+    );
     for (i, b) in model.layers.iter().enumerate() {
         let a = &b.self_attn;
         for (name, lin, perm) in [
@@ -93,8 +125,15 @@ fn gguf_round_trip_undoes_the_rope_permutation() {
             let (ne, v) = linear(lin, perm);
             w = w.f32_tensor(&format!("blk.{i}.{name}.weight"), &ne, &v);
         }
-        for (name, norm) in [("attn_norm", &b.input_layernorm), ("ffn_norm", &b.post_attention_layernorm)] {
-            w = w.f32_tensor(&format!("blk.{i}.{name}.weight"), &[h], &norm.gamma.val().into_data().into_vec::<f32>().unwrap());
+        for (name, norm) in [
+            ("attn_norm", &b.input_layernorm),
+            ("ffn_norm", &b.post_attention_layernorm),
+        ] {
+            w = w.f32_tensor(
+                &format!("blk.{i}.{name}.weight"),
+                &[h],
+                &norm.gamma.val().into_data().try_into_vec::<f32>().unwrap(),
+            );
         }
     }
     let (loaded_cfg, loaded) = llama_from_gguf(&w.bytes(), &device).unwrap();
@@ -109,7 +148,12 @@ fn gguf_round_trip_undoes_the_rope_permutation() {
 fn config_rejects_impossible_shapes() {
     let mut c = LlamaConfig::tiny(50);
     c.num_key_value_heads = 3;
-    assert!(c.validate().unwrap_err().to_string().contains("key-value heads"));
+    assert!(
+        c.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("key-value heads")
+    );
     let mut c = LlamaConfig::tiny(50);
     c.vocab_size = usize::MAX;
     assert!(c.validate().unwrap_err().to_string().contains("vocab size"));

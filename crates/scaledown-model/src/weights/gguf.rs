@@ -211,7 +211,9 @@ impl<'a> Cursor<'a> {
             8 => MetaValue::String(self.string("string length")?),
             9 => {
                 if depth > 2 {
-                    return Err(WeightError::Format("metadata arrays nested too deeply".into()));
+                    return Err(WeightError::Format(
+                        "metadata arrays nested too deeply".into(),
+                    ));
                 }
                 let elem_ty = self.u32("array element type")?;
                 let min = min_value_size(elem_ty)?;
@@ -226,7 +228,9 @@ impl<'a> Cursor<'a> {
             11 => MetaValue::I64(i64::from_le_bytes(self.array("i64")?)),
             12 => MetaValue::F64(f64::from_le_bytes(self.array("f64")?)),
             other => {
-                return Err(WeightError::Format(format!("unknown metadata value type {other}")));
+                return Err(WeightError::Format(format!(
+                    "unknown metadata value type {other}"
+                )));
             }
         })
     }
@@ -242,7 +246,9 @@ fn min_value_size(ty: u32) -> Result<usize, WeightError> {
         9 => 12,
         10..=12 => 8,
         other => {
-            return Err(WeightError::Format(format!("unknown metadata array type {other}")));
+            return Err(WeightError::Format(format!(
+                "unknown metadata array type {other}"
+            )));
         }
     })
 }
@@ -277,7 +283,11 @@ impl<'a> GgufFile<'a> {
             None => DEFAULT_ALIGNMENT,
             Some(v) => match v.as_u64() {
                 Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 20 => a,
-                _ => return Err(WeightError::Format(format!("invalid general.alignment {v:?}"))),
+                _ => {
+                    return Err(WeightError::Format(format!(
+                        "invalid general.alignment {v:?}"
+                    )));
+                }
             },
         };
 
@@ -345,7 +355,12 @@ impl<'a> GgufFile<'a> {
                 }
             }
         }
-        Ok(Self { version, metadata, tensors, bytes })
+        Ok(Self {
+            version,
+            metadata,
+            tensors,
+            bytes,
+        })
     }
 
     pub fn meta(&self, key: &str) -> Option<&MetaValue> {
@@ -359,7 +374,10 @@ impl<'a> GgufFile<'a> {
     /// Dequantises one tensor to f32, row-major in `info.shape`.
     pub fn dequantize(&self, info: &GgufTensorInfo) -> TensorData32 {
         let raw = &self.bytes[info.start..info.start + info.len];
-        TensorData32 { shape: info.shape.clone(), values: dequantize(info.ggml_type, raw) }
+        TensorData32 {
+            shape: info.shape.clone(),
+            values: dequantize(info.ggml_type, raw),
+        }
     }
 }
 

@@ -17,7 +17,10 @@ fn gstr(s: &str) -> Vec<u8> {
 
 impl Writer {
     pub fn new() -> Self {
-        Self { meta: Vec::new(), tensors: Vec::new() }
+        Self {
+            meta: Vec::new(),
+            tensors: Vec::new(),
+        }
     }
 
     pub fn string(mut self, k: &str, v: &str) -> Self {
@@ -92,10 +95,17 @@ fn reads_metadata_and_f32_tensor() {
         .bytes();
     let f = GgufFile::parse(&bytes).unwrap();
     assert_eq!(f.version, 3);
-    assert_eq!(f.meta("general.architecture").unwrap().as_str(), Some("llama"));
+    assert_eq!(
+        f.meta("general.architecture").unwrap().as_str(),
+        Some("llama")
+    );
     assert_eq!(f.meta("llama.block_count").unwrap().as_u64(), Some(7));
     let t = f.dequantize(f.tensor_info("w").unwrap());
-    assert_eq!(t.shape, vec![2, 3], "GGUF ne [3, 2] is a 2x3 row-major matrix");
+    assert_eq!(
+        t.shape,
+        vec![2, 3],
+        "GGUF ne [3, 2] is a 2x3 row-major matrix"
+    );
     assert_eq!(t.values, vec![1., 2., 3., 4., 5., 6.]);
 }
 
@@ -113,8 +123,14 @@ fn dequantises_every_supported_type() {
     let mut q41 = d.to_le_bytes().to_vec();
     q41.extend(m.to_le_bytes());
     q41.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
-    let f16s: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect();
-    let bf16s: Vec<u8> = [3.0f32, -0.25].iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect();
+    let f16s: Vec<u8> = [1.5f32, -2.0]
+        .iter()
+        .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+        .collect();
+    let bf16s: Vec<u8> = [3.0f32, -0.25]
+        .iter()
+        .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+        .collect();
     let bytes = Writer::new()
         .tensor("q8", &[32], 8, q8)
         .tensor("q40", &[32], 2, q40)
@@ -142,7 +158,10 @@ fn dequantises_every_supported_type() {
 
 #[test]
 fn refuses_bad_files_with_a_named_problem() {
-    let good = Writer::new().string("k", "v").f32_tensor("w", &[4], &[1.; 4]).bytes();
+    let good = Writer::new()
+        .string("k", "v")
+        .f32_tensor("w", &[4], &[1.; 4])
+        .bytes();
     assert!(GgufFile::parse(&good).is_ok());
 
     assert!(err(b"GGML\x03\0\0\0").contains("magic"));
@@ -152,7 +171,10 @@ fn refuses_bad_files_with_a_named_problem() {
     assert!(err(&v1).contains("version 1"));
     // Every truncation of a valid file is refused, never a panic.
     for n in 0..good.len() {
-        assert!(GgufFile::parse(&good[..n]).is_err(), "prefix of {n} bytes accepted");
+        assert!(
+            GgufFile::parse(&good[..n]).is_err(),
+            "prefix of {n} bytes accepted"
+        );
     }
     // Absurd counts: a tensor count no file of this size can hold.
     let mut absurd = good.clone();
@@ -170,11 +192,17 @@ fn refuses_bad_files_with_a_named_problem() {
     // Unknown tensor type, dimensions that overflow, data past the end.
     let unknown = Writer::new().tensor("w", &[4], 99, vec![0; 16]).bytes();
     assert!(err(&unknown).contains("unsupported GGUF tensor type 99"));
-    let huge = Writer::new().tensor("w", &[u64::MAX, 4], 0, vec![0; 16]).bytes();
+    let huge = Writer::new()
+        .tensor("w", &[u64::MAX, 4], 0, vec![0; 16])
+        .bytes();
     assert!(err(&huge).contains("absurd dimensions"));
-    let past = Writer::new().tensor("w", &[1 << 20], 0, vec![0; 16]).bytes();
+    let past = Writer::new()
+        .tensor("w", &[1 << 20], 0, vec![0; 16])
+        .bytes();
     assert!(err(&past).contains("past the end"));
-    let five_dims = Writer::new().tensor("w", &[1, 1, 1, 1, 1], 0, vec![0; 4]).bytes();
+    let five_dims = Writer::new()
+        .tensor("w", &[1, 1, 1, 1, 1], 0, vec![0; 4])
+        .bytes();
     assert!(err(&five_dims).contains("5 dimensions"));
     let ragged = Writer::new().tensor("w", &[31], 8, vec![0; 34]).bytes();
     assert!(err(&ragged).contains("block size"));

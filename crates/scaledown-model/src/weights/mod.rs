@@ -13,7 +13,11 @@ pub enum WeightError {
     #[error("missing tensor `{0}`")]
     Missing(String),
     #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
-    Shape { name: String, found: Vec<usize>, expected: Vec<usize> },
+    Shape {
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
     #[error("invalid model config: {0}")]
     Config(String),
 }
@@ -36,7 +40,10 @@ impl TensorData32 {
                 values[c * rows + r] = self.values[r * cols + c];
             }
         }
-        Self { shape: vec![cols, rows], values }
+        Self {
+            shape: vec![cols, rows],
+            values,
+        }
     }
 }
 
@@ -70,12 +77,17 @@ pub fn to_tensor<const D: usize>(
             expected: expected.to_vec(),
         });
     }
-    Ok(Tensor::from_data(TensorData::new(t.values, expected), device))
+    Ok(Tensor::from_data(
+        TensorData::new(t.values, expected),
+        device,
+    ))
 }
 
 impl WeightSource for gguf::GgufFile<'_> {
     fn tensor(&self, name: &str) -> Result<TensorData32, WeightError> {
-        let info = self.tensor_info(name).ok_or_else(|| WeightError::Missing(name.into()))?;
+        let info = self
+            .tensor_info(name)
+            .ok_or_else(|| WeightError::Missing(name.into()))?;
         Ok(self.dequantize(info))
     }
 

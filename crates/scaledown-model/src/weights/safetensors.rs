@@ -17,28 +17,44 @@ impl<'a> SafetensorsFile<'a> {
     }
 
     pub fn names(&self) -> Vec<String> {
-        self.inner.names().into_iter().map(|s| s.to_string()).collect()
+        self.inner
+            .names()
+            .into_iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 }
 
 impl WeightSource for SafetensorsFile<'_> {
     fn tensor(&self, name: &str) -> Result<TensorData32, WeightError> {
-        let view = self.inner.tensor(name).map_err(|_| WeightError::Missing(name.into()))?;
+        let view = self
+            .inner
+            .tensor(name)
+            .map_err(|_| WeightError::Missing(name.into()))?;
         let raw = view.data();
         let values: Vec<f32> = match view.dtype() {
             Dtype::F32 => raw
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect(),
-            Dtype::F16 => raw.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::BF16 => raw.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::F16 => raw
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => raw
+                .chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
             other => {
                 return Err(WeightError::Format(format!(
                     "tensor {name}: dtype {other:?} is not supported (F32, F16, BF16 are)"
                 )));
             }
         };
-        Ok(TensorData32 { shape: view.shape().to_vec(), values })
+        Ok(TensorData32 {
+            shape: view.shape().to_vec(),
+            values,
+        })
     }
 
     fn contains(&self, name: &str) -> bool {

@@ -12,8 +12,12 @@ pub fn shared_dir() -> PathBuf {
 
 pub fn reference(name: &str) -> serde_json::Value {
     let path = shared_dir().join("reference").join(name);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e} (is ../shared beside the repository?)", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "reading {}: {e} (is ../shared beside the repository?)",
+            path.display()
+        )
+    });
     serde_json::from_str(&text).expect("reference JSON")
 }
 
@@ -30,9 +34,17 @@ pub fn models_dir() -> PathBuf {
 }
 
 pub fn f32s(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number") as f32).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number") as f32)
+        .collect()
 }
 
 pub fn u32s(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("integer") as u32).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("integer") as u32)
+        .collect()
 }
