@@ -36,6 +36,32 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Print the pooled, L2-normalised sentence embedding of a text (MiniLM by default).
     Embed(EmbedArgs),
+    /// Time SmolLM2 prefill and decode here and in PyTorch, and print the ratios.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Timed runs per measurement (after one warm-up); the median is reported.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub runs: u32,
+    /// CPU threads for both sides (default: all cores).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
+    /// Prompt lengths for prefill, comma-separated.
+    #[arg(long, default_value = "32,128,512", value_delimiter = ',')]
+    pub prefill: Vec<usize>,
+    /// Tokens generated for the decode measurement.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub decode_tokens: u32,
+    /// Python with torch, transformers, accelerate and gguf (bench/setup.sh makes one).
+    #[arg(long, env = "SCALEDOWN_PYTHON", default_value = "python3")]
+    pub python: String,
+    /// Measure only this project.
+    #[arg(long)]
+    pub no_pytorch: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 #[derive(Subcommand)]
@@ -70,7 +96,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_new_tokens: u32,
     /// 0 is greedy decoding.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_temperature)]
+    #[arg(long, default_value_t = 0.0, value_parser = parse_temperature, allow_hyphen_values = true)]
     pub temperature: f32,
     /// Nucleus sampling threshold in (0, 1].
     #[arg(long, default_value_t = 1.0, value_parser = parse_top_p)]
@@ -136,6 +162,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Generate(args) => generate_cmd(&dir, args),
         Command::Embed(args) => embed_cmd(&dir, args),
+        Command::Bench(args) => bench_cmd(&dir, args),
     }
 }
 
@@ -213,4 +240,30 @@ fn embed_cmd(dir: &std::path::Path, a: EmbedArgs) -> Result<()> {
         println!("[{}]", shown.join(", "));
     }
     Ok(())
+}
+
+fn bench_cmd(dir: &std::path::Path, a: BenchArgs) -> Result<()> {
+    let threads = a.threads.map(|t| t as usize).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    // Flex runs on rayon's global pool; size it before the first tensor operation.
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .ok();
+    let device = device(a.run.backend)?;
+    let path = model_path(&a.run.model, models::default_generator(dir))?;
+    if let Some(&n) = a.prefill.iter().find(|&&n| n == 0 || n > 8192) {
+        bail!("--prefill {n} is out of range (1..=8192)");
+    }
+    let options = crate::bench::BenchOptions {
+        runs: a.runs as usize,
+        threads,
+        prefill: a.prefill,
+        decode_tokens: a.decode_tokens as usize,
+        python: (!a.no_pytorch).then_some(a.python),
+    };
+    crate::bench::run(&path, &device, &a.run.backend.to_string(), &options)
 }

@@ -143,3 +143,17 @@ fn smollm2_matches_pytorch_on_flex() {
 fn minilm_matches_pytorch_on_flex() {
     check_minilm(&Device::flex(), 1e-4);
 }
+
+// wgpu runs here on Mesa's llvmpipe (a CPU Vulkan device; the test script installs
+// mesa-vulkan-drivers). Its WGSL matmul and reduction kernels sum in other orders and tiles
+// than Flex and PyTorch; the same tolerances hold, with the margins printed by the failures
+// when they do not.
+#[test]
+fn smollm2_matches_pytorch_on_wgpu() {
+    check_smollm2(&Device::wgpu(Default::default()), 1e-3, 1e-3);
+}
+
+#[test]
+fn minilm_matches_pytorch_on_wgpu() {
+    check_minilm(&Device::wgpu(Default::default()), 1e-4);
+}

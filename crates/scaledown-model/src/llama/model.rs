@@ -209,8 +209,12 @@ impl Llama {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => {
+                // W·hᵀ rather than h·Wᵀ: transposing the [vocab, hidden] embedding would copy
+                // all of it on every call; transposing the hidden states is cheap.
+                let [b, s, h] = hidden.dims();
                 let w = self.embed_tokens.weight.val(); // [vocab, hidden]
-                hidden.matmul(w.transpose().unsqueeze())
+                let logits_t = w.matmul(hidden.reshape([b * s, h]).transpose()); // [vocab, b*s]
+                logits_t.transpose().reshape([b, s, self.vocab_size()])
             }
         }
     }

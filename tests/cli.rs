@@ -1,0 +1,183 @@
+//! The `scaledown` binary end to end: real models through the CLI, and readable errors for
+//! bad files and bad flags.
+
+mod common;
+
+use common::*;
+use std::process::{Command, Output};
+
+fn scaledown(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_scaledown"))
+        .args(args)
+        .output()
+        .expect("run scaledown")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "scaledown failed: {}", stderr(o));
+    serde_json::from_slice(&o.stdout).expect("JSON on stdout")
+}
+
+#[test]
+fn generate_json_gives_the_reference_greedy_ids() {
+    models_dir();
+    let reference = reference("smollm2_ref.json");
+    let p = &reference["prompts"][0];
+    let out = json(&scaledown(&[
+        "generate",
+        "--prompt",
+        p["text"].as_str().unwrap(),
+        "--max-new-tokens",
+        "8",
+        "--json",
+    ]));
+    assert_eq!(u32s(&out["prompt_ids"]), u32s(&p["input_ids"]));
+    assert_eq!(u32s(&out["ids"]), u32s(&p["greedy_ids"])[..8].to_vec());
+    assert!(out["text"].as_str().unwrap().contains("Paris"));
+}
+
+#[test]
+fn chat_answers_and_sampling_is_seeded() {
+    models_dir();
+    let chat = json(&scaledown(&[
+        "generate",
+        "--chat",
+        "--prompt",
+        "What is the capital of France?",
+        "--max-new-tokens",
+        "12",
+        "--json",
+    ]));
+    assert!(chat["text"].as_str().unwrap().contains("Paris"), "{chat}");
+    let args = [
+        "generate",
+        "--prompt",
+        "Once upon a time",
+        "--max-new-tokens",
+        "10",
+        "--temperature",
+        "1.0",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "3",
+        "--json",
+    ];
+    let a = json(&scaledown(&args));
+    let b = json(&scaledown(&args));
+    assert_eq!(a["ids"], b["ids"], "same seed, same sample");
+}
+
+#[test]
+fn embed_json_gives_the_reference_embedding() {
+    models_dir();
+    let reference = reference("minilm_ref.json");
+    let s = &reference["sentences"][0];
+    let out = json(&scaledown(&[
+        "embed",
+        "--text",
+        s["text"].as_str().unwrap(),
+        "--json",
+    ]));
+    let got = f32s(&out["embedding"]);
+    let want = f32s(&s["embedding"]);
+    assert_eq!(got.len(), 384);
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-4, "{g} vs {w}");
+    }
+}
+
+#[test]
+fn bad_model_files_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.gguf");
+    std::fs::write(&garbage, b"this is not a model at all").unwrap();
+    let o = scaledown(&[
+        "generate",
+        "--prompt",
+        "hi",
+        "--model",
+        garbage.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("wrong magic"), "{}", stderr(&o));
+
+    // The real file cut short: its tensor data lies past the end.
+    let real = std::fs::read(scaledown::models::default_generator(&models_dir())).unwrap();
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &real[..real.len() / 2]).unwrap();
+    let o = scaledown(&[
+        "generate",
+        "--prompt",
+        "hi",
+        "--model",
+        cut.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("past the end"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cut.gguf"),
+        "the error names the file: {}",
+        stderr(&o)
+    );
+
+    // A Hugging Face folder whose safetensors is broken.
+    let hf = dir.path().join("hf");
+    std::fs::create_dir(&hf).unwrap();
+    let minilm = scaledown::models::default_encoder(&models_dir());
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(minilm.join(f), hf.join(f)).unwrap();
+    }
+    std::fs::write(hf.join("model.safetensors"), [0xff; 64]).unwrap();
+    let o = scaledown(&["embed", "--text", "hi", "--model", hf.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("safetensors"), "{}", stderr(&o));
+
+    let o = scaledown(&[
+        "generate",
+        "--prompt",
+        "hi",
+        "--model",
+        "/nonexistent/model.gguf",
+    ]);
+    assert!(
+        stderr(&o).contains("model not found at /nonexistent/model.gguf"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn out_of_range_flags_are_named() {
+    for (flag, value) in [
+        ("--temperature", "-1"),
+        ("--top-p", "0"),
+        ("--max-new-tokens", "0"),
+        ("--backend", "tpu"),
+    ] {
+        let o = scaledown(&["generate", "--prompt", "hi", flag, value]);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains(flag), "{flag}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn models_list_says_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = scaledown(&[
+        "models",
+        "list",
+        "--models-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("missing (run `scaledown models fetch`)"),
+        "{text}"
+    );
+}
