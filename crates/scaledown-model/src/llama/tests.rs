@@ -158,3 +158,81 @@ fn config_rejects_impossible_shapes() {
     c.vocab_size = usize::MAX;
     assert!(c.validate().unwrap_err().to_string().contains("vocab size"));
 }
+
+/// The same tiny model through Hugging Face names and safetensors bytes.
+#[test]
+fn safetensors_round_trip_with_hf_names() {
+    use safetensors::tensor::{Dtype, TensorView};
+    let device = Device::flex();
+    let cfg = LlamaConfig::tiny(50);
+    let model = cfg.init(&device);
+    let bytes_of = |t: Tensor<2>| -> (Vec<usize>, Vec<u8>) {
+        let shape = t.dims().to_vec();
+        let v: Vec<f32> = t.into_data().try_into_vec::<f32>().unwrap();
+        (shape, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+    };
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut push = |name: String, t: Tensor<2>| {
+        let (s, b) = bytes_of(t);
+        tensors.push((name, s, b));
+    };
+    push(
+        "model.embed_tokens.weight".into(),
+        model.embed_tokens.weight.val(),
+    );
+    push(
+        "model.norm.weight".into(),
+        model.norm.gamma.val().unsqueeze(),
+    );
+    for (i, b) in model.layers.iter().enumerate() {
+        let a = &b.self_attn;
+        for (name, lin) in [
+            ("self_attn.q_proj", &a.q_proj),
+            ("self_attn.k_proj", &a.k_proj),
+            ("self_attn.v_proj", &a.v_proj),
+            ("self_attn.o_proj", &a.o_proj),
+            ("mlp.gate_proj", &b.mlp.gate_proj),
+            ("mlp.up_proj", &b.mlp.up_proj),
+            ("mlp.down_proj", &b.mlp.down_proj),
+        ] {
+            push(
+                format!("model.layers.{i}.{name}.weight"),
+                lin.weight.val().transpose(),
+            );
+        }
+        push(
+            format!("model.layers.{i}.input_layernorm.weight"),
+            b.input_layernorm.gamma.val().unsqueeze(),
+        );
+        push(
+            format!("model.layers.{i}.post_attention_layernorm.weight"),
+            b.post_attention_layernorm.gamma.val().unsqueeze(),
+        );
+    }
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, s, b)| {
+            // Norm weights went through a [1, h] tensor; HF stores them as [h].
+            let shape = if s[0] == 1 { vec![s[1]] } else { s.clone() };
+            (n.clone(), TensorView::new(Dtype::F32, shape, b).unwrap())
+        })
+        .collect();
+    let bytes = safetensors::serialize(views, None).unwrap();
+    let config = serde_json::json!({
+        "vocab_size": 50, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "rope_theta": 10000.0,
+        "rms_norm_eps": 1e-5, "max_position_embeddings": 512, "tie_word_embeddings": true
+    });
+    let (loaded_cfg, loaded) =
+        llama_from_safetensors(&config.to_string(), &bytes, &device).unwrap();
+    assert_eq!(loaded_cfg, cfg);
+    let seq = [4, 8, 15, 16, 23, 42];
+    let a = model.forward_last(ids(&seq, &device), &mut KvCache::new(2));
+    let b = loaded.forward_last(ids(&seq, &device), &mut KvCache::new(2));
+    close(&a, &b, 1e-5);
+
+    // Cut short, the file is refused by the safetensors parser, with its name in the error.
+    let err = llama_from_safetensors(&config.to_string(), &bytes[..bytes.len() - 10], &device)
+        .unwrap_err();
+    assert!(err.to_string().contains("safetensors"), "{err}");
+}
