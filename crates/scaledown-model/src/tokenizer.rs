@@ -101,10 +101,9 @@ impl Tokenizer {
         if let Some(eos) = file
             .meta("tokenizer.ggml.eos_token_id")
             .and_then(|v| v.as_u64())
+            && !tok.stop_ids.contains(&(eos as u32))
         {
-            if !tok.stop_ids.contains(&(eos as u32)) {
-                tok.stop_ids.push(eos as u32);
-            }
+            tok.stop_ids.push(eos as u32);
         }
         Ok(tok)
     }

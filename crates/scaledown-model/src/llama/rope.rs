@@ -47,12 +47,12 @@ impl Rope {
         let cos = self
             .cos
             .clone()
-            .slice([start..start + seq])
+            .slice_dim(0, start..start + seq)
             .unsqueeze::<4>();
         let sin = self
             .sin
             .clone()
-            .slice([start..start + seq])
+            .slice_dim(0, start..start + seq)
             .unsqueeze::<4>();
         let half = head_dim / 2;
         let x1 = x.clone().slice_dim(3, 0..half);
