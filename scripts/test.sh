@@ -23,8 +23,13 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 
+# Build the tests and the binary together first: `cargo run` alone would resolve features
+# without the dev-dependencies and build much of Burn a second time.
+step "build (release)"
+cargo test --release --workspace --no-run
+
 step "models"
-cargo run --release --quiet -- models fetch
+"$CARGO_TARGET_DIR/release/scaledown" models fetch
 
 step "tests (release)"
 cargo test --release --workspace
