@@ -191,6 +191,15 @@ fn generate_cmd(dir: &std::path::Path, a: GenerateArgs) -> Result<()> {
         a.prompt.clone()
     };
     let prompt = g.tokenizer.encode(&text)?;
+    let needed = prompt.len() + a.max_new_tokens as usize;
+    if needed > g.model.max_len() {
+        bail!(
+            "--prompt ({} tokens) plus --max-new-tokens ({}) exceeds the model's context of {} tokens",
+            prompt.len(),
+            a.max_new_tokens,
+            g.model.max_len()
+        );
+    }
     let config = GenerationConfig {
         max_new_tokens: a.max_new_tokens as usize,
         temperature: a.temperature,

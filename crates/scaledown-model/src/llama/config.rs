@@ -19,6 +19,12 @@ pub struct LlamaConfig {
 }
 
 impl LlamaConfig {
+    /// Positions covered by the RoPE tables: the context length, capped so that a file claiming
+    /// a huge context cannot size a huge allocation.
+    pub fn rope_table_len(&self) -> usize {
+        self.max_position_embeddings.min(32_768)
+    }
+
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }

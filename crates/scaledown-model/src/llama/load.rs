@@ -162,7 +162,7 @@ fn build(
         layers,
         norm: norm(names.norm)?,
         lm_head,
-        rope: Rope::new(hd, c.max_position_embeddings, c.rope_theta, device),
+        rope: Rope::new(hd, c.rope_table_len(), c.rope_theta, device),
     })
 }
 

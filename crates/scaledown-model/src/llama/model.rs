@@ -158,7 +158,7 @@ impl LlamaConfig {
             layers,
             norm: norm(),
             lm_head: (!self.tie_word_embeddings).then(|| linear(self.hidden_size, self.vocab_size)),
-            rope: Rope::new(hd, self.max_position_embeddings, self.rope_theta, device),
+            rope: Rope::new(hd, self.rope_table_len(), self.rope_theta, device),
         }
     }
 }
@@ -166,6 +166,11 @@ impl LlamaConfig {
 impl Llama {
     pub fn hidden_size(&self) -> usize {
         self.norm.gamma.dims()[0]
+    }
+
+    /// The longest sequence (prompt + generated tokens) this model can run.
+    pub fn max_len(&self) -> usize {
+        self.rope.max_len()
     }
 
     pub fn vocab_size(&self) -> usize {
