@@ -68,13 +68,23 @@ fn decode_tok_s(model: &Llama, tokens: usize, runs: usize, device: &Device) -> S
     for r in 0..=runs {
         let mut cache = KvCache::new(model.layers.len());
         let logits = model.forward_last(ids_for(32, device), &mut cache);
-        let mut next = argmax(&logits.into_data().try_into_vec::<f32>().unwrap_or_default());
+        let mut next = argmax(
+            &logits
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("logits are f32"),
+        );
         let t = Instant::now();
         for _ in 0..tokens {
             let ids =
                 Tensor::<2, Int>::from_data(TensorData::new(vec![next as i64], [1, 1]), device);
             let logits = model.forward_last(ids, &mut cache);
-            next = argmax(&logits.into_data().try_into_vec::<f32>().unwrap_or_default());
+            next = argmax(
+                &logits
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .expect("logits are f32"),
+            );
         }
         if r > 0 {
             samples.push(tokens as f64 / t.elapsed().as_secs_f64());

@@ -116,7 +116,10 @@ pub fn continue_from(
     let mut sampler = Sampler::new(config);
     let mut out = Vec::new();
     for step in 0..config.max_new_tokens {
-        let values: Vec<f32> = logits.into_data().try_into_vec::<f32>().unwrap_or_default();
+        let values: Vec<f32> = logits
+            .into_data()
+            .try_into_vec::<f32>()
+            .expect("logits are f32");
         let next = sampler.next(&values);
         out.push(next);
         if stop_ids.contains(&next) || step + 1 == config.max_new_tokens {
