@@ -1,1 +1,13 @@
+//! ScaleDown's data crate: the example schema shared by every command, readers for the
+//! official dataset formats, the leakage-free train/eval split, and the QA metrics.
+//! No Burn and no file system: callers pass text, so it builds for wasm32 as well.
 
+pub mod metrics;
+pub mod schema;
+pub mod sources;
+pub mod split;
+
+pub use metrics::{Scores, exact_match, match_accuracy, normalize_answer, rouge_l, token_f1};
+pub use schema::{DataError, Document, Example, parse_examples, to_json};
+pub use sources::{Dataset, Parsed, parse_source, push_row};
+pub use split::split_train_eval;
