@@ -64,6 +64,7 @@ pub struct Parsed {
 pub fn parse_source(dataset: Dataset, file: &str, text: &str) -> Result<Parsed, DataError> {
     let trimmed = text.trim_start();
     let mut parsed = Parsed::default();
+    let mut whole_row = None;
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
         // One JSON document, unless it is JSON Lines whose first line is an object.
         let whole = serde_json::from_str::<Value>(text).ok();
@@ -96,8 +97,14 @@ pub fn parse_source(dataset: Dataset, file: &str, text: &str) -> Result<Parsed, 
             }
             return finish(dataset, file, parsed);
         }
+        whole_row = whole.filter(Value::is_object);
     }
-    for (i, line) in text.lines().enumerate() {
+    let lines: Vec<&str> = match whole_row {
+        // One (possibly pretty-printed) row object.
+        Some(_) => vec![text],
+        None => text.lines().collect(),
+    };
+    for (i, line) in lines.into_iter().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
