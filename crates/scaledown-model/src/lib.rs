@@ -4,9 +4,16 @@
 
 pub mod backend;
 pub mod bert;
+pub mod checkpoint;
+pub mod compressor;
 pub mod generation;
 pub mod llama;
+pub mod oscar;
 pub mod tokenizer;
+pub mod training;
 pub mod weights;
+
+#[cfg(test)]
+mod oscar_tests;
 
 pub use burn;

@@ -101,15 +101,25 @@ impl Bert {
     /// - ids: `[batch, seq]`; attention_mask: `[batch, seq]`, 1 for tokens and 0 for padding.
     /// - returns the last hidden states `[batch, seq, hidden]`.
     pub fn forward(&self, ids: Tensor<2, Int>, attention_mask: Tensor<2, Int>) -> Tensor<3> {
-        let [b, s] = ids.dims();
-        let device = ids.device();
+        self.forward_word_embeds(self.embeddings.word.forward(ids), attention_mask)
+    }
+
+    /// Like [`Bert::forward`], from word embeddings `[batch, seq, hidden]` (token embeddings, or
+    /// learned memory-token vectors spliced among them); positions and token type 0 are added.
+    pub fn forward_word_embeds(
+        &self,
+        words: Tensor<3>,
+        attention_mask: Tensor<2, Int>,
+    ) -> Tensor<3> {
+        let [b, s, _] = words.dims();
+        let device = words.device();
         let positions = Tensor::<1, Int>::arange(0..s as i64, &device)
             .unsqueeze::<2>()
             .expand([b, s]);
         let e = &self.embeddings;
-        let x = e.word.forward(ids.clone())
-            + e.position.forward(positions)
-            + e.token_type.forward(ids.zeros_like());
+        let x = words
+            + e.position.forward(positions.clone())
+            + e.token_type.forward(positions.zeros_like());
         let mut x = e.norm.forward(x);
         let pad = attention_mask.equal_elem(0).reshape([b, 1, 1, s]);
         for layer in &self.layers {

@@ -1,0 +1,225 @@
+//! The OSCAR compressor: it reads `[query; document chunk; MEM_1..MEM_L]` and returns the
+//! hidden states at the L memory-token positions, projected to the generator's width. Those
+//! L vectors replace the chunk's L×R tokens in the generator's prompt (compression rate R).
+
+use crate::bert::Bert;
+use crate::llama::model::Block;
+use crate::llama::rope::Rope;
+use crate::llama::{KvCache, Llama};
+use burn::module::{ModuleMapper, Param};
+use burn::nn::{Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use burn::tensor::activation::gelu;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompressorType {
+    /// A trainable copy of the generator's first N layers.
+    NLayers,
+    /// A separate encoder (MiniLM, any BERT checkpoint).
+    Encoder,
+}
+
+impl FromStr for CompressorType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "n_layers" | "n-layers" => Ok(Self::NLayers),
+            // The seed tool's ModernBERT choice maps to the encoder compressor we ship.
+            "encoder" | "modernbert" | "bert" => Ok(Self::Encoder),
+            other => Err(format!(
+                "unknown compressor type `{other}` (n_layers, encoder, modernbert)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for CompressorType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NLayers => "n_layers",
+            Self::Encoder => "encoder",
+        })
+    }
+}
+
+/// Shapes of a compressor; saved with every checkpoint so that it can be rebuilt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompressorConfig {
+    pub compressor_type: CompressorType,
+    /// Generator layers copied (`n_layers` only).
+    pub num_layers: usize,
+    /// L: vectors per chunk.
+    pub num_memory_tokens: usize,
+    /// R: document tokens per vector; chunks hold L×R tokens.
+    pub compression_rate: usize,
+    /// A 2-layer MLP after the backbone (always used by the encoder compressor).
+    pub projector: bool,
+}
+
+impl CompressorConfig {
+    pub fn chunk_tokens(&self) -> usize {
+        self.num_memory_tokens * self.compression_rate
+    }
+
+    pub fn validate(&self, generator_layers: usize) -> Result<(), String> {
+        if self.compressor_type == CompressorType::NLayers
+            && !(1..=generator_layers).contains(&self.num_layers)
+        {
+            return Err(format!(
+                "--num-layers {} is out of range: the generator has {generator_layers} layers",
+                self.num_layers
+            ));
+        }
+        if !(1..=256).contains(&self.num_memory_tokens) {
+            return Err(format!(
+                "--num-memory-tokens {} is out of range (1..=256)",
+                self.num_memory_tokens
+            ));
+        }
+        if !(1..=512).contains(&self.compression_rate) {
+            return Err(format!(
+                "--compression-rate {} is out of range (1..=512)",
+                self.compression_rate
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The first N generator layers, trained as the compressor's backbone.
+#[derive(Module, Debug)]
+pub struct DecoderStack {
+    pub layers: Vec<Block>,
+    pub rope: Rope,
+}
+
+#[derive(Module, Debug)]
+pub enum Backbone {
+    Decoder(DecoderStack),
+    Encoder(Bert),
+}
+
+/// Backbone width -> generator width.
+#[derive(Module, Debug)]
+pub struct Projector {
+    pub fc1: Linear,
+    pub fc2: Linear,
+}
+
+impl Projector {
+    pub fn new(d_in: usize, d_out: usize, device: &Device) -> Self {
+        Self {
+            fc1: LinearConfig::new(d_in, d_out).init(device),
+            fc2: LinearConfig::new(d_out, d_out).init(device),
+        }
+    }
+
+    /// `[n, d_in]` -> `[n, d_out]`.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.fc2.forward(gelu(self.fc1.forward(x)))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Compressor {
+    pub backbone: Backbone,
+    /// Learned memory-token embeddings `[L, backbone width]`.
+    pub memory: Param<Tensor<2>>,
+    pub projector: Option<Projector>,
+}
+
+impl Compressor {
+    /// A compressor whose backbone is a copy of `generator`'s first `config.num_layers` layers.
+    pub fn from_generator(config: &CompressorConfig, generator: &Llama, device: &Device) -> Self {
+        // A copy with its own tensors and parameter ids: the generator's layers stay frozen
+        // while these train.
+        let layers: Vec<Block> = generator.layers[..config.num_layers]
+            .iter()
+            .map(|b| b.clone().map(&mut FreshCopy))
+            .collect();
+        let d = generator.hidden_size();
+        Self {
+            backbone: Backbone::Decoder(DecoderStack {
+                layers,
+                rope: generator.rope.clone(),
+            }),
+            memory: Param::from_tensor(memory_init(config.num_memory_tokens, d, device)),
+            projector: config.projector.then(|| Projector::new(d, d, device)),
+        }
+    }
+
+    /// An encoder compressor over `encoder` with a projector to `generator_width`.
+    pub fn from_encoder(
+        config: &CompressorConfig,
+        encoder: Bert,
+        generator_width: usize,
+        device: &Device,
+    ) -> Self {
+        let d = encoder.hidden_size();
+        Self {
+            backbone: Backbone::Encoder(encoder),
+            memory: Param::from_tensor(memory_init(config.num_memory_tokens, d, device)),
+            projector: Some(Projector::new(d, generator_width, device)),
+        }
+    }
+
+    pub fn num_memory_tokens(&self) -> usize {
+        self.memory.dims()[0]
+    }
+
+    /// Input token embeddings `[1, n, backbone width]` of `[query; chunk]` -> the chunk's memory
+    /// vectors `[L, generator width]`. For the `n_layers` backbone the embeddings come from the
+    /// generator's (frozen) table; for the encoder, from the encoder's own word embeddings.
+    pub fn compress(&self, tokens: Tensor<3>) -> Tensor<2> {
+        let [_, n, d] = tokens.dims();
+        let l = self.num_memory_tokens();
+        let x = Tensor::cat(vec![tokens, self.memory.val().unsqueeze::<3>()], 1);
+        let hidden = match &self.backbone {
+            Backbone::Decoder(stack) => {
+                let mut cache = KvCache::new(stack.layers.len());
+                let mut h = x;
+                for (i, block) in stack.layers.iter().enumerate() {
+                    h = block.forward(h, &stack.rope, 0, i, &mut cache, None);
+                }
+                h
+            }
+            Backbone::Encoder(bert) => {
+                let device = x.device();
+                let mask = Tensor::<2, Int>::ones([1, n + l], &device);
+                bert.forward_word_embeds(x, mask)
+            }
+        };
+        let memory_states = hidden.slice([0..1, n..n + l, 0..d]).reshape([l, d]);
+        match &self.projector {
+            Some(p) => p.forward(memory_states),
+            None => memory_states,
+        }
+    }
+
+    /// Token ids `[1, n]` -> the backbone's input embeddings `[1, n, width]`.
+    pub fn embed(&self, generator: &Llama, ids: Tensor<2, Int>) -> Tensor<3> {
+        match &self.backbone {
+            Backbone::Decoder(_) => generator.embed(ids),
+            Backbone::Encoder(bert) => bert.embeddings.word.forward(ids),
+        }
+    }
+}
+
+struct FreshCopy;
+
+impl ModuleMapper for FreshCopy {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let value = param.val();
+        Param::from_tensor(Tensor::from_data(value.to_data(), &value.device()))
+    }
+}
+
+/// Memory tokens start as small random vectors (the scale of token embeddings).
+fn memory_init(l: usize, d: usize, device: &Device) -> Tensor<2> {
+    Tensor::random([l, d], Distribution::Normal(0.0, 0.02), device)
+}

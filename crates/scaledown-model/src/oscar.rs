@@ -1,0 +1,221 @@
+//! OSCAR: compress each document chunk into memory vectors, splice them into the generator's
+//! ChatML prompt as input embeddings, and either score an answer (training loss) or generate one.
+//!
+//! Generator prompt: `<system>…<|im_start|>user\nBackground: <vectors of doc 1> … <vectors of
+//! doc n>\nQuestion: q<|im_end|>\n<|im_start|>assistant\n`; the uncompressed baseline has the
+//! documents' text where the vectors are.
+
+use crate::compressor::{Compressor, CompressorConfig, CompressorType};
+use crate::generation::{GenerationConfig, continue_from};
+use crate::llama::{KvCache, Llama};
+use crate::tokenizer::{SMOLLM2_SYSTEM_PROMPT, Tokenizer};
+use crate::weights::WeightError;
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+
+/// Questions longer than this (in compressor tokens) are cut, so a chunk keeps its room.
+const MAX_QUERY_TOKENS: usize = 64;
+
+#[derive(Module, Debug)]
+pub struct Oscar {
+    pub compressor: Compressor,
+    pub generator: Llama,
+}
+
+/// The tokenizers OSCAR needs: the generator's, and the encoder's for an encoder compressor.
+pub struct OscarTokenizers {
+    pub generator: Tokenizer,
+    pub encoder: Option<Tokenizer>,
+}
+
+/// One question and its documents, tokenised for the compressor and the generator.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// Per chunk: the compressor's input ids `[query; chunk]`.
+    pub chunks: Vec<Vec<u32>>,
+    /// Generator ids before and after the memory vectors.
+    pub prefix: Vec<u32>,
+    pub suffix: Vec<u32>,
+    /// Document tokens that the chunks hold (for the compression report).
+    pub document_tokens: usize,
+}
+
+/// How a document enters a prompt, compressed or not: its title, then its text.
+pub fn document_text(title: &str, text: &str) -> String {
+    let title = title.replace('_', " ");
+    if title.trim().is_empty() {
+        text.to_string()
+    } else {
+        format!("{title}\n{text}")
+    }
+}
+
+/// The user turn of the uncompressed baseline and the teacher.
+pub fn full_text_user_turn(question: &str, documents: &[String]) -> String {
+    format!(
+        "Background: {}\nQuestion: {question}",
+        documents.join("\n\n")
+    )
+}
+
+fn chat_prefix() -> String {
+    format!("<|im_start|>system\n{SMOLLM2_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\nBackground:")
+}
+
+fn chat_suffix(question: &str) -> String {
+    format!("\nQuestion: {question}<|im_end|>\n<|im_start|>assistant\n")
+}
+
+impl OscarTokenizers {
+    /// Tokenises `question` and `documents` (already joined with their titles) into chunks of
+    /// `config.chunk_tokens()` document tokens each.
+    pub fn encode(
+        &self,
+        config: &CompressorConfig,
+        question: &str,
+        documents: &[String],
+    ) -> Result<Encoded, WeightError> {
+        let gen_tok = &self.generator;
+        let per_chunk = config.chunk_tokens();
+        let mut chunks = Vec::new();
+        let mut document_tokens = 0;
+        let (query, tail): (Vec<u32>, Vec<u32>) = match config.compressor_type {
+            CompressorType::NLayers => {
+                let mut q = gen_tok.encode(&format!("Question: {question}\nDocument:"))?;
+                q.truncate(MAX_QUERY_TOKENS);
+                (q, vec![])
+            }
+            CompressorType::Encoder => {
+                let tok = self.encoder.as_ref().ok_or_else(|| {
+                    WeightError::Config(
+                        "the encoder compressor needs the encoder's tokenizer".into(),
+                    )
+                })?;
+                let sep = tok
+                    .token_to_id("[SEP]")
+                    .ok_or_else(|| WeightError::Config("encoder tokenizer has no [SEP]".into()))?;
+                let mut q = tok.encode_with(question, true)?; // [CLS] q [SEP]
+                if q.len() > MAX_QUERY_TOKENS {
+                    q.truncate(MAX_QUERY_TOKENS - 1);
+                    q.push(sep);
+                }
+                (q, vec![sep])
+            }
+        };
+        for doc in documents {
+            let ids = match config.compressor_type {
+                CompressorType::NLayers => gen_tok.encode(doc)?,
+                CompressorType::Encoder => self.encoder.as_ref().expect("checked").encode(doc)?,
+            };
+            document_tokens += ids.len();
+            for piece in ids.chunks(per_chunk) {
+                chunks.push([query.as_slice(), piece, tail.as_slice()].concat());
+            }
+        }
+        Ok(Encoded {
+            chunks,
+            prefix: gen_tok.encode(&chat_prefix())?,
+            suffix: gen_tok.encode(&chat_suffix(question))?,
+            document_tokens,
+        })
+    }
+
+    /// Answer text -> target ids, ending with `<|im_end|>` so that the model learns to stop.
+    pub fn encode_answer(&self, answer: &str) -> Result<Vec<u32>, WeightError> {
+        let mut ids = self.generator.encode(answer.trim())?;
+        ids.extend(self.generator.token_to_id("<|im_end|>"));
+        Ok(ids)
+    }
+}
+
+/// `[n]` ids -> `[1, n]` tensor.
+pub fn ids_tensor(ids: &[u32], device: &Device) -> Tensor<2, Int> {
+    let data = TensorData::new(ids.iter().map(|&i| i as i64).collect(), [1, ids.len()]);
+    Tensor::from_data(data, device)
+}
+
+impl Oscar {
+    fn device(&self) -> Device {
+        self.generator.embed_tokens.weight.device()
+    }
+
+    /// All chunks' memory vectors, in order: `[chunks × L, generator width]`.
+    pub fn memory_vectors(&self, encoded: &Encoded) -> Tensor<2> {
+        let device = self.device();
+        let vectors = encoded
+            .chunks
+            .iter()
+            .map(|ids| {
+                let tokens = self
+                    .compressor
+                    .embed(&self.generator, ids_tensor(ids, &device));
+                self.compressor.compress(tokens)
+            })
+            .collect();
+        Tensor::cat(vectors, 0)
+    }
+
+    /// The generator's input embeddings `[1, n, width]`: prefix, memory vectors, suffix, then
+    /// `continuation` (teacher-forced answer tokens) when given.
+    pub fn prompt_embeds(&self, encoded: &Encoded, continuation: &[u32]) -> Tensor<3> {
+        let device = self.device();
+        let mut parts = vec![
+            self.generator.embed(ids_tensor(&encoded.prefix, &device)),
+            self.memory_vectors(encoded).unsqueeze::<3>(),
+        ];
+        let rest = [encoded.suffix.as_slice(), continuation].concat();
+        parts.push(self.generator.embed(ids_tensor(&rest, &device)));
+        Tensor::cat(parts, 1)
+    }
+
+    /// Mean cross-entropy of `answer` (ids, ending with `<|im_end|>`) after the compressed
+    /// prompt: `[1]`. Only the answer positions are scored.
+    pub fn answer_loss(&self, encoded: &Encoded, answer: &[u32]) -> Tensor<1> {
+        let device = self.device();
+        let a = answer.len();
+        let x = self.prompt_embeds(encoded, &answer[..a - 1]);
+        let n = x.dims()[1];
+        let mut cache = KvCache::new(self.generator.layers.len());
+        let hidden = self
+            .generator
+            .forward_embeds(x, &mut cache, None, |_, _| {});
+        let d = hidden.dims()[2];
+        // Position t predicts token t + 1: the last `a` positions predict the answer.
+        let logits = self.generator.logits(hidden.slice([0..1, n - a..n, 0..d]));
+        let log_probs = log_softmax(logits.reshape([a, self.generator.vocab_size()]), 1);
+        let targets = Tensor::<1, Int>::from_data(
+            TensorData::new(answer.iter().map(|&t| t as i64).collect(), [a]),
+            &device,
+        );
+        let picked = log_probs.gather(1, targets.reshape([a, 1]));
+        picked.mean().neg().reshape([1])
+    }
+
+    /// Generates an answer from the compressed prompt (ids, stop token included when produced).
+    pub fn answer(
+        &self,
+        encoded: &Encoded,
+        stop_ids: &[u32],
+        config: &GenerationConfig,
+    ) -> Vec<u32> {
+        let device = self.device();
+        let x = self.prompt_embeds(encoded, &[]);
+        let mut cache = KvCache::new(self.generator.layers.len());
+        let hidden = self
+            .generator
+            .forward_embeds(x, &mut cache, None, |_, _| {});
+        let [_, n, d] = hidden.dims();
+        let logits = self
+            .generator
+            .logits(hidden.slice([0..1, n - 1..n, 0..d]))
+            .reshape([1, self.generator.vocab_size()]);
+        continue_from(
+            &self.generator,
+            logits,
+            &mut cache,
+            stop_ids,
+            config,
+            &device,
+        )
+    }
+}

@@ -1,0 +1,186 @@
+//! One optimisation step of OSCAR: answer cross-entropy over a batch (gradients accumulated
+//! example by example, so memory does not grow with the batch), global grad-norm clipping,
+//! AdamW with linear warm-up and decay, separate learning rates for compressor and generator.
+
+use crate::oscar::{Encoded, Oscar};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+
+#[derive(Debug, Clone)]
+pub struct TrainSettings {
+    pub compressor_lr: f64,
+    /// Learning rate of the LoRA factors (unused when the generator is frozen).
+    pub generator_lr: f64,
+    pub weight_decay: f32,
+    pub warmup_steps: usize,
+    pub total_steps: usize,
+    pub max_grad_norm: f32,
+}
+
+/// A teacher-forced example: the compressed input and the target answer ids.
+pub struct TrainExample {
+    pub encoded: Encoded,
+    pub answer: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct StepStats {
+    pub loss: f32,
+    /// Gradient norm before clipping.
+    pub grad_norm: f32,
+    pub compressor_lr: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("the loss became {loss} at step {step}; training stopped (the model was not updated)")]
+    NonFinite { step: usize, loss: f32 },
+}
+
+pub struct Trainer {
+    pub settings: TrainSettings,
+    /// Steps taken so far.
+    pub step: usize,
+    compressor_optim: ModuleOptimizer,
+    generator_optim: ModuleOptimizer,
+}
+
+impl Trainer {
+    pub fn new(settings: TrainSettings) -> Self {
+        let adamw = AdamWConfig::new().with_weight_decay(settings.weight_decay);
+        Self {
+            settings,
+            step: 0,
+            compressor_optim: adamw.init(),
+            generator_optim: adamw.init(),
+        }
+    }
+
+    /// Linear warm-up to 1 over `warmup_steps`, then linear decay to 0 at `total_steps`.
+    pub fn lr_factor(&self, step: usize) -> f64 {
+        let s = &self.settings;
+        if step < s.warmup_steps {
+            (step + 1) as f64 / s.warmup_steps as f64
+        } else {
+            let left = s.total_steps.saturating_sub(step) as f64;
+            (left / (s.total_steps - s.warmup_steps).max(1) as f64).clamp(0.0, 1.0)
+        }
+    }
+
+    /// One step over `batch`. On a NaN or infinite loss the model comes back unchanged with
+    /// the error.
+    pub fn step(
+        &mut self,
+        model: Oscar,
+        batch: &[TrainExample],
+    ) -> (Oscar, Result<StepStats, TrainError>) {
+        let mut acc_c = GradientsAccumulator::new();
+        let mut acc_g = GradientsAccumulator::new();
+        let mut total = 0.0f32;
+        for ex in batch {
+            let loss = model.answer_loss(&ex.encoded, &ex.answer);
+            let value: f32 = loss.clone().into_scalar::<f32>();
+            if !value.is_finite() {
+                return (
+                    model,
+                    Err(TrainError::NonFinite {
+                        step: self.step + 1,
+                        loss: value,
+                    }),
+                );
+            }
+            total += value;
+            let mut grads = loss.div_scalar(batch.len() as f32).backward();
+            acc_c.accumulate(
+                &model.compressor,
+                GradientsParams::from_module(&mut grads, &model.compressor),
+            );
+            acc_g.accumulate(
+                &model.generator,
+                GradientsParams::from_module(&mut grads, &model.generator),
+            );
+        }
+        let (mut grads_c, mut grads_g) = (acc_c.grads(), acc_g.grads());
+        let norm = (grad_sq_sum(&model.compressor, &grads_c)
+            + grad_sq_sum(&model.generator, &grads_g))
+        .sqrt();
+        if !norm.is_finite() {
+            return (
+                model,
+                Err(TrainError::NonFinite {
+                    step: self.step + 1,
+                    loss: norm,
+                }),
+            );
+        }
+        if norm > self.settings.max_grad_norm {
+            let factor = self.settings.max_grad_norm / norm;
+            scale_grads(&model.compressor, &mut grads_c, factor);
+            scale_grads(&model.generator, &mut grads_g, factor);
+        }
+        let factor = self.lr_factor(self.step);
+        let Oscar {
+            compressor,
+            generator,
+        } = model;
+        let compressor =
+            self.compressor_optim
+                .step(self.settings.compressor_lr * factor, compressor, grads_c);
+        let generator = if grads_g.is_empty() {
+            generator
+        } else {
+            self.generator_optim
+                .step(self.settings.generator_lr * factor, generator, grads_g)
+        };
+        self.step += 1;
+        let stats = StepStats {
+            loss: total / batch.len().max(1) as f32,
+            grad_norm: norm,
+            compressor_lr: self.settings.compressor_lr * factor,
+        };
+        (
+            Oscar {
+                compressor,
+                generator,
+            },
+            Ok(stats),
+        )
+    }
+}
+
+struct SqSum<'a> {
+    grads: &'a GradientsParams,
+    sum: f32,
+}
+
+impl ModuleVisitor for SqSum<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.get::<D>(param.id) {
+            self.sum += g.square().sum().into_scalar::<f32>();
+        }
+    }
+}
+
+fn grad_sq_sum<M: Module>(module: &M, grads: &GradientsParams) -> f32 {
+    let mut v = SqSum { grads, sum: 0.0 };
+    module.visit(&mut v);
+    v.sum
+}
+
+struct Scale<'a> {
+    grads: &'a mut GradientsParams,
+    factor: f32,
+}
+
+impl ModuleVisitor for Scale<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.remove::<D>(param.id) {
+            self.grads.register(param.id, g.mul_scalar(self.factor));
+        }
+    }
+}
+
+fn scale_grads<M: Module>(module: &M, grads: &mut GradientsParams, factor: f32) {
+    module.visit(&mut Scale { grads, factor });
+}
