@@ -36,6 +36,14 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Print the pooled, L2-normalised sentence embedding of a text (MiniLM by default).
     Embed(EmbedArgs),
+    /// Get real QA data (download or local file) and split it 90/10 into train and eval files.
+    Prepare(crate::prepare::PrepareArgs),
+    /// Train the OSCAR compressor, with evaluation before/after, report, plots and checkpoints.
+    Train(Box<crate::train::TrainArgs>),
+    /// Evaluate a trained checkpoint on a prepared file.
+    Eval(crate::ask::EvalArgs),
+    /// Answer a question from documents with a trained checkpoint.
+    Ask(crate::ask::AskArgs),
     /// Time SmolLM2 prefill and decode here and in PyTorch, and print the ratios.
     Bench(BenchArgs),
 }
@@ -163,6 +171,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate_cmd(&dir, args),
         Command::Embed(args) => embed_cmd(&dir, args),
         Command::Bench(args) => bench_cmd(&dir, args),
+        Command::Prepare(args) => crate::prepare::run(args),
+        Command::Train(args) => crate::train::run(&dir, *args),
+        Command::Eval(args) => crate::ask::eval(args),
+        Command::Ask(args) => crate::ask::ask(args),
     }
 }
 

@@ -1,5 +1,13 @@
 //! The `scaledown` command line: thin shells over `scaledown-model` and `scaledown-data`.
 
+pub mod ask;
 pub mod bench;
+pub mod checkpoint;
 pub mod cli;
+pub mod evaluate;
+pub mod fsutil;
 pub mod models;
+pub mod plots;
+pub mod prepare;
+pub mod progress;
+pub mod train;

@@ -31,6 +31,13 @@ impl SplitMix {
     }
 }
 
+/// A seeded permutation of `0..n` (the training order of an epoch).
+pub fn shuffled_indices(n: usize, seed: u64) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).collect();
+    SplitMix(seed).shuffle(&mut v);
+    v
+}
+
 /// Picks `n` examples (all when fewer) and splits them 90/10 into (train, eval).
 ///
 /// Groups are shuffled and dealt to the eval side until it holds a tenth of the pool, so eval

@@ -1,0 +1,117 @@
+//! `scaledown eval` and `scaledown ask`: use a trained checkpoint.
+
+use crate::checkpoint;
+use crate::evaluate;
+use crate::fsutil::{read_text, write_atomic};
+use crate::train::{describe, inference};
+use anyhow::{Result, bail};
+use clap::Args;
+use scaledown_data::parse_examples;
+use scaledown_model::backend::BackendKind;
+use scaledown_model::oscar::document_text;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// A checkpoint folder (e.g. training_with_eval/checkpoints/final).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[arg(long, alias = "eval_data")]
+    pub eval_data: PathBuf,
+    #[arg(long, alias = "max_eval_examples", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_eval_examples: u32,
+    /// Also evaluate the uncompressed generator on the full text.
+    #[arg(long)]
+    pub baseline: bool,
+    /// Write the per-example results here (JSON).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    #[arg(long, default_value = "flex")]
+    pub backend: BackendKind,
+}
+
+#[derive(Args)]
+pub struct AskArgs {
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[arg(long)]
+    pub question: String,
+    /// A document to compress; repeat for several.
+    #[arg(long = "document", required = true)]
+    pub documents: Vec<String>,
+    #[arg(long, default_value = "flex")]
+    pub backend: BackendKind,
+}
+
+pub fn eval(a: EvalArgs) -> Result<()> {
+    let device = a.backend.device().map_err(anyhow::Error::msg)?;
+    let (setup, loaded) = checkpoint::load(&a.checkpoint, &device)?;
+    let mut examples = parse_examples(
+        &a.eval_data.display().to_string(),
+        &read_text(&a.eval_data)?,
+    )?;
+    examples.truncate(a.max_eval_examples as usize);
+    let model = inference(&loaded.oscar);
+    let run = evaluate::compressed(
+        &model,
+        &loaded.tokenizers,
+        &setup.compressor,
+        &examples,
+        setup.max_new_tokens,
+        "eval",
+    )?;
+    println!("compressed:   {}", describe(&run));
+    let mut out = serde_json::json!({ "compressed": run });
+    if a.baseline {
+        let base = evaluate::uncompressed(
+            &loaded.base_generator,
+            &loaded.tokenizers,
+            &examples,
+            setup.max_new_tokens,
+            "baseline",
+        )?;
+        println!("uncompressed: {}", describe(&base));
+        println!(
+            "speed-up {:.2}x",
+            base.timing.mean_ms / run.timing.mean_ms.max(1e-9)
+        );
+        out["uncompressed"] = serde_json::to_value(&base)?;
+    }
+    if let Some(path) = a.output {
+        write_atomic(&path, serde_json::to_string_pretty(&out)?.as_bytes())?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+pub fn ask(a: AskArgs) -> Result<()> {
+    if a.question.trim().is_empty() {
+        bail!("--question is empty");
+    }
+    if let Some(i) = a.documents.iter().position(|d| d.trim().is_empty()) {
+        bail!("--document number {} is empty", i + 1);
+    }
+    let device = a.backend.device().map_err(anyhow::Error::msg)?;
+    let (setup, loaded) = checkpoint::load(&a.checkpoint, &device)?;
+    let model = inference(&loaded.oscar);
+    let docs: Vec<String> = a.documents.iter().map(|d| document_text("", d)).collect();
+    let start = Instant::now();
+    let encoded = loaded
+        .tokenizers
+        .encode(&setup.compressor, &a.question, &docs)?;
+    let ids = model.answer(
+        &encoded,
+        &loaded.tokenizers.generator.stop_ids,
+        &evaluate::answer_config(setup.max_new_tokens),
+    );
+    let answer = loaded.tokenizers.generator.decode(&ids, true);
+    println!("{}", answer.trim());
+    eprintln!(
+        "({} document tokens -> {} memory vectors, {:.0} ms)",
+        encoded.document_tokens,
+        encoded.chunks.len() * setup.compressor.num_memory_tokens,
+        start.elapsed().as_secs_f64() * 1000.0
+    );
+    Ok(())
+}

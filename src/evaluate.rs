@@ -1,0 +1,170 @@
+//! Evaluation: answers from the compressed model or from the uncompressed generator reading
+//! the full text, scored (EM, F1, ROUGE-L, match) and timed per query.
+
+use crate::progress;
+use anyhow::Result;
+use scaledown_data::{Example, Scores};
+use scaledown_model::compressor::CompressorConfig;
+use scaledown_model::generation::{GenerationConfig, generate};
+use scaledown_model::llama::Llama;
+use scaledown_model::oscar::{Oscar, OscarTokenizers, document_text, full_text_user_turn};
+use scaledown_model::tokenizer::chat_prompt;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Prediction {
+    pub id: String,
+    pub question: String,
+    pub answers: Vec<String>,
+    pub prediction: String,
+    pub ms: f64,
+    /// Prompt tokens the generator read (documents compressed or not).
+    pub prompt_tokens: usize,
+    pub scores: Scores,
+}
+
+/// Latency over the queries of one evaluation.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Timing {
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub queries_per_second: f64,
+}
+
+impl Timing {
+    pub fn of(ms: &[f64]) -> Self {
+        if ms.is_empty() {
+            return Self::default();
+        }
+        let mut sorted = ms.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let pct = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
+        let mean = ms.iter().sum::<f64>() / ms.len() as f64;
+        Self {
+            mean_ms: mean,
+            p50_ms: pct(0.5),
+            p95_ms: pct(0.95),
+            queries_per_second: 1000.0 / mean,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalRun {
+    pub scores: Scores,
+    pub timing: Timing,
+    pub predictions: Vec<Prediction>,
+}
+
+impl EvalRun {
+    fn from(predictions: Vec<Prediction>) -> Self {
+        let scores = Scores::mean(&predictions.iter().map(|p| p.scores).collect::<Vec<_>>());
+        let ms: Vec<f64> = predictions.iter().map(|p| p.ms).collect();
+        Self {
+            scores,
+            timing: Timing::of(&ms),
+            predictions,
+        }
+    }
+}
+
+pub fn documents_of(ex: &Example) -> Vec<String> {
+    ex.documents
+        .iter()
+        .map(|d| document_text(&d.title, &d.text))
+        .collect()
+}
+
+/// Greedy answers, short enough for QA.
+pub fn answer_config(max_new_tokens: usize) -> GenerationConfig {
+    GenerationConfig {
+        max_new_tokens,
+        ..Default::default()
+    }
+}
+
+/// The compressed model (plain device, LoRA merged) on `examples`.
+pub fn compressed(
+    model: &Oscar,
+    tokenizers: &OscarTokenizers,
+    config: &CompressorConfig,
+    examples: &[Example],
+    max_new_tokens: usize,
+    label: &str,
+) -> Result<EvalRun> {
+    let answer = answer_config(max_new_tokens);
+    let stop = &tokenizers.generator.stop_ids;
+    let bar = progress::bar(examples.len() as u64, label);
+    let mut out = Vec::with_capacity(examples.len());
+    for ex in examples {
+        let start = Instant::now();
+        let encoded = tokenizers.encode(config, &ex.question, &documents_of(ex))?;
+        let ids = model.answer(&encoded, stop, &answer);
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        let prediction = tokenizers.generator.decode(&ids, true).trim().to_string();
+        let prompt_tokens = encoded.prefix.len()
+            + encoded.chunks.len() * model.compressor.num_memory_tokens()
+            + encoded.suffix.len();
+        out.push(prediction_of(ex, prediction, ms, prompt_tokens));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(EvalRun::from(out))
+}
+
+/// The uncompressed generator reading the documents' full text (the baseline and teacher).
+pub fn uncompressed(
+    generator: &Llama,
+    tokenizers: &OscarTokenizers,
+    examples: &[Example],
+    max_new_tokens: usize,
+    label: &str,
+) -> Result<EvalRun> {
+    let config = answer_config(max_new_tokens);
+    let tok = &tokenizers.generator;
+    let device = generator.embed_tokens.weight.device();
+    let bar = progress::bar(examples.len() as u64, label);
+    let mut out = Vec::with_capacity(examples.len());
+    for ex in examples {
+        let start = Instant::now();
+        let prompt = tok.encode(&chat_prompt(&full_text_user_turn(
+            &ex.question,
+            &documents_of(ex),
+        )))?;
+        let ids = generate(generator, &prompt, &tok.stop_ids, &config, &device);
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        let prediction = tok.decode(&ids, true).trim().to_string();
+        out.push(prediction_of(ex, prediction, ms, prompt.len()));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(EvalRun::from(out))
+}
+
+fn prediction_of(ex: &Example, prediction: String, ms: f64, prompt_tokens: usize) -> Prediction {
+    Prediction {
+        id: ex.id.clone(),
+        question: ex.question.clone(),
+        answers: ex.answers.clone(),
+        scores: Scores::of(&prediction, &ex.answers),
+        prediction,
+        ms,
+        prompt_tokens,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timing_percentiles() {
+        let t = Timing::of(&[10.0, 20.0, 30.0, 40.0, 100.0]);
+        assert_eq!(t.p50_ms, 30.0);
+        assert_eq!(t.p95_ms, 100.0);
+        assert_eq!(t.mean_ms, 40.0);
+        assert_eq!(t.queries_per_second, 25.0);
+    }
+}

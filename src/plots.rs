@@ -1,0 +1,372 @@
+//! The three PNG figures of a training run: metrics before/after with the uncompressed
+//! baseline, training curves, and latency (uncompressed vs compressed).
+
+use crate::evaluate::EvalRun;
+use crate::train::Report;
+use anyhow::{Result, anyhow};
+use plotters::prelude::*;
+use std::path::Path;
+use std::sync::Once;
+
+const BEFORE: RGBColor = RGBColor(158, 173, 200);
+const AFTER: RGBColor = RGBColor(31, 96, 196);
+const BASELINE: RGBColor = RGBColor(230, 126, 34);
+const METRICS: [&str; 4] = ["Exact match", "F1", "ROUGE-L", "Match"];
+
+fn fonts() {
+    static ONCE: Once = Once::new();
+    // Drawn with a bundled font, so plots look the same on machines without fonts.
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            dejavu::sans::regular(),
+        );
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Bold, dejavu::sans::bold());
+    });
+}
+
+fn err<E: std::fmt::Debug>(path: &Path) -> impl Fn(E) -> anyhow::Error + '_ {
+    move |e| anyhow!("drawing {}: {e:?}", path.display())
+}
+
+pub fn write_all(
+    out: &Path,
+    report: &Report,
+    baseline: &EvalRun,
+    before: &EvalRun,
+    after: &EvalRun,
+) -> Result<()> {
+    fonts();
+    before_after(
+        &out.join("before_after_comparison.png"),
+        baseline,
+        before,
+        after,
+    )?;
+    training_curves(&out.join("training_curves.png"), report)?;
+    speed(&out.join("speed_comparison.png"), baseline, before, after)?;
+    Ok(())
+}
+
+fn values(r: &EvalRun) -> [f64; 4] {
+    let s = r.scores;
+    [s.exact_match, s.f1, s.rouge_l, s.match_accuracy].map(|v| 100.0 * v)
+}
+
+fn before_after(path: &Path, baseline: &EvalRun, before: &EvalRun, after: &EvalRun) -> Result<()> {
+    let e = err(path);
+    let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(&e)?;
+    let (b, a, u) = (values(before), values(after), values(baseline));
+    let top = b.iter().chain(&a).chain(&u).cloned().fold(10.0, f64::max) * 1.45;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Before vs after training (uncompressed generator beside)",
+            ("sans-serif", 24),
+        )
+        .margin(20)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.5f64..3.5f64, 0f64..top)
+        .map_err(&e)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(4)
+        .x_label_formatter(&|x| {
+            METRICS
+                .get(x.round() as usize)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        })
+        .y_desc("score (%)")
+        .label_style(("sans-serif", 16))
+        .draw()
+        .map_err(&e)?;
+    let w = 0.25;
+    for (k, (vals, color, name)) in [
+        (b, BEFORE, "before training"),
+        (a, AFTER, "after training"),
+        (u, BASELINE, "uncompressed"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let offset = (k as f64 - 1.0) * w;
+        chart
+            .draw_series(vals.iter().enumerate().map(|(i, &v)| {
+                let x = i as f64 + offset;
+                Rectangle::new(
+                    [(x - w / 2.0 + 0.01, 0.0), (x + w / 2.0 - 0.01, v)],
+                    color.filled(),
+                )
+            }))
+            .map_err(&e)?
+            .label(name)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled()));
+        chart
+            .draw_series(vals.iter().enumerate().map(|(i, &v)| {
+                Text::new(
+                    format!("{v:.1}"),
+                    (i as f64 + offset - 0.09, v + top * 0.01),
+                    ("sans-serif", 13),
+                )
+            }))
+            .map_err(&e)?;
+    }
+    // % change from before to after, above each group.
+    chart
+        .draw_series((0..4).map(|i| {
+            let change = if b[i] > 0.0 {
+                format!("{:+.0}%", 100.0 * (a[i] - b[i]) / b[i])
+            } else {
+                format!("{:+.1} pts", a[i] - b[i])
+            };
+            let y = b[i].max(a[i]).max(u[i]) + top * 0.07;
+            Text::new(
+                change,
+                (i as f64 - 0.12, y),
+                ("sans-serif", 16).into_font().style(FontStyle::Bold),
+            )
+        }))
+        .map_err(&e)?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()
+        .map_err(&e)?;
+    root.present().map_err(&e)?;
+    Ok(())
+}
+
+fn training_curves(path: &Path, report: &Report) -> Result<()> {
+    let e = err(path);
+    let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(&e)?;
+    let (left, right) = root.split_horizontally(600);
+    let losses = &report.training.losses;
+    let last = losses.last().map_or(1, |l| l.0).max(1) as f64;
+    let max_loss = losses.iter().map(|l| l.1 as f64).fold(0.1, f64::max) * 1.1;
+    let mut chart = ChartBuilder::on(&left)
+        .caption("Training loss (answer cross-entropy)", ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..last, 0f64..max_loss)
+        .map_err(&e)?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc("loss")
+        .draw()
+        .map_err(&e)?;
+    chart
+        .draw_series(LineSeries::new(
+            losses.iter().map(|&(s, l)| (s as f64, l as f64)),
+            BEFORE.stroke_width(1),
+        ))
+        .map_err(&e)?
+        .label("raw")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BEFORE));
+    let mut ema = None;
+    let smoothed: Vec<(f64, f64)> = losses
+        .iter()
+        .map(|&(s, l)| {
+            let v = match ema {
+                None => l as f64,
+                Some(prev) => 0.9 * prev + 0.1 * l as f64,
+            };
+            ema = Some(v);
+            (s as f64, v)
+        })
+        .collect();
+    chart
+        .draw_series(LineSeries::new(smoothed, AFTER.stroke_width(3)))
+        .map_err(&e)?
+        .label("smoothed (EMA 0.9)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], AFTER.stroke_width(3)));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(&e)?;
+
+    // Eval metrics over steps, starting with the before-training evaluation at step 0.
+    let mut points = vec![(0usize, report.before.scores)];
+    points.extend(report.training.evals.iter().map(|p| (p.step, p.scores)));
+    let mut chart = ChartBuilder::on(&right)
+        .caption("Eval metrics over training", ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..last, 0f64..100f64)
+        .map_err(&e)?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc("score (%)")
+        .draw()
+        .map_err(&e)?;
+    let colors = [
+        RGBColor(192, 57, 43),
+        AFTER,
+        RGBColor(39, 174, 96),
+        BASELINE,
+    ];
+    for (k, name) in METRICS.iter().enumerate() {
+        let color = colors[k];
+        let series: Vec<(f64, f64)> = points
+            .iter()
+            .map(|(s, sc)| {
+                (
+                    *s as f64,
+                    100.0 * [sc.exact_match, sc.f1, sc.rouge_l, sc.match_accuracy][k],
+                )
+            })
+            .collect();
+        chart
+            .draw_series(LineSeries::new(series.clone(), color.stroke_width(2)))
+            .map_err(&e)?
+            .label(*name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(
+                series
+                    .into_iter()
+                    .map(|p| Circle::new(p, 4, color.filled())),
+            )
+            .map_err(&e)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(&e)?;
+    root.present().map_err(&e)?;
+    Ok(())
+}
+
+fn speed(path: &Path, baseline: &EvalRun, before: &EvalRun, after: &EvalRun) -> Result<()> {
+    let e = err(path);
+    let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(&e)?;
+    let (left, right) = root.split_horizontally(650);
+    let ms = |r: &EvalRun| r.predictions.iter().map(|p| p.ms).collect::<Vec<_>>();
+    let (u, c) = (ms(baseline), ms(after));
+    let max_ms = u.iter().chain(&c).cloned().fold(1.0, f64::max) * 1.05;
+    let bins = 20usize;
+    let width = max_ms / bins as f64;
+    let hist = |v: &[f64]| {
+        let mut h = vec![0u32; bins];
+        for x in v {
+            h[((x / width) as usize).min(bins - 1)] += 1;
+        }
+        h
+    };
+    let (hu, hc) = (hist(&u), hist(&c));
+    let top = hu.iter().chain(&hc).cloned().max().unwrap_or(1) as f64 * 1.15;
+    let mut chart = ChartBuilder::on(&left)
+        .caption("Latency per query", ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(45)
+        .build_cartesian_2d(0f64..max_ms, 0f64..top)
+        .map_err(&e)?;
+    chart
+        .configure_mesh()
+        .x_desc("ms per query")
+        .y_desc("queries")
+        .draw()
+        .map_err(&e)?;
+    for (h, color, name, shift) in [
+        (&hu, BASELINE, "uncompressed", 0.0),
+        (&hc, AFTER, "compressed (after training)", 0.5),
+    ] {
+        chart
+            .draw_series(
+                h.iter()
+                    .enumerate()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(i, &n)| {
+                        let x0 = i as f64 * width + shift * width;
+                        Rectangle::new([(x0, 0.0), (x0 + width * 0.5, n as f64)], color.filled())
+                    }),
+            )
+            .map_err(&e)?
+            .label(name)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(&e)?;
+
+    let rows = [
+        (baseline, BASELINE, "uncompressed"),
+        (before, BEFORE, "before"),
+        (after, AFTER, "after"),
+    ];
+    let top = rows.iter().map(|r| r.0.timing.p95_ms).fold(1.0, f64::max) * 1.25;
+    let mut chart = ChartBuilder::on(&right)
+        .caption("Mean ms per query (whiskers: p50, p95)", ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(55)
+        .build_cartesian_2d(-0.5f64..2.5f64, 0f64..top)
+        .map_err(&e)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(3)
+        .x_label_formatter(&|x| {
+            rows.get(x.round() as usize)
+                .map(|r| r.2.to_string())
+                .unwrap_or_default()
+        })
+        .y_desc("ms")
+        .draw()
+        .map_err(&e)?;
+    for (i, (r, color, _)) in rows.iter().enumerate() {
+        let x = i as f64;
+        let t = r.timing;
+        chart
+            .draw_series([Rectangle::new(
+                [(x - 0.3, 0.0), (x + 0.3, t.mean_ms)],
+                color.filled(),
+            )])
+            .map_err(&e)?;
+        chart
+            .draw_series([
+                PathElement::new(vec![(x, t.p50_ms), (x, t.p95_ms)], BLACK.stroke_width(2)),
+                PathElement::new(
+                    vec![(x - 0.08, t.p95_ms), (x + 0.08, t.p95_ms)],
+                    BLACK.stroke_width(2),
+                ),
+                PathElement::new(
+                    vec![(x - 0.08, t.p50_ms), (x + 0.08, t.p50_ms)],
+                    BLACK.stroke_width(2),
+                ),
+            ])
+            .map_err(&e)?;
+        chart
+            .draw_series([Text::new(
+                format!("{:.0} ms", t.mean_ms),
+                (x - 0.2, t.p95_ms + top * 0.03),
+                ("sans-serif", 15),
+            )])
+            .map_err(&e)?;
+    }
+    root.present().map_err(&e)?;
+    Ok(())
+}

@@ -1,0 +1,555 @@
+//! `scaledown train`: evaluate the compressed model before training, train it, evaluate it
+//! during and after, compare it with the uncompressed generator, and write the report, the
+//! plots and the checkpoints.
+
+use crate::checkpoint::{self, LORA_ALPHA, LORA_RANK, OscarSetup};
+use crate::evaluate::{self, EvalRun, documents_of};
+use crate::fsutil::{read_text, write_atomic};
+use crate::{models, plots, prepare, progress};
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use scaledown_data::{Example, Scores, parse_examples};
+use scaledown_model::backend::BackendKind;
+use scaledown_model::burn::module::Module;
+use scaledown_model::compressor::{CompressorConfig, CompressorType};
+use scaledown_model::generation::generate;
+use scaledown_model::oscar::{Oscar, OscarTokenizers, full_text_user_turn};
+use scaledown_model::tokenizer::chat_prompt;
+use scaledown_model::training::{TrainExample, TrainSettings, Trainer};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Labels {
+    /// The dataset's first answer.
+    Gold,
+    /// The uncompressed generator's own answer from the full text (cached in the output folder).
+    Teacher,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GeneratorTraining {
+    /// LoRA (r 16, alpha 32) on the generator's linear layers.
+    Lora,
+    /// The generator stays as published; only the compressor trains.
+    Frozen,
+}
+
+fn positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() && v < 1.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a learning rate in (0, 1)")),
+    }
+}
+
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
+pub struct TrainArgs {
+    /// Training examples (from `scaledown prepare`).
+    #[arg(long, alias = "train_data", default_value = "data/train.json")]
+    pub train_data: PathBuf,
+    /// Evaluation examples (default: `<stem>_eval.json` beside --train-data).
+    #[arg(long, alias = "eval_data")]
+    pub eval_data: Option<PathBuf>,
+    /// n_layers (a copy of the generator's first N layers) or encoder (MiniLM + MLP projector;
+    /// `modernbert` selects it too).
+    #[arg(long, alias = "compressor_type", default_value = "n_layers")]
+    pub compressor_type: String,
+    /// Generator layers in the n_layers compressor.
+    #[arg(long, alias = "num_layers", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub num_layers: u32,
+    /// Memory tokens (vectors) per chunk: L.
+    #[arg(long, alias = "num_memory_tokens", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub num_memory_tokens: u32,
+    /// Document tokens per memory vector: R. Chunks hold L×R tokens.
+    #[arg(long, alias = "compression_rate", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=512))]
+    pub compression_rate: u32,
+    /// No MLP projector after the n_layers compressor.
+    #[arg(long, alias = "no_projector")]
+    pub no_projector: bool,
+    #[arg(long, alias = "batch_size", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub batch_size: u32,
+    #[arg(long, alias = "num_epochs", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub num_epochs: u32,
+    /// Stop after this many optimiser steps (default: all epochs).
+    #[arg(long, alias = "max_steps", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_steps: Option<u32>,
+    /// Learning rate of the LoRA factors.
+    #[arg(long, alias = "learning_rate", default_value = "1e-4", value_parser = positive)]
+    pub learning_rate: f64,
+    /// Learning rate of the compressor (default: 5e-5 for n_layers, 1e-4 for encoder).
+    #[arg(long, alias = "compressor_learning_rate", value_parser = positive)]
+    pub compressor_learning_rate: Option<f64>,
+    /// Evaluate (and checkpoint) every K steps; 0: only before and after.
+    #[arg(long, alias = "eval_steps", default_value_t = 0)]
+    pub eval_steps: u32,
+    /// Print the loss every K steps.
+    #[arg(long, alias = "logging_steps", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub logging_steps: u32,
+    #[arg(long, value_enum, default_value = "gold")]
+    pub labels: Labels,
+    #[arg(long, alias = "generator_training", value_enum, default_value = "lora")]
+    pub generator_training: GeneratorTraining,
+    #[arg(long, alias = "output_dir", default_value = "training_with_eval")]
+    pub output_dir: PathBuf,
+    /// Evaluate on at most this many eval examples.
+    #[arg(long, alias = "max_eval_examples", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_eval_examples: u32,
+    /// Longest generated answer, in tokens.
+    #[arg(long, alias = "max_new_tokens", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=512))]
+    pub max_new_tokens: u32,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Continue from the last checkpoint in --output-dir.
+    #[arg(long)]
+    pub resume: bool,
+    /// Generator GGUF file or Hugging Face folder (default: SmolLM2-135M-Instruct).
+    #[arg(long)]
+    pub generator: Option<PathBuf>,
+    /// Encoder folder for the encoder compressor (default: all-MiniLM-L6-v2).
+    #[arg(long)]
+    pub encoder: Option<PathBuf>,
+    #[arg(long, default_value = "flex")]
+    #[serde(skip, default = "default_backend")]
+    pub backend: BackendKind,
+}
+
+fn default_backend() -> BackendKind {
+    BackendKind::Flex
+}
+
+/// One evaluation during training.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalPoint {
+    pub step: usize,
+    pub scores: Scores,
+}
+
+/// Training progress, saved with each checkpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TrainState {
+    pub step: usize,
+    pub total_steps: usize,
+    pub losses: Vec<(usize, f32)>,
+    pub evals: Vec<EvalPoint>,
+    pub train_seconds: f64,
+    pub examples_seen: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Summary {
+    pub scores: Scores,
+    pub timing: evaluate::Timing,
+}
+
+impl From<&EvalRun> for Summary {
+    fn from(r: &EvalRun) -> Self {
+        Self {
+            scores: r.scores,
+            timing: r.timing,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub command: TrainArgs,
+    pub setup: OscarSetup,
+    pub backend: String,
+    pub train_examples: usize,
+    pub eval_examples: usize,
+    /// Mean document tokens per eval example, and memory vectors that replace them.
+    pub mean_document_tokens: f64,
+    pub mean_memory_vectors: f64,
+    pub baseline_uncompressed: Summary,
+    pub before: Summary,
+    pub after: Summary,
+    /// Baseline mean ms per query / compressed mean ms per query (after training).
+    pub speedup: f64,
+    pub training: TrainState,
+    pub examples_per_second: f64,
+    /// Why training stopped early, if it did.
+    pub stopped: Option<String>,
+}
+
+pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
+    let compressor_type: CompressorType = a
+        .compressor_type
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--compressor-type: {e}"))?;
+    let device = a.backend.device().map_err(anyhow::Error::msg)?;
+    let out = a.output_dir.clone();
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+
+    let train = load_examples(&a.train_data)?;
+    let eval_file = a
+        .eval_data
+        .clone()
+        .unwrap_or_else(|| prepare::eval_path(&a.train_data));
+    let mut eval = load_examples(&eval_file)?;
+    eval.truncate(a.max_eval_examples as usize);
+
+    let generator = a
+        .generator
+        .clone()
+        .unwrap_or_else(|| models::default_generator(models_dir));
+    let encoder = (compressor_type == CompressorType::Encoder).then(|| {
+        a.encoder
+            .clone()
+            .unwrap_or_else(|| models::default_encoder(models_dir))
+    });
+    if a.compressor_type == "modernbert" {
+        println!(
+            "compressor type `modernbert`: using the encoder compressor with {} (ModernBERT weights are not shipped)",
+            encoder.as_ref().expect("encoder").display()
+        );
+    }
+    for p in std::iter::once(&generator).chain(encoder.iter()) {
+        if !p.exists() {
+            bail!(
+                "model not found at {} (run `scaledown models fetch`)",
+                p.display()
+            );
+        }
+    }
+    let setup = OscarSetup {
+        compressor: CompressorConfig {
+            compressor_type,
+            num_layers: a.num_layers as usize,
+            num_memory_tokens: a.num_memory_tokens as usize,
+            compression_rate: a.compression_rate as usize,
+            projector: !a.no_projector,
+        },
+        generator,
+        encoder,
+        lora_rank: (a.generator_training == GeneratorTraining::Lora).then_some(LORA_RANK),
+        lora_alpha: LORA_ALPHA,
+        max_new_tokens: a.max_new_tokens as usize,
+    };
+
+    let checkpoints = out.join("checkpoints");
+    let resume_from = if a.resume {
+        checkpoint::latest(&checkpoints)
+    } else {
+        None
+    };
+    if a.resume && resume_from.is_none() {
+        println!(
+            "--resume: no checkpoint in {}; starting from scratch",
+            checkpoints.display()
+        );
+    }
+    let (loaded, mut state) = match &resume_from {
+        Some((step, dir)) => {
+            println!("resuming from {} (step {step})", dir.display());
+            let (saved_setup, loaded) = checkpoint::load(dir, &device)?;
+            if saved_setup.compressor != setup.compressor {
+                bail!(
+                    "--resume: {} was trained with another compressor configuration",
+                    dir.display()
+                );
+            }
+            let state: TrainState = serde_json::from_str(&read_text(&dir.join("state.json"))?)
+                .with_context(|| format!("{}/state.json", dir.display()))?;
+            (loaded, state)
+        }
+        None => (checkpoint::build(&setup, &device)?, TrainState::default()),
+    };
+    let checkpoint::Loaded {
+        oscar,
+        base_generator,
+        tokenizers,
+    } = loaded;
+    let max_new = a.max_new_tokens as usize;
+
+    // Labels and tokenised training examples.
+    let targets = match a.labels {
+        Labels::Gold => train.iter().map(|e| e.answers[0].clone()).collect(),
+        Labels::Teacher => teacher_labels(&out, &train, &base_generator, &tokenizers, max_new)?,
+    };
+    let mut examples = Vec::with_capacity(train.len());
+    for (ex, target) in train.iter().zip(&targets) {
+        examples.push(TrainExample {
+            encoded: tokenizers.encode(&setup.compressor, &ex.question, &documents_of(ex))?,
+            answer: tokenizers.encode_answer(target)?,
+        });
+    }
+
+    // Baseline and before-training evaluation (skipped on resume when already written).
+    let baseline = cached_run(&out.join("baseline_results.json"), || {
+        evaluate::uncompressed(
+            &base_generator,
+            &tokenizers,
+            &eval,
+            max_new,
+            "baseline (uncompressed)",
+        )
+    })?;
+    println!("uncompressed baseline: {}", describe(&baseline));
+    let before = cached_run(&out.join("before_training_results.json"), || {
+        evaluate::compressed(
+            &inference(&oscar),
+            &tokenizers,
+            &setup.compressor,
+            &eval,
+            max_new,
+            "eval before training",
+        )
+    })?;
+    println!("before training:       {}", describe(&before));
+
+    // Training.
+    let batch = a.batch_size as usize;
+    let per_epoch = examples.len().div_ceil(batch);
+    let total =
+        (per_epoch * a.num_epochs as usize).min(a.max_steps.map_or(usize::MAX, |m| m as usize));
+    state.total_steps = total;
+    let compressor_lr = a.compressor_learning_rate.unwrap_or(match compressor_type {
+        CompressorType::NLayers => 5e-5,
+        CompressorType::Encoder => 1e-4,
+    });
+    let mut trainer = Trainer::new(TrainSettings {
+        compressor_lr,
+        generator_lr: a.learning_rate,
+        weight_decay: 0.1,
+        warmup_steps: (total / 20).max(1),
+        total_steps: total,
+        max_grad_norm: 1.0,
+    });
+    trainer.step = state.step;
+    let mut model = oscar.train();
+    let mut stopped = None;
+    let bar = progress::bar(total as u64, "training");
+    bar.set_position(state.step as u64);
+    let started = Instant::now();
+    let seconds_before = state.train_seconds;
+    while state.step < total {
+        let epoch = state.step / per_epoch;
+        let order = scaledown_data::split::shuffled_indices(examples.len(), a.seed + epoch as u64);
+        let at = (state.step % per_epoch) * batch;
+        let chosen: Vec<&TrainExample> = order[at..(at + batch).min(order.len())]
+            .iter()
+            .map(|&i| &examples[i])
+            .collect();
+        let batch_examples: Vec<TrainExample> = chosen
+            .iter()
+            .map(|e| TrainExample {
+                encoded: e.encoded.clone(),
+                answer: e.answer.clone(),
+            })
+            .collect();
+        let (m, result) = trainer.step(model, &batch_examples);
+        model = m;
+        let stats = match result {
+            Ok(s) => s,
+            Err(e) => {
+                let msg = format!(
+                    "{e}; the last good checkpoint is kept in {}",
+                    checkpoints.display()
+                );
+                eprintln!("error: {msg}");
+                stopped = Some(msg);
+                break;
+            }
+        };
+        state.step += 1;
+        state.examples_seen += batch_examples.len();
+        state.losses.push((state.step, stats.loss));
+        state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
+        bar.set_message(format!("training loss {:.3}", stats.loss));
+        bar.inc(1);
+        if state.step % a.logging_steps as usize == 0 || state.step == total {
+            bar.suspend(|| {
+                println!(
+                    "step {}/{total} loss {:.4} grad-norm {:.3} lr {:.2e}",
+                    state.step, stats.loss, stats.grad_norm, stats.compressor_lr
+                )
+            });
+        }
+        if a.eval_steps > 0 && state.step % a.eval_steps as usize == 0 && state.step < total {
+            let run = bar.suspend(|| {
+                evaluate::compressed(
+                    &inference(&model),
+                    &tokenizers,
+                    &setup.compressor,
+                    &eval,
+                    max_new,
+                    "eval",
+                )
+            })?;
+            bar.suspend(|| println!("step {}: {}", state.step, describe(&run)));
+            state.evals.push(EvalPoint {
+                step: state.step,
+                scores: run.scores,
+            });
+            checkpoint::save(
+                &checkpoints.join(format!("step-{}", state.step)),
+                &setup,
+                &model,
+                &state,
+            )?;
+            checkpoint::prune(&checkpoints, 2);
+        }
+    }
+    bar.finish_and_clear();
+    let train_seconds = started.elapsed().as_secs_f64();
+
+    let after_model = inference(&model);
+    let after = evaluate::compressed(
+        &after_model,
+        &tokenizers,
+        &setup.compressor,
+        &eval,
+        max_new,
+        "eval after training",
+    )?;
+    println!("after training:        {}", describe(&after));
+    state.evals.push(EvalPoint {
+        step: state.step,
+        scores: after.scores,
+    });
+    if stopped.is_none() {
+        checkpoint::save(&checkpoints.join("final"), &setup, &model, &state)?;
+    }
+    write_atomic(
+        &out.join("after_training_results.json"),
+        serde_json::to_string_pretty(&after)?.as_bytes(),
+    )?;
+
+    let steps_run = state.examples_seen.max(1);
+    let encoded_eval: Vec<_> = eval
+        .iter()
+        .map(|e| tokenizers.encode(&setup.compressor, &e.question, &documents_of(e)))
+        .collect::<Result<_, _>>()?;
+    let n_eval = encoded_eval.len().max(1) as f64;
+    let report = Report {
+        backend: a.backend.to_string(),
+        train_examples: train.len(),
+        eval_examples: eval.len(),
+        mean_document_tokens: encoded_eval
+            .iter()
+            .map(|e| e.document_tokens as f64)
+            .sum::<f64>()
+            / n_eval,
+        mean_memory_vectors: encoded_eval
+            .iter()
+            .map(|e| (e.chunks.len() * setup.compressor.num_memory_tokens) as f64)
+            .sum::<f64>()
+            / n_eval,
+        baseline_uncompressed: (&baseline).into(),
+        before: (&before).into(),
+        after: (&after).into(),
+        speedup: baseline.timing.mean_ms / after.timing.mean_ms.max(1e-9),
+        examples_per_second: steps_run as f64 / state.train_seconds.max(1e-9),
+        training: state,
+        stopped: stopped.clone(),
+        setup,
+        command: a.clone(),
+    };
+    let _ = train_seconds;
+    write_atomic(
+        &out.join("metrics_report.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    plots::write_all(&out, &report, &baseline, &before, &after)?;
+    println!(
+        "speed-up {:.2}x ({:.0} ms -> {:.0} ms per query); report, plots and checkpoints in {}",
+        report.speedup,
+        baseline.timing.mean_ms,
+        after.timing.mean_ms,
+        out.display()
+    );
+    if let Some(msg) = stopped {
+        bail!("training stopped early: {msg}");
+    }
+    Ok(())
+}
+
+fn load_examples(path: &Path) -> Result<Vec<Example>> {
+    let text = read_text(path)
+        .with_context(|| "run `scaledown prepare` first, or pass the file".to_string())?;
+    Ok(parse_examples(&path.display().to_string(), &text)?)
+}
+
+/// The model for answering: plain tensors, LoRA merged into the generator's weights.
+pub fn inference(model: &Oscar) -> Oscar {
+    let valid = model.valid();
+    Oscar {
+        compressor: valid.compressor,
+        generator: valid.generator.materialize(),
+    }
+}
+
+pub fn describe(r: &EvalRun) -> String {
+    let s = r.scores;
+    format!(
+        "EM {:.3}  F1 {:.3}  ROUGE-L {:.3}  match {:.3}  {:.0} ms/query (p50 {:.0}, p95 {:.0})",
+        s.exact_match,
+        s.f1,
+        s.rouge_l,
+        s.match_accuracy,
+        r.timing.mean_ms,
+        r.timing.p50_ms,
+        r.timing.p95_ms
+    )
+}
+
+/// Runs `f` once and keeps its result in `path`; later runs (`--resume`) read it back.
+fn cached_run(path: &Path, f: impl FnOnce() -> Result<EvalRun>) -> Result<EvalRun> {
+    if let Ok(text) = std::fs::read_to_string(path)
+        && let Ok(run) = serde_json::from_str(&text)
+    {
+        return Ok(run);
+    }
+    let run = f()?;
+    write_atomic(path, serde_json::to_string_pretty(&run)?.as_bytes())?;
+    Ok(run)
+}
+
+/// The uncompressed generator's answers from the full text, generated once and cached in
+/// `teacher_labels.json` (resumable: saved every few examples).
+fn teacher_labels(
+    out: &Path,
+    train: &[Example],
+    generator: &scaledown_model::llama::Llama,
+    tokenizers: &OscarTokenizers,
+    max_new: usize,
+) -> Result<Vec<String>> {
+    let path = out.join("teacher_labels.json");
+    let mut cache: BTreeMap<String, String> = match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a label cache", path.display()))?,
+        Err(_) => BTreeMap::new(),
+    };
+    let todo: Vec<&Example> = train
+        .iter()
+        .filter(|e| !cache.contains_key(&e.id))
+        .collect();
+    if !todo.is_empty() {
+        let tok = &tokenizers.generator;
+        let device = generator.embed_tokens.weight.device();
+        let cfg = evaluate::answer_config(max_new);
+        let bar = progress::bar(todo.len() as u64, "teacher labels");
+        for (i, ex) in todo.iter().enumerate() {
+            let prompt = tok.encode(&chat_prompt(&full_text_user_turn(
+                &ex.question,
+                &documents_of(ex),
+            )))?;
+            let ids = generate(generator, &prompt, &tok.stop_ids, &cfg, &device);
+            let mut answer = tok.decode(&ids, true).trim().to_string();
+            if answer.is_empty() {
+                answer = ex.answers[0].clone();
+            }
+            cache.insert(ex.id.clone(), answer);
+            bar.inc(1);
+            if i % 10 == 9 || i + 1 == todo.len() {
+                write_atomic(&path, serde_json::to_string_pretty(&cache)?.as_bytes())?;
+            }
+        }
+        bar.finish_and_clear();
+    }
+    Ok(train.iter().map(|e| cache[&e.id].clone()).collect())
+}
