@@ -1,0 +1,439 @@
+//! The main job end to end on a tiny random Llama (written here as a Hugging Face folder) and a
+//! small synthetic QA set: training lowers the loss, every output file exists and parses, the
+//! checkpoint reloads for `eval` and `ask`, `--resume` continues, and bad input is named.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn scaledown(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_scaledown"))
+        .args(args)
+        .output()
+        .expect("run scaledown")
+}
+
+fn ok(o: &Output) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "scaledown failed:\n{text}");
+    text
+}
+
+fn fails_with(o: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected a failure");
+    for n in needles {
+        assert!(err.contains(n), "`{n}` not in: {err}");
+    }
+}
+
+const ANIMALS: [&str; 6] = ["cat", "dog", "fox", "owl", "cow", "bee"];
+const COLORS: [&str; 6] = ["red", "blue", "green", "pink", "gray", "gold"];
+
+/// A word-level tokenizer over the words of the synthetic set and the prompt template.
+fn tokenizer_json() -> String {
+    let mut words: Vec<String> = ["[UNK]", "<|im_start|>", "<|im_end|>"]
+        .map(String::from)
+        .to_vec();
+    for w in "the is what color ? . : background question system user assistant document".split(' ')
+    {
+        words.push(w.into());
+    }
+    words.extend(ANIMALS.map(String::from));
+    words.extend(COLORS.map(String::from));
+    let vocab: serde_json::Map<String, serde_json::Value> = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.clone(), i.into()))
+        .collect();
+    let special = |id: usize, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true})
+    };
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [special(0, "[UNK]"), special(1, "<|im_start|>"), special(2, "<|im_end|>")],
+        "normalizer": {"type": "Lowercase"},
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+    })
+    .to_string()
+}
+
+/// A random 2-layer Llama with Hugging Face tensor names.
+fn write_tiny_generator(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (vocab, h, inter, heads, kv, layers) = (48usize, 64usize, 128usize, 4usize, 2usize, 2usize);
+    let config = serde_json::json!({"vocab_size": vocab, "hidden_size": h, "intermediate_size": inter,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv,
+        "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "max_position_embeddings": 512,
+        "tie_word_embeddings": true});
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), tokenizer_json()).unwrap();
+    let hd = h / heads;
+    let mut shapes: Vec<(String, Vec<usize>)> = vec![
+        ("model.embed_tokens.weight".into(), vec![vocab, h]),
+        ("model.norm.weight".into(), vec![h]),
+    ];
+    for i in 0..layers {
+        let p = |n: &str| format!("model.layers.{i}.{n}.weight");
+        shapes.extend([
+            (p("input_layernorm"), vec![h]),
+            (p("post_attention_layernorm"), vec![h]),
+            (p("self_attn.q_proj"), vec![heads * hd, h]),
+            (p("self_attn.k_proj"), vec![kv * hd, h]),
+            (p("self_attn.v_proj"), vec![kv * hd, h]),
+            (p("self_attn.o_proj"), vec![h, heads * hd]),
+            (p("mlp.gate_proj"), vec![inter, h]),
+            (p("mlp.up_proj"), vec![inter, h]),
+            (p("mlp.down_proj"), vec![h, inter]),
+        ]);
+    }
+    let mut state = 12345u64;
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            let norm = shape.len() == 1;
+            let bytes = (0..n)
+                .flat_map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let u = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                    let v = if norm { 1.0 } else { u * 0.2 };
+                    v.to_le_bytes()
+                })
+                .collect();
+            (name, shape, bytes)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = data
+        .iter()
+        .map(|(n, s, b)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .unwrap();
+            (n.clone(), v)
+        })
+        .collect();
+    std::fs::write(
+        dir.join("model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+}
+
+fn example(i: usize) -> serde_json::Value {
+    let (a, c) = (ANIMALS[i % 6], COLORS[(i * 5 + i / 6) % 6]);
+    serde_json::json!({"id": format!("q{i}"), "dataset": "squad",
+        "question": format!("what color is the {a} ?"),
+        "documents": [{"title": format!("article {}", i % 3), "text": format!("the {a} is {c} .")}],
+        "answers": [c]})
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        write_tiny_generator(&dir.join("gen"));
+        let lines = |r: std::ops::Range<usize>| -> String {
+            let rows: Vec<String> = r.map(|i| example(i).to_string()).collect();
+            format!("[\n{}\n]\n", rows.join(",\n"))
+        };
+        std::fs::write(dir.join("train.json"), lines(0..8)).unwrap();
+        std::fs::write(dir.join("train_eval.json"), lines(8..11)).unwrap();
+        Setup { _tmp: tmp, dir }
+    }
+
+    fn p(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    /// `train` on the tiny model; `extra` flags replace the defaults of the same name.
+    fn train(&self, out: &str, extra: &[&str]) -> Output {
+        let (data, generator, out) = (self.p("train.json"), self.p("gen"), self.p(out));
+        let defaults = [
+            ("--train-data", data.as_str()),
+            ("--generator", generator.as_str()),
+            ("--output-dir", out.as_str()),
+            ("--num-layers", "1"),
+            ("--num-memory-tokens", "2"),
+            ("--compression-rate", "4"),
+            ("--batch-size", "4"),
+            ("--learning-rate", "3e-3"),
+            ("--compressor-learning-rate", "3e-3"),
+            ("--max-new-tokens", "3"),
+            ("--logging-steps", "5"),
+            ("--num-epochs", "100"),
+        ];
+        let mut args = vec!["train"];
+        for (flag, value) in defaults {
+            if !extra.contains(&flag) {
+                args.extend([flag, value]);
+            }
+        }
+        args.extend_from_slice(extra);
+        scaledown(&args)
+    }
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn training_lowers_the_loss_and_writes_every_output() {
+    let s = Setup::new();
+    let log = ok(&s.train("run", &["--max-steps", "40", "--eval-steps", "20"]));
+    let out = s.dir.join("run");
+    for f in [
+        "before_after_comparison.png",
+        "training_curves.png",
+        "speed_comparison.png",
+    ] {
+        let bytes = std::fs::read(out.join(f)).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000, "{f}");
+    }
+    let report = read_json(&out.join("metrics_report.json"));
+    for r in [
+        "before_training_results.json",
+        "after_training_results.json",
+    ] {
+        let run = read_json(&out.join(r));
+        assert_eq!(run["predictions"].as_array().unwrap().len(), 3, "{r}");
+    }
+    let losses: Vec<f64> = report["training"]["losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l[1].as_f64().unwrap())
+        .collect();
+    assert_eq!(losses.len(), 40);
+    let first = losses[..5].iter().sum::<f64>() / 5.0;
+    let last = losses[35..].iter().sum::<f64>() / 5.0;
+    assert!(last < 0.5 * first, "loss {first} -> {last}\n{log}");
+    assert!(report["speedup"].as_f64().unwrap() > 0.0);
+    assert!(
+        report["baseline_uncompressed"]["timing"]["p95_ms"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert_eq!(
+        report["training"]["evals"].as_array().unwrap().len(),
+        2,
+        "step 20 and the end"
+    );
+    for c in ["checkpoints/step-20", "checkpoints/final"] {
+        let c = out.join(c);
+        assert!(c.join("trainable.safetensors").exists(), "{}", c.display());
+        read_json(&c.join("setup.json"));
+        assert_eq!(
+            read_json(&c.join("state.json"))["step"].as_u64().unwrap() % 20,
+            0
+        );
+    }
+
+    // The checkpoint reloads: `eval` reproduces the after-training scores; `ask` answers.
+    let final_dir = out.join("checkpoints/final").display().to_string();
+    let eval_out = s.p("eval.json");
+    ok(&scaledown(&[
+        "eval",
+        "--checkpoint",
+        &final_dir,
+        "--eval-data",
+        &s.p("train_eval.json"),
+        "--output",
+        &eval_out,
+    ]));
+    let after = read_json(&out.join("after_training_results.json"));
+    let again = read_json(Path::new(&eval_out));
+    for (a, b) in after["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(again["compressed"]["predictions"].as_array().unwrap())
+    {
+        assert_eq!(a["prediction"], b["prediction"]);
+    }
+    let answer = ok(&scaledown(&[
+        "ask",
+        "--checkpoint",
+        &final_dir,
+        "--question",
+        "what color is the cat ?",
+        "--document",
+        "the cat is red .",
+    ]));
+    assert!(answer.contains("memory vectors"), "{answer}");
+}
+
+#[test]
+fn an_interrupted_training_resumes_from_its_last_checkpoint() {
+    let s = Setup::new();
+    ok(&s.train("run", &["--max-steps", "10", "--eval-steps", "5"]));
+    let out = s.dir.join("run");
+    // As if stopped after step 5: only step-5 is left.
+    std::fs::remove_dir_all(out.join("checkpoints/final")).unwrap();
+    std::fs::remove_dir_all(out.join("checkpoints/step-10")).ok();
+    let log = ok(&s.train(
+        "run",
+        &["--max-steps", "10", "--eval-steps", "5", "--resume"],
+    ));
+    assert!(
+        log.contains("resuming from") && log.contains("step 5"),
+        "{log}"
+    );
+    let report = read_json(&out.join("metrics_report.json"));
+    let steps: Vec<u64> = report["training"]["losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l[0].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=10).collect::<Vec<_>>());
+    assert!(out.join("checkpoints/final/trainable.safetensors").exists());
+    // Another compressor configuration refuses to resume from it.
+    let o = s.train(
+        "run",
+        &["--max-steps", "10", "--resume", "--num-memory-tokens", "3"],
+    );
+    fails_with(&o, &["another compressor configuration"]);
+}
+
+#[test]
+fn bad_input_is_named() {
+    let s = Setup::new();
+    let good = example(0).to_string();
+    let mut no_doc = example(1);
+    no_doc["documents"][0]["text"] = "".into();
+    let mut no_answers = example(2);
+    no_answers["answers"] = serde_json::json!([]);
+    for (name, body, needles) in [
+        (
+            "broken.jsonl",
+            format!("{good}\n{{\"id\": \"x\"\n"),
+            vec!["broken.jsonl", "line 2"],
+        ),
+        (
+            "empty_doc.jsonl",
+            format!("{good}\n{no_doc}\n"),
+            vec!["empty_doc.jsonl", "line 2", "documents[0].text"],
+        ),
+        (
+            "no_answers.jsonl",
+            format!("{no_answers}\n"),
+            vec!["no_answers.jsonl", "answers"],
+        ),
+    ] {
+        std::fs::write(s.dir.join(name), body).unwrap();
+        let o = scaledown(&[
+            "train",
+            "--train-data",
+            &s.p(name),
+            "--eval-data",
+            &s.p("train_eval.json"),
+            "--generator",
+            &s.p("gen"),
+            "--output-dir",
+            &s.p("bad"),
+        ]);
+        fails_with(&o, &needles);
+    }
+    for (flag, value) in [
+        ("--num-memory-tokens", "0"),
+        ("--learning-rate", "5"),
+        ("--batch-size", "0"),
+        ("--compression-rate", "x"),
+    ] {
+        let o = scaledown(&["train", "--train-data", &s.p("train.json"), flag, value]);
+        fails_with(&o, &[flag, value]);
+    }
+    let o = s.train("bad", &["--num-layers", "9"]);
+    fails_with(&o, &["--num-layers 9", "2 layers"]);
+    let o = s.train("bad", &["--compressor-type", "lstm"]);
+    fails_with(&o, &["--compressor-type", "lstm"]);
+    let o = scaledown(&[
+        "prepare",
+        "--dataset",
+        "wikiqa",
+        "--source",
+        &s.p("train.json"),
+        "--output-file",
+        &s.p("x.json"),
+    ]);
+    fails_with(&o, &["--dataset", "wikiqa"]);
+    let o = scaledown(&[
+        "prepare",
+        "--dataset",
+        "squad",
+        "--num-examples",
+        "5",
+        "--output-file",
+        &s.p("x.json"),
+    ]);
+    fails_with(&o, &["--num-examples"]);
+    let o = scaledown(&[
+        "ask",
+        "--checkpoint",
+        &s.p("gen"),
+        "--question",
+        "q",
+        "--document",
+        "d",
+    ]);
+    fails_with(&o, &["not a checkpoint folder"]);
+}
+
+#[test]
+fn underscore_spellings_of_the_seed_tool_are_accepted() {
+    let s = Setup::new();
+    let o = scaledown(&[
+        "train",
+        "--train_data",
+        &s.p("train.json"),
+        "--generator",
+        &s.p("gen"),
+        "--output_dir",
+        &s.p("u"),
+        "--compressor_type",
+        "n_layers",
+        "--num_layers",
+        "1",
+        "--num_memory_tokens",
+        "2",
+        "--compression_rate",
+        "4",
+        "--batch_size",
+        "4",
+        "--max_steps",
+        "1",
+        "--max_new_tokens",
+        "2",
+        "--generator_training",
+        "frozen",
+    ]);
+    ok(&o);
+    // Frozen generator: the checkpoint holds no LoRA factors.
+    let bytes = std::fs::read(s.dir.join("u/checkpoints/final/trainable.safetensors")).unwrap();
+    let names = safetensors::SafeTensors::deserialize(&bytes)
+        .unwrap()
+        .names()
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+    assert!(
+        names.iter().all(|n| n.starts_with("compressor.")),
+        "{names:?}"
+    );
+}
