@@ -154,18 +154,25 @@ pub fn save(dir: &Path, setup: &OscarSetup, model: &Oscar, state: &impl Serializ
     Ok(())
 }
 
-/// The `step-K` folder with the largest K under `checkpoints/`, if any.
+/// The checkpoint that got furthest under `checkpoints/`: `step-K` folders and `final`, by
+/// the step their `state.json` records.
 pub fn latest(checkpoints: &Path) -> Option<(usize, PathBuf)> {
     std::fs::read_dir(checkpoints)
         .ok()?
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().to_string();
-            let k = name.strip_prefix("step-")?.parse::<usize>().ok()?;
-            e.path()
-                .join("trainable.safetensors")
+            if !(name == "final" || name.starts_with("step-")) {
+                return None;
+            }
+            let dir = e.path();
+            let state: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).ok()?)
+                    .ok()?;
+            let step = state["step"].as_u64()? as usize;
+            dir.join("trainable.safetensors")
                 .exists()
-                .then(|| (k, e.path()))
+                .then_some((step, dir))
         })
         .max_by_key(|(k, _)| *k)
 }
