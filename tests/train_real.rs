@@ -57,10 +57,11 @@ fn real_models_train_evaluate_and_reload() {
         "--max-new-tokens",
         "12",
     ];
+    let (nl, enc) = (p("nl"), p("enc"));
     let mut args = vec![
         "train",
         "--output-dir",
-        &p("nl"),
+        &nl,
         "--num-layers",
         "2",
         "--labels",
@@ -90,7 +91,7 @@ fn real_models_train_evaluate_and_reload() {
     let mut args = vec![
         "train",
         "--output-dir",
-        &p("enc"),
+        &enc,
         "--compressor-type",
         "modernbert",
     ];

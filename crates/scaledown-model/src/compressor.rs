@@ -99,6 +99,7 @@ pub struct DecoderStack {
 }
 
 #[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)] // one per compressor, built once
 pub enum Backbone {
     Decoder(DecoderStack),
     Encoder(Bert),
