@@ -395,7 +395,6 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         }
     }
     bar.finish_and_clear();
-    let train_seconds = started.elapsed().as_secs_f64();
 
     let after_model = inference(&model);
     let after = evaluate::compressed(
@@ -449,7 +448,6 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         setup,
         command: a.clone(),
     };
-    let _ = train_seconds;
     write_atomic(
         &out.join("metrics_report.json"),
         serde_json::to_string_pretty(&report)?.as_bytes(),

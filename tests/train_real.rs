@@ -83,7 +83,7 @@ fn real_models_train_evaluate_and_reload() {
         assert!(b["prompt_tokens"].as_u64().unwrap() > a["prompt_tokens"].as_u64().unwrap() + 50);
         assert!(!b["prediction"].as_str().unwrap().is_empty());
     }
-    assert!(report["mean_document_tokens"].as_f64().unwrap() > 100.0);
+    assert!(report["mean_document_tokens"].as_f64().unwrap() > 60.0);
     let labels = read_json(&tmp.path().join("nl/teacher_labels.json"));
     assert!(labels.as_object().unwrap().len() >= 10);
     assert_eq!(report["training"]["losses"].as_array().unwrap().len(), 2);

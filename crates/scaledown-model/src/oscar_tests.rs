@@ -80,8 +80,9 @@ fn loss_of(model: &Oscar, ex: &TrainExample) -> f32 {
 fn training_lowers_the_loss_for_both_compressors() {
     for kind in [CompressorType::NLayers, CompressorType::Encoder] {
         let mut model = tiny_oscar(kind, 1).train();
-        let batch = vec![example(), example()];
-        let before = loss_of(&model, &batch[0]);
+        let (a, b) = (example(), example());
+        let batch = vec![&a, &b];
+        let before = loss_of(&model, batch[0]);
         let mut trainer = Trainer::new(settings(40));
         for _ in 0..40 {
             let (m, stats) = trainer.step(model, &batch);
@@ -89,7 +90,7 @@ fn training_lowers_the_loss_for_both_compressors() {
             let stats = stats.unwrap();
             assert!(stats.grad_norm.is_finite());
         }
-        let after = loss_of(&model, &batch[0]);
+        let after = loss_of(&model, batch[0]);
         assert!(after < 0.5 * before, "{kind}: loss {before} -> {after}");
     }
 }
@@ -107,7 +108,7 @@ fn lora_trains_adapters_only_and_the_schedule_warms_up_then_decays() {
     };
     let (q_before, embed_before) = (q(&model), embed(&model));
     let mut trainer = Trainer::new(settings(4));
-    let (model, stats) = trainer.step(model, &[example()]);
+    let (model, stats) = trainer.step(model, &[&example()]);
     stats.unwrap();
     // The adapter's B factor starts at zero; one step moves the effective weight.
     assert_ne!(q(&model), q_before, "LoRA adapter trains");
@@ -132,7 +133,7 @@ fn checkpoint_round_trip_and_refusals() {
     let mut model = oscar_over(generator.clone(), CompressorType::NLayers).train();
     let mut trainer = Trainer::new(settings(5));
     for _ in 0..3 {
-        let (m, s) = trainer.step(model, &[example()]);
+        let (m, s) = trainer.step(model, &[&example()]);
         model = m;
         s.unwrap();
     }
@@ -159,7 +160,7 @@ fn a_nan_loss_stops_the_step_and_keeps_the_model() {
     model.compressor.memory = model.compressor.memory.map(|m| m.mul_scalar(f32::NAN));
     assert_eq!(model.compressor.memory.dims(), [l, d]);
     let mut trainer = Trainer::new(settings(5));
-    let (_, result) = trainer.step(model.train(), &[example()]);
+    let (_, result) = trainer.step(model.train(), &[&example()]);
     assert!(
         matches!(result, Err(TrainError::NonFinite { step: 1, .. })),
         "{result:?}"

@@ -73,7 +73,7 @@ impl Trainer {
     pub fn step(
         &mut self,
         model: Oscar,
-        batch: &[TrainExample],
+        batch: &[&TrainExample],
     ) -> (Oscar, Result<StepStats, TrainError>) {
         let mut acc_c = GradientsAccumulator::new();
         let mut acc_g = GradientsAccumulator::new();
