@@ -330,16 +330,9 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         let epoch = state.step / per_epoch;
         let order = scaledown_data::split::shuffled_indices(examples.len(), a.seed + epoch as u64);
         let at = (state.step % per_epoch) * batch;
-        let chosen: Vec<&TrainExample> = order[at..(at + batch).min(order.len())]
+        let batch_examples: Vec<&TrainExample> = order[at..(at + batch).min(order.len())]
             .iter()
             .map(|&i| &examples[i])
-            .collect();
-        let batch_examples: Vec<TrainExample> = chosen
-            .iter()
-            .map(|e| TrainExample {
-                encoded: e.encoded.clone(),
-                answer: e.answer.clone(),
-            })
             .collect();
         let (m, result) = trainer.step(model, &batch_examples);
         model = m;
