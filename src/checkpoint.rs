@@ -109,7 +109,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<(OscarSetup, Loaded)> {
     let setup = read_setup(dir)?;
     let mut loaded = build(&setup, device)?;
     let path = dir.join("trainable.safetensors");
-    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = crate::fsutil::read(&path)?;
     loaded.oscar = load_trainable(loaded.oscar, &bytes)
         .with_context(|| format!("loading {}", path.display()))?;
     Ok((setup, loaded))

@@ -114,7 +114,23 @@ pub fn compressed(
     Ok(EvalRun::from(out))
 }
 
-/// The uncompressed generator reading the documents' full text (the baseline and teacher).
+/// The uncompressed generator's answer from the documents' full text, and the prompt length:
+/// the baseline's and the teacher's answer.
+pub fn answer_uncompressed(
+    generator: &Llama,
+    tokenizers: &OscarTokenizers,
+    ex: &Example,
+    config: &GenerationConfig,
+) -> Result<(String, usize)> {
+    let tok = &tokenizers.generator;
+    let device = generator.embed_tokens.weight.device();
+    let user = full_text_user_turn(&ex.question, &documents_of(ex));
+    let prompt = tok.encode(&chat_prompt(&user))?;
+    let ids = generate(generator, &prompt, &tok.stop_ids, config, &device);
+    Ok((tok.decode(&ids, true).trim().to_string(), prompt.len()))
+}
+
+/// The uncompressed generator reading the documents' full text (the baseline).
 pub fn uncompressed(
     generator: &Llama,
     tokenizers: &OscarTokenizers,
@@ -123,20 +139,13 @@ pub fn uncompressed(
     label: &str,
 ) -> Result<EvalRun> {
     let config = answer_config(max_new_tokens);
-    let tok = &tokenizers.generator;
-    let device = generator.embed_tokens.weight.device();
     let bar = progress::bar(examples.len() as u64, label);
     let mut out = Vec::with_capacity(examples.len());
     for ex in examples {
         let start = Instant::now();
-        let prompt = tok.encode(&chat_prompt(&full_text_user_turn(
-            &ex.question,
-            &documents_of(ex),
-        )))?;
-        let ids = generate(generator, &prompt, &tok.stop_ids, &config, &device);
+        let (prediction, prompt_tokens) = answer_uncompressed(generator, tokenizers, ex, &config)?;
         let ms = start.elapsed().as_secs_f64() * 1000.0;
-        let prediction = tok.decode(&ids, true).trim().to_string();
-        out.push(prediction_of(ex, prediction, ms, prompt.len()));
+        out.push(prediction_of(ex, prediction, ms, prompt_tokens));
         bar.inc(1);
     }
     bar.finish_and_clear();

@@ -99,6 +99,8 @@ pub fn fetch(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+use crate::fsutil::{read, read_text};
+
 /// A generator and its tokenizer.
 pub struct Generator {
     pub config: LlamaConfig,
@@ -161,14 +163,6 @@ fn find_gguf(dir: &Path) -> Result<Option<PathBuf>> {
         .collect();
     found.sort();
     Ok(found.into_iter().next())
-}
-
-fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
-}
-
-fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
 /// Lists model files under `dir`.

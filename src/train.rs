@@ -12,9 +12,7 @@ use scaledown_data::{Example, Scores, parse_examples};
 use scaledown_model::backend::BackendKind;
 use scaledown_model::burn::module::Module;
 use scaledown_model::compressor::{CompressorConfig, CompressorType};
-use scaledown_model::generation::generate;
-use scaledown_model::oscar::{Oscar, OscarTokenizers, full_text_user_turn};
-use scaledown_model::tokenizer::chat_prompt;
+use scaledown_model::oscar::{Oscar, OscarTokenizers};
 use scaledown_model::training::{TrainExample, TrainSettings, Trainer};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -181,6 +179,8 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         .parse()
         .map_err(|e| anyhow::anyhow!("--compressor-type: {e}"))?;
     let device = a.backend.device().map_err(anyhow::Error::msg)?;
+    // The compressor's memory tokens and projector, and the LoRA factors, start random.
+    device.seed(a.seed);
     let out = a.output_dir.clone();
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
@@ -520,17 +520,11 @@ fn teacher_labels(
         .filter(|e| !cache.contains_key(&e.id))
         .collect();
     if !todo.is_empty() {
-        let tok = &tokenizers.generator;
-        let device = generator.embed_tokens.weight.device();
-        let cfg = evaluate::answer_config(max_new);
+        let config = evaluate::answer_config(max_new);
         let bar = progress::bar(todo.len() as u64, "teacher labels");
         for (i, ex) in todo.iter().enumerate() {
-            let prompt = tok.encode(&chat_prompt(&full_text_user_turn(
-                &ex.question,
-                &documents_of(ex),
-            )))?;
-            let ids = generate(generator, &prompt, &tok.stop_ids, &cfg, &device);
-            let mut answer = tok.decode(&ids, true).trim().to_string();
+            let (mut answer, _) =
+                evaluate::answer_uncompressed(generator, tokenizers, ex, &config)?;
             if answer.is_empty() {
                 answer = ex.answers[0].clone();
             }

@@ -194,7 +194,7 @@ fn read_json(path: &Path) -> serde_json::Value {
 #[test]
 fn training_lowers_the_loss_and_writes_every_output() {
     let s = Setup::new();
-    let log = ok(&s.train("run", &["--max-steps", "40", "--eval-steps", "20"]));
+    let log = ok(&s.train("run", &["--max-steps", "80", "--eval-steps", "40"]));
     let out = s.dir.join("run");
     for f in [
         "before_after_comparison.png",
@@ -218,9 +218,9 @@ fn training_lowers_the_loss_and_writes_every_output() {
         .iter()
         .map(|l| l[1].as_f64().unwrap())
         .collect();
-    assert_eq!(losses.len(), 40);
+    assert_eq!(losses.len(), 80);
     let first = losses[..5].iter().sum::<f64>() / 5.0;
-    let last = losses[35..].iter().sum::<f64>() / 5.0;
+    let last = losses[75..].iter().sum::<f64>() / 5.0;
     assert!(last < 0.5 * first, "loss {first} -> {last}\n{log}");
     assert!(report["speedup"].as_f64().unwrap() > 0.0);
     assert!(
@@ -232,9 +232,9 @@ fn training_lowers_the_loss_and_writes_every_output() {
     assert_eq!(
         report["training"]["evals"].as_array().unwrap().len(),
         2,
-        "step 20 and the end"
+        "step 40 and the end"
     );
-    for c in ["checkpoints/step-20", "checkpoints/final"] {
+    for c in ["checkpoints/step-40", "checkpoints/final"] {
         let c = out.join(c);
         assert!(c.join("trainable.safetensors").exists(), "{}", c.display());
         read_json(&c.join("setup.json"));

@@ -84,27 +84,40 @@ pub fn parse_examples(file: &str, text: &str) -> Result<Vec<Example>, DataError>
         examples
     } else {
         let mut out = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let line_err = |message: String| DataError::Line {
-                file: file.into(),
-                line: i + 1,
-                message,
-            };
-            let ex: Example = serde_json::from_str(line).map_err(|e| line_err(e.to_string()))?;
+        for_each_json_line(file, text.lines(), |ex: Example| {
             if let Some(p) = ex.problem() {
-                return Err(line_err(format!("example {}: {p}", ex.id)));
+                return Err(format!("example {}: {p}", ex.id));
             }
             out.push(ex);
-        }
+            Ok(())
+        })?;
         out
     };
     if examples.is_empty() {
         return Err(DataError::file(file, "no examples"));
     }
     Ok(examples)
+}
+
+/// Parses each non-blank line as a `T` and hands it to `f`; an error names the file and line.
+pub fn for_each_json_line<'a, T: serde::de::DeserializeOwned>(
+    file: &str,
+    lines: impl IntoIterator<Item = &'a str>,
+    mut f: impl FnMut(T) -> Result<(), String>,
+) -> Result<(), DataError> {
+    for (i, line) in lines.into_iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let line_err = |message: String| DataError::Line {
+            file: file.into(),
+            line: i + 1,
+            message,
+        };
+        let value: T = serde_json::from_str(line).map_err(|e| line_err(e.to_string()))?;
+        f(value).map_err(line_err)?;
+    }
+    Ok(())
 }
 
 /// The prepared-file format: a JSON array with one example per line (diff- and grep-friendly).

@@ -2,7 +2,7 @@
 //! JSON files, the JSON Lines files of `../shared/data`, and the rows of the Hugging Face
 //! datasets-server API (`rajpurkar/squad`, `hotpotqa/hotpot_qa`, `mandarjoshi/trivia_qa`).
 
-use crate::schema::{DataError, Document, Example};
+use crate::schema::{DataError, Document, Example, for_each_json_line};
 use serde_json::Value;
 use std::fmt;
 use std::str::FromStr;
@@ -104,18 +104,9 @@ pub fn parse_source(dataset: Dataset, file: &str, text: &str) -> Result<Parsed, 
         Some(_) => vec![text],
         None => text.lines().collect(),
     };
-    for (i, line) in lines.into_iter().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let line_err = |message: String| DataError::Line {
-            file: file.into(),
-            line: i + 1,
-            message,
-        };
-        let row: Value = serde_json::from_str(line).map_err(|e| line_err(e.to_string()))?;
-        push_row(dataset, &row, &mut parsed).map_err(line_err)?;
-    }
+    for_each_json_line(file, lines, |row: Value| {
+        push_row(dataset, &row, &mut parsed)
+    })?;
     finish(dataset, file, parsed)
 }
 

@@ -102,9 +102,7 @@ impl Trainer {
             );
         }
         let (mut grads_c, mut grads_g) = (acc_c.grads(), acc_g.grads());
-        let norm = (grad_sq_sum(&model.compressor, &grads_c)
-            + grad_sq_sum(&model.generator, &grads_g))
-        .sqrt();
+        let norm = grad_sq_sum(&model, &grads_c, &grads_g).sqrt();
         if !norm.is_finite() {
             return (
                 model,
@@ -151,21 +149,31 @@ impl Trainer {
 
 struct SqSum<'a> {
     grads: &'a GradientsParams,
-    sum: f32,
+    sum: Option<Tensor<1>>,
 }
 
 impl ModuleVisitor for SqSum<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = self.grads.get::<D>(param.id) {
-            self.sum += g.square().sum().into_scalar::<f32>();
+            let s = g.square().sum();
+            self.sum = Some(match self.sum.take() {
+                Some(acc) => acc + s,
+                None => s,
+            });
         }
     }
 }
 
-fn grad_sq_sum<M: Module>(module: &M, grads: &GradientsParams) -> f32 {
-    let mut v = SqSum { grads, sum: 0.0 };
-    module.visit(&mut v);
-    v.sum
+/// Sum of squared gradients over both modules, read from the device once per step.
+fn grad_sq_sum(model: &Oscar, grads_c: &GradientsParams, grads_g: &GradientsParams) -> f32 {
+    let mut v = SqSum {
+        grads: grads_c,
+        sum: None,
+    };
+    model.compressor.visit(&mut v);
+    v.grads = grads_g;
+    model.generator.visit(&mut v);
+    v.sum.map_or(0.0, |s| s.into_scalar::<f32>())
 }
 
 struct Scale<'a> {
