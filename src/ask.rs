@@ -3,11 +3,12 @@
 use crate::checkpoint;
 use crate::evaluate;
 use crate::fsutil::{read_text, write_atomic};
-use crate::train::{describe, inference};
+use crate::train::describe;
 use anyhow::{Result, bail};
 use clap::Args;
 use scaledown_data::parse_examples;
 use scaledown_model::backend::BackendKind;
+use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::oscar::document_text;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -52,7 +53,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         &read_text(&a.eval_data)?,
     )?;
     examples.truncate(a.max_eval_examples as usize);
-    let model = inference(&loaded.oscar);
+    let model = loaded.oscar.for_inference();
     let run = evaluate::compressed(
         &model,
         &loaded.tokenizers,
@@ -94,17 +95,17 @@ pub fn ask(a: AskArgs) -> Result<()> {
     }
     let device = a.backend.device().map_err(anyhow::Error::msg)?;
     let (setup, loaded) = checkpoint::load(&a.checkpoint, &device)?;
-    let model = inference(&loaded.oscar);
+    let model = loaded.oscar.for_inference();
     let docs: Vec<String> = a.documents.iter().map(|d| document_text("", d)).collect();
     let start = Instant::now();
     let encoded = loaded
         .tokenizers
         .encode(&setup.compressor, &a.question, &docs)?;
-    let ids = model.answer(
+    let ids = read_sync(model.answer(
         &encoded,
         &loaded.tokenizers.generator.stop_ids,
         &evaluate::answer_config(setup.max_new_tokens),
-    );
+    ))?;
     let answer = loaded.tokenizers.generator.decode(&ids, true);
     println!("{}", answer.trim());
     eprintln!(

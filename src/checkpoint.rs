@@ -6,29 +6,19 @@
 use crate::fsutil::{read_text, write_atomic};
 use crate::models;
 use anyhow::{Context, Result, bail};
-use scaledown_model::burn::module::{Lora, Module, ParamGroup};
+
 use scaledown_model::burn::prelude::*;
 use scaledown_model::checkpoint::{load_trainable, trainable_to_safetensors};
-use scaledown_model::compressor::{Compressor, CompressorConfig, CompressorType};
+use scaledown_model::compressor::CompressorType;
 use scaledown_model::llama::Llama;
-use scaledown_model::oscar::{Oscar, OscarTokenizers};
-use serde::{Deserialize, Serialize};
+use scaledown_model::oscar::{LoraSettings, Oscar, OscarTokenizers};
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 pub const LORA_RANK: usize = 16;
 pub const LORA_ALPHA: f64 = 32.0;
 
-/// Everything needed to rebuild the model around a checkpoint's trained tensors.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct OscarSetup {
-    pub compressor: CompressorConfig,
-    pub generator: PathBuf,
-    pub encoder: Option<PathBuf>,
-    /// LoRA rank on the generator's linear layers; None when the generator is frozen.
-    pub lora_rank: Option<usize>,
-    pub lora_alpha: f64,
-    pub max_new_tokens: usize,
-}
+pub use scaledown_model::checkpoint::OscarSetup;
 
 /// The built model and what comes with it.
 pub struct Loaded {
@@ -42,48 +32,25 @@ pub struct Loaded {
 /// compressor weights.
 pub fn build(setup: &OscarSetup, device: &Device) -> Result<Loaded> {
     let g = models::load_generator(&setup.generator, device)?;
-    setup
-        .compressor
-        .validate(g.config.num_hidden_layers)
-        .map_err(anyhow::Error::msg)?;
-    let (compressor, encoder_tokenizer) = match setup.compressor.compressor_type {
-        CompressorType::NLayers => (
-            Compressor::from_generator(&setup.compressor, &g.model, device),
-            None,
-        ),
+    let (encoder, encoder_tokenizer) = match setup.compressor.compressor_type {
+        CompressorType::NLayers => (None, None),
         CompressorType::Encoder => {
             let path = setup
                 .encoder
                 .as_ref()
                 .context("the encoder compressor needs an encoder")?;
             let (bert, tok) = models::load_encoder(path, device)?;
-            let room = bert.max_positions();
-            if setup.compressor.chunk_tokens() + setup.compressor.num_memory_tokens + 64 > room {
-                bail!(
-                    "chunks of {} tokens plus {} memory tokens and the question do not fit the \
-                     encoder's {room} positions: lower --num-memory-tokens or --compression-rate",
-                    setup.compressor.chunk_tokens(),
-                    setup.compressor.num_memory_tokens
-                );
-            }
-            let c =
-                Compressor::from_encoder(&setup.compressor, bert, g.model.hidden_size(), device);
-            (c, Some(tok))
+            (Some(bert), Some(tok))
         }
     };
     let base_generator = g.model.clone();
-    let generator = match setup.lora_rank {
-        Some(rank) => g.model.apply_lora(
-            Lora::new(rank, setup.lora_alpha)
-                .set_param_group(ParamGroup::from_any_predicates(vec!["_proj"])),
-        ),
-        None => g.model.no_grad(),
-    };
+    let lora = setup.lora_rank.map(|rank| LoraSettings {
+        rank,
+        alpha: setup.lora_alpha,
+    });
+    let oscar = Oscar::assemble(&setup.compressor, g.model, encoder, lora, device)?;
     Ok(Loaded {
-        oscar: Oscar {
-            compressor,
-            generator,
-        },
+        oscar,
         base_generator,
         tokenizers: OscarTokenizers {
             generator: g.tokenizer,

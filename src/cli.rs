@@ -5,6 +5,7 @@ use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 use scaledown_model::backend::BackendKind;
 use scaledown_model::burn::prelude::*;
+use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::generation::{GenerationConfig, generate};
 use scaledown_model::tokenizer::chat_prompt;
 use std::path::PathBuf;
@@ -219,7 +220,13 @@ fn generate_cmd(dir: &std::path::Path, a: GenerateArgs) -> Result<()> {
         seed: a.seed,
     };
     let start = Instant::now();
-    let ids = generate(&g.model, &prompt, &g.tokenizer.stop_ids, &config, &device);
+    let ids = read_sync(generate(
+        &g.model,
+        &prompt,
+        &g.tokenizer.stop_ids,
+        &config,
+        &device,
+    ))?;
     let secs = start.elapsed().as_secs_f64();
     let text = g.tokenizer.decode(&ids, true);
     if a.run.json {

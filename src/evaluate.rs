@@ -4,6 +4,7 @@
 use crate::progress;
 use anyhow::Result;
 use scaledown_data::{Example, Scores};
+use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::compressor::CompressorConfig;
 use scaledown_model::generation::{GenerationConfig, generate};
 use scaledown_model::llama::Llama;
@@ -101,7 +102,7 @@ pub fn compressed(
     for ex in examples {
         let start = Instant::now();
         let encoded = tokenizers.encode(config, &ex.question, &documents_of(ex))?;
-        let ids = model.answer(&encoded, stop, &answer);
+        let ids = read_sync(model.answer(&encoded, stop, &answer))?;
         let ms = start.elapsed().as_secs_f64() * 1000.0;
         let prediction = tokenizers.generator.decode(&ids, true).trim().to_string();
         let prompt_tokens = encoded.prefix.len()
@@ -126,7 +127,7 @@ pub fn answer_uncompressed(
     let device = generator.embed_tokens.weight.device();
     let user = full_text_user_turn(&ex.question, &documents_of(ex));
     let prompt = tok.encode(&chat_prompt(&user))?;
-    let ids = generate(generator, &prompt, &tok.stop_ids, config, &device);
+    let ids = read_sync(generate(generator, &prompt, &tok.stop_ids, config, &device))?;
     Ok((tok.decode(&ids, true).trim().to_string(), prompt.len()))
 }
 

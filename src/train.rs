@@ -11,8 +11,9 @@ use clap::{Args, ValueEnum};
 use scaledown_data::{Example, Scores, parse_examples};
 use scaledown_model::backend::BackendKind;
 use scaledown_model::burn::module::Module;
+use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::compressor::{CompressorConfig, CompressorType};
-use scaledown_model::oscar::{Oscar, OscarTokenizers};
+use scaledown_model::oscar::OscarTokenizers;
 use scaledown_model::training::{TrainExample, TrainSettings, Trainer};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -291,7 +292,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
     println!("uncompressed baseline: {}", describe(&baseline));
     let before = cached_run(&out.join("before_training_results.json"), || {
         evaluate::compressed(
-            &inference(&oscar),
+            &oscar.for_inference(),
             &tokenizers,
             &setup.compressor,
             &eval,
@@ -334,7 +335,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
             .iter()
             .map(|&i| &examples[i])
             .collect();
-        let (m, result) = trainer.step(model, &batch_examples);
+        let (m, result) = read_sync(trainer.step(model, &batch_examples));
         model = m;
         let stats = match result {
             Ok(s) => s,
@@ -365,7 +366,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         if a.eval_steps > 0 && state.step % a.eval_steps as usize == 0 && state.step < total {
             let run = bar.suspend(|| {
                 evaluate::compressed(
-                    &inference(&model),
+                    &model.for_inference(),
                     &tokenizers,
                     &setup.compressor,
                     &eval,
@@ -389,7 +390,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
     }
     bar.finish_and_clear();
 
-    let after_model = inference(&model);
+    let after_model = model.for_inference();
     let after = evaluate::compressed(
         &after_model,
         &tokenizers,
@@ -463,15 +464,6 @@ fn load_examples(path: &Path) -> Result<Vec<Example>> {
     let text = read_text(path)
         .with_context(|| "run `scaledown prepare` first, or pass the file".to_string())?;
     Ok(parse_examples(&path.display().to_string(), &text)?)
-}
-
-/// The model for answering: plain tensors, LoRA merged into the generator's weights.
-pub fn inference(model: &Oscar) -> Oscar {
-    let valid = model.valid();
-    Oscar {
-        compressor: valid.compressor,
-        generator: valid.generator.materialize(),
-    }
 }
 
 pub fn describe(r: &EvalRun) -> String {

@@ -8,6 +8,7 @@ mod common;
 use common::*;
 use scaledown::models;
 use scaledown_model::burn::prelude::*;
+use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::generation::{GenerationConfig, generate};
 use scaledown_model::llama::KvCache;
 
@@ -80,7 +81,7 @@ fn check_smollm2(device: &Device, logit_tol: f32, norm_rel_tol: f32) {
             max_new_tokens: 24,
             ..Default::default()
         };
-        let out = generate(&g.model, &ids, &[2], &config, device);
+        let out = read_sync(generate(&g.model, &ids, &[2], &config, device)).unwrap();
         assert_eq!(out, u32s(&p["greedy_ids"]), "{name}: greedy continuation");
         assert_eq!(
             g.tokenizer.decode(&out, false),

@@ -35,33 +35,9 @@ const COLORS: [&str; 6] = ["red", "blue", "green", "pink", "gray", "gold"];
 
 /// A word-level tokenizer over the words of the synthetic set and the prompt template.
 fn tokenizer_json() -> String {
-    let mut words: Vec<String> = ["[UNK]", "<|im_start|>", "<|im_end|>"]
-        .map(String::from)
-        .to_vec();
-    for w in "the is what color ? . : background question system user assistant document".split(' ')
-    {
-        words.push(w.into());
-    }
-    words.extend(ANIMALS.map(String::from));
-    words.extend(COLORS.map(String::from));
-    let vocab: serde_json::Map<String, serde_json::Value> = words
-        .iter()
-        .enumerate()
-        .map(|(i, w)| (w.clone(), i.into()))
-        .collect();
-    let special = |id: usize, content: &str| {
-        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
-            "rstrip": false, "normalized": false, "special": true})
-    };
-    serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": [special(0, "[UNK]"), special(1, "<|im_start|>"), special(2, "<|im_end|>")],
-        "normalizer": {"type": "Lowercase"},
-        "pre_tokenizer": {"type": "Whitespace"},
-        "post_processor": null, "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
-    })
-    .to_string()
+    let template = "the is what color ? . : background question system user assistant document";
+    let words = template.split(' ').chain(ANIMALS).chain(COLORS);
+    scaledown_model::tokenizer::word_level_json(words)
 }
 
 /// A random 2-layer Llama with Hugging Face tensor names.

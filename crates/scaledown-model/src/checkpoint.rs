@@ -2,12 +2,30 @@
 //! (compressor, memory tokens, projector, LoRA factors), named by their module path. The frozen
 //! generator is not stored: it is reloaded from its own file.
 
+use crate::compressor::CompressorConfig;
 use crate::weights::safetensors::SafetensorsFile;
 use crate::weights::{WeightError, WeightSource};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
 use safetensors::tensor::TensorView;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// `setup.json` of a checkpoint folder: everything needed to rebuild the model around its
+/// trained tensors. The paths are where the CLI found the published files; the browser gets
+/// the same files from its user instead.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OscarSetup {
+    pub compressor: CompressorConfig,
+    pub generator: PathBuf,
+    pub encoder: Option<PathBuf>,
+    /// LoRA rank on the generator's linear layers; None when the generator is frozen.
+    pub lora_rank: Option<usize>,
+    pub lora_alpha: f64,
+    pub max_new_tokens: usize,
+}
+
 
 /// Module path of the parameter being visited, e.g. `compressor.memory`.
 #[derive(Default)]

@@ -2,6 +2,7 @@
 
 use crate::llama::{KvCache, Llama};
 use burn::prelude::*;
+use burn::tensor::ExecutionError;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -86,40 +87,38 @@ pub fn argmax(values: &[f32]) -> u32 {
 }
 
 /// Continues `prompt` (ids) until a stop token or `max_new_tokens`. The stop token, when
-/// produced, is included in the output.
-pub fn generate(
+/// produced, is included in the output. Async because the browser's WebGPU cannot read results
+/// synchronously; native callers block on it.
+pub async fn generate(
     model: &Llama,
     prompt: &[u32],
     stop_ids: &[u32],
     config: &GenerationConfig,
     device: &Device,
-) -> Vec<u32> {
+) -> Result<Vec<u32>, ExecutionError> {
     let mut cache = KvCache::new(model.layers.len());
     let ids = Tensor::<1, Int>::from_data(
         TensorData::new(prompt.iter().map(|&i| i as i64).collect(), [prompt.len()]),
         device,
     );
     let logits = model.forward_last(ids.unsqueeze(), &mut cache);
-    continue_from(model, logits, &mut cache, stop_ids, config, device)
+    continue_from(model, logits, &mut cache, stop_ids, config, device).await
 }
 
 /// Decodes from the last-position logits `[1, vocab]` of a prefilled cache; shared by plain
 /// prompts and prompts whose documents entered as compressed embeddings.
-pub fn continue_from(
+pub async fn continue_from(
     model: &Llama,
     mut logits: Tensor<2>,
     cache: &mut KvCache,
     stop_ids: &[u32],
     config: &GenerationConfig,
     device: &Device,
-) -> Vec<u32> {
+) -> Result<Vec<u32>, ExecutionError> {
     let mut sampler = Sampler::new(config);
     let mut out = Vec::new();
     for step in 0..config.max_new_tokens {
-        let values: Vec<f32> = logits
-            .into_data()
-            .try_into_vec::<f32>()
-            .expect("logits are f32");
+        let values = read_floats(logits).await?;
         let next = sampler.next(&values);
         out.push(next);
         if stop_ids.contains(&next) || step + 1 == config.max_new_tokens {
@@ -128,7 +127,16 @@ pub fn continue_from(
         let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![next as i64], [1, 1]), device);
         logits = model.forward_last(ids, cache);
     }
-    out
+    Ok(out)
+}
+
+/// A float tensor's values, read from the device without blocking (WebGPU needs that).
+pub async fn read_floats<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, ExecutionError> {
+    let data = t.into_data_async().await?;
+    Ok(data
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("converted to f32"))
 }
 
 #[cfg(test)]

@@ -5,12 +5,15 @@
 //! doc n>\nQuestion: q<|im_end|>\n<|im_start|>assistant\n`; the uncompressed baseline has the
 //! documents' text where the vectors are.
 
+use crate::bert::Bert;
 use crate::compressor::{Compressor, CompressorConfig, CompressorType};
 use crate::generation::{GenerationConfig, continue_from};
 use crate::llama::{KvCache, Llama};
 use crate::tokenizer::{SMOLLM2_SYSTEM_PROMPT, Tokenizer};
 use crate::weights::WeightError;
+use burn::module::{Lora, ParamGroup};
 use burn::prelude::*;
+use burn::tensor::ExecutionError;
 use burn::tensor::activation::log_softmax;
 
 /// Questions longer than this (in compressor tokens) are cut, so a chunk keeps its room.
@@ -20,6 +23,72 @@ const MAX_QUERY_TOKENS: usize = 64;
 pub struct Oscar {
     pub compressor: Compressor,
     pub generator: Llama,
+}
+
+/// LoRA on the generator's linear layers (OSCAR: rank 16, alpha 32).
+#[derive(Debug, Clone, Copy)]
+pub struct LoraSettings {
+    pub rank: usize,
+    pub alpha: f64,
+}
+
+impl Oscar {
+    /// OSCAR around a published generator: a fresh compressor of `config` (a copy of the
+    /// generator's first layers, or `encoder` with a projector) and LoRA adapters on the
+    /// generator, or a frozen generator when `lora` is None. Plain modules: call `.train()`
+    /// to train them.
+    pub fn assemble(
+        config: &CompressorConfig,
+        generator: Llama,
+        encoder: Option<Bert>,
+        lora: Option<LoraSettings>,
+        device: &Device,
+    ) -> Result<Self, WeightError> {
+        config
+            .validate(generator.layers.len())
+            .map_err(WeightError::Config)?;
+        let compressor = match (config.compressor_type, encoder) {
+            (CompressorType::NLayers, _) => Compressor::from_generator(config, &generator, device),
+            (CompressorType::Encoder, Some(bert)) => {
+                let room = bert.max_positions();
+                let needed = config.chunk_tokens() + config.num_memory_tokens + MAX_QUERY_TOKENS;
+                if needed > room {
+                    return Err(WeightError::Config(format!(
+                        "chunks of {} tokens plus {} memory tokens and the question do not fit \
+                         the encoder's {room} positions: lower the memory tokens or the rate",
+                        config.chunk_tokens(),
+                        config.num_memory_tokens
+                    )));
+                }
+                Compressor::from_encoder(config, bert, generator.hidden_size(), device)
+            }
+            (CompressorType::Encoder, None) => {
+                return Err(WeightError::Config(
+                    "the encoder compressor needs an encoder model".into(),
+                ));
+            }
+        };
+        let generator = match lora {
+            Some(l) => generator.apply_lora(
+                Lora::new(l.rank, l.alpha)
+                    .set_param_group(ParamGroup::from_any_predicates(vec!["_proj"])),
+            ),
+            None => generator.no_grad(),
+        };
+        Ok(Self {
+            compressor,
+            generator,
+        })
+    }
+
+    /// The model for answering: plain tensors, LoRA merged into the generator's weights.
+    pub fn for_inference(&self) -> Self {
+        let valid = self.valid();
+        Self {
+            compressor: valid.compressor,
+            generator: valid.generator.materialize(),
+        }
+    }
 }
 
 /// The tokenizers OSCAR needs: the generator's, and the encoder's for an encoder compressor.
@@ -192,12 +261,12 @@ impl Oscar {
     }
 
     /// Generates an answer from the compressed prompt (ids, stop token included when produced).
-    pub fn answer(
+    pub async fn answer(
         &self,
         encoded: &Encoded,
         stop_ids: &[u32],
         config: &GenerationConfig,
-    ) -> Vec<u32> {
+    ) -> Result<Vec<u32>, ExecutionError> {
         let device = self.device();
         let x = self.prompt_embeds(encoded, &[]);
         let mut cache = KvCache::new(self.generator.layers.len());
@@ -217,5 +286,6 @@ impl Oscar {
             config,
             &device,
         )
+        .await
     }
 }

@@ -10,6 +10,7 @@ use crate::oscar::{Encoded, Oscar};
 use crate::training::{TrainError, TrainExample, TrainSettings, Trainer};
 use burn::module::{Lora, Module, ParamGroup};
 use burn::prelude::*;
+use burn::tensor::read_sync;
 
 fn config(compressor_type: CompressorType) -> CompressorConfig {
     CompressorConfig {
@@ -85,7 +86,7 @@ fn training_lowers_the_loss_for_both_compressors() {
         let before = loss_of(&model, batch[0]);
         let mut trainer = Trainer::new(settings(40));
         for _ in 0..40 {
-            let (m, stats) = trainer.step(model, &batch);
+            let (m, stats) = read_sync(trainer.step(model, &batch));
             model = m;
             let stats = stats.unwrap();
             assert!(stats.grad_norm.is_finite());
@@ -108,7 +109,7 @@ fn lora_trains_adapters_only_and_the_schedule_warms_up_then_decays() {
     };
     let (q_before, embed_before) = (q(&model), embed(&model));
     let mut trainer = Trainer::new(settings(4));
-    let (model, stats) = trainer.step(model, &[&example()]);
+    let (model, stats) = read_sync(trainer.step(model, &[&example()]));
     stats.unwrap();
     // The adapter's B factor starts at zero; one step moves the effective weight.
     assert_ne!(q(&model), q_before, "LoRA adapter trains");
@@ -133,7 +134,7 @@ fn checkpoint_round_trip_and_refusals() {
     let mut model = oscar_over(generator.clone(), CompressorType::NLayers).train();
     let mut trainer = Trainer::new(settings(5));
     for _ in 0..3 {
-        let (m, s) = trainer.step(model, &[&example()]);
+        let (m, s) = read_sync(trainer.step(model, &[&example()]));
         model = m;
         s.unwrap();
     }
@@ -160,7 +161,7 @@ fn a_nan_loss_stops_the_step_and_keeps_the_model() {
     model.compressor.memory = model.compressor.memory.map(|m| m.mul_scalar(f32::NAN));
     assert_eq!(model.compressor.memory.dims(), [l, d]);
     let mut trainer = Trainer::new(settings(5));
-    let (_, result) = trainer.step(model.train(), &[&example()]);
+    let (_, result) = read_sync(trainer.step(model.train(), &[&example()]));
     assert!(
         matches!(result, Err(TrainError::NonFinite { step: 1, .. })),
         "{result:?}"
@@ -175,7 +176,7 @@ fn compressed_generation_runs_and_stops() {
         max_new_tokens: 5,
         ..Default::default()
     };
-    let out = model.answer(&example().encoded, &[], &cfg);
+    let out = read_sync(model.answer(&example().encoded, &[], &cfg)).unwrap();
     assert_eq!(out.len(), 5);
     assert!(out.iter().all(|&t| t < 40));
 }

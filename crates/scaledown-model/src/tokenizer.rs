@@ -142,3 +142,93 @@ pub fn chat_prompt(user: &str) -> String {
         "<|im_start|>system\n{SMOLLM2_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
     )
 }
+
+/// The control tokens of a word-level tokenizer: unknown words, then ChatML's turn markers.
+const WORD_LEVEL_SPECIAL: [&str; 3] = ["[UNK]", "<|im_start|>", "<|im_end|>"];
+
+/// Lower-cased words and punctuation runs of `text`, as the `Whitespace` pre-tokenizer of a
+/// word-level tokenizer splits it (`\w+|[^\w\s]+`).
+pub fn words_of(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut current_is_word = false;
+    for c in text.chars().flat_map(char::to_lowercase) {
+        let is_word = c.is_alphanumeric() || c == '_';
+        if !current.is_empty() && (c.is_whitespace() || is_word != current_is_word) {
+            out.push(std::mem::take(&mut current));
+        }
+        if !c.is_whitespace() {
+            current_is_word = is_word;
+            current.push(c);
+        }
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// A word-level `tokenizer.json` over `words` (after `[UNK]` and the ChatML markers; repeated
+/// words are kept once): the tokenizer of tiny random models in tests and the browser demo.
+pub fn word_level_json<'a>(words: impl IntoIterator<Item = &'a str>) -> String {
+    let mut vocab = serde_json::Map::new();
+    for w in WORD_LEVEL_SPECIAL.into_iter().chain(words) {
+        let id = vocab.len();
+        vocab.entry(w.to_string()).or_insert(id.into());
+    }
+    let added: Vec<Value> = WORD_LEVEL_SPECIAL
+        .iter()
+        .enumerate()
+        .map(|(id, content)| {
+            json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": added,
+        "normalizer": {"type": "Lowercase"},
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn word_level_tokenizer_splits_like_its_words() {
+        let text = "Background: The cat's color is RED.";
+        let words = words_of(text);
+        assert_eq!(
+            words,
+            [
+                "background",
+                ":",
+                "the",
+                "cat",
+                "'",
+                "s",
+                "color",
+                "is",
+                "red",
+                "."
+            ]
+        );
+        let tok = Tokenizer::from_json(
+            word_level_json(words.iter().map(String::as_str).chain(["the"])).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(tok.vocab_size(), 3 + 10, "`the` is kept once");
+        let ids = tok
+            .encode(&format!("<|im_start|>{text} dog<|im_end|>"))
+            .unwrap();
+        assert_eq!(ids.len(), 1 + words.len() + 2);
+        assert_eq!(ids[0], 1);
+        assert_eq!(ids[ids.len() - 2], 0, "an unknown word is [UNK]");
+        assert_eq!(tok.stop_ids, vec![2]);
+    }
+}

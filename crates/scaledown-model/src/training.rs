@@ -36,6 +36,8 @@ pub struct StepStats {
 pub enum TrainError {
     #[error("the loss became {loss} at step {step}; training stopped (the model was not updated)")]
     NonFinite { step: usize, loss: f32 },
+    #[error("reading the loss from the device failed at step {step}: {message}")]
+    Device { step: usize, message: String },
 }
 
 pub struct Trainer {
@@ -69,8 +71,8 @@ impl Trainer {
     }
 
     /// One step over `batch`. On a NaN or infinite loss the model comes back unchanged with
-    /// the error.
-    pub fn step(
+    /// the error. Async because WebGPU reads the loss without blocking; native callers block.
+    pub async fn step(
         &mut self,
         model: Oscar,
         batch: &[&TrainExample],
@@ -80,7 +82,10 @@ impl Trainer {
         let mut total = 0.0f32;
         for ex in batch {
             let loss = model.answer_loss(&ex.encoded, &ex.answer);
-            let value: f32 = loss.clone().into_scalar::<f32>();
+            let value = match self.read(loss.clone()).await {
+                Ok(v) => v,
+                Err(e) => return (model, Err(e)),
+            };
             if !value.is_finite() {
                 return (
                     model,
@@ -102,7 +107,10 @@ impl Trainer {
             );
         }
         let (mut grads_c, mut grads_g) = (acc_c.grads(), acc_g.grads());
-        let norm = grad_sq_sum(&model, &grads_c, &grads_g).sqrt();
+        let norm = match self.read(grad_sq_sum(&model, &grads_c, &grads_g)).await {
+            Ok(sq) => sq.sqrt(),
+            Err(e) => return (model, Err(e)),
+        };
         if !norm.is_finite() {
             return (
                 model,
@@ -147,6 +155,18 @@ impl Trainer {
     }
 }
 
+impl Trainer {
+    async fn read(&self, scalar: Tensor<1>) -> Result<f32, TrainError> {
+        scalar
+            .into_scalar_async::<f32>()
+            .await
+            .map_err(|e| TrainError::Device {
+                step: self.step + 1,
+                message: e.to_string(),
+            })
+    }
+}
+
 struct SqSum<'a> {
     grads: &'a GradientsParams,
     sum: Option<Tensor<1>>,
@@ -164,8 +184,8 @@ impl ModuleVisitor for SqSum<'_> {
     }
 }
 
-/// Sum of squared gradients over both modules, read from the device once per step.
-fn grad_sq_sum(model: &Oscar, grads_c: &GradientsParams, grads_g: &GradientsParams) -> f32 {
+/// Sum of squared gradients over both modules `[1]`, to be read from the device once per step.
+fn grad_sq_sum(model: &Oscar, grads_c: &GradientsParams, grads_g: &GradientsParams) -> Tensor<1> {
     let mut v = SqSum {
         grads: grads_c,
         sum: None,
@@ -173,7 +193,8 @@ fn grad_sq_sum(model: &Oscar, grads_c: &GradientsParams, grads_g: &GradientsPara
     model.compressor.visit(&mut v);
     v.grads = grads_g;
     model.generator.visit(&mut v);
-    v.sum.map_or(0.0, |s| s.into_scalar::<f32>())
+    let device = model.generator.embed_tokens.weight.device();
+    v.sum.unwrap_or_else(|| Tensor::zeros([1], &device))
 }
 
 struct Scale<'a> {
