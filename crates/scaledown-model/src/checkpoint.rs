@@ -26,7 +26,6 @@ pub struct OscarSetup {
     pub max_new_tokens: usize,
 }
 
-
 /// Module path of the parameter being visited, e.g. `compressor.memory`.
 #[derive(Default)]
 struct Path(Vec<String>);

@@ -215,8 +215,9 @@ struct FreshCopy;
 
 impl ModuleMapper for FreshCopy {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let value = param.val();
-        Param::from_tensor(Tensor::from_data(value.to_data(), &value.device()))
+        // A new parameter over the same (immutable) values: no device read, which the
+        // browser's WebGPU could not do synchronously.
+        Param::from_tensor(param.val())
     }
 }
 

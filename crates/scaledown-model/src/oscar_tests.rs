@@ -180,3 +180,41 @@ fn compressed_generation_runs_and_stops() {
     assert_eq!(out.len(), 5);
     assert!(out.iter().all(|&t| t < 40));
 }
+
+#[test]
+fn the_n_layers_compressor_trains_its_own_copy_of_the_generator_layers() {
+    let device = Device::flex();
+    device.seed(6);
+    let generator = LlamaConfig::tiny(40).init(&device);
+    let model = Oscar::assemble(
+        &config(CompressorType::NLayers),
+        generator,
+        None,
+        None,
+        &device,
+    )
+    .unwrap()
+    .train();
+    let weights = |m: &Oscar| -> (Vec<f32>, Vec<f32>) {
+        let g = m.generator.layers[0].mlp.up_proj.weight.val().inner();
+        let crate::compressor::Backbone::Decoder(stack) = &m.compressor.backbone else {
+            unreachable!()
+        };
+        let c = stack.layers[0].mlp.up_proj.weight.val().inner();
+        (
+            g.to_data().try_into_vec().unwrap(),
+            c.to_data().try_into_vec().unwrap(),
+        )
+    };
+    let (gen_before, comp_before) = weights(&model);
+    assert_eq!(
+        gen_before, comp_before,
+        "the copy starts from the generator's layer"
+    );
+    let mut trainer = Trainer::new(settings(4));
+    let (model, stats) = read_sync(trainer.step(model, &[&example()]));
+    stats.unwrap();
+    let (gen_after, comp_after) = weights(&model);
+    assert_eq!(gen_after, gen_before, "the frozen generator is untouched");
+    assert_ne!(comp_after, comp_before, "the compressor's copy trains");
+}

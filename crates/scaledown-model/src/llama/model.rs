@@ -3,7 +3,9 @@
 use super::cache::KvCache;
 use super::config::LlamaConfig;
 use super::rope::Rope;
-use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::nn::{
+    Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig,
+};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
@@ -154,7 +156,15 @@ impl LlamaConfig {
             })
             .collect();
         Llama {
-            embed_tokens: EmbeddingConfig::new(self.vocab_size, self.hidden_size).init(device),
+            // Random models only (loaded ones overwrite it): with tied embeddings, std
+            // 1/sqrt(width) gives unit-scale logits, so a random model starts near ln(vocab)
+            // (Burn's N(0, 1) starts it far above) and a frozen head can still express answers.
+            embed_tokens: EmbeddingConfig::new(self.vocab_size, self.hidden_size)
+                .with_initializer(Initializer::Normal {
+                    mean: 0.0,
+                    std: (self.hidden_size as f64).powf(-0.5),
+                })
+                .init(device),
             layers,
             norm: norm(),
             lm_head: (!self.tie_word_embeddings).then(|| linear(self.hidden_size, self.vocab_size)),

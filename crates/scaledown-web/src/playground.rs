@@ -1,0 +1,491 @@
+//! The playground's work, free of browser glue: build a tiny or a real OSCAR, train it a few
+//! steps, answer questions compressed and from the full text, compress a pasted document.
+//! Async because WebGPU reads results without blocking; it also builds natively, for its tests.
+
+use scaledown_data::metrics::Scores;
+use scaledown_data::schema::Example;
+use scaledown_model::bert::bert_from_safetensors;
+use scaledown_model::burn::prelude::*;
+use scaledown_model::checkpoint::{OscarSetup, load_trainable};
+use scaledown_model::compressor::{CompressorConfig, CompressorType};
+use scaledown_model::generation::{GenerationConfig, generate};
+use scaledown_model::llama::{Llama, LlamaConfig, llama_from_gguf};
+use scaledown_model::oscar::{
+    LoraSettings, Oscar, OscarTokenizers, document_text, full_text_user_turn,
+};
+use scaledown_model::tokenizer::{Tokenizer, chat_prompt, word_level_json, words_of};
+use scaledown_model::training::{StepStats, TrainExample, TrainSettings, Trainer};
+use scaledown_model::weights::gguf::GgufFile;
+use std::collections::HashMap;
+use web_time::Instant;
+
+/// Words in the tiny model's vocabulary (besides the prompt template's).
+pub const TINY_VOCAB: usize = 3000;
+
+/// The tiny model: a 2-layer generator, a 1-layer compressor copy, 4 memory tokens per
+/// 64-token chunk (rate 16), LoRA rank 4.
+pub fn tiny_compressor() -> CompressorConfig {
+    CompressorConfig {
+        compressor_type: CompressorType::NLayers,
+        num_layers: 1,
+        num_memory_tokens: 4,
+        compression_rate: 16,
+        projector: false,
+    }
+}
+
+/// The CLI's defaults, for a real generator loaded without a checkpoint.
+pub fn default_compressor() -> CompressorConfig {
+    CompressorConfig {
+        compressor_type: CompressorType::NLayers,
+        num_layers: 5,
+        num_memory_tokens: 8,
+        compression_rate: 16,
+        projector: true,
+    }
+}
+
+/// The files of a real model, as the user picked or fetched them.
+#[derive(Default)]
+pub struct ModelFiles {
+    /// The generator (SmolLM2 GGUF).
+    pub gguf: Vec<u8>,
+    /// A checkpoint of `scaledown train`: `setup.json` and `trainable.safetensors`.
+    pub setup: Option<String>,
+    pub trainable: Option<Vec<u8>>,
+    /// The encoder of an `encoder` checkpoint: `config.json`, `model.safetensors`,
+    /// `tokenizer.json`.
+    pub encoder: Option<(String, Vec<u8>, Vec<u8>)>,
+}
+
+pub struct Playground {
+    pub device: Device,
+    /// Plain tensors (LoRA adapters unmerged); trained with `.train()`, answers from
+    /// `for_inference()`.
+    pub model: Oscar,
+    /// The generator as loaded, without LoRA: the uncompressed baseline.
+    pub base_generator: Llama,
+    pub tokenizers: OscarTokenizers,
+    pub config: CompressorConfig,
+    pub max_new_tokens: usize,
+    /// What was loaded, for the page.
+    pub description: String,
+}
+
+/// One answered question.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub question: String,
+    pub golds: Vec<String>,
+    pub text: String,
+    pub scores: Scores,
+    pub ms: f64,
+}
+
+/// Answers to a set of questions, with their mean scores and time.
+#[derive(Debug, Clone, Default)]
+pub struct EvalRun {
+    pub answers: Vec<Answer>,
+    pub scores: Scores,
+    pub mean_ms: f64,
+}
+
+impl EvalRun {
+    pub fn of(answers: Vec<Answer>) -> Self {
+        let scores = Scores::mean(&answers.iter().map(|a| a.scores).collect::<Vec<_>>());
+        let mean_ms = answers.iter().map(|a| a.ms).sum::<f64>() / answers.len().max(1) as f64;
+        Self {
+            answers,
+            scores,
+            mean_ms,
+        }
+    }
+}
+
+/// What "compress your own text" shows.
+#[derive(Debug, Clone)]
+pub struct Compressed {
+    pub document_tokens: usize,
+    pub chunks: usize,
+    pub vectors: usize,
+    pub width: usize,
+    /// Document tokens per memory vector.
+    pub rate: f64,
+    pub answer: String,
+    pub ms: f64,
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl Playground {
+    /// A random tiny model whose word-level vocabulary comes from `examples`: it trains in
+    /// seconds, even on a software WebGPU.
+    pub fn tiny(examples: &[Example], device: &Device, seed: u64) -> Result<Self, String> {
+        device.seed(seed);
+        let template = words_of(&chat_prompt(&full_text_user_turn("", &[])));
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for ex in examples {
+            let texts = ex
+                .documents
+                .iter()
+                .map(|d| document_text(&d.title, &d.text))
+                .chain([ex.question.clone()])
+                .chain(ex.answers.iter().cloned());
+            for text in texts {
+                for w in words_of(&text) {
+                    *counts.entry(w).or_default() += 1;
+                }
+            }
+        }
+        let mut words: Vec<(String, usize)> = counts.into_iter().collect();
+        words.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let vocab = template
+            .iter()
+            .map(String::as_str)
+            .chain(words.iter().take(TINY_VOCAB).map(|(w, _)| w.as_str()));
+        let tokenizer = Tokenizer::from_json(word_level_json(vocab).as_bytes()).map_err(err)?;
+        let generator = LlamaConfig::tiny(tokenizer.vocab_size()).init(device);
+        let config = tiny_compressor();
+        let lora = LoraSettings {
+            rank: 4,
+            alpha: 8.0,
+        };
+        let model =
+            Oscar::assemble(&config, generator.clone(), None, Some(lora), device).map_err(err)?;
+        Ok(Self {
+            device: device.clone(),
+            model,
+            base_generator: generator,
+            description: format!(
+                "tiny random model: 2 layers, width 64, {} words; compressor: 1 layer, {} \
+                 memory tokens per {}-token chunk",
+                tokenizer.vocab_size(),
+                config.num_memory_tokens,
+                config.chunk_tokens()
+            ),
+            tokenizers: OscarTokenizers {
+                generator: tokenizer,
+                encoder: None,
+            },
+            config,
+            max_new_tokens: 8,
+        })
+    }
+
+    /// SmolLM2 from its GGUF, with a checkpoint of `scaledown train` when given (otherwise a
+    /// fresh compressor of the CLI's defaults). The file bytes are dropped once loaded.
+    pub fn from_files(files: ModelFiles, device: &Device) -> Result<Self, String> {
+        let (gen_config, generator) =
+            llama_from_gguf(&files.gguf, device).map_err(|e| format!("GGUF: {e}"))?;
+        let tokenizer = GgufFile::parse(&files.gguf)
+            .and_then(|f| Tokenizer::from_gguf(&f))
+            .map_err(|e| format!("GGUF tokenizer: {e}"))?;
+        drop(files.gguf);
+        let setup: Option<OscarSetup> = match &files.setup {
+            Some(text) => Some(
+                serde_json::from_str(text)
+                    .map_err(|e| format!("setup.json is not a checkpoint setup: {e}"))?,
+            ),
+            None => None,
+        };
+        let (config, lora, max_new_tokens) = match &setup {
+            Some(s) => (
+                s.compressor.clone(),
+                s.lora_rank.map(|rank| LoraSettings {
+                    rank,
+                    alpha: s.lora_alpha,
+                }),
+                s.max_new_tokens,
+            ),
+            None => (
+                default_compressor(),
+                Some(LoraSettings {
+                    rank: 16,
+                    alpha: 32.0,
+                }),
+                32,
+            ),
+        };
+        let (encoder, encoder_tokenizer) = match (config.compressor_type, files.encoder) {
+            (CompressorType::Encoder, Some((config_json, weights, tokenizer_json))) => {
+                let (_, bert) = bert_from_safetensors(&config_json, &weights, device)
+                    .map_err(|e| format!("encoder model.safetensors: {e}"))?;
+                let tok = Tokenizer::from_json(&tokenizer_json)
+                    .map_err(|e| format!("encoder tokenizer.json: {e}"))?;
+                (Some(bert), Some(tok))
+            }
+            (CompressorType::Encoder, None) => {
+                return Err(
+                    "this checkpoint's compressor is an encoder: also choose its \
+                            config.json, model.safetensors and tokenizer.json"
+                        .into(),
+                );
+            }
+            _ => (None, None),
+        };
+        let mut model =
+            Oscar::assemble(&config, generator.clone(), encoder, lora, device).map_err(err)?;
+        let checkpoint = match (setup.is_some(), files.trainable) {
+            (true, Some(bytes)) => {
+                model = load_trainable(model, &bytes)
+                    .map_err(|e| format!("trainable.safetensors: {e}"))?;
+                "trained checkpoint"
+            }
+            (true, None) => return Err("setup.json needs its trainable.safetensors".into()),
+            (false, Some(_)) => return Err("trainable.safetensors needs its setup.json".into()),
+            (false, None) => "fresh compressor (untrained)",
+        };
+        Ok(Self {
+            device: device.clone(),
+            model,
+            base_generator: generator,
+            description: format!(
+                "generator: {} layers, width {}; {} {} compressor, {} memory tokens per \
+                 {}-token chunk",
+                gen_config.num_hidden_layers,
+                gen_config.hidden_size,
+                checkpoint,
+                config.compressor_type,
+                config.num_memory_tokens,
+                config.chunk_tokens()
+            ),
+            tokenizers: OscarTokenizers {
+                generator: tokenizer,
+                encoder: encoder_tokenizer,
+            },
+            config,
+            max_new_tokens,
+        })
+    }
+
+    fn documents(ex: &Example) -> Vec<String> {
+        ex.documents
+            .iter()
+            .map(|d| document_text(&d.title, &d.text))
+            .collect()
+    }
+
+    /// The gold answer as a teacher-forced target.
+    pub fn train_example(&self, ex: &Example) -> Result<TrainExample, String> {
+        let encoded = self
+            .tokenizers
+            .encode(&self.config, &ex.question, &Self::documents(ex))
+            .map_err(err)?;
+        let answer = self
+            .tokenizers
+            .encode_answer(ex.answers.first().map_or("", String::as_str))
+            .map_err(err)?;
+        Ok(TrainExample { encoded, answer })
+    }
+
+    /// Trains `steps` steps of batch 1 over `examples` in turn, AdamW at `learning_rate` for
+    /// the compressor and the LoRA factors with a 10 % warm-up; `on_step` sees each step
+    /// (and is where the page redraws and yields to the browser).
+    pub async fn train(
+        &mut self,
+        examples: &[TrainExample],
+        steps: usize,
+        learning_rate: f64,
+        mut on_step: impl AsyncFnMut(usize, StepStats),
+    ) -> Result<(), String> {
+        if examples.is_empty() {
+            return Err("no training examples".into());
+        }
+        let mut trainer = Trainer::new(TrainSettings {
+            compressor_lr: learning_rate,
+            generator_lr: learning_rate,
+            weight_decay: 0.1,
+            warmup_steps: (steps / 10).max(1),
+            total_steps: steps,
+            max_grad_norm: 1.0,
+        });
+        let mut model = self.model.clone().train();
+        for step in 0..steps {
+            let example = &examples[step % examples.len()];
+            let (m, stats) = trainer.step(model, &[example]).await;
+            model = m;
+            match stats {
+                Ok(stats) => on_step(step, stats).await,
+                Err(e) => {
+                    self.model = model.valid();
+                    return Err(e.to_string());
+                }
+            }
+        }
+        self.model = model.valid();
+        Ok(())
+    }
+
+    fn generation(&self) -> GenerationConfig {
+        GenerationConfig {
+            max_new_tokens: self.max_new_tokens,
+            ..Default::default()
+        }
+    }
+
+    /// Answers from compressed documents; `model` is `self.model.for_inference()`, made
+    /// once per evaluation.
+    pub async fn answer_compressed(&self, model: &Oscar, ex: &Example) -> Result<Answer, String> {
+        let start = Instant::now();
+        let encoded = self
+            .tokenizers
+            .encode(&self.config, &ex.question, &Self::documents(ex))
+            .map_err(err)?;
+        let stop = &self.tokenizers.generator.stop_ids;
+        let ids = model
+            .answer(&encoded, stop, &self.generation())
+            .await
+            .map_err(err)?;
+        let text = self.tokenizers.generator.decode(&ids, true);
+        Ok(self.answered(ex, text, start))
+    }
+
+    /// Answers from the documents' full text with the published generator (the baseline).
+    pub async fn answer_full_text(&self, ex: &Example) -> Result<Answer, String> {
+        let start = Instant::now();
+        let tok = &self.tokenizers.generator;
+        let user = full_text_user_turn(&ex.question, &Self::documents(ex));
+        let prompt = tok.encode(&chat_prompt(&user)).map_err(err)?;
+        if prompt.len() + self.max_new_tokens > self.base_generator.max_len() {
+            return Err(format!(
+                "the full text of `{}` takes {} tokens, more than the generator's {}",
+                ex.id,
+                prompt.len(),
+                self.base_generator.max_len()
+            ));
+        }
+        let ids = generate(
+            &self.base_generator,
+            &prompt,
+            &tok.stop_ids,
+            &self.generation(),
+            &self.device,
+        )
+        .await
+        .map_err(err)?;
+        Ok(self.answered(ex, tok.decode(&ids, true), start))
+    }
+
+    fn answered(&self, ex: &Example, text: String, start: Instant) -> Answer {
+        let text = text.trim().to_string();
+        Answer {
+            question: ex.question.clone(),
+            golds: ex.answers.clone(),
+            scores: Scores::of(&text, &ex.answers),
+            text,
+            ms: start.elapsed().as_secs_f64() * 1000.0,
+        }
+    }
+
+    /// Compresses a pasted document for `question` and answers from its memory vectors.
+    pub async fn compress_text(
+        &self,
+        model: &Oscar,
+        question: &str,
+        document: &str,
+    ) -> Result<Compressed, String> {
+        if document.trim().is_empty() || question.trim().is_empty() {
+            return Err("paste a document and write a question".into());
+        }
+        let ex = Example {
+            id: "pasted".into(),
+            dataset: "pasted".into(),
+            question: question.into(),
+            documents: vec![scaledown_data::schema::Document {
+                title: String::new(),
+                text: document.into(),
+            }],
+            answers: vec![],
+        };
+        let encoded = self
+            .tokenizers
+            .encode(&self.config, question, &Self::documents(&ex))
+            .map_err(err)?;
+        let answer = self.answer_compressed(model, &ex).await?;
+        let vectors = encoded.chunks.len() * self.config.num_memory_tokens;
+        Ok(Compressed {
+            document_tokens: encoded.document_tokens,
+            chunks: encoded.chunks.len(),
+            vectors,
+            width: self.base_generator.hidden_size(),
+            rate: encoded.document_tokens as f64 / vectors.max(1) as f64,
+            answer: answer.text,
+            ms: answer.ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scaledown_data::schema::Document;
+    use scaledown_model::burn::tensor::read_sync;
+
+    fn examples() -> Vec<Example> {
+        let colors = ["red", "green", "blue", "yellow"];
+        let animals = ["cat", "dog", "fox", "owl"];
+        (0..8)
+            .map(|i| {
+                let (a, c) = (animals[i % 4], colors[(i / 2) % 4]);
+                Example {
+                    id: format!("q{i}"),
+                    dataset: "squad".into(),
+                    question: format!("What color is the {a}?"),
+                    documents: vec![Document {
+                        title: "Animals".into(),
+                        text: format!("The {a} is {c}. The other animals are not {c}."),
+                    }],
+                    answers: vec![c.into()],
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_tiny_model_trains_answers_and_compresses() {
+        let device = Device::flex();
+        let data = examples();
+        let mut p = Playground::tiny(&data, &device, 3).unwrap();
+        assert!(
+            p.tokenizers.generator.vocab_size() < 3 + 40,
+            "vocabulary from the data"
+        );
+        let train: Vec<TrainExample> = data.iter().map(|e| p.train_example(e).unwrap()).collect();
+        let mut losses = vec![];
+        read_sync(p.train(&train, 40, 1e-2, async |_, s| losses.push(s.loss))).unwrap();
+        let first: f32 = losses[..4].iter().sum();
+        let last: f32 = losses[36..].iter().sum();
+        assert!(last < 0.5 * first, "loss {first} -> {last}");
+
+        let model = p.model.for_inference();
+        let a = read_sync(p.answer_compressed(&model, &data[0])).unwrap();
+        assert_eq!(a.golds, ["red"]);
+        assert!(a.ms > 0.0);
+        let full = read_sync(p.answer_full_text(&data[0])).unwrap();
+        let run = EvalRun::of(vec![a, full]);
+        assert!((0.0..=1.0).contains(&run.scores.f1));
+
+        let c = read_sync(p.compress_text(&model, "What color?", &"red fox ".repeat(40))).unwrap();
+        assert_eq!(c.document_tokens, 80);
+        assert_eq!(
+            (c.chunks, c.vectors),
+            (2, 8),
+            "64-token chunks, 4 vectors each"
+        );
+        assert_eq!(c.rate, 10.0);
+        assert!(read_sync(p.compress_text(&model, "q", " ")).is_err());
+    }
+
+    #[test]
+    fn bad_model_files_are_refused_with_their_name() {
+        let device = Device::flex();
+        let garbage = ModelFiles {
+            gguf: b"GGUF but not really".to_vec(),
+            ..Default::default()
+        };
+        let e = Playground::from_files(garbage, &device).err().unwrap();
+        assert!(e.starts_with("GGUF"), "{e}");
+    }
+}

@@ -1,0 +1,301 @@
+//! The built page (`trunk build --release` → `dist/`) in headless Chromium, driven through
+//! chromedriver's WebDriver API: it loads the default SQuAD sample, trains the tiny model a few
+//! steps on WebGPU (SwiftShader here), and shows a falling loss, metrics and charts.
+//!
+//! Needs the built page, Chromium and chromedriver: `scripts/test.sh` provides all three and
+//! runs it with `--ignored`.
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn dist() -> PathBuf {
+    let dir = std::env::var("SCALEDOWN_WEB_DIST").map_or_else(
+        |_| Path::new(env!("CARGO_MANIFEST_DIR")).join("dist"),
+        PathBuf::from,
+    );
+    assert!(
+        dir.join("index.html").exists(),
+        "{} has no built page: run `trunk build --release` (scripts/test.sh does)",
+        dir.display()
+    );
+    dir
+}
+
+fn mime(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js") => "text/javascript",
+        Some("wasm") => "application/wasm",
+        Some("css") => "text/css",
+        Some("json") => "application/json",
+        _ => "application/octet-stream",
+    }
+}
+
+/// A static file server over `root` on 127.0.0.1, one thread per connection.
+fn serve(root: PathBuf) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request = String::new();
+                if reader.read_line(&mut request).is_err() {
+                    return;
+                }
+                loop {
+                    let mut header = String::new();
+                    if reader.read_line(&mut header).is_err() || header.trim().is_empty() {
+                        break;
+                    }
+                }
+                let path = request.split(' ').nth(1).unwrap_or("/");
+                let path = path
+                    .split('?')
+                    .next()
+                    .unwrap_or("/")
+                    .trim_start_matches('/');
+                let file = root.join(if path.is_empty() { "index.html" } else { path });
+                let mut stream = stream;
+                let (status, body) = match std::fs::read(&file) {
+                    Ok(b) if !path.contains("..") => ("200 OK", b),
+                    _ => ("404 Not Found", b"not found".to_vec()),
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n",
+                    mime(&file),
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&body);
+            });
+        }
+    });
+    addr
+}
+
+struct Driver {
+    process: Child,
+    base: String,
+    session: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = ureq::delete(&format!("{}/session/{}", self.base, self.session)).call();
+        let _ = self.process.kill();
+    }
+}
+
+fn post(url: &str, body: Value) -> Value {
+    let mut response = ureq::post(url)
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .header("Content-Type", "application/json")
+        .send(body.to_string())
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    let text = response.body_mut().read_to_string().unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{url}: {text}"));
+    if v["value"]["error"].is_string() {
+        panic!("{url}: {}", v["value"]);
+    }
+    v["value"].clone()
+}
+
+impl Driver {
+    /// Chromium with WebGPU on its software Vulkan (SwiftShader), and no background traffic
+    /// (this machine's network is closed).
+    fn start(profile: &Path) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let process = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian's chromium-driver) is installed");
+        let base = format!("http://127.0.0.1:{port}");
+        let started = Instant::now();
+        while ureq::get(&format!("{base}/status")).call().is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "chromedriver did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--enable-unsafe-webgpu",
+            "--enable-features=Vulkan",
+            "--use-vulkan=swiftshader",
+            "--use-angle=vulkan",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1500,1400",
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain([format!("--user-data-dir={}", profile.display())])
+        .collect::<Vec<_>>();
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args},
+            "goog:loggingPrefs": {"browser": "ALL"}
+        }}});
+        let session = post(&format!("{base}/session"), caps)["sessionId"]
+            .as_str()
+            .expect("a session id")
+            .to_string();
+        Self {
+            process,
+            base,
+            session,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/session/{}/{path}", self.base, self.session)
+    }
+
+    fn go(&self, url: &str) {
+        post(&self.url("url"), json!({"url": url}));
+    }
+
+    fn js(&self, script: &str) -> Value {
+        post(
+            &self.url("execute/sync"),
+            json!({"script": script, "args": []}),
+        )
+    }
+
+    fn text(&self, id: &str) -> String {
+        let v = self.js(&format!(
+            "return document.getElementById('{id}').textContent"
+        ));
+        v.as_str().unwrap_or_default().to_string()
+    }
+
+    /// The browser console so far (for failure messages).
+    fn console(&self) -> String {
+        let log = post(&self.url("se/log"), json!({"type": "browser"}));
+        let lines: Vec<String> = log
+            .as_array()
+            .map(|a| a.iter().map(|e| e["message"].to_string()).collect())
+            .unwrap_or_default();
+        lines.join("\n")
+    }
+
+    /// Waits until the page's `data-phase` is one of `phases`; fails on an error phase.
+    fn wait_for(&self, phases: &[&str], limit: Duration) -> String {
+        let started = Instant::now();
+        loop {
+            let phase = self.js("return document.body.dataset.phase");
+            let phase = phase.as_str().unwrap_or_default().to_string();
+            if phases.contains(&phase.as_str()) {
+                return phase;
+            }
+            if phase == "error" || phase == "failed" {
+                panic!(
+                    "the page failed: {} (status: {})\nconsole:\n{}",
+                    self.text("error"),
+                    self.text("status"),
+                    self.console()
+                );
+            }
+            assert!(
+                started.elapsed() < limit,
+                "still `{phase}` after {limit:?}: {}\nconsole:\n{}",
+                self.text("status"),
+                self.console()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn screenshot(&self, to: &Path) {
+        let response = ureq::get(&self.url("screenshot")).call();
+        let text = response.unwrap().body_mut().read_to_string().unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        use base64::Engine;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(v["value"].as_str().unwrap())
+            .unwrap();
+        std::fs::write(to, png).unwrap();
+    }
+}
+
+/// Pixels of a canvas that are not its white background.
+const INKED: &str = "const c = document.getElementById(arguments[0]);
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let n = 0;
+    for (let i = 0; i < d.length; i += 4) {
+      if (d[i + 3] > 0 && (d[i] < 240 || d[i + 1] < 240 || d[i + 2] < 240)) n++;
+    }
+    return n;";
+
+#[test]
+#[ignore = "needs the built page, Chromium and chromedriver: scripts/test.sh runs it"]
+fn the_page_trains_the_tiny_model_on_webgpu_and_draws_its_charts() {
+    let dist = dist();
+    let site = serve(dist.clone());
+    let profile = tempfile::tempdir().unwrap();
+    let driver = Driver::start(profile.path());
+    driver.go(&format!("{site}/index.html"));
+    driver.wait_for(&["ready"], Duration::from_secs(40));
+
+    let backend = driver.text("backend");
+    assert!(backend.starts_with("WebGPU"), "backend: {backend}");
+    assert!(
+        driver
+            .text("data-info")
+            .contains("180 training and 20 evaluation"),
+        "default sample: {}",
+        driver.text("data-info")
+    );
+
+    driver.js("document.getElementById('steps').value = '12';
+         document.getElementById('eval-count').value = '2';
+         document.getElementById('train').click();");
+    driver.wait_for(&["trained"], Duration::from_secs(900));
+
+    let first: f64 = driver.text("loss-first").parse().unwrap();
+    let last: f64 = driver.text("loss-last").parse().unwrap();
+    assert!(last < first, "the loss shown fell: {first} -> {last}");
+    let metrics = driver.text("metrics");
+    for label in ["compressed, before", "compressed, after", "full text", "F1"] {
+        assert!(metrics.contains(label), "metrics: {metrics}");
+    }
+    let rows = driver.js("return document.querySelectorAll('#results tr').length");
+    assert_eq!(
+        rows,
+        json!(3),
+        "a header and one row per evaluated question"
+    );
+    for canvas in ["loss-chart", "metrics-chart", "speed-chart"] {
+        let inked = post(
+            &driver.url("execute/sync"),
+            json!({"script": INKED, "args": [canvas]}),
+        );
+        assert!(
+            inked.as_u64().unwrap() > 2000,
+            "{canvas} is drawn: {inked} pixels"
+        );
+    }
+    driver.screenshot(&dist.join("playground-test.png"));
+    eprintln!("backend: {backend}; loss {first} -> {last}; {metrics}");
+}
