@@ -60,7 +60,7 @@ cargo test --release --test web_page -- --ignored --nocapture
 
 step "model crate in headless Chromium (wasm-bindgen-test)"
 (cd crates/scaledown-model && CARGO_TARGET_DIR="$WASM_TARGET_DIR" CHROMEDRIVER=/usr/bin/chromedriver \
-  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner WASM_BINDGEN_TEST_TIMEOUT=600 \
   cargo test --release --target wasm32-unknown-unknown --features flex,wgpu --test browser)
 
 step "done"

@@ -296,6 +296,18 @@ fn the_page_trains_the_tiny_model_on_webgpu_and_draws_its_charts() {
             "{canvas} is drawn: {inked} pixels"
         );
     }
+
+    // The speed test: fixed-length answers; `scripts/bench_web.sh` reads this line.
+    driver.js("document.getElementById('measure-speed').click();");
+    driver.wait_for(&["timed"], Duration::from_secs(600));
+    let attr = |k: &str| driver.js(&format!("return document.body.dataset['{k}']"));
+    let ms = |k: &str| -> f64 { attr(k).as_str().unwrap().parse().unwrap() };
+    let (compressed, uncompressed, step) = (ms("compressedMs"), ms("uncompressedMs"), ms("stepMs"));
+    assert!(compressed > 0.0 && uncompressed > 0.0 && step > 0.0);
     driver.screenshot(&dist.join("playground-test.png"));
     eprintln!("backend: {backend}; loss {first} -> {last}; {metrics}");
+    println!(
+        "page {backend}: compressed {compressed:.1} ms/query, uncompressed {uncompressed:.1} \
+         ms/query, training {step:.1} ms/step"
+    );
 }

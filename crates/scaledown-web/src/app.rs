@@ -1,7 +1,7 @@
 //! The page: wires `index.html`'s controls to the playground. Long work runs as one task at a
 //! time, yielding to the browser between steps so that charts and numbers update live.
 
-use crate::playground::{Answer, EvalRun, ModelFiles, Playground};
+use crate::playground::{Answer, EvalRun, ModelFiles, Playground, Speed};
 use crate::{charts, dom};
 use scaledown_data::{Dataset, Example, Scores, parse_examples, parse_source, split_train_eval};
 use scaledown_model::burn::prelude::*;
@@ -29,6 +29,8 @@ struct State {
     before: Option<EvalRun>,
     after: Option<EvalRun>,
     full_text: Option<EvalRun>,
+    /// Fixed-length answering speed in this browser, once measured.
+    speed: Option<Speed>,
     /// From a loaded `metrics_report.json`: (backend, compressed ms, uncompressed ms).
     native: Option<(String, f64, f64)>,
     busy: bool,
@@ -171,6 +173,8 @@ fn wire(state: &Shared) {
     let s = state.clone();
     dom::on("evaluate", "click", move |_| task(&s, evaluate_only));
     let s = state.clone();
+    dom::on("measure-speed", "click", move |_| task(&s, measure_speed));
+    let s = state.clone();
     dom::on("compress", "click", move |_| task(&s, compress_own_text));
     let s = state.clone();
     dom::on("report-file", "change", move |_| {
@@ -296,6 +300,7 @@ async fn use_tiny_model(state: Shared) -> Result<(), String> {
     st.before = None;
     st.after = None;
     st.full_text = None;
+    st.speed = None;
     st.losses.clear();
     Ok(())
 }
@@ -351,6 +356,7 @@ async fn load_real_model(state: Shared) -> Result<(), String> {
     st.before = None;
     st.after = None;
     st.full_text = None;
+    st.speed = None;
     st.losses.clear();
     status("model loaded");
     Ok(())
@@ -442,7 +448,9 @@ async fn train_with(
     };
     state.borrow_mut().losses.clear();
     let started = dom::now_ms();
+    let mut first_done = None;
     p.train(&train, steps, lr, async |step, stats| {
+        first_done.get_or_insert_with(dom::now_ms);
         let losses = {
             let mut st = state.borrow_mut();
             st.losses.push(stats.loss);
@@ -460,6 +468,9 @@ async fn train_with(
         dom::yield_now().await;
     })
     .await?;
+    // Steps after the first, which pays for shader compilation.
+    let step_ms = first_done.map_or(0.0, |t| dom::now_ms() - t) / (steps - 1).max(1) as f64;
+    dom::set_state("step-ms", &format!("{step_ms:.1}"));
 
     dom::set_state("phase", "evaluating");
     let (after, _) = evaluate(p, examples, "after training", false).await?;
@@ -495,6 +506,31 @@ async fn evaluate_only(state: Shared) -> Result<(), String> {
     redraw(&state);
     status("evaluated");
     dom::set_state("phase", "evaluated");
+    Ok(())
+}
+
+/// Fixed-length answers, compressed and uncompressed, after a warm-up: the speed chart's
+/// figures for this browser.
+async fn measure_speed(state: Shared) -> Result<(), String> {
+    let examples = eval_examples(&state)?;
+    let p = take_playground(&state).await?;
+    dom::set_state("phase", "timing");
+    status("measuring speed");
+    dom::yield_now().await;
+    let result = p.speed(&examples).await;
+    state.borrow_mut().playground = Some(p);
+    let speed = result?;
+    dom::set_state("compressed-ms", &format!("{:.1}", speed.compressed_ms));
+    dom::set_state("uncompressed-ms", &format!("{:.1}", speed.uncompressed_ms));
+    state.borrow_mut().speed = Some(speed);
+    redraw(&state);
+    status(&format!(
+        "{:.0} ms per compressed query, {:.0} ms uncompressed: {:.1}x faster",
+        speed.compressed_ms,
+        speed.uncompressed_ms,
+        speed.uncompressed_ms / speed.compressed_ms
+    ));
+    dom::set_state("phase", "timed");
     Ok(())
 }
 
@@ -576,11 +612,16 @@ fn redraw(state: &Shared) {
         dom::set_text("metrics", &summary.join(" · "));
     }
     let mut speed = vec![];
-    if let Some(r) = st.after.as_ref().or(st.before.as_ref()) {
-        speed.push(("compressed (this browser)".to_string(), r.mean_ms));
-    }
-    if let Some(r) = &st.full_text {
-        speed.push(("uncompressed (this browser)".to_string(), r.mean_ms));
+    if let Some(s) = &st.speed {
+        speed.push(("compressed (this browser)".to_string(), s.compressed_ms));
+        speed.push(("uncompressed (this browser)".to_string(), s.uncompressed_ms));
+    } else {
+        if let Some(r) = st.after.as_ref().or(st.before.as_ref()) {
+            speed.push(("compressed (this browser, eval)".to_string(), r.mean_ms));
+        }
+        if let Some(r) = &st.full_text {
+            speed.push(("uncompressed (this browser, eval)".to_string(), r.mean_ms));
+        }
     }
     if let Some((backend, compressed, full)) = &st.native {
         speed.push((format!("compressed (native {backend})"), *compressed));

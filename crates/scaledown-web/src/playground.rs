@@ -102,6 +102,13 @@ impl EvalRun {
     }
 }
 
+/// Mean ms per query of fixed-length answers (see `Playground::speed`).
+#[derive(Debug, Clone, Copy)]
+pub struct Speed {
+    pub compressed_ms: f64,
+    pub uncompressed_ms: f64,
+}
+
 /// What "compress your own text" shows.
 #[derive(Debug, Clone)]
 pub struct Compressed {
@@ -328,12 +335,21 @@ impl Playground {
     /// Answers from compressed documents; `model` is `self.model.for_inference()`, made
     /// once per evaluation.
     pub async fn answer_compressed(&self, model: &Oscar, ex: &Example) -> Result<Answer, String> {
+        self.compressed_with(model, ex, &self.tokenizers.generator.stop_ids)
+            .await
+    }
+
+    async fn compressed_with(
+        &self,
+        model: &Oscar,
+        ex: &Example,
+        stop: &[u32],
+    ) -> Result<Answer, String> {
         let start = Instant::now();
         let encoded = self
             .tokenizers
             .encode(&self.config, &ex.question, &Self::documents(ex))
             .map_err(err)?;
-        let stop = &self.tokenizers.generator.stop_ids;
         let ids = model
             .answer(&encoded, stop, &self.generation())
             .await
@@ -344,6 +360,11 @@ impl Playground {
 
     /// Answers from the documents' full text with the published generator (the baseline).
     pub async fn answer_full_text(&self, ex: &Example) -> Result<Answer, String> {
+        self.full_text_with(ex, &self.tokenizers.generator.stop_ids)
+            .await
+    }
+
+    async fn full_text_with(&self, ex: &Example, stop: &[u32]) -> Result<Answer, String> {
         let start = Instant::now();
         let tok = &self.tokenizers.generator;
         let user = full_text_user_turn(&ex.question, &Self::documents(ex));
@@ -359,13 +380,33 @@ impl Playground {
         let ids = generate(
             &self.base_generator,
             &prompt,
-            &tok.stop_ids,
+            stop,
             &self.generation(),
             &self.device,
         )
         .await
         .map_err(err)?;
         Ok(self.answered(ex, tok.decode(&ids, true), start))
+    }
+
+    /// Speed of compressed against uncompressed answering on `examples`: answers of exactly
+    /// `max_new_tokens` tokens (no stop token), so that every model and backend does the same
+    /// work, after one warm-up answer each way (shader compilation, allocations).
+    pub async fn speed(&self, examples: &[Example]) -> Result<Speed, String> {
+        let first = examples.first().ok_or("no questions to time")?;
+        let model = self.model.for_inference();
+        self.compressed_with(&model, first, &[]).await?;
+        self.full_text_with(first, &[]).await?;
+        let (mut compressed, mut uncompressed) = (0.0, 0.0);
+        for ex in examples {
+            compressed += self.compressed_with(&model, ex, &[]).await?.ms;
+            uncompressed += self.full_text_with(ex, &[]).await?.ms;
+        }
+        let n = examples.len() as f64;
+        Ok(Speed {
+            compressed_ms: compressed / n,
+            uncompressed_ms: uncompressed / n,
+        })
     }
 
     fn answered(&self, ex: &Example, text: String, start: Instant) -> Answer {
@@ -466,6 +507,9 @@ mod tests {
         let full = read_sync(p.answer_full_text(&data[0])).unwrap();
         let run = EvalRun::of(vec![a, full]);
         assert!((0.0..=1.0).contains(&run.scores.f1));
+
+        let speed = read_sync(p.speed(&data[..2])).unwrap();
+        assert!(speed.compressed_ms > 0.0 && speed.uncompressed_ms > 0.0);
 
         let c = read_sync(p.compress_text(&model, "What color?", &"red fox ".repeat(40))).unwrap();
         assert_eq!(c.document_tokens, 80);
