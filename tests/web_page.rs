@@ -36,13 +36,13 @@ fn mime(path: &Path) -> &'static str {
     }
 }
 
-/// A static file server over `root` on 127.0.0.1, one thread per connection.
-fn serve(root: PathBuf) -> String {
+/// A static file server on 127.0.0.1, one thread per connection: URL prefix -> folder.
+fn serve_mounts(mounts: Vec<(&'static str, PathBuf)>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            let root = root.clone();
+            let mounts = mounts.clone();
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
                 let mut request = String::new();
@@ -56,11 +56,12 @@ fn serve(root: PathBuf) -> String {
                     }
                 }
                 let path = request.split(' ').nth(1).unwrap_or("/");
-                let path = path
-                    .split('?')
-                    .next()
-                    .unwrap_or("/")
-                    .trim_start_matches('/');
+                let path = path.split('?').next().unwrap_or("/");
+                let (prefix, root) = mounts
+                    .iter()
+                    .find(|(prefix, _)| path.starts_with(prefix))
+                    .expect("a mount for /");
+                let path = &path[prefix.len()..];
                 let file = root.join(if path.is_empty() { "index.html" } else { path });
                 let mut stream = stream;
                 let (status, body) = match std::fs::read(&file) {
@@ -79,6 +80,10 @@ fn serve(root: PathBuf) -> String {
         }
     });
     addr
+}
+
+fn serve(root: PathBuf) -> String {
+    serve_mounts(vec![("/", root)])
 }
 
 struct Driver {
@@ -111,9 +116,9 @@ fn post(url: &str, body: Value) -> Value {
 }
 
 impl Driver {
-    /// Chromium with WebGPU on its software Vulkan (SwiftShader), and no background traffic
-    /// (this machine's network is closed).
-    fn start(profile: &Path) -> Self {
+    /// Chromium, with WebGPU on its software Vulkan (SwiftShader) when `webgpu`, and no
+    /// background traffic (this machine's network is closed).
+    fn start(profile: &Path, webgpu: bool) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -134,13 +139,19 @@ impl Driver {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        let gpu_flags: &[&str] = if webgpu {
+            &[
+                "--enable-unsafe-webgpu",
+                "--enable-features=Vulkan",
+                "--use-vulkan=swiftshader",
+                "--use-angle=vulkan",
+            ]
+        } else {
+            &["--disable-gpu", "--disable-features=WebGPU"]
+        };
         let args = [
             "--headless",
             "--no-sandbox",
-            "--enable-unsafe-webgpu",
-            "--enable-features=Vulkan",
-            "--use-vulkan=swiftshader",
-            "--use-angle=vulkan",
             "--disable-quic",
             "--no-first-run",
             "--disable-background-networking",
@@ -148,8 +159,9 @@ impl Driver {
             "--disable-sync",
             "--window-size=1500,1400",
         ]
-        .map(String::from)
         .into_iter()
+        .chain(gpu_flags.iter().copied())
+        .map(String::from)
         .chain([format!("--user-data-dir={}", profile.display())])
         .collect::<Vec<_>>();
         let caps = json!({"capabilities": {"alwaysMatch": {
@@ -254,7 +266,7 @@ fn the_page_trains_the_tiny_model_on_webgpu_and_draws_its_charts() {
     let dist = dist();
     let site = serve(dist.clone());
     let profile = tempfile::tempdir().unwrap();
-    let driver = Driver::start(profile.path());
+    let driver = Driver::start(profile.path(), true);
     driver.go(&format!("{site}/index.html"));
     driver.wait_for(&["ready"], Duration::from_secs(40));
 
@@ -309,5 +321,153 @@ fn the_page_trains_the_tiny_model_on_webgpu_and_draws_its_charts() {
     println!(
         "page {backend}: compressed {compressed:.1} ms/query, uncompressed {uncompressed:.1} \
          ms/query, training {step:.1} ms/step"
+    );
+}
+
+#[test]
+#[ignore = "needs the built page, Chromium and chromedriver: scripts/test.sh runs it"]
+fn without_webgpu_the_page_runs_on_the_cpu_backend_and_says_so() {
+    let site = serve(dist());
+    let profile = tempfile::tempdir().unwrap();
+    let driver = Driver::start(profile.path(), false);
+    driver.go(&format!("{site}/index.html"));
+    driver.wait_for(&["ready"], Duration::from_secs(40));
+    let backend = driver.text("backend");
+    assert!(
+        backend.starts_with("CPU (Burn Flex in wasm"),
+        "backend: {backend}"
+    );
+    // A file that is no model gives an error on the page, not a dead page.
+    driver.js(
+        "document.getElementById('gguf-url').value = 'data/README.md';
+         document.getElementById('load-model').click();",
+    );
+    let started = Instant::now();
+    while driver.js("return document.body.dataset.phase") != json!("error") {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no error shown"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let error = driver.text("error");
+    assert!(error.starts_with("GGUF"), "error: {error}");
+    eprintln!("backend: {backend}; error shown: {error}");
+}
+
+/// SmolLM2's GGUF and a checkpoint folder as `scaledown train` writes it, both fetched by URL
+/// by the page (WebGPU), compress a pasted document and answer as the native model does.
+#[test]
+#[ignore = "needs the built page, Chromium, chromedriver and the models: scripts/test.sh runs it"]
+fn the_page_answers_with_smollm2_and_a_checkpoint_fetched_by_url() {
+    use scaledown::checkpoint::{OscarSetup, build, save};
+    use scaledown_model::burn::prelude::Device;
+    use scaledown_model::burn::tensor::read_sync;
+    use scaledown_model::compressor::{CompressorConfig, CompressorType};
+    use scaledown_model::generation::GenerationConfig;
+
+    let models = scaledown::models::models_dir(None);
+    let gguf = scaledown::models::default_generator(&models);
+    assert!(
+        gguf.exists(),
+        "{} (run `scaledown models fetch`)",
+        gguf.display()
+    );
+    let setup = OscarSetup {
+        compressor: CompressorConfig {
+            compressor_type: CompressorType::NLayers,
+            num_layers: 2,
+            num_memory_tokens: 8,
+            compression_rate: 16,
+            projector: true,
+        },
+        generator: gguf.clone(),
+        encoder: None,
+        lora_rank: Some(16),
+        lora_alpha: 32.0,
+        max_new_tokens: 4,
+    };
+    let device = Device::flex();
+    device.seed(11);
+    let loaded = build(&setup, &device).unwrap();
+    let checkpoints = tempfile::tempdir().unwrap();
+    save(
+        &checkpoints.path().join("final"),
+        &setup,
+        &loaded.oscar,
+        &json!({"step": 0}),
+    )
+    .unwrap();
+    let document = "The Amazon river flows through Brazil, Peru and Colombia. It carries more \
+                    water than any other river in the world.";
+    let question = "Which countries does the Amazon flow through?";
+    let native = {
+        let model = loaded.oscar.for_inference();
+        let docs = [scaledown_model::oscar::document_text("", document)];
+        let encoded = loaded
+            .tokenizers
+            .encode(&setup.compressor, question, &docs)
+            .unwrap();
+        let config = GenerationConfig {
+            max_new_tokens: setup.max_new_tokens,
+            ..Default::default()
+        };
+        let stop = &loaded.tokenizers.generator.stop_ids;
+        let ids = read_sync(model.answer(&encoded, stop, &config)).unwrap();
+        loaded
+            .tokenizers
+            .generator
+            .decode(&ids, true)
+            .trim()
+            .to_string()
+    };
+
+    let site = serve_mounts(vec![
+        ("/models/", models.clone()),
+        ("/checkpoints/", checkpoints.path().to_path_buf()),
+        ("/", dist()),
+    ]);
+    let profile = tempfile::tempdir().unwrap();
+    let driver = Driver::start(profile.path(), true);
+    driver.go(&format!("{site}/index.html"));
+    driver.wait_for(&["ready"], Duration::from_secs(40));
+    let gguf_url = format!(
+        "/models/{}",
+        gguf.strip_prefix(&models).unwrap().to_string_lossy()
+    );
+    let started = Instant::now();
+    driver.js(&format!(
+        "document.getElementById('gguf-url').value = '{gguf_url}';
+         document.getElementById('checkpoint-url').value = '/checkpoints/final';
+         document.getElementById('load-model').click();"
+    ));
+    driver.wait_for(&["model-loaded"], Duration::from_secs(300));
+    let loading = started.elapsed();
+    let info = driver.text("model-info");
+    assert!(
+        info.contains("30 layers") && info.contains("trained checkpoint"),
+        "{info}"
+    );
+
+    let started = Instant::now();
+    driver.js(&format!(
+        "document.getElementById('own-document').value = {};
+         document.getElementById('own-question').value = {};
+         document.getElementById('compress').click();",
+        json!(document),
+        json!(question)
+    ));
+    driver.wait_for(&["compressed"], Duration::from_secs(600));
+    let answering = started.elapsed();
+    let result = driver.text("own-result");
+    assert!(result.contains("8 memory vectors"), "{result}");
+    assert!(
+        result.contains("answer (") && result.ends_with(&native),
+        "the page answered as the native model (`{native}`): {result}"
+    );
+    eprintln!(
+        "SmolLM2 in the page: loaded in {:.1} s, answered in {:.1} s: {result}",
+        loading.as_secs_f64(),
+        answering.as_secs_f64()
     );
 }

@@ -359,6 +359,7 @@ async fn load_real_model(state: Shared) -> Result<(), String> {
     st.speed = None;
     st.losses.clear();
     status("model loaded");
+    dom::set_state("phase", "model-loaded");
     Ok(())
 }
 
@@ -558,6 +559,7 @@ async fn compress_own_text(state: Shared) -> Result<(), String> {
         ),
     );
     status("compressed");
+    dom::set_state("phase", "compressed");
     Ok(())
 }
 
