@@ -12,7 +12,7 @@ mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 out=$(mktemp)
 cargo run --release -q -p scaledown-web -- bench --backend flex | tee -a "$out"
 cargo run --release -q -p scaledown-web -- bench --backend wgpu | tee -a "$out"
-cargo test --release -q --test web_page -- --ignored --nocapture 2>/dev/null | grep '^page ' | tee -a "$out"
+cargo test --release -q --test web_page the_page_trains -- --ignored --nocapture 2>/dev/null | grep '^page ' | tee -a "$out"
 
 # "<who>: compressed C ms/query, uncompressed U ms/query, training T ms/step"
 awk '

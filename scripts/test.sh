@@ -56,7 +56,7 @@ if [ -f ../shared/data/squad_dev.jsonl ]; then source=(--source ../shared/data/s
 CARGO_TARGET_DIR="$WASM_TARGET_DIR" trunk build --release
 
 step "web page in headless Chromium"
-cargo test --release --test web_page -- --ignored --nocapture
+cargo test --release --test web_page -- --ignored --nocapture --test-threads=1
 
 step "model crate in headless Chromium (wasm-bindgen-test)"
 (cd crates/scaledown-model && CARGO_TARGET_DIR="$WASM_TARGET_DIR" CHROMEDRIVER=/usr/bin/chromedriver \
