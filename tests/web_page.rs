@@ -195,6 +195,24 @@ impl Driver {
         )
     }
 
+    /// Chooses `file` in the `<input type=file id=…>`, as a user would.
+    fn choose_file(&self, id: &str, file: &Path) {
+        let found = post(
+            &self.url("element"),
+            json!({"using": "css selector", "value": format!("#{id}")}),
+        );
+        let element = found
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .expect("an element reference")
+            .to_string();
+        post(
+            &self.url(&format!("element/{element}/value")),
+            json!({"text": file.display().to_string()}),
+        );
+    }
+
     fn text(&self, id: &str) -> String {
         let v = self.js(&format!(
             "return document.getElementById('{id}').textContent"
@@ -337,6 +355,33 @@ fn without_webgpu_the_page_runs_on_the_cpu_backend_and_says_so() {
         backend.starts_with("CPU (Burn Flex in wasm"),
         "backend: {backend}"
     );
+
+    // A user's file: official SQuAD JSON, split 90/10 by article in the page.
+    let data = tempfile::tempdir().unwrap();
+    let squad = data.path().join("my-squad.json");
+    let articles: Vec<Value> = (0..30)
+        .map(|a| {
+            let qa = json!({"id": format!("q{a}"),
+                "question": format!("Which number is article {a} about?"),
+                "answers": [{"text": format!("{a}"), "answer_start": 0}]});
+            let context = format!("Article {a} is about the number {a}.");
+            json!({"title": format!("A{a}"), "paragraphs": [{"context": context, "qas": [qa]}]})
+        })
+        .collect();
+    let file = json!({"version": "1.1", "data": articles});
+    std::fs::write(&squad, file.to_string()).unwrap();
+    driver.choose_file("data-file", &squad);
+    let started = Instant::now();
+    while !driver.text("data-info").starts_with("my-squad.json") {
+        let info = driver.text("data-info");
+        assert!(started.elapsed() < Duration::from_secs(30), "{info}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        driver.text("data-info"),
+        "my-squad.json: 27 training and 3 evaluation questions"
+    );
+
     // A file that is no model gives an error on the page, not a dead page.
     driver.js(
         "document.getElementById('gguf-url').value = 'data/README.md';
