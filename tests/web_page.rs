@@ -13,8 +13,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn dist() -> PathBuf {
+    // Cargo runs tests in the package's folder; resolved at run time, not baked in at build
+    // time, so that a binary reused from another checkout's build serves this one's page.
     let dir = std::env::var("SCALEDOWN_WEB_DIST").map_or_else(
-        |_| Path::new(env!("CARGO_MANIFEST_DIR")).join("dist"),
+        |_| std::env::current_dir().unwrap().join("dist"),
         PathBuf::from,
     );
     assert!(

@@ -134,7 +134,7 @@ pub fn speed_bars(canvas_id: &str, rows: &[(String, f64)]) -> DrawResult {
         .x_label_area_size(28)
         .y_label_area_size(8)
         .build_cartesian_2d(0f64..top, 0f64..n as f64)?;
-    chart.configure_mesh().disable_y_mesh().y_labels(0).draw()?;
+    chart.configure_mesh().disable_mesh().y_labels(0).draw()?;
     let colors = [
         BLUE,
         RGBColor(150, 150, 150),
