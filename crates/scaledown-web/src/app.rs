@@ -294,6 +294,12 @@ async fn use_tiny_model(state: Shared) -> Result<(), String> {
         let all: Vec<Example> = st.train.iter().chain(&st.eval).cloned().collect();
         Playground::tiny(&all, &device, 0)?
     };
+    set_model(&state, p);
+    Ok(())
+}
+
+/// A new model: its results so far belong to the old one.
+fn set_model(state: &Shared, p: Playground) {
     show_model(&p);
     let mut st = state.borrow_mut();
     st.playground = Some(p);
@@ -302,7 +308,6 @@ async fn use_tiny_model(state: Shared) -> Result<(), String> {
     st.full_text = None;
     st.speed = None;
     st.losses.clear();
-    Ok(())
 }
 
 /// SmolLM2 GGUF plus a `scaledown train` checkpoint, from chosen files or URLs.
@@ -350,20 +355,13 @@ async fn load_real_model(state: Shared) -> Result<(), String> {
     status("building the model");
     dom::yield_now().await;
     let p = Playground::from_files(files, &device)?;
-    show_model(&p);
-    let mut st = state.borrow_mut();
-    st.playground = Some(p);
-    st.before = None;
-    st.after = None;
-    st.full_text = None;
-    st.speed = None;
-    st.losses.clear();
+    set_model(&state, p);
     status("model loaded");
     dom::set_state("phase", "model-loaded");
     Ok(())
 }
 
-/// The playground, taken out of the state for the task (put back with `put_back`); a tiny
+/// The playground, taken out of the state for the task (the task puts it back); a tiny
 /// model is made when none is loaded.
 async fn take_playground(state: &Shared) -> Result<Playground, String> {
     if state.borrow().playground.is_none() {
