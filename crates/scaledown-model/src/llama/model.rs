@@ -7,7 +7,6 @@ use burn::nn::{
     Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig,
 };
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
@@ -53,14 +52,54 @@ impl Attention {
             let [b, _, q_len, k_len] = m.dims();
             m.expand([b, self.num_heads, q_len, k_len])
         });
-        let options = AttentionModuleOptions {
-            is_causal: true,
-            ..Default::default()
-        };
-        let out = attention(q, k, v, mask, None, options);
+        let out = causal_attention(q, k, v, mask);
         self.o_proj
             .forward(out.swap_dims(1, 2).reshape([batch, seq, hidden]))
     }
+}
+
+/// Queries per block in [`causal_attention`].
+const QUERY_BLOCK: usize = 128;
+
+/// Causal attention of the last `seq` positions over all `kv_len` keys.
+/// - q: `[batch, heads, seq, d]`, k/v: `[batch, heads, kv_len, d]`
+/// - mask: `[batch, heads, seq, kv_len]`, true where a key must not be seen
+///
+/// Returns `[batch, heads, seq, d]`. Long prompts go in blocks of queries, each against the
+/// keys up to its own end: the fused kernel scores every (query, key) pair before masking, so
+/// one call would spend nearly half of its work on the future half of the causal triangle.
+pub(crate) fn causal_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Option<Tensor<4, Bool>>,
+) -> Tensor<4> {
+    let options = AttentionModuleOptions {
+        is_causal: true,
+        ..Default::default()
+    };
+    let seq = q.dims()[2];
+    if seq <= QUERY_BLOCK {
+        return attention(q, k, v, mask, None, options);
+    }
+    let past = k.dims()[2] - seq;
+    let blocks = (0..seq)
+        .step_by(QUERY_BLOCK)
+        .map(|start| {
+            let end = (start + QUERY_BLOCK).min(seq);
+            let keys = 0..past + end;
+            attention(
+                q.clone().slice_dim(2, start..end),
+                k.clone().slice_dim(2, keys.clone()),
+                v.clone().slice_dim(2, keys.clone()),
+                mask.clone()
+                    .map(|m| m.slice_dim(2, start..end).slice_dim(3, keys)),
+                None,
+                options.clone(),
+            )
+        })
+        .collect();
+    Tensor::cat(blocks, 2)
 }
 
 /// `[batch, kv_heads, seq, d]` -> `[batch, kv_heads * rep, seq, d]`; query head h reads kv head h / rep.
@@ -87,6 +126,13 @@ impl Mlp {
         let gate = silu(self.gate_proj.forward(x.clone()));
         self.down_proj.forward(gate * self.up_proj.forward(x))
     }
+}
+
+/// x·sigmoid(x) as x / (1 + e^-x): the same values as Burn's `silu`, but Burn's sigmoid takes
+/// a data-dependent branch per element that made it the costliest op of a CPU prefill after
+/// the matmuls. For x → -∞ the quotient goes to -0, as it should.
+pub fn silu(x: Tensor<3>) -> Tensor<3> {
+    x.clone() / (x.neg().exp() + 1.0)
 }
 
 #[derive(Module, Debug)]

@@ -236,3 +236,48 @@ fn safetensors_round_trip_with_hf_names() {
         .unwrap_err();
     assert!(err.to_string().contains("safetensors"), "{err}");
 }
+
+#[test]
+fn attention_in_query_blocks_equals_one_fused_call() {
+    use super::model::causal_attention;
+    use burn::tensor::module::attention;
+    use burn::tensor::ops::AttentionModuleOptions;
+    use burn::tensor::{Distribution, Tensor};
+    let device = Device::flex();
+    // 40 cached positions, then 300 new ones: three query blocks, the last one partial.
+    let (past, seq) = (40, 300);
+    let q = Tensor::<4>::random([2, 4, seq, 8], Distribution::Default, &device);
+    let k = Tensor::<4>::random([2, 4, past + seq, 8], Distribution::Default, &device);
+    let v = Tensor::<4>::random([2, 4, past + seq, 8], Distribution::Default, &device);
+    // Padding: the second sequence does not see its first 25 keys.
+    let mut hidden = vec![false; 2 * (past + seq)];
+    hidden[past + seq..past + seq + 25].fill(true);
+    let mask = Tensor::<2, Bool>::from_data(TensorData::new(hidden, [2, past + seq]), &device)
+        .reshape([2, 1, 1, past + seq])
+        .expand([2, 4, seq, past + seq]);
+    let options = AttentionModuleOptions {
+        is_causal: true,
+        ..Default::default()
+    };
+    let fused = attention(
+        q.clone(),
+        k.clone(),
+        v.clone(),
+        Some(mask.clone()),
+        None,
+        options,
+    );
+    let blocked = causal_attention(q, k, v, Some(mask));
+    let flat = |t: Tensor<4>| t.reshape([2 * 4 * seq, 8]);
+    close(&flat(fused), &flat(blocked), 1e-5);
+}
+
+#[test]
+fn silu_equals_burns() {
+    use burn::tensor::Distribution;
+    let device = Device::flex();
+    let x = Tensor::<3>::random([1, 64, 32], Distribution::Normal(0.0, 8.0), &device);
+    let ours = super::model::silu(x.clone()).reshape([64, 32]);
+    let burns = burn::tensor::activation::silu(x).reshape([64, 32]);
+    close(&ours, &burns, 1e-5);
+}
