@@ -95,7 +95,7 @@ pub(crate) fn causal_attention(
                 mask.clone()
                     .map(|m| m.slice_dim(2, start..end).slice_dim(3, keys)),
                 None,
-                options.clone(),
+                options,
             )
         })
         .collect();
