@@ -173,13 +173,33 @@ impl Compressor {
         self.memory.dims()[0]
     }
 
-    /// Input token embeddings `[1, n, backbone width]` of `[query; chunk]` -> the chunk's memory
-    /// vectors `[L, generator width]`. For the `n_layers` backbone the embeddings come from the
-    /// generator's (frozen) table; for the encoder, from the encoder's own word embeddings.
-    pub fn compress(&self, tokens: Tensor<3>) -> Tensor<2> {
-        let [_, n, d] = tokens.dims();
+    /// Input token embeddings `[1, n_i, backbone width]` of each chunk's `[query; chunk]` ->
+    /// the chunks' memory vectors, in order: `[chunks × L, generator width]`. For the
+    /// `n_layers` backbone the embeddings come from the generator's (frozen) table; for the
+    /// encoder, from the encoder's own word embeddings.
+    ///
+    /// All chunks run as one batch, each row `[query; chunk; MEM_1..MEM_L; padding]`: padding
+    /// after the memory tokens leaves them where a lone chunk would have them (causal layers
+    /// never see it; the encoder masks it), so a batch gives a lone chunk's vectors.
+    pub fn compress(&self, chunks: Vec<Tensor<3>>) -> Tensor<2> {
         let l = self.num_memory_tokens();
-        let x = Tensor::cat(vec![tokens, self.memory.val().unsqueeze::<3>()], 1);
+        let lens: Vec<usize> = chunks.iter().map(|t| t.dims()[1]).collect();
+        let width = lens.iter().max().copied().unwrap_or(0) + l;
+        let device = self.memory.device();
+        let memory = self.memory.val().unsqueeze::<3>();
+        let rows: Vec<Tensor<3>> = chunks
+            .into_iter()
+            .map(|tokens| {
+                let [_, n, d] = tokens.dims();
+                let mut parts = vec![tokens, memory.clone()];
+                if n + l < width {
+                    parts.push(Tensor::zeros([1, width - n - l, d], &device));
+                }
+                Tensor::cat(parts, 1)
+            })
+            .collect();
+        let x = Tensor::cat(rows, 0);
+        let [batch, _, d] = x.dims();
         let hidden = match &self.backbone {
             Backbone::Decoder(stack) => {
                 let mut cache = KvCache::new(stack.layers.len());
@@ -190,12 +210,26 @@ impl Compressor {
                 h
             }
             Backbone::Encoder(bert) => {
-                let device = x.device();
-                let mask = Tensor::<2, Int>::ones([1, n + l], &device);
+                let seen: Vec<i64> = lens
+                    .iter()
+                    .flat_map(|&n| (0..width).map(move |j| (j < n + l) as i64))
+                    .collect();
+                let mask =
+                    Tensor::<2, Int>::from_data(TensorData::new(seen, [batch, width]), &device);
                 bert.forward_word_embeds(x, mask)
             }
         };
-        let memory_states = hidden.slice([0..1, n..n + l, 0..d]).reshape([l, d]);
+        let memory_states = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                hidden
+                    .clone()
+                    .slice([i..i + 1, n..n + l, 0..d])
+                    .reshape([l, d])
+            })
+            .collect();
+        let memory_states = Tensor::cat(memory_states, 0);
         match &self.projector {
             Some(p) => p.forward(memory_states),
             None => memory_states,

@@ -211,17 +211,15 @@ impl Oscar {
     /// All chunks' memory vectors, in order: `[chunks × L, generator width]`.
     pub fn memory_vectors(&self, encoded: &Encoded) -> Tensor<2> {
         let device = self.device();
-        let vectors = encoded
+        let tokens = encoded
             .chunks
             .iter()
             .map(|ids| {
-                let tokens = self
-                    .compressor
-                    .embed(&self.generator, ids_tensor(ids, &device));
-                self.compressor.compress(tokens)
+                self.compressor
+                    .embed(&self.generator, ids_tensor(ids, &device))
             })
             .collect();
-        Tensor::cat(vectors, 0)
+        self.compressor.compress(tokens)
     }
 
     /// The generator's input embeddings `[1, n, width]`: prefix, memory vectors, suffix, then

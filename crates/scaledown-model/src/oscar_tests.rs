@@ -218,3 +218,31 @@ fn the_n_layers_compressor_trains_its_own_copy_of_the_generator_layers() {
     assert_eq!(gen_after, gen_before, "the frozen generator is untouched");
     assert_ne!(comp_after, comp_before, "the compressor's copy trains");
 }
+
+#[test]
+fn chunks_compressed_in_one_padded_batch_equal_chunks_compressed_alone() {
+    for compressor_type in [CompressorType::NLayers, CompressorType::Encoder] {
+        let model = tiny_oscar(compressor_type, 3).for_inference();
+        // Unequal lengths: the shorter chunks are padded after their memory tokens.
+        let encoded = Encoded {
+            chunks: vec![vec![1, 2, 3, 4, 5, 6], vec![1, 2, 7], vec![9, 8, 7, 6, 5]],
+            ..example().encoded
+        };
+        let batched = model.memory_vectors(&encoded);
+        let alone: Vec<Tensor<2>> = encoded
+            .chunks
+            .iter()
+            .map(|ids| {
+                let one = Encoded {
+                    chunks: vec![ids.clone()],
+                    ..encoded.clone()
+                };
+                model.memory_vectors(&one)
+            })
+            .collect();
+        let alone = Tensor::cat(alone, 0);
+        assert_eq!(batched.dims(), [6, model.generator.hidden_size()]);
+        let diff: f32 = (batched - alone).abs().max().into_scalar();
+        assert!(diff < 1e-5, "{compressor_type}: batched differs by {diff}");
+    }
+}
