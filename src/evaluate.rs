@@ -6,7 +6,7 @@ use anyhow::Result;
 use scaledown_data::{Example, Scores};
 use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::compressor::CompressorConfig;
-use scaledown_model::generation::{GenerationConfig, generate};
+use scaledown_model::generation::{GenerationConfig, PrefixCache, generate_after};
 use scaledown_model::llama::Llama;
 use scaledown_model::oscar::{Oscar, OscarTokenizers, document_text, full_text_user_turn};
 use scaledown_model::tokenizer::chat_prompt;
@@ -97,12 +97,13 @@ pub fn compressed(
 ) -> Result<EvalRun> {
     let answer = answer_config(max_new_tokens);
     let stop = &tokenizers.generator.stop_ids;
+    let prefix = shared_prefix(&model.generator, tokenizers)?;
     let bar = progress::bar(examples.len() as u64, label);
     let mut out = Vec::with_capacity(examples.len());
     for ex in examples {
         let start = Instant::now();
         let encoded = tokenizers.encode(config, &ex.question, &documents_of(ex))?;
-        let ids = read_sync(model.answer(&encoded, stop, &answer))?;
+        let ids = read_sync(model.answer_after(&prefix, &encoded, stop, &answer))?;
         let ms = start.elapsed().as_secs_f64() * 1000.0;
         let prediction = tokenizers.generator.decode(&ids, true).trim().to_string();
         let prompt_tokens = encoded.prefix.len()
@@ -115,10 +116,21 @@ pub fn compressed(
     Ok(EvalRun::from(out))
 }
 
+/// The KV cache of the chat prefix that all prompts share, computed once per evaluation.
+pub fn shared_prefix(generator: &Llama, tokenizers: &OscarTokenizers) -> Result<PrefixCache> {
+    let device = generator.embed_tokens.weight.device();
+    Ok(PrefixCache::new(
+        generator,
+        &tokenizers.shared_prefix()?,
+        &device,
+    ))
+}
+
 /// The uncompressed generator's answer from the documents' full text, and the prompt length:
 /// the baseline's and the teacher's answer.
 pub fn answer_uncompressed(
     generator: &Llama,
+    prefix: &PrefixCache,
     tokenizers: &OscarTokenizers,
     ex: &Example,
     config: &GenerationConfig,
@@ -127,7 +139,14 @@ pub fn answer_uncompressed(
     let device = generator.embed_tokens.weight.device();
     let user = full_text_user_turn(&ex.question, &documents_of(ex));
     let prompt = tok.encode(&chat_prompt(&user))?;
-    let ids = read_sync(generate(generator, &prompt, &tok.stop_ids, config, &device))?;
+    let ids = read_sync(generate_after(
+        generator,
+        prefix,
+        &prompt,
+        &tok.stop_ids,
+        config,
+        &device,
+    ))?;
     Ok((tok.decode(&ids, true).trim().to_string(), prompt.len()))
 }
 
@@ -140,11 +159,13 @@ pub fn uncompressed(
     label: &str,
 ) -> Result<EvalRun> {
     let config = answer_config(max_new_tokens);
+    let prefix = shared_prefix(generator, tokenizers)?;
     let bar = progress::bar(examples.len() as u64, label);
     let mut out = Vec::with_capacity(examples.len());
     for ex in examples {
         let start = Instant::now();
-        let (prediction, prompt_tokens) = answer_uncompressed(generator, tokenizers, ex, &config)?;
+        let (prediction, prompt_tokens) =
+            answer_uncompressed(generator, &prefix, tokenizers, ex, &config)?;
         let ms = start.elapsed().as_secs_f64() * 1000.0;
         out.push(prediction_of(ex, prediction, ms, prompt_tokens));
         bar.inc(1);

@@ -513,10 +513,11 @@ fn teacher_labels(
         .collect();
     if !todo.is_empty() {
         let config = evaluate::answer_config(max_new);
+        let prefix = evaluate::shared_prefix(generator, tokenizers)?;
         let bar = progress::bar(todo.len() as u64, "teacher labels");
         for (i, ex) in todo.iter().enumerate() {
             let (mut answer, _) =
-                evaluate::answer_uncompressed(generator, tokenizers, ex, &config)?;
+                evaluate::answer_uncompressed(generator, &prefix, tokenizers, ex, &config)?;
             if answer.is_empty() {
                 answer = ex.answers[0].clone();
             }

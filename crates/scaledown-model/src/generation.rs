@@ -105,6 +105,63 @@ pub async fn generate(
     continue_from(model, logits, &mut cache, stop_ids, config, device).await
 }
 
+/// The KV cache of a prompt prefix that many prompts share (the chat's system turn), computed
+/// once so that each prompt prefills only what follows it.
+#[derive(Debug, Clone)]
+pub struct PrefixCache {
+    ids: Vec<u32>,
+    cache: KvCache,
+}
+
+impl PrefixCache {
+    pub fn new(model: &Llama, ids: &[u32], device: &Device) -> Self {
+        let mut cache = KvCache::new(model.layers.len());
+        if !ids.is_empty() {
+            let t = Tensor::<1, Int>::from_data(
+                TensorData::new(ids.iter().map(|&i| i as i64).collect(), [ids.len()]),
+                device,
+            );
+            model.forward_embeds(model.embed(t.unsqueeze()), &mut cache, None, |_, _| {});
+        }
+        Self {
+            ids: ids.to_vec(),
+            cache,
+        }
+    }
+
+    /// A cache to continue `prompt` from, and the part of `prompt` still to prefill: the
+    /// shared prefix's cache when `prompt` starts with it, else an empty cache.
+    pub fn start<'a>(&self, model: &Llama, prompt: &'a [u32]) -> (KvCache, &'a [u32]) {
+        if prompt.starts_with(&self.ids) {
+            (self.cache.clone(), &prompt[self.ids.len()..])
+        } else {
+            (KvCache::new(model.layers.len()), prompt)
+        }
+    }
+}
+
+/// [`generate`] after a shared prefix whose KV cache is already computed.
+pub async fn generate_after(
+    model: &Llama,
+    prefix: &PrefixCache,
+    prompt: &[u32],
+    stop_ids: &[u32],
+    config: &GenerationConfig,
+    device: &Device,
+) -> Result<Vec<u32>, ExecutionError> {
+    let (mut cache, mut rest) = prefix.start(model, prompt);
+    if rest.is_empty() {
+        // The next token's logits need at least one position to run.
+        (cache, rest) = (KvCache::new(model.layers.len()), prompt);
+    }
+    let ids = Tensor::<1, Int>::from_data(
+        TensorData::new(rest.iter().map(|&i| i as i64).collect(), [rest.len()]),
+        device,
+    );
+    let logits = model.forward_last(ids.unsqueeze(), &mut cache);
+    continue_from(model, logits, &mut cache, stop_ids, config, device).await
+}
+
 /// Decodes from the last-position logits `[1, vocab]` of a prefilled cache; shared by plain
 /// prompts and prompts whose documents entered as compressed embeddings.
 pub async fn continue_from(

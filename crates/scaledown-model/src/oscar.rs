@@ -7,7 +7,7 @@
 
 use crate::bert::Bert;
 use crate::compressor::{Compressor, CompressorConfig, CompressorType};
-use crate::generation::{GenerationConfig, continue_from};
+use crate::generation::{GenerationConfig, PrefixCache, continue_from};
 use crate::llama::{KvCache, Llama};
 use crate::tokenizer::{SMOLLM2_SYSTEM_PROMPT, Tokenizer};
 use crate::weights::WeightError;
@@ -189,6 +189,12 @@ impl OscarTokenizers {
         })
     }
 
+    /// The generator ids that every prompt starts with, compressed or not (the system turn up
+    /// to `Background:`): the prefix worth a [`PrefixCache`].
+    pub fn shared_prefix(&self) -> Result<Vec<u32>, WeightError> {
+        self.generator.encode(&chat_prefix())
+    }
+
     /// Answer text -> target ids, ending with `<|im_end|>` so that the model learns to stop.
     pub fn encode_answer(&self, answer: &str) -> Result<Vec<u32>, WeightError> {
         let mut ids = self.generator.encode(answer.trim())?;
@@ -265,9 +271,28 @@ impl Oscar {
         stop_ids: &[u32],
         config: &GenerationConfig,
     ) -> Result<Vec<u32>, ExecutionError> {
+        let empty = PrefixCache::new(&self.generator, &[], &self.device());
+        self.answer_after(&empty, encoded, stop_ids, config).await
+    }
+
+    /// [`Oscar::answer`] with the KV cache of the chat prefix computed once for many questions
+    /// (`PrefixCache::new(&model.generator, &encoded.prefix, ..)`).
+    pub async fn answer_after(
+        &self,
+        prefix: &PrefixCache,
+        encoded: &Encoded,
+        stop_ids: &[u32],
+        config: &GenerationConfig,
+    ) -> Result<Vec<u32>, ExecutionError> {
         let device = self.device();
-        let x = self.prompt_embeds(encoded, &[]);
-        let mut cache = KvCache::new(self.generator.layers.len());
+        let (mut cache, rest) = prefix.start(&self.generator, &encoded.prefix);
+        let mut parts = Vec::new();
+        if !rest.is_empty() {
+            parts.push(self.generator.embed(ids_tensor(rest, &device)));
+        }
+        parts.push(self.memory_vectors(encoded).unsqueeze::<3>());
+        parts.push(self.generator.embed(ids_tensor(&encoded.suffix, &device)));
+        let x = Tensor::cat(parts, 1);
         let hidden = self
             .generator
             .forward_embeds(x, &mut cache, None, |_, _| {});

@@ -246,3 +246,30 @@ fn chunks_compressed_in_one_padded_batch_equal_chunks_compressed_alone() {
         assert!(diff < 1e-5, "{compressor_type}: batched differs by {diff}");
     }
 }
+
+#[test]
+fn answers_after_a_cached_prefix_equal_answers_from_scratch() {
+    use crate::generation::{PrefixCache, generate, generate_after};
+    let model = tiny_oscar(CompressorType::NLayers, 5).for_inference();
+    let device = Device::flex();
+    let encoded = example().encoded;
+    let config = GenerationConfig {
+        max_new_tokens: 6,
+        ..Default::default()
+    };
+    let prefix = PrefixCache::new(&model.generator, &encoded.prefix, &device);
+    let scratch = read_sync(model.answer(&encoded, &[], &config)).unwrap();
+    let cached = read_sync(model.answer_after(&prefix, &encoded, &[], &config)).unwrap();
+    assert_eq!(scratch, cached);
+    let prompt = [10, 11, 5, 6, 7];
+    let g = &model.generator;
+    let scratch = read_sync(generate(g, &prompt, &[], &config, &device)).unwrap();
+    let cached = read_sync(generate_after(g, &prefix, &prompt, &[], &config, &device)).unwrap();
+    assert_eq!(scratch, cached);
+    // A prompt that is only the prefix, or does not start with it, falls back to a full prefill.
+    for other in [&[10, 11][..], &[11, 10, 3][..]] {
+        let a = read_sync(generate(g, other, &[], &config, &device)).unwrap();
+        let b = read_sync(generate_after(g, &prefix, other, &[], &config, &device)).unwrap();
+        assert_eq!(a, b);
+    }
+}
