@@ -1,69 +1,197 @@
 #!/usr/bin/env python3
-"""PyTorch side of `scaledown bench`: the same SmolLM2 work in transformers (float32, eager
-attention, CPU), timed the same way. Prints one JSON object on stdout.
+"""PyTorch side of `scaledown bench`: the same work in transformers (float32, eager attention,
+CPU), run as a worker so that scaledown can alternate single runs between the two sides.
 
-    python bench/pytorch_bench.py --gguf PATH --threads N --runs R --prefill 32,128,512 --decode 32
+Protocol: one JSON request per line on stdin, one JSON answer per line on stdout.
+    {"op": "load", "gguf": PATH, "minilm": DIR, "threads": N, "num_layers": 5,
+     "memory_tokens": 8, "lora_rank": 16, "lora_alpha": 32}     -> {"torch": VERSION}
+    {"op": "prepare", "key": K, "work": {...}}                     -> {"ok": true}
+    {"op": "run", "key": K}                                        -> {"seconds": S}
+    {"op": "peak"}                                                 -> {"peak_rss_mb": MB}
+scaledown sends token ids, so both sides run the same shapes. Work kinds: prefill {ids};
+decode {prompt, tokens} (times the decode steps only); answer {queries: [{ids}], tokens};
+answer_compressed {queries: [{prefix, chunks, suffix}], tokens}; train_step {examples:
+[{prefix, chunks, suffix, answer}]}; encode {batch: [[ids]]} (MiniLM, mean pooling).
 """
-import argparse
+import contextlib
+import copy
 import json
+import math
 import os
-import statistics
+import resource
+import sys
 import time
 
+import torch
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, LlamaModel
 
-def stats(samples):
-    return {"median_ms": statistics.median(samples) * 1e3, "min_ms": min(samples) * 1e3,
-            "max_ms": max(samples) * 1e3}
+
+def reply(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+class LoraLinear(nn.Module):
+    """y = W x + (alpha / r) B A x with W frozen: the generator's LoRA, as in scaledown."""
+
+    def __init__(self, base, rank, alpha):
+        super().__init__()
+        self.base = base
+        base.weight.requires_grad_(False)
+        self.a = nn.Parameter(torch.randn(rank, base.in_features) / math.sqrt(base.in_features))
+        self.b = nn.Parameter(torch.zeros(base.out_features, rank))
+        self.scale = alpha / rank
+
+    def forward(self, x):
+        return self.base(x) + (x @ self.a.t() @ self.b.t()) * self.scale
+
+
+class Oscar:
+    """OSCAR's n_layers compressor (a trainable copy of the generator's first layers, memory
+    tokens, an MLP projector) over the generator, as scaledown builds it."""
+
+    def __init__(self, generator, num_layers, memory_tokens, lora=None):
+        cfg = copy.deepcopy(generator.config)
+        cfg.num_hidden_layers = num_layers
+        d = cfg.hidden_size
+        self.compressor = LlamaModel(cfg)
+        self.compressor.layers.load_state_dict(generator.model.layers[:num_layers].state_dict())
+        self.compressor.norm = nn.Identity()  # the memory states are read before any final norm
+        self.compressor.embed_tokens = None  # inputs come as embeddings of the generator's table
+        self.memory = nn.Parameter(torch.randn(memory_tokens, d) * 0.02)
+        self.projector = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+        self.generator = generator
+        self.embed = generator.model.embed_tokens
+        if lora is not None:
+            generator.requires_grad_(False)
+            for layer in generator.model.layers:
+                for parent in (layer.self_attn, layer.mlp):
+                    for name, child in list(parent.named_children()):
+                        if name.endswith("_proj"):
+                            setattr(parent, name, LoraLinear(child, *lora))
+
+    def compressor_params(self):
+        return list(self.compressor.parameters()) + [self.memory] + list(self.projector.parameters())
+
+    def memory_vectors(self, chunks):
+        """All chunks in one batch, padded after the memory tokens (as scaledown does)."""
+        L = self.memory.shape[0]
+        width = max(len(c) for c in chunks) + L
+        rows = []
+        for ids in chunks:
+            x = self.embed(torch.tensor([ids]))
+            pad = torch.zeros(1, width - len(ids) - L, x.shape[-1])
+            rows.append(torch.cat([x, self.memory[None], pad], 1))
+        h = self.compressor(inputs_embeds=torch.cat(rows, 0), use_cache=False).last_hidden_state
+        states = [h[i, len(ids):len(ids) + L] for i, ids in enumerate(chunks)]
+        return self.projector(torch.cat(states, 0))
+
+    def prompt(self, q, continuation=()):
+        return torch.cat([
+            self.embed(torch.tensor([q["prefix"]])),
+            self.memory_vectors(q["chunks"])[None],
+            self.embed(torch.tensor([list(q["suffix"]) + list(continuation)])),
+        ], 1)
+
+
+def greedy(model, tokens, **first):
+    """Prefill (`first` holds input_ids or inputs_embeds), then tokens - 1 decode steps."""
+    out = model(use_cache=True, logits_to_keep=1, **first)
+    past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    for _ in range(tokens - 1):
+        out = model(input_ids=nxt, past_key_values=past, use_cache=True)
+        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+
+
+class Worker:
+    def load(self, r):
+        torch.set_num_threads(r["threads"])
+        torch.manual_seed(0)
+        d, f = os.path.split(os.path.abspath(r["gguf"]))
+        with contextlib.redirect_stdout(sys.stderr):
+            load = lambda: AutoModelForCausalLM.from_pretrained(
+                d, gguf_file=f, dtype=torch.float32, attn_implementation="eager").eval()
+            self.generator = load()
+            self.oscar = Oscar(self.generator, r["num_layers"], r["memory_tokens"])
+            # Training gets its own generator copy: LoRA wraps its projections.
+            self.train_oscar = Oscar(load(), r["num_layers"], r["memory_tokens"],
+                                     lora=(r["lora_rank"], r["lora_alpha"]))
+            self.minilm = AutoModel.from_pretrained(r["minilm"], attn_implementation="eager").eval()
+        t = self.train_oscar
+        lora = [p for p in t.generator.parameters() if p.requires_grad]
+        self.params = t.compressor_params() + lora
+        adamw = lambda ps, lr: torch.optim.AdamW(ps, lr=lr, weight_decay=0.1)
+        self.optims = [adamw(t.compressor_params(), 5e-5), adamw(lora, 1e-4)]
+        self.work = {}
+        return {"torch": torch.__version__}
+
+    def run(self, w):
+        kind = w["kind"]
+        if kind == "train_step":
+            return self.train_step(w["examples"])
+        with torch.inference_mode():
+            start = time.perf_counter()
+            if kind == "prefill":
+                self.generator(torch.tensor([w["ids"]]), use_cache=False, logits_to_keep=1)
+            elif kind == "decode":
+                out = self.generator(torch.tensor([w["prompt"]]), use_cache=True, logits_to_keep=1)
+                past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+                start = time.perf_counter()
+                for _ in range(w["tokens"]):
+                    out = self.generator(nxt, past_key_values=past, use_cache=True)
+                    past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            elif kind == "answer":
+                for q in w["queries"]:
+                    greedy(self.generator, w["tokens"], input_ids=torch.tensor([q["ids"]]))
+            elif kind == "answer_compressed":
+                for q in w["queries"]:
+                    greedy(self.generator, w["tokens"], inputs_embeds=self.oscar.prompt(q))
+            elif kind == "encode":
+                ids = torch.tensor(w["batch"])
+                mask = torch.ones_like(ids)
+                h = self.minilm(input_ids=ids, attention_mask=mask).last_hidden_state
+                (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+            else:
+                raise ValueError(f"unknown work kind {kind}")
+            return time.perf_counter() - start
+
+    def train_step(self, examples):
+        t = self.train_oscar
+        start = time.perf_counter()
+        for ex in examples:
+            answer = ex["answer"]
+            x = t.prompt(ex, answer[:-1])
+            logits = t.generator(inputs_embeds=x, logits_to_keep=len(answer)).logits[0]
+            loss = torch.nn.functional.cross_entropy(logits, torch.tensor(answer))
+            (loss / len(examples)).backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        for o in self.optims:
+            o.step()
+            o.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--gguf", required=True)
-    ap.add_argument("--threads", type=int, required=True)
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--prefill", default="32,128,512")
-    ap.add_argument("--decode", type=int, default=32)
-    a = ap.parse_args()
-
-    import resource
-
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    torch.set_num_threads(a.threads)
-    d, f = os.path.split(os.path.abspath(a.gguf))
-    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32,
-                                                 attn_implementation="eager")
-    model.eval()
-    out = {"torch": torch.__version__, "threads": a.threads, "prefill": {}}
-    # Deterministic ids, the same formula as the Rust side.
-    ids_for = lambda n: torch.tensor([[(7 * i + 11) % 40000 + 100 for i in range(n)]])
-    with torch.inference_mode():
-        for n in [int(x) for x in a.prefill.split(",")]:
-            x = ids_for(n)
-            model(x, use_cache=False, logits_to_keep=1)  # warm-up
-            samples = []
-            for _ in range(a.runs):
-                t = time.perf_counter()
-                model(x, use_cache=False, logits_to_keep=1)
-                samples.append(time.perf_counter() - t)
-            out["prefill"][str(n)] = stats(samples)
-        x = ids_for(32)
-        samples = []
-        for r in range(a.runs + 1):
-            o = model(x, use_cache=True, logits_to_keep=1)
-            past, nxt = o.past_key_values, o.logits[:, -1:].argmax(-1)
-            t = time.perf_counter()
-            for _ in range(a.decode):
-                o = model(nxt, past_key_values=past, use_cache=True)
-                past, nxt = o.past_key_values, o.logits[:, -1:].argmax(-1)
-            if r > 0:  # the first round is the warm-up
-                samples.append(time.perf_counter() - t)
-        tps = [a.decode / s for s in samples]
-        out["decode"] = {"tokens": a.decode, "median_tok_s": statistics.median(tps),
-                         "min_tok_s": min(tps), "max_tok_s": max(tps)}
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps(out))
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    worker = Worker()
+    for line in sys.stdin:
+        try:
+            r = json.loads(line)
+            op = r["op"]
+            if op == "load":
+                reply(worker.load(r))
+            elif op == "prepare":
+                worker.work[r["key"]] = r["work"]
+                reply({"ok": True})
+            elif op == "run":
+                reply({"seconds": worker.run(worker.work[r["key"]])})
+            elif op == "peak":
+                reply({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+            else:
+                raise ValueError(f"unknown op {op}")
+        except Exception as e:  # the Rust side prints it and goes on without PyTorch
+            reply({"error": f"{type(e).__name__}: {e}"})
 
 
 if __name__ == "__main__":

@@ -63,6 +63,16 @@ pub struct BenchArgs {
     /// Tokens generated for the decode measurement.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub decode_tokens: u32,
+    /// Greedy tokens per answer in the end-to-end measurements (always this many: no stop).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=512))]
+    pub answer_tokens: u32,
+    /// Questions per end-to-end run (SQuAD with 1 document, HotpotQA with 10).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub queries: u32,
+    /// Folder with squad_dev.jsonl and hotpotqa_dev.jsonl for the training step, MiniLM and
+    /// end-to-end measurements; without it only prefill and decode are measured.
+    #[arg(long, value_name = "DIR", default_value = "../shared/data")]
+    pub data_dir: PathBuf,
     /// Python with torch, transformers, accelerate and gguf (bench/setup.sh makes one).
     #[arg(long, env = "SCALEDOWN_PYTHON", default_value = "python3")]
     pub python: String,
@@ -286,12 +296,25 @@ fn bench_cmd(dir: &std::path::Path, a: BenchArgs) -> Result<()> {
     if let Some(&n) = a.prefill.iter().find(|&&n| n == 0 || n > 8192) {
         bail!("--prefill {n} is out of range (1..=8192)");
     }
+    let data_dir = if a.data_dir.is_dir() {
+        Some(a.data_dir)
+    } else {
+        eprintln!(
+            "warning: --data-dir {} is not a folder: measuring prefill and decode only",
+            a.data_dir.display()
+        );
+        None
+    };
     let options = crate::bench::BenchOptions {
         runs: a.runs as usize,
         threads,
         prefill: a.prefill,
         decode_tokens: a.decode_tokens as usize,
+        answer_tokens: a.answer_tokens as usize,
+        queries: a.queries as usize,
+        data_dir,
         python: (!a.no_pytorch).then_some(a.python),
+        json: a.run.json,
     };
-    crate::bench::run(&path, &device, &a.run.backend.to_string(), &options)
+    crate::bench::run(dir, &path, &device, &a.run.backend.to_string(), &options)
 }

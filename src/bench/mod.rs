@@ -1,0 +1,339 @@
+//! `scaledown bench`: the same work in this project and in PyTorch (transformers, float32,
+//! the same thread count), measured in one invocation and printed as ratios. Single runs
+//! alternate between the two sides, so that a busy machine slows both alike.
+
+mod pytorch;
+mod work;
+
+use crate::models;
+use anyhow::Result;
+use scaledown_data::Dataset;
+use scaledown_model::burn::prelude::*;
+use scaledown_model::oscar::OscarTokenizers;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use work::{Ours, Work};
+
+pub struct BenchOptions {
+    pub runs: usize,
+    pub threads: usize,
+    pub prefill: Vec<usize>,
+    pub decode_tokens: usize,
+    /// Greedy tokens per answer in the end-to-end measurements (no early stop).
+    pub answer_tokens: usize,
+    /// Questions per end-to-end run.
+    pub queries: usize,
+    /// `../shared/data`: SQuAD and HotpotQA questions; None skips the work that needs them.
+    pub data_dir: Option<PathBuf>,
+    /// Python with torch + transformers + gguf; None skips PyTorch.
+    pub python: Option<String>,
+    pub json: bool,
+}
+
+/// How a measurement is reported.
+#[derive(Clone, Copy)]
+enum Unit {
+    /// Milliseconds per run.
+    Ms,
+    /// Milliseconds per question, `n` questions per run.
+    MsPerQuery(usize),
+    /// Tokens per second, `n` tokens per run.
+    TokPerS(usize),
+}
+
+struct Item {
+    name: String,
+    work: Work,
+    unit: Unit,
+}
+
+/// One measured item: our runs and, when PyTorch ran, theirs.
+struct Row<'a> {
+    item: &'a Item,
+    ours: Stat,
+    theirs: Option<Stat>,
+}
+
+#[derive(Clone, Copy)]
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn stat(mut v: Vec<f64>) -> Stat {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Stat {
+        median,
+        min: v[0],
+        max: v[n - 1],
+    }
+}
+
+impl Unit {
+    /// Seconds per run -> the reported value (larger is better only for tokens/s).
+    fn value(self, seconds: f64) -> f64 {
+        match self {
+            Unit::Ms => seconds * 1e3,
+            Unit::MsPerQuery(n) => seconds * 1e3 / n as f64,
+            Unit::TokPerS(n) => n as f64 / seconds,
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Unit::Ms => "ms",
+            Unit::MsPerQuery(_) => "ms/query",
+            Unit::TokPerS(_) => "tok/s",
+        }
+    }
+
+    /// How many times faster we are than `theirs`.
+    fn ratio(self, ours: f64, theirs: f64) -> f64 {
+        match self {
+            Unit::TokPerS(_) => ours / theirs,
+            _ => theirs / ours,
+        }
+    }
+}
+
+/// The measurements: prefill, decode, then (with the data) training step, MiniLM and answers.
+fn items(
+    o: &BenchOptions,
+    tokenizers: &OscarTokenizers,
+    minilm: Option<&scaledown_model::tokenizer::Tokenizer>,
+) -> Result<Vec<Item>> {
+    let mut items: Vec<Item> = o
+        .prefill
+        .iter()
+        .map(|&n| Item {
+            name: format!("prefill {n} tokens"),
+            work: Work::Prefill(work::synthetic_ids(n)),
+            unit: Unit::Ms,
+        })
+        .collect();
+    items.push(Item {
+        name: format!("decode {} tokens", o.decode_tokens),
+        work: Work::Decode {
+            prompt: work::synthetic_ids(32),
+            tokens: o.decode_tokens,
+        },
+        unit: Unit::TokPerS(o.decode_tokens),
+    });
+    let Some(dir) = &o.data_dir else {
+        return Ok(items);
+    };
+    let squad = work::questions(dir, Dataset::Squad, "squad_dev.jsonl", o.queries.max(4))?;
+    let hotpot = work::questions(dir, Dataset::HotpotQa, "hotpotqa_dev.jsonl", o.queries)?;
+    items.push(Item {
+        name: "training step, batch 4 (SQuAD)".into(),
+        work: work::train_work(tokenizers, &squad[..4])?,
+        unit: Unit::Ms,
+    });
+    if let Some(tok) = minilm {
+        for batch in [1, 8] {
+            items.push(Item {
+                name: format!("MiniLM, batch {batch} x 128 tokens"),
+                work: work::encode_work(tok, &squad, batch, 128)?,
+                unit: Unit::Ms,
+            });
+        }
+    }
+    for (label, examples) in [
+        ("SQuAD, 1 document", &squad[..o.queries]),
+        ("HotpotQA, 10 documents", &hotpot[..]),
+    ] {
+        let (full, compressed) = work::answer_work(tokenizers, examples, o.answer_tokens)?;
+        items.push(Item {
+            name: format!("answer {label}, uncompressed"),
+            work: full,
+            unit: Unit::MsPerQuery(examples.len()),
+        });
+        items.push(Item {
+            name: format!("answer {label}, compressed x16"),
+            work: compressed,
+            unit: Unit::MsPerQuery(examples.len()),
+        });
+    }
+    Ok(items)
+}
+
+/// Peak resident memory of this process, from /proc (Linux).
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+pub fn run(
+    models_dir: &Path,
+    gguf: &Path,
+    device: &Device,
+    backend: &str,
+    o: &BenchOptions,
+) -> Result<()> {
+    let g = models::load_generator(gguf, device)?;
+    let minilm = if o.data_dir.is_some() {
+        Some(work::load_minilm(models_dir, device)?)
+    } else {
+        None
+    };
+    let tokenizers = OscarTokenizers {
+        generator: g.tokenizer,
+        encoder: None,
+    };
+    let items = items(o, &tokenizers, minilm.as_ref().map(|m| &m.1))?;
+    let mut ours = Ours::new(g.model, &tokenizers, minilm.map(|m| m.0), device)?;
+    let mut torch = o.python.as_ref().and_then(|py| {
+        let load = json!({
+            "op": "load", "gguf": gguf, "minilm": models::default_encoder(models_dir),
+            "threads": o.threads, "num_layers": work::compressor_config().num_layers,
+            "memory_tokens": work::compressor_config().num_memory_tokens,
+            "lora_rank": work::LORA.rank, "lora_alpha": work::LORA.alpha,
+        });
+        pytorch::PyTorch::start(py, o.threads, load)
+            .map_err(|e| eprintln!("warning: {e:#}; measuring this project only"))
+            .ok()
+    });
+    eprintln!(
+        "SmolLM2-135M ({}), backend {backend}, {} threads, median of {} runs after a warm-up{}",
+        gguf.display(),
+        o.threads,
+        o.runs,
+        torch
+            .as_ref()
+            .map(|t| format!(", PyTorch {}", t.version))
+            .unwrap_or_default()
+    );
+
+    let bar = crate::progress::bar((items.len() * (o.runs + 1)) as u64, "bench");
+    let mut rows = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let key = i.to_string();
+        let mut theirs_ok = torch.as_mut().map(|t| t.prepare(&key, item.work.to_json()));
+        let mut ours_s = Vec::new();
+        let mut theirs_s = Vec::new();
+        for r in 0..=o.runs {
+            let a = ours.run(&item.work)?;
+            let b = match (&mut torch, &theirs_ok) {
+                (Some(t), Some(Ok(()))) => match t.run(&key) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        eprintln!("warning: {}: {e:#}", item.name);
+                        theirs_ok = Some(Err(e));
+                        None
+                    }
+                },
+                _ => None,
+            };
+            if r > 0 {
+                ours_s.push(item.unit.value(a));
+                theirs_s.extend(b.map(|s| item.unit.value(s)));
+            }
+            bar.inc(1);
+        }
+        let theirs = (theirs_s.len() == o.runs).then(|| stat(theirs_s));
+        rows.push(Row {
+            item,
+            ours: stat(ours_s),
+            theirs,
+        });
+    }
+    bar.finish_and_clear();
+    let ours_peak = peak_rss_mb();
+    let theirs_peak = torch.as_mut().and_then(|t| t.peak_rss_mb());
+    report(
+        &rows,
+        ours_peak,
+        theirs_peak,
+        o,
+        torch.as_ref().map(|t| t.version.as_str()),
+    )
+}
+
+fn report(
+    rows: &[Row],
+    ours_peak: Option<f64>,
+    theirs_peak: Option<f64>,
+    o: &BenchOptions,
+    torch_version: Option<&str>,
+) -> Result<()> {
+    let fmt = |s: &Stat, unit: Unit| {
+        format!(
+            "{:.1} {} [{:.1}, {:.1}]",
+            s.median,
+            unit.suffix(),
+            s.min,
+            s.max
+        )
+    };
+    // Compressed vs uncompressed on each side: the row pairs of the answer measurements.
+    let speedup = |i: usize, side: fn(&Row) -> Option<f64>| {
+        let full = side(&rows[i - 1])?;
+        Some(full / side(&rows[i])?)
+    };
+    if o.json {
+        let json_rows: Vec<Value> = rows
+            .iter()
+            .map(|Row { item, ours, theirs }| {
+                json!({
+                    "work": item.name, "unit": item.unit.suffix(),
+                    "ours": {"median": ours.median, "min": ours.min, "max": ours.max},
+                    "pytorch": theirs.map(|t| json!({"median": t.median, "min": t.min, "max": t.max})),
+                    "ratio": theirs.map(|t| item.unit.ratio(ours.median, t.median)),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "threads": o.threads, "runs": o.runs, "pytorch": torch_version,
+                "rows": json_rows,
+                "peak_rss_mb": {"ours": ours_peak, "pytorch": theirs_peak},
+            }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "| work | scaledown median [min, max] | PyTorch median [min, max] | speed ratio (x faster than PyTorch) |"
+    );
+    println!("|---|---|---|---|");
+    for (i, Row { item, ours, theirs }) in rows.iter().enumerate() {
+        let (t, ratio) = match theirs {
+            Some(t) => (
+                fmt(t, item.unit),
+                format!("{:.2}x", item.unit.ratio(ours.median, t.median)),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        println!(
+            "| {} | {} | {t} | {ratio} |",
+            item.name,
+            fmt(ours, item.unit)
+        );
+        if item.name.ends_with("compressed x16") {
+            let ours_up = speedup(i, |r| Some(r.ours.median));
+            let theirs_up = speedup(i, |r| r.theirs.map(|s| s.median));
+            let show = |v: Option<f64>| v.map(|v| format!("{v:.2}x")).unwrap_or("-".into());
+            println!(
+                "| ↳ compressed speed-up (uncompressed / compressed) | {} | {} | |",
+                show(ours_up),
+                show(theirs_up)
+            );
+        }
+    }
+    let mb = |v: Option<f64>| v.map(|m| format!("{m:.0} MB")).unwrap_or("-".into());
+    println!(
+        "| peak memory (RSS, whole run) | {} | {} | |",
+        mb(ours_peak),
+        mb(theirs_peak)
+    );
+    Ok(())
+}

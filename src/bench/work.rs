@@ -1,0 +1,303 @@
+//! The measured work, built from real questions, and how this project runs it.
+
+use crate::evaluate::documents_of;
+use crate::models;
+use anyhow::{Context, Result, anyhow, bail};
+use scaledown_data::{Dataset, Example, parse_source};
+use scaledown_model::bert::Bert;
+use scaledown_model::burn::prelude::*;
+use scaledown_model::burn::tensor::read_sync;
+use scaledown_model::compressor::{CompressorConfig, CompressorType};
+use scaledown_model::generation::{GenerationConfig, PrefixCache, generate_after};
+use scaledown_model::llama::{KvCache, Llama};
+use scaledown_model::oscar::{Encoded, LoraSettings, Oscar, OscarTokenizers};
+use scaledown_model::tokenizer::{Tokenizer, chat_prompt};
+use scaledown_model::training::{TrainExample, TrainSettings, Trainer};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::Instant;
+
+/// OSCAR as the main job trains it: 5 copied layers, 8 memory tokens per 128-token chunk.
+pub fn compressor_config() -> CompressorConfig {
+    CompressorConfig {
+        compressor_type: CompressorType::NLayers,
+        num_layers: 5,
+        num_memory_tokens: 8,
+        compression_rate: 16,
+        projector: true,
+    }
+}
+
+pub const LORA: LoraSettings = LoraSettings {
+    rank: 16,
+    alpha: 32.0,
+};
+
+pub enum Work {
+    Prefill(Vec<u32>),
+    /// Times `tokens` greedy decode steps after the prompt.
+    Decode {
+        prompt: Vec<u32>,
+        tokens: usize,
+    },
+    /// Exactly `tokens` greedy tokens per question, from the full-text prompt.
+    Answer {
+        prompts: Vec<Vec<u32>>,
+        tokens: usize,
+    },
+    /// Exactly `tokens` greedy tokens per question, from the compressed prompt.
+    AnswerCompressed {
+        queries: Vec<Encoded>,
+        tokens: usize,
+    },
+    /// One optimisation step over the batch (compressor, memory tokens, projector, LoRA).
+    TrainStep(Vec<TrainExample>),
+    /// MiniLM sentence embeddings of a batch of equal-length inputs.
+    Encode(Vec<Vec<u32>>),
+}
+
+fn encoded_json(e: &Encoded) -> Value {
+    json!({"prefix": e.prefix, "chunks": e.chunks, "suffix": e.suffix})
+}
+
+impl Work {
+    /// The same work for bench/pytorch_bench.py.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Work::Prefill(ids) => json!({"kind": "prefill", "ids": ids}),
+            Work::Decode { prompt, tokens } => {
+                json!({"kind": "decode", "prompt": prompt, "tokens": tokens})
+            }
+            Work::Answer { prompts, tokens } => json!({
+                "kind": "answer",
+                "queries": prompts.iter().map(|ids| json!({"ids": ids})).collect::<Vec<_>>(),
+                "tokens": tokens,
+            }),
+            Work::AnswerCompressed { queries, tokens } => json!({
+                "kind": "answer_compressed",
+                "queries": queries.iter().map(encoded_json).collect::<Vec<_>>(),
+                "tokens": tokens,
+            }),
+            Work::TrainStep(batch) => json!({
+                "kind": "train_step",
+                "examples": batch.iter().map(|ex| {
+                    let mut v = encoded_json(&ex.encoded);
+                    v["answer"] = json!(ex.answer);
+                    v
+                }).collect::<Vec<_>>(),
+            }),
+            Work::Encode(batch) => json!({"kind": "encode", "batch": batch}),
+        }
+    }
+}
+
+/// Deterministic token ids, the same on both sides.
+pub fn synthetic_ids(n: usize) -> Vec<u32> {
+    (0..n as u32).map(|i| (7 * i + 11) % 40000 + 100).collect()
+}
+
+/// The first `n` questions of a `../shared/data` JSON Lines file.
+pub fn questions(dir: &Path, dataset: Dataset, file: &str, n: usize) -> Result<Vec<Example>> {
+    let path = dir.join(file);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {} (--data-dir)", path.display()))?;
+    let parsed = parse_source(dataset, &path.display().to_string(), &text)?;
+    if parsed.examples.len() < n {
+        bail!(
+            "{}: {} questions, {n} needed",
+            path.display(),
+            parsed.examples.len()
+        );
+    }
+    Ok(parsed.examples.into_iter().take(n).collect())
+}
+
+/// Full-text prompts and compressed inputs of `examples`.
+pub fn answer_work(
+    tokenizers: &OscarTokenizers,
+    examples: &[Example],
+    tokens: usize,
+) -> Result<(Work, Work)> {
+    let config = compressor_config();
+    let mut prompts = Vec::new();
+    let mut queries = Vec::new();
+    for ex in examples {
+        let documents = documents_of(ex);
+        let user = scaledown_model::oscar::full_text_user_turn(&ex.question, &documents);
+        prompts.push(tokenizers.generator.encode(&chat_prompt(&user))?);
+        queries.push(tokenizers.encode(&config, &ex.question, &documents)?);
+    }
+    Ok((
+        Work::Answer { prompts, tokens },
+        Work::AnswerCompressed { queries, tokens },
+    ))
+}
+
+/// A training batch of real questions with their gold answers.
+pub fn train_work(tokenizers: &OscarTokenizers, examples: &[Example]) -> Result<Work> {
+    let config = compressor_config();
+    let batch = examples
+        .iter()
+        .map(|ex| {
+            Ok(TrainExample {
+                encoded: tokenizers.encode(&config, &ex.question, &documents_of(ex))?,
+                answer: tokenizers.encode_answer(&ex.answers[0])?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Work::TrainStep(batch))
+}
+
+/// `batch` MiniLM inputs of exactly `len` tokens (`[CLS] text… [SEP]`) from the documents.
+pub fn encode_work(
+    tokenizer: &Tokenizer,
+    examples: &[Example],
+    batch: usize,
+    len: usize,
+) -> Result<Work> {
+    let sep = tokenizer
+        .token_to_id("[SEP]")
+        .ok_or_else(|| anyhow!("the MiniLM tokenizer has no [SEP]"))?;
+    let mut inputs = Vec::new();
+    for ex in examples.iter().cycle().take(examples.len() * batch) {
+        let mut ids = tokenizer.encode_with(&documents_of(ex).join("\n"), true)?;
+        if ids.len() < len {
+            continue;
+        }
+        ids.truncate(len - 1);
+        ids.push(sep);
+        inputs.push(ids);
+        if inputs.len() == batch {
+            return Ok(Work::Encode(inputs));
+        }
+    }
+    bail!("no {batch} documents of {len} MiniLM tokens among the questions")
+}
+
+/// This project's side: the models, loaded once.
+pub struct Ours {
+    device: Device,
+    generator: Llama,
+    prefix: PrefixCache,
+    oscar: Oscar,
+    /// Taken out for each step (the optimizer consumes and returns it).
+    training: Option<Oscar>,
+    trainer: Trainer,
+    minilm: Option<Bert>,
+}
+
+impl Ours {
+    pub fn new(
+        generator: Llama,
+        tokenizers: &OscarTokenizers,
+        minilm: Option<Bert>,
+        device: &Device,
+    ) -> Result<Self> {
+        let config = compressor_config();
+        let oscar =
+            Oscar::assemble(&config, generator.clone(), None, None, device)?.for_inference();
+        let training =
+            Oscar::assemble(&config, generator.clone(), None, Some(LORA), device)?.train();
+        let trainer = Trainer::new(TrainSettings {
+            compressor_lr: 5e-5,
+            generator_lr: 1e-4,
+            weight_decay: 0.1,
+            warmup_steps: 1,
+            total_steps: 1_000_000,
+            max_grad_norm: 1.0,
+        });
+        let prefix = PrefixCache::new(&generator, &tokenizers.shared_prefix()?, device);
+        Ok(Self {
+            device: device.clone(),
+            generator,
+            prefix,
+            oscar,
+            training: Some(training),
+            trainer,
+            minilm,
+        })
+    }
+
+    fn ids(&self, ids: &[u32], batch: usize) -> Tensor<2, Int> {
+        let v = ids.iter().map(|&i| i as i64).collect();
+        Tensor::from_data(TensorData::new(v, [batch, ids.len() / batch]), &self.device)
+    }
+
+    /// One run of `work`: seconds.
+    pub fn run(&mut self, work: &Work) -> Result<f64> {
+        let greedy = |tokens| GenerationConfig {
+            max_new_tokens: tokens,
+            ..Default::default()
+        };
+        let mut start = Instant::now();
+        match work {
+            Work::Prefill(ids) => {
+                let mut cache = KvCache::new(self.generator.layers.len());
+                let logits = self.generator.forward_last(self.ids(ids, 1), &mut cache);
+                let _ = logits.into_data(); // waits for the backend
+            }
+            Work::Decode { prompt, tokens } => {
+                let mut cache = KvCache::new(self.generator.layers.len());
+                let logits = self.generator.forward_last(self.ids(prompt, 1), &mut cache);
+                let _ = logits.into_data();
+                start = Instant::now();
+                let mut next = prompt[prompt.len() - 1];
+                for _ in 0..*tokens {
+                    let logits = self
+                        .generator
+                        .forward_last(self.ids(&[next], 1), &mut cache);
+                    let values = logits.into_data().convert::<f32>().try_into_vec::<f32>();
+                    next =
+                        scaledown_model::generation::argmax(&values.map_err(|e| anyhow!("{e:?}"))?);
+                }
+            }
+            Work::Answer { prompts, tokens } => {
+                for ids in prompts {
+                    read_sync(generate_after(
+                        &self.generator,
+                        &self.prefix,
+                        ids,
+                        &[],
+                        &greedy(*tokens),
+                        &self.device,
+                    ))?;
+                }
+            }
+            Work::AnswerCompressed { queries, tokens } => {
+                for encoded in queries {
+                    read_sync(self.oscar.answer_after(
+                        &self.prefix,
+                        encoded,
+                        &[],
+                        &greedy(*tokens),
+                    ))?;
+                }
+            }
+            Work::TrainStep(batch) => {
+                let model = self
+                    .training
+                    .take()
+                    .expect("the training model is back after each step");
+                let refs: Vec<&TrainExample> = batch.iter().collect();
+                let (model, stats) = read_sync(self.trainer.step(model, &refs));
+                self.training = Some(model);
+                stats?;
+            }
+            Work::Encode(batch) => {
+                let bert = self
+                    .minilm
+                    .as_ref()
+                    .ok_or_else(|| anyhow!("MiniLM is not loaded"))?;
+                let flat: Vec<u32> = batch.concat();
+                let ids = self.ids(&flat, batch.len());
+                let mask = ids.ones_like();
+                let _ = Bert::pool(bert.forward(ids, mask.clone()), mask).into_data();
+            }
+        }
+        Ok(start.elapsed().as_secs_f64())
+    }
+}
+
+pub fn load_minilm(dir: &Path, device: &Device) -> Result<(Bert, Tokenizer)> {
+    models::load_encoder(&models::default_encoder(dir), device)
+}
