@@ -181,3 +181,55 @@ fn models_list_says_what_is_missing() {
         "{text}"
     );
 }
+
+#[test]
+fn bench_measures_every_work_item_and_goes_on_without_pytorch() {
+    models_dir();
+    let data = shared_dir().join("data");
+    let out = scaledown(&[
+        "bench",
+        "--runs",
+        "1",
+        "--prefill",
+        "16",
+        "--decode-tokens",
+        "2",
+        "--answer-tokens",
+        "2",
+        "--queries",
+        "1",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--python",
+        "/nonexistent/python",
+        "--json",
+    ]);
+    assert!(
+        stderr(&out).contains("measuring this project only"),
+        "{}",
+        stderr(&out)
+    );
+    let report = json(&out);
+    let rows = report["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["work"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "prefill 16 tokens",
+            "decode 2 tokens",
+            "training step, batch 4 (SQuAD)",
+            "MiniLM, batch 1 x 128 tokens",
+            "MiniLM, batch 8 x 128 tokens",
+            "answer SQuAD, 1 document, uncompressed",
+            "answer SQuAD, 1 document, compressed x16",
+            "answer HotpotQA, 10 documents, uncompressed",
+            "answer HotpotQA, 10 documents, compressed x16",
+        ]
+    );
+    for r in rows {
+        let median = r["ours"]["median"].as_f64().unwrap();
+        assert!(median.is_finite() && median > 0.0, "{r}");
+        assert!(r["pytorch"].is_null());
+    }
+    assert!(report["peak_rss_mb"]["ours"].as_f64().unwrap() > 100.0);
+}
