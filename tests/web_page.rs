@@ -190,6 +190,9 @@ impl Driver {
         post(&self.url("url"), json!({"url": url}));
     }
 
+    /// Runs `script` synchronously: a button's work is started with `setTimeout` so that the
+    /// call returns before WebDriver's 30 s script timeout however long the work's first
+    /// synchronous part takes on a busy machine.
     fn js(&self, script: &str) -> Value {
         post(
             &self.url("execute/sync"),
@@ -302,7 +305,7 @@ fn the_page_trains_the_tiny_model_on_webgpu_and_draws_its_charts() {
 
     driver.js("document.getElementById('steps').value = '12';
          document.getElementById('eval-count').value = '2';
-         document.getElementById('train').click();");
+         setTimeout(() => document.getElementById('train').click());");
     driver.wait_for(&["trained"], Duration::from_secs(900));
 
     let first: f64 = driver.text("loss-first").parse().unwrap();
@@ -330,7 +333,7 @@ fn the_page_trains_the_tiny_model_on_webgpu_and_draws_its_charts() {
     }
 
     // The speed test: fixed-length answers; `scripts/bench_web.sh` reads this line.
-    driver.js("document.getElementById('measure-speed').click();");
+    driver.js("setTimeout(() => document.getElementById('measure-speed').click());");
     driver.wait_for(&["timed"], Duration::from_secs(600));
     let attr = |k: &str| driver.js(&format!("return document.body.dataset['{k}']"));
     let ms = |k: &str| -> f64 { attr(k).as_str().unwrap().parse().unwrap() };
@@ -387,7 +390,7 @@ fn without_webgpu_the_page_runs_on_the_cpu_backend_and_says_so() {
     // A file that is no model gives an error on the page, not a dead page.
     driver.js(
         "document.getElementById('gguf-url').value = 'data/README.md';
-         document.getElementById('load-model').click();",
+         setTimeout(() => document.getElementById('load-model').click());",
     );
     let started = Instant::now();
     while driver.js("return document.body.dataset.phase") != json!("error") {
@@ -486,7 +489,7 @@ fn the_page_answers_with_smollm2_and_a_checkpoint_fetched_by_url() {
     driver.js(&format!(
         "document.getElementById('gguf-url').value = '{gguf_url}';
          document.getElementById('checkpoint-url').value = '/checkpoints/final';
-         document.getElementById('load-model').click();"
+         setTimeout(() => document.getElementById('load-model').click());"
     ));
     driver.wait_for(&["model-loaded"], Duration::from_secs(300));
     let loading = started.elapsed();
@@ -500,7 +503,7 @@ fn the_page_answers_with_smollm2_and_a_checkpoint_fetched_by_url() {
     driver.js(&format!(
         "document.getElementById('own-document').value = {};
          document.getElementById('own-question').value = {};
-         document.getElementById('compress').click();",
+         setTimeout(() => document.getElementById('compress').click());",
         json!(document),
         json!(question)
     ));

@@ -187,6 +187,84 @@ pub async fn continue_from(
     Ok(out)
 }
 
+/// Continues several prompts at once, given as input embeddings `[1, n_i, hidden]` of
+/// different lengths (token embeddings, or compressed prompts): left-padded into one batch
+/// with the padding masked. RoPE depends only on the distance between positions, so a padded
+/// row answers as it would alone. Each row stops at its own stop token; returns each row's ids.
+pub async fn generate_batch(
+    model: &Llama,
+    prompts: Vec<Tensor<3>>,
+    stop_ids: &[u32],
+    config: &GenerationConfig,
+) -> Result<Vec<Vec<u32>>, ExecutionError> {
+    let batch = prompts.len();
+    if batch == 0 {
+        return Ok(Vec::new());
+    }
+    let device = prompts[0].device();
+    let lens: Vec<usize> = prompts.iter().map(|p| p.dims()[1]).collect();
+    let n = lens.iter().copied().max().unwrap_or(0);
+    let hidden = model.hidden_size();
+    let rows = prompts
+        .into_iter()
+        .map(|p| match n - p.dims()[1] {
+            0 => p,
+            pad => Tensor::cat(vec![Tensor::zeros([1, pad, hidden], &device), p], 1),
+        })
+        .collect();
+    let is_pad = |b: usize, k: usize| k < n - lens[b];
+    // Real queries never see padding keys; padding queries may (they are never read, and a
+    // row with every key masked could give NaN on some backends).
+    let prefill_mask: Vec<bool> = (0..batch)
+        .flat_map(|b| (0..n).flat_map(move |q| (0..n).map(move |k| is_pad(b, k) && !is_pad(b, q))))
+        .collect();
+    let mask = |values: Vec<bool>, q: usize, k: usize| {
+        Tensor::<4, Bool>::from_data(TensorData::new(values, [batch, 1, q, k]), &device)
+    };
+    let mut cache = KvCache::new(model.layers.len());
+    let h = model.forward_embeds(
+        Tensor::cat(rows, 0),
+        &mut cache,
+        Some(mask(prefill_mask, n, n)),
+        |_, _| {},
+    );
+    let mut logits = model
+        .logits(h.slice_dim(1, n - 1..n))
+        .reshape([batch, model.vocab_size()]);
+    let mut samplers: Vec<Sampler> = (0..batch).map(|_| Sampler::new(config)).collect();
+    let mut out = vec![Vec::new(); batch];
+    let mut done = vec![false; batch];
+    for step in 0..config.max_new_tokens {
+        let values = read_floats(logits).await?;
+        let vocab = values.len() / batch;
+        let mut next = Vec::with_capacity(batch);
+        for b in 0..batch {
+            if !done[b] {
+                let id = samplers[b].next(&values[b * vocab..(b + 1) * vocab]);
+                out[b].push(id);
+                done[b] = stop_ids.contains(&id);
+            }
+            next.push(*out[b].last().unwrap_or(&0) as i64);
+        }
+        if done.iter().all(|&d| d) || step + 1 == config.max_new_tokens {
+            break;
+        }
+        let kv = cache.len() + 1;
+        let decode_mask = (0..batch)
+            .flat_map(|b| (0..kv).map(move |k| is_pad(b, k)))
+            .collect();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(next, [batch, 1]), &device);
+        let h = model.forward_embeds(
+            model.embed(ids),
+            &mut cache,
+            Some(mask(decode_mask, 1, kv)),
+            |_, _| {},
+        );
+        logits = model.logits(h).reshape([batch, model.vocab_size()]);
+    }
+    Ok(out)
+}
+
 /// A float tensor's values, read from the device without blocking (WebGPU needs that).
 pub async fn read_floats<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, ExecutionError> {
     let data = t.into_data_async().await?;

@@ -7,7 +7,7 @@
 
 use crate::bert::Bert;
 use crate::compressor::{Compressor, CompressorConfig, CompressorType};
-use crate::generation::{GenerationConfig, PrefixCache, continue_from};
+use crate::generation::{GenerationConfig, PrefixCache, continue_from, generate_batch};
 use crate::llama::{KvCache, Llama};
 use crate::tokenizer::{SMOLLM2_SYSTEM_PROMPT, Tokenizer};
 use crate::weights::WeightError;
@@ -273,6 +273,17 @@ impl Oscar {
     ) -> Result<Vec<u32>, ExecutionError> {
         let empty = PrefixCache::new(&self.generator, &[], &self.device());
         self.answer_after(&empty, encoded, stop_ids, config).await
+    }
+
+    /// Answers several questions at once ([`generate_batch`]): ids per question.
+    pub async fn answer_batch(
+        &self,
+        encoded: &[Encoded],
+        stop_ids: &[u32],
+        config: &GenerationConfig,
+    ) -> Result<Vec<Vec<u32>>, ExecutionError> {
+        let prompts = encoded.iter().map(|e| self.prompt_embeds(e, &[])).collect();
+        generate_batch(&self.generator, prompts, stop_ids, config).await
     }
 
     /// [`Oscar::answer`] with the KV cache of the chat prefix computed once for many questions

@@ -273,3 +273,49 @@ fn answers_after_a_cached_prefix_equal_answers_from_scratch() {
         assert_eq!(a, b);
     }
 }
+
+#[test]
+fn a_padded_batch_answers_as_each_question_alone() {
+    use crate::generation::{generate, generate_batch};
+    let model = tiny_oscar(CompressorType::NLayers, 9).for_inference();
+    let device = Device::flex();
+    let config = GenerationConfig {
+        max_new_tokens: 5,
+        ..Default::default()
+    };
+    // Compressed prompts of different lengths (1, 2 and 3 chunks); a stop token ends one row.
+    let questions: Vec<Encoded> = [1usize, 2, 3]
+        .iter()
+        .map(|&chunks| Encoded {
+            chunks: (0..chunks).map(|c| vec![1, 2, 3 + c as u32, 9]).collect(),
+            ..example().encoded
+        })
+        .collect();
+    let alone: Vec<Vec<u32>> = questions
+        .iter()
+        .map(|e| read_sync(model.answer(e, &[], &config)).unwrap())
+        .collect();
+    let stop = [alone[1][1]];
+    let batched = read_sync(model.answer_batch(&questions, &stop, &config)).unwrap();
+    for (b, a) in batched.iter().zip(&alone) {
+        let until_stop = a
+            .iter()
+            .position(|t| stop.contains(t))
+            .map_or(a.len(), |i| i + 1);
+        assert_eq!(b, &a[..until_stop]);
+    }
+    // Token prompts of different lengths.
+    let g = &model.generator;
+    let prompts: [&[u32]; 3] = [&[5, 6, 7], &[8], &[9, 10, 11, 12, 13, 14]];
+    let embeds = prompts
+        .iter()
+        .map(|p| g.embed(crate::oscar::ids_tensor(p, &device)))
+        .collect();
+    let batched = read_sync(generate_batch(g, embeds, &[], &config)).unwrap();
+    for (b, p) in batched.iter().zip(prompts) {
+        assert_eq!(
+            b,
+            &read_sync(generate(g, p, &[], &config, &device)).unwrap()
+        );
+    }
+}
