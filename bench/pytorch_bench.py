@@ -10,7 +10,8 @@ Protocol: one JSON request per line on stdin, one JSON answer per line on stdout
     {"op": "peak"}                                                 -> {"peak_rss_mb": MB}
 scaledown sends token ids, so both sides run the same shapes. Work kinds: prefill {ids};
 decode {prompt, tokens} (times the decode steps only); answer {queries: [{ids}], tokens};
-answer_compressed {queries: [{prefix, chunks, suffix}], tokens}; train_step {examples:
+answer_compressed {queries: [{prefix, chunks, suffix}], tokens}; answer_batch and
+answer_compressed_batch (the same, all questions in one left-padded batch); train_step {examples:
 [{prefix, chunks, suffix, answer}]}; encode {batch: [[ids]]} (MiniLM, mean pooling).
 """
 import contextlib
@@ -104,6 +105,19 @@ def greedy(model, tokens, **first):
         past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
 
 
+def greedy_batch(model, tokens, prompts):
+    """`greedy` for several prompt embeddings `[1, n_i, d]`: left-padded, padding masked."""
+    n = max(p.shape[1] for p in prompts)
+    x = torch.cat([torch.cat([torch.zeros(1, n - p.shape[1], p.shape[2]), p], 1) for p in prompts])
+    mask = torch.tensor([[0] * (n - p.shape[1]) + [1] * p.shape[1] for p in prompts])
+    out = model(inputs_embeds=x, attention_mask=mask, use_cache=True, logits_to_keep=1)
+    past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    for _ in range(tokens - 1):
+        mask = torch.cat([mask, torch.ones(len(prompts), 1, dtype=mask.dtype)], 1)
+        out = model(input_ids=nxt, attention_mask=mask, past_key_values=past, use_cache=True)
+        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+
+
 class Worker:
     def load(self, r):
         torch.set_num_threads(r["threads"])
@@ -147,6 +161,13 @@ class Worker:
             elif kind == "answer_compressed":
                 for q in w["queries"]:
                     greedy(self.generator, w["tokens"], inputs_embeds=self.oscar.prompt(q))
+            elif kind == "answer_batch":
+                embed = self.generator.model.embed_tokens
+                prompts = [embed(torch.tensor([q["ids"]])) for q in w["queries"]]
+                greedy_batch(self.generator, w["tokens"], prompts)
+            elif kind == "answer_compressed_batch":
+                prompts = [self.oscar.prompt(q) for q in w["queries"]]
+                greedy_batch(self.generator, w["tokens"], prompts)
             elif kind == "encode":
                 ids = torch.tensor(w["batch"])
                 mask = torch.ones_like(ids)

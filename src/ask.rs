@@ -22,6 +22,10 @@ pub struct EvalArgs {
     pub eval_data: PathBuf,
     #[arg(long, alias = "max_eval_examples", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_eval_examples: u32,
+    /// Questions answered together in evaluation (left-padded, padding masked): more
+    /// questions per second; each question's time is then its batch's time / the batch size.
+    #[arg(long, alias = "eval_batch_size", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub eval_batch_size: u32,
     /// Also evaluate the uncompressed generator on the full text.
     #[arg(long)]
     pub baseline: bool,
@@ -60,6 +64,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         &setup.compressor,
         &examples,
         setup.max_new_tokens,
+        a.eval_batch_size as usize,
         "eval",
     )?;
     println!("compressed:   {}", describe(&run));
@@ -70,6 +75,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             &loaded.tokenizers,
             &examples,
             setup.max_new_tokens,
+            a.eval_batch_size as usize,
             "baseline",
         )?;
         println!("uncompressed: {}", describe(&base));

@@ -6,9 +6,11 @@ use anyhow::Result;
 use scaledown_data::{Example, Scores};
 use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::compressor::CompressorConfig;
-use scaledown_model::generation::{GenerationConfig, PrefixCache, generate_after};
+use scaledown_model::generation::{GenerationConfig, PrefixCache, generate_after, generate_batch};
 use scaledown_model::llama::Llama;
-use scaledown_model::oscar::{Oscar, OscarTokenizers, document_text, full_text_user_turn};
+use scaledown_model::oscar::{
+    Oscar, OscarTokenizers, document_text, full_text_user_turn, ids_tensor,
+};
 use scaledown_model::tokenizer::chat_prompt;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -93,10 +95,30 @@ pub fn compressed(
     config: &CompressorConfig,
     examples: &[Example],
     max_new_tokens: usize,
+    batch: usize,
     label: &str,
 ) -> Result<EvalRun> {
     let answer = answer_config(max_new_tokens);
     let stop = &tokenizers.generator.stop_ids;
+    if batch > 1 {
+        return batched(examples, batch, label, |group| {
+            let encoded = group
+                .iter()
+                .map(|ex| tokenizers.encode(config, &ex.question, &documents_of(ex)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let ids = read_sync(model.answer_batch(&encoded, stop, &answer))?;
+            Ok(encoded
+                .iter()
+                .zip(ids)
+                .map(|(e, ids)| {
+                    let prompt_tokens = e.prefix.len()
+                        + e.chunks.len() * model.compressor.num_memory_tokens()
+                        + e.suffix.len();
+                    (tokenizers.generator.decode(&ids, true), prompt_tokens)
+                })
+                .collect())
+        });
+    }
     let prefix = shared_prefix(&model.generator, tokenizers)?;
     let bar = progress::bar(examples.len() as u64, label);
     let mut out = Vec::with_capacity(examples.len());
@@ -156,9 +178,33 @@ pub fn uncompressed(
     tokenizers: &OscarTokenizers,
     examples: &[Example],
     max_new_tokens: usize,
+    batch: usize,
     label: &str,
 ) -> Result<EvalRun> {
     let config = answer_config(max_new_tokens);
+    if batch > 1 {
+        let tok = &tokenizers.generator;
+        let device = generator.embed_tokens.weight.device();
+        return batched(examples, batch, label, |group| {
+            let prompts = group
+                .iter()
+                .map(|ex| {
+                    let user = full_text_user_turn(&ex.question, &documents_of(ex));
+                    tok.encode(&chat_prompt(&user))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let embeds = prompts
+                .iter()
+                .map(|p| generator.embed(ids_tensor(p, &device)))
+                .collect();
+            let ids = read_sync(generate_batch(generator, embeds, &tok.stop_ids, &config))?;
+            Ok(ids
+                .iter()
+                .zip(&prompts)
+                .map(|(ids, p)| (tok.decode(ids, true), p.len()))
+                .collect())
+        });
+    }
     let prefix = shared_prefix(generator, tokenizers)?;
     let bar = progress::bar(examples.len() as u64, label);
     let mut out = Vec::with_capacity(examples.len());
@@ -169,6 +215,34 @@ pub fn uncompressed(
         let ms = start.elapsed().as_secs_f64() * 1000.0;
         out.push(prediction_of(ex, prediction, ms, prompt_tokens));
         bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(EvalRun::from(out))
+}
+
+/// Answers `examples` `batch` at a time with `answer(group) -> (text, prompt tokens)`; each
+/// question's time is its batch's time divided by the batch size (throughput, not latency).
+fn batched(
+    examples: &[Example],
+    batch: usize,
+    label: &str,
+    mut answer: impl FnMut(&[Example]) -> Result<Vec<(String, usize)>>,
+) -> Result<EvalRun> {
+    let bar = progress::bar(examples.len() as u64, label);
+    let mut out = Vec::with_capacity(examples.len());
+    for group in examples.chunks(batch) {
+        let start = Instant::now();
+        let answers = answer(group)?;
+        let ms = start.elapsed().as_secs_f64() * 1000.0 / group.len() as f64;
+        for (ex, (text, prompt_tokens)) in group.iter().zip(answers) {
+            out.push(prediction_of(
+                ex,
+                text.trim().to_string(),
+                ms,
+                prompt_tokens,
+            ));
+        }
+        bar.inc(group.len() as u64);
     }
     bar.finish_and_clear();
     Ok(EvalRun::from(out))

@@ -100,6 +100,10 @@ pub struct TrainArgs {
     /// Longest generated answer, in tokens.
     #[arg(long, alias = "max_new_tokens", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=512))]
     pub max_new_tokens: u32,
+    /// Questions answered together in evaluation (left-padded, padding masked): more
+    /// questions per second; each question's time is then its batch's time / the batch size.
+    #[arg(long, alias = "eval_batch_size", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub eval_batch_size: u32,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Continue from the last checkpoint in --output-dir.
@@ -286,6 +290,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
             &tokenizers,
             &eval,
             max_new,
+            a.eval_batch_size as usize,
             "baseline (uncompressed)",
         )
     })?;
@@ -297,6 +302,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
             &setup.compressor,
             &eval,
             max_new,
+            a.eval_batch_size as usize,
             "eval before training",
         )
     })?;
@@ -371,6 +377,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
                     &setup.compressor,
                     &eval,
                     max_new,
+                    a.eval_batch_size as usize,
                     "eval",
                 )
             })?;
@@ -397,6 +404,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         &setup.compressor,
         &eval,
         max_new,
+        a.eval_batch_size as usize,
         "eval after training",
     )?;
     println!("after training:        {}", describe(&after));

@@ -224,6 +224,8 @@ fn bench_measures_every_work_item_and_goes_on_without_pytorch() {
             "answer SQuAD, 1 document, compressed x16",
             "answer HotpotQA, 10 documents, uncompressed",
             "answer HotpotQA, 10 documents, compressed x16",
+            "answer SQuAD, batch of 8, uncompressed",
+            "answer SQuAD, batch of 8, compressed x16",
         ]
     );
     for r in rows {

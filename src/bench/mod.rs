@@ -129,7 +129,7 @@ fn items(
     let Some(dir) = &o.data_dir else {
         return Ok(items);
     };
-    let squad = work::questions(dir, Dataset::Squad, "squad_dev.jsonl", o.queries.max(4))?;
+    let squad = work::questions(dir, Dataset::Squad, "squad_dev.jsonl", o.queries.max(8))?;
     let hotpot = work::questions(dir, Dataset::HotpotQa, "hotpotqa_dev.jsonl", o.queries)?;
     items.push(Item {
         name: "training step, batch 4 (SQuAD)".into(),
@@ -161,6 +161,18 @@ fn items(
             unit: Unit::MsPerQuery(examples.len()),
         });
     }
+    // Throughput: 8 questions answered together.
+    let (full, compressed) = work::answer_batch_work(tokenizers, &squad[..8], o.answer_tokens)?;
+    items.push(Item {
+        name: "answer SQuAD, batch of 8, uncompressed".into(),
+        work: full,
+        unit: Unit::MsPerQuery(8),
+    });
+    items.push(Item {
+        name: "answer SQuAD, batch of 8, compressed x16".into(),
+        work: compressed,
+        unit: Unit::MsPerQuery(8),
+    });
     Ok(items)
 }
 

@@ -8,7 +8,7 @@ use scaledown_model::bert::Bert;
 use scaledown_model::burn::prelude::*;
 use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::compressor::{CompressorConfig, CompressorType};
-use scaledown_model::generation::{GenerationConfig, PrefixCache, generate_after};
+use scaledown_model::generation::{GenerationConfig, PrefixCache, generate_after, generate_batch};
 use scaledown_model::llama::{KvCache, Llama};
 use scaledown_model::oscar::{Encoded, LoraSettings, Oscar, OscarTokenizers};
 use scaledown_model::tokenizer::{Tokenizer, chat_prompt};
@@ -50,6 +50,16 @@ pub enum Work {
         queries: Vec<Encoded>,
         tokens: usize,
     },
+    /// [`Work::Answer`] with all questions in one left-padded batch.
+    AnswerBatch {
+        prompts: Vec<Vec<u32>>,
+        tokens: usize,
+    },
+    /// [`Work::AnswerCompressed`] with all questions in one left-padded batch.
+    AnswerCompressedBatch {
+        queries: Vec<Encoded>,
+        tokens: usize,
+    },
     /// One optimisation step over the batch (compressor, memory tokens, projector, LoRA).
     TrainStep(Vec<TrainExample>),
     /// MiniLM sentence embeddings of a batch of equal-length inputs.
@@ -75,6 +85,16 @@ impl Work {
             }),
             Work::AnswerCompressed { queries, tokens } => json!({
                 "kind": "answer_compressed",
+                "queries": queries.iter().map(encoded_json).collect::<Vec<_>>(),
+                "tokens": tokens,
+            }),
+            Work::AnswerBatch { prompts, tokens } => json!({
+                "kind": "answer_batch",
+                "queries": prompts.iter().map(|ids| json!({"ids": ids})).collect::<Vec<_>>(),
+                "tokens": tokens,
+            }),
+            Work::AnswerCompressedBatch { queries, tokens } => json!({
+                "kind": "answer_compressed_batch",
                 "queries": queries.iter().map(encoded_json).collect::<Vec<_>>(),
                 "tokens": tokens,
             }),
@@ -131,6 +151,21 @@ pub fn answer_work(
         Work::Answer { prompts, tokens },
         Work::AnswerCompressed { queries, tokens },
     ))
+}
+
+/// [`answer_work`] with all questions in one batch.
+pub fn answer_batch_work(
+    tokenizers: &OscarTokenizers,
+    examples: &[Example],
+    tokens: usize,
+) -> Result<(Work, Work)> {
+    match answer_work(tokenizers, examples, tokens)? {
+        (Work::Answer { prompts, tokens }, Work::AnswerCompressed { queries, .. }) => Ok((
+            Work::AnswerBatch { prompts, tokens },
+            Work::AnswerCompressedBatch { queries, tokens },
+        )),
+        _ => unreachable!("answer_work gives full-text and compressed work"),
+    }
 }
 
 /// A training batch of real questions with their gold answers.
@@ -272,6 +307,21 @@ impl Ours {
                         &greedy(*tokens),
                     ))?;
                 }
+            }
+            Work::AnswerBatch { prompts, tokens } => {
+                let embeds = prompts
+                    .iter()
+                    .map(|p| self.generator.embed(self.ids(p, 1)))
+                    .collect();
+                read_sync(generate_batch(
+                    &self.generator,
+                    embeds,
+                    &[],
+                    &greedy(*tokens),
+                ))?;
+            }
+            Work::AnswerCompressedBatch { queries, tokens } => {
+                read_sync(self.oscar.answer_batch(queries, &[], &greedy(*tokens)))?;
             }
             Work::TrainStep(batch) => {
                 let model = self
