@@ -242,6 +242,38 @@ fn training_lowers_the_loss_and_writes_every_output() {
     {
         assert_eq!(a["prediction"], b["prediction"]);
     }
+    // Questions answered in left-padded batches give the same answers, compressed or not.
+    let batched_out = s.p("eval_batched.json");
+    ok(&scaledown(&[
+        "eval",
+        "--checkpoint",
+        &final_dir,
+        "--eval-data",
+        &s.p("train_eval.json"),
+        "--baseline",
+        "--eval-batch-size",
+        "3",
+        "--output",
+        &batched_out,
+    ]));
+    let batched = read_json(Path::new(&batched_out));
+    let predictions = |v: &serde_json::Value| -> Vec<serde_json::Value> {
+        v["predictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["prediction"].clone())
+            .collect()
+    };
+    assert_eq!(
+        predictions(&batched["compressed"]),
+        predictions(&again["compressed"])
+    );
+    let baseline = read_json(&out.join("baseline_results.json"));
+    assert_eq!(
+        predictions(&batched["uncompressed"]),
+        predictions(&baseline)
+    );
     let answer = ok(&scaledown(&[
         "ask",
         "--checkpoint",
