@@ -11,7 +11,6 @@ use crate::generation::{GenerationConfig, PrefixCache, continue_from, generate_b
 use crate::llama::{KvCache, Llama};
 use crate::tokenizer::{SMOLLM2_SYSTEM_PROMPT, Tokenizer};
 use crate::weights::WeightError;
-use burn::module::{Lora, ParamGroup};
 use burn::prelude::*;
 use burn::tensor::ExecutionError;
 use burn::tensor::activation::log_softmax;
@@ -68,11 +67,9 @@ impl Oscar {
                 ));
             }
         };
+        // The published weights stay frozen; only the adapters (when any) train.
         let generator = match lora {
-            Some(l) => generator.apply_lora(
-                Lora::new(l.rank, l.alpha)
-                    .set_param_group(ParamGroup::from_any_predicates(vec!["_proj"])),
-            ),
+            Some(l) => generator.no_grad().with_lora(l.rank, l.alpha),
             None => generator.no_grad(),
         };
         Ok(Self {
@@ -86,7 +83,7 @@ impl Oscar {
         let valid = self.valid();
         Self {
             compressor: valid.compressor,
-            generator: valid.generator.materialize(),
+            generator: valid.generator.merge_lora(),
         }
     }
 }

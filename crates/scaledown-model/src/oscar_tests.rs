@@ -8,7 +8,7 @@ use crate::generation::GenerationConfig;
 use crate::llama::LlamaConfig;
 use crate::oscar::{Encoded, Oscar};
 use crate::training::{TrainError, TrainExample, TrainSettings, Trainer};
-use burn::module::{Lora, Module, ParamGroup};
+use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::read_sync;
 
@@ -40,10 +40,9 @@ fn oscar_over(generator: crate::llama::Llama, compressor_type: CompressorType) -
             Compressor::from_encoder(&cfg, bert, generator.hidden_size(), &device)
         }
     };
-    let lora = Lora::new(4, 8.0).set_param_group(ParamGroup::from_any_predicates(vec!["_proj"]));
     Oscar {
         compressor,
-        generator: generator.apply_lora(lora),
+        generator: generator.no_grad().with_lora(4, 8.0),
     }
 }
 
@@ -111,16 +110,28 @@ fn lora_trains_adapters_only_and_the_schedule_warms_up_then_decays() {
     let mut trainer = Trainer::new(settings(4));
     let (model, stats) = read_sync(trainer.step(model, &[&example()]));
     stats.unwrap();
-    // The adapter's B factor starts at zero; one step moves the effective weight.
-    assert_ne!(q(&model), q_before, "LoRA adapter trains");
+    assert_eq!(q(&model), q_before, "the base weight is frozen");
     assert_eq!(embed(&model), embed_before, "embeddings are frozen");
-    let adapter = model.generator.layers[0]
+    // The adapter's B factor starts at zero; one step moves it, and so the merged weight.
+    let merged = model.for_inference().generator.layers[0]
         .self_attn
         .q_proj
         .weight
-        .adapter()
+        .val();
+    let merged: Vec<f32> = merged.to_data().try_into_vec().unwrap();
+    assert_ne!(merged, q_before, "the merged weight moved");
+    let adapter = model.generator.layers[0]
+        .self_attn
+        .q_proj
+        .lora
+        .as_ref()
         .unwrap();
     assert_eq!(adapter.a.dims(), [64, 4]);
+    let b: Vec<f32> = adapter.b.val().inner().to_data().try_into_vec().unwrap();
+    assert!(
+        b.iter().any(|&v| v != 0.0),
+        "the B factor (zero at the start) trained"
+    );
     assert!((trainer.lr_factor(0) - 0.5).abs() < 1e-12);
     assert!((trainer.lr_factor(1) - 1.0).abs() < 1e-12);
     assert!((trainer.lr_factor(3) - 0.5).abs() < 1e-12);

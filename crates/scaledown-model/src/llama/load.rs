@@ -1,6 +1,7 @@
 //! Fills a `Llama` from GGUF (llama.cpp names) or safetensors (Hugging Face names).
 
 use super::config::LlamaConfig;
+use super::lora::Projection;
 use super::model::{Attention, Block, Llama, Mlp};
 use super::rope::Rope;
 use crate::weights::gguf::GgufFile;
@@ -109,11 +110,10 @@ fn build(
         if let Some(n_heads) = heads {
             t = unpermute_rope_rows(&t, n_heads);
         }
-        let w = to_tensor(name, t.transposed(), [inp, out], device)?;
-        Ok::<_, WeightError>(Linear {
-            weight: Param::from_tensor(w),
-            bias: None,
-        })
+        to_tensor(name, t.transposed(), [inp, out], device)
+    };
+    let projection = |name: &str, out: usize, inp: usize, heads: Option<usize>| {
+        linear(name, out, inp, heads).map(Projection::new)
     };
     let qk_heads = |n| names.permuted_qk.then_some(n);
 
@@ -123,29 +123,29 @@ fn build(
         layers.push(Block {
             input_layernorm: norm(&n("input_norm"))?,
             self_attn: Attention {
-                q_proj: linear(
+                q_proj: projection(
                     &n("q"),
                     c.num_attention_heads * hd,
                     h,
                     qk_heads(c.num_attention_heads),
                 )?,
-                k_proj: linear(
+                k_proj: projection(
                     &n("k"),
                     c.num_key_value_heads * hd,
                     h,
                     qk_heads(c.num_key_value_heads),
                 )?,
-                v_proj: linear(&n("v"), c.num_key_value_heads * hd, h, None)?,
-                o_proj: linear(&n("o"), h, c.num_attention_heads * hd, None)?,
+                v_proj: projection(&n("v"), c.num_key_value_heads * hd, h, None)?,
+                o_proj: projection(&n("o"), h, c.num_attention_heads * hd, None)?,
                 num_heads: c.num_attention_heads,
                 num_kv_heads: c.num_key_value_heads,
                 head_dim: hd,
             },
             post_attention_layernorm: norm(&n("post_norm"))?,
             mlp: Mlp {
-                gate_proj: linear(&n("gate"), c.intermediate_size, h, None)?,
-                up_proj: linear(&n("up"), c.intermediate_size, h, None)?,
-                down_proj: linear(&n("down"), h, c.intermediate_size, None)?,
+                gate_proj: projection(&n("gate"), c.intermediate_size, h, None)?,
+                up_proj: projection(&n("up"), c.intermediate_size, h, None)?,
+                down_proj: projection(&n("down"), h, c.intermediate_size, None)?,
             },
         });
     }
@@ -153,7 +153,10 @@ fn build(
     let lm_head = if c.tie_word_embeddings {
         None
     } else {
-        Some(linear(names.head, c.vocab_size, h, None)?)
+        Some(Linear {
+            weight: Param::from_tensor(linear(names.head, c.vocab_size, h, None)?),
+            bias: None,
+        })
     };
     Ok(Llama {
         embed_tokens: Embedding {

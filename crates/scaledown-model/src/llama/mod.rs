@@ -3,6 +3,7 @@
 pub mod cache;
 pub mod config;
 pub mod load;
+pub mod lora;
 pub mod model;
 pub mod rope;
 

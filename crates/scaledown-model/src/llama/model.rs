@@ -2,6 +2,7 @@
 
 use super::cache::KvCache;
 use super::config::LlamaConfig;
+use super::lora::Projection;
 use super::rope::Rope;
 use burn::nn::{
     Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig,
@@ -12,10 +13,10 @@ use burn::tensor::ops::AttentionModuleOptions;
 
 #[derive(Module, Debug)]
 pub struct Attention {
-    pub q_proj: Linear,
-    pub k_proj: Linear,
-    pub v_proj: Linear,
-    pub o_proj: Linear,
+    pub q_proj: Projection,
+    pub k_proj: Projection,
+    pub v_proj: Projection,
+    pub o_proj: Projection,
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
@@ -115,9 +116,9 @@ fn repeat_kv(x: Tensor<4>, rep: usize) -> Tensor<4> {
 
 #[derive(Module, Debug)]
 pub struct Mlp {
-    pub gate_proj: Linear,
-    pub up_proj: Linear,
-    pub down_proj: Linear,
+    pub gate_proj: Projection,
+    pub up_proj: Projection,
+    pub down_proj: Projection,
 }
 
 impl Mlp {
@@ -175,6 +176,7 @@ impl LlamaConfig {
     /// Random weights (for tests and tiny models); real weights come from `llama::load`.
     pub fn init(&self, device: &Device) -> Llama {
         let linear = |i, o| LinearConfig::new(i, o).with_bias(false).init(device);
+        let projection = |i, o| Projection::new(linear(i, o).weight.val());
         let norm = || {
             RmsNormConfig::new(self.hidden_size)
                 .with_epsilon(self.rms_norm_eps)
@@ -185,19 +187,19 @@ impl LlamaConfig {
             .map(|_| Block {
                 input_layernorm: norm(),
                 self_attn: Attention {
-                    q_proj: linear(self.hidden_size, self.num_attention_heads * hd),
-                    k_proj: linear(self.hidden_size, self.num_key_value_heads * hd),
-                    v_proj: linear(self.hidden_size, self.num_key_value_heads * hd),
-                    o_proj: linear(self.num_attention_heads * hd, self.hidden_size),
+                    q_proj: projection(self.hidden_size, self.num_attention_heads * hd),
+                    k_proj: projection(self.hidden_size, self.num_key_value_heads * hd),
+                    v_proj: projection(self.hidden_size, self.num_key_value_heads * hd),
+                    o_proj: projection(self.num_attention_heads * hd, self.hidden_size),
                     num_heads: self.num_attention_heads,
                     num_kv_heads: self.num_key_value_heads,
                     head_dim: hd,
                 },
                 post_attention_layernorm: norm(),
                 mlp: Mlp {
-                    gate_proj: linear(self.hidden_size, self.intermediate_size),
-                    up_proj: linear(self.hidden_size, self.intermediate_size),
-                    down_proj: linear(self.intermediate_size, self.hidden_size),
+                    gate_proj: projection(self.hidden_size, self.intermediate_size),
+                    up_proj: projection(self.hidden_size, self.intermediate_size),
+                    down_proj: projection(self.intermediate_size, self.hidden_size),
                 },
             })
             .collect();
@@ -219,7 +221,55 @@ impl LlamaConfig {
     }
 }
 
+impl Block {
+    fn map_projections(self, f: &impl Fn(Projection) -> Projection) -> Self {
+        let Block {
+            input_layernorm,
+            self_attn: a,
+            post_attention_layernorm,
+            mlp: m,
+        } = self;
+        Block {
+            input_layernorm,
+            self_attn: Attention {
+                q_proj: f(a.q_proj),
+                k_proj: f(a.k_proj),
+                v_proj: f(a.v_proj),
+                o_proj: f(a.o_proj),
+                ..a
+            },
+            post_attention_layernorm,
+            mlp: Mlp {
+                gate_proj: f(m.gate_proj),
+                up_proj: f(m.up_proj),
+                down_proj: f(m.down_proj),
+            },
+        }
+    }
+}
+
 impl Llama {
+    /// LoRA adapters of `rank` on every projection of every layer (OSCAR: rank 16, alpha 32).
+    pub fn with_lora(self, rank: usize, alpha: f64) -> Self {
+        self.map_layers(&|p: Projection| p.with_lora(rank, alpha))
+    }
+
+    /// The adapters merged into the weights: a plain model for answering.
+    pub fn merge_lora(self) -> Self {
+        self.map_layers(&Projection::merged)
+    }
+
+    fn map_layers(self, f: &impl Fn(Projection) -> Projection) -> Self {
+        Self {
+            layers: self
+                .layers
+                .into_iter()
+                .map(|b| b.map_projections(f))
+                .collect(),
+            ..self
+        }
+    }
+
     pub fn hidden_size(&self) -> usize {
         self.norm.gamma.dims()[0]
     }

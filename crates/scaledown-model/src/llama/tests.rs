@@ -59,7 +59,7 @@ fn gguf_round_trip_undoes_the_rope_permutation() {
     let model = cfg.init(&device);
     let values = |t: Tensor<2>| -> Vec<f32> { t.into_data().try_into_vec::<f32>().unwrap() };
     // Linear [in, out] -> stored [out, in], GGUF ne = [in, out].
-    let linear = |w: &burn::nn::Linear, permute_heads: Option<usize>| {
+    let linear = |w: &super::lora::Projection, permute_heads: Option<usize>| {
         let [inp, out] = w.weight.dims();
         let mut rows = values(w.weight.val().transpose());
         if let Some(n) = permute_heads {
