@@ -178,10 +178,50 @@ impl Compressor {
     /// `n_layers` backbone the embeddings come from the generator's (frozen) table; for the
     /// encoder, from the encoder's own word embeddings.
     ///
-    /// All chunks run as one batch, each row `[query; chunk; MEM_1..MEM_L; padding]`: padding
-    /// after the memory tokens leaves them where a lone chunk would have them (causal layers
-    /// never see it; the encoder masks it), so a batch gives a lone chunk's vectors.
+    /// Chunks of similar length run as one batch (see [`Compressor::padded_batch`]); grouping
+    /// by length keeps the padding small (one batch for all ten documents of a HotpotQA
+    /// question spent 40 % of its rows on padding).
     pub fn compress(&self, chunks: Vec<Tensor<3>>) -> Tensor<2> {
+        let lens: Vec<usize> = chunks.iter().map(|t| t.dims()[1]).collect();
+        let mut order: Vec<usize> = (0..chunks.len()).collect();
+        order.sort_by_key(|&i| lens[i]);
+        let mut chunks: Vec<Option<Tensor<3>>> = chunks.into_iter().map(Some).collect();
+        let mut states: Vec<Option<Tensor<2>>> = vec![None; chunks.len()];
+        let mut rest = order.as_slice();
+        while let Some(&first) = rest.first() {
+            // Up to 25 % longer than the group's shortest chunk shares its batch.
+            let cut = rest
+                .iter()
+                .position(|&i| 4 * lens[i] > 5 * lens[first])
+                .unwrap_or(rest.len());
+            let (group, tail) = rest.split_at(cut);
+            let inputs = group
+                .iter()
+                .map(|&i| chunks[i].take().expect("once"))
+                .collect();
+            for (&i, state) in group.iter().zip(self.padded_batch(inputs)) {
+                states[i] = Some(state);
+            }
+            rest = tail;
+        }
+        let memory_states = Tensor::cat(
+            states
+                .into_iter()
+                .map(|s| s.expect("every chunk"))
+                .collect(),
+            0,
+        );
+        match &self.projector {
+            Some(p) => p.forward(memory_states),
+            None => memory_states,
+        }
+    }
+
+    /// The hidden states at the memory tokens `[L, backbone width]` of each chunk, run as one
+    /// batch of rows `[query; chunk; MEM_1..MEM_L; padding]`: padding after the memory tokens
+    /// leaves them where a lone chunk would have them (causal layers never see it; the encoder
+    /// masks it), so a batch gives a lone chunk's states.
+    fn padded_batch(&self, chunks: Vec<Tensor<3>>) -> Vec<Tensor<2>> {
         let l = self.num_memory_tokens();
         let lens: Vec<usize> = chunks.iter().map(|t| t.dims()[1]).collect();
         let width = lens.iter().max().copied().unwrap_or(0) + l;
@@ -219,8 +259,7 @@ impl Compressor {
                 bert.forward_word_embeds(x, mask)
             }
         };
-        let memory_states = lens
-            .iter()
+        lens.iter()
             .enumerate()
             .map(|(i, &n)| {
                 hidden
@@ -228,12 +267,7 @@ impl Compressor {
                     .slice([i..i + 1, n..n + l, 0..d])
                     .reshape([l, d])
             })
-            .collect();
-        let memory_states = Tensor::cat(memory_states, 0);
-        match &self.projector {
-            Some(p) => p.forward(memory_states),
-            None => memory_states,
-        }
+            .collect()
     }
 
     /// Token ids `[1, n]` -> the backbone's input embeddings `[1, n, width]`.
