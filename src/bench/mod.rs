@@ -9,6 +9,7 @@ use crate::models;
 use anyhow::Result;
 use scaledown_data::Dataset;
 use scaledown_model::burn::prelude::*;
+use scaledown_model::compressor::CompressorConfig;
 use scaledown_model::oscar::OscarTokenizers;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -145,11 +146,13 @@ fn items(
             });
         }
     }
-    for (label, examples) in [
-        ("SQuAD, 1 document", &squad[..o.queries]),
-        ("HotpotQA, 10 documents", &hotpot[..]),
+    // One question at a time (latency), then 8 answered together (throughput).
+    for (label, examples, batched) in [
+        ("SQuAD, 1 document", &squad[..o.queries], false),
+        ("HotpotQA, 10 documents", &hotpot[..], false),
+        ("SQuAD, batch of 8", &squad[..8], true),
     ] {
-        let (full, compressed) = work::answer_work(tokenizers, examples, o.answer_tokens)?;
+        let (full, compressed) = work::answer_work(tokenizers, examples, o.answer_tokens, batched)?;
         items.push(Item {
             name: format!("answer {label}, uncompressed"),
             work: full,
@@ -161,18 +164,6 @@ fn items(
             unit: Unit::MsPerQuery(examples.len()),
         });
     }
-    // Throughput: 8 questions answered together.
-    let (full, compressed) = work::answer_batch_work(tokenizers, &squad[..8], o.answer_tokens)?;
-    items.push(Item {
-        name: "answer SQuAD, batch of 8, uncompressed".into(),
-        work: full,
-        unit: Unit::MsPerQuery(8),
-    });
-    items.push(Item {
-        name: "answer SQuAD, batch of 8, compressed x16".into(),
-        work: compressed,
-        unit: Unit::MsPerQuery(8),
-    });
     Ok(items)
 }
 
@@ -206,8 +197,8 @@ pub fn run(
     let mut torch = o.python.as_ref().and_then(|py| {
         let load = json!({
             "op": "load", "gguf": gguf, "minilm": models::default_encoder(models_dir),
-            "threads": o.threads, "num_layers": work::compressor_config().num_layers,
-            "memory_tokens": work::compressor_config().num_memory_tokens,
+            "threads": o.threads, "num_layers": CompressorConfig::oscar().num_layers,
+            "memory_tokens": CompressorConfig::oscar().num_memory_tokens,
             "lora_rank": work::LORA.rank, "lora_alpha": work::LORA.alpha,
         });
         pytorch::PyTorch::start(py, o.threads, load)

@@ -7,8 +7,10 @@ use scaledown_data::{Dataset, Example, parse_source};
 use scaledown_model::bert::Bert;
 use scaledown_model::burn::prelude::*;
 use scaledown_model::burn::tensor::read_sync;
-use scaledown_model::compressor::{CompressorConfig, CompressorType};
-use scaledown_model::generation::{GenerationConfig, PrefixCache, generate_after, generate_batch};
+use scaledown_model::compressor::CompressorConfig;
+use scaledown_model::generation::{
+    GenerationConfig, PrefixCache, argmax, generate_after, generate_batch,
+};
 use scaledown_model::llama::{KvCache, Llama};
 use scaledown_model::oscar::{Encoded, LoraSettings, Oscar, OscarTokenizers};
 use scaledown_model::tokenizer::{Tokenizer, chat_prompt};
@@ -16,17 +18,6 @@ use scaledown_model::training::{TrainExample, TrainSettings, Trainer};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Instant;
-
-/// OSCAR as the main job trains it: 5 copied layers, 8 memory tokens per 128-token chunk.
-pub fn compressor_config() -> CompressorConfig {
-    CompressorConfig {
-        compressor_type: CompressorType::NLayers,
-        num_layers: 5,
-        num_memory_tokens: 8,
-        compression_rate: 16,
-        projector: true,
-    }
-}
 
 pub const LORA: LoraSettings = LoraSettings {
     rank: 16,
@@ -40,25 +31,18 @@ pub enum Work {
         prompt: Vec<u32>,
         tokens: usize,
     },
-    /// Exactly `tokens` greedy tokens per question, from the full-text prompt.
+    /// Exactly `tokens` greedy tokens per question, from the full-text prompt; one question
+    /// at a time, or all in one left-padded batch.
     Answer {
         prompts: Vec<Vec<u32>>,
         tokens: usize,
+        batched: bool,
     },
-    /// Exactly `tokens` greedy tokens per question, from the compressed prompt.
+    /// The same from the compressed prompt.
     AnswerCompressed {
         queries: Vec<Encoded>,
         tokens: usize,
-    },
-    /// [`Work::Answer`] with all questions in one left-padded batch.
-    AnswerBatch {
-        prompts: Vec<Vec<u32>>,
-        tokens: usize,
-    },
-    /// [`Work::AnswerCompressed`] with all questions in one left-padded batch.
-    AnswerCompressedBatch {
-        queries: Vec<Encoded>,
-        tokens: usize,
+        batched: bool,
     },
     /// One optimisation step over the batch (compressor, memory tokens, projector, LoRA).
     TrainStep(Vec<TrainExample>),
@@ -78,23 +62,21 @@ impl Work {
             Work::Decode { prompt, tokens } => {
                 json!({"kind": "decode", "prompt": prompt, "tokens": tokens})
             }
-            Work::Answer { prompts, tokens } => json!({
-                "kind": "answer",
+            Work::Answer {
+                prompts,
+                tokens,
+                batched,
+            } => json!({
+                "kind": if *batched { "answer_batch" } else { "answer" },
                 "queries": prompts.iter().map(|ids| json!({"ids": ids})).collect::<Vec<_>>(),
                 "tokens": tokens,
             }),
-            Work::AnswerCompressed { queries, tokens } => json!({
-                "kind": "answer_compressed",
-                "queries": queries.iter().map(encoded_json).collect::<Vec<_>>(),
-                "tokens": tokens,
-            }),
-            Work::AnswerBatch { prompts, tokens } => json!({
-                "kind": "answer_batch",
-                "queries": prompts.iter().map(|ids| json!({"ids": ids})).collect::<Vec<_>>(),
-                "tokens": tokens,
-            }),
-            Work::AnswerCompressedBatch { queries, tokens } => json!({
-                "kind": "answer_compressed_batch",
+            Work::AnswerCompressed {
+                queries,
+                tokens,
+                batched,
+            } => json!({
+                "kind": if *batched { "answer_compressed_batch" } else { "answer_compressed" },
                 "queries": queries.iter().map(encoded_json).collect::<Vec<_>>(),
                 "tokens": tokens,
             }),
@@ -132,13 +114,14 @@ pub fn questions(dir: &Path, dataset: Dataset, file: &str, n: usize) -> Result<V
     Ok(parsed.examples.into_iter().take(n).collect())
 }
 
-/// Full-text prompts and compressed inputs of `examples`.
+/// Full-text prompts and compressed inputs of `examples`, answered one by one or `batched`.
 pub fn answer_work(
     tokenizers: &OscarTokenizers,
     examples: &[Example],
     tokens: usize,
+    batched: bool,
 ) -> Result<(Work, Work)> {
-    let config = compressor_config();
+    let config = CompressorConfig::oscar();
     let mut prompts = Vec::new();
     let mut queries = Vec::new();
     for ex in examples {
@@ -148,29 +131,22 @@ pub fn answer_work(
         queries.push(tokenizers.encode(&config, &ex.question, &documents)?);
     }
     Ok((
-        Work::Answer { prompts, tokens },
-        Work::AnswerCompressed { queries, tokens },
+        Work::Answer {
+            prompts,
+            tokens,
+            batched,
+        },
+        Work::AnswerCompressed {
+            queries,
+            tokens,
+            batched,
+        },
     ))
-}
-
-/// [`answer_work`] with all questions in one batch.
-pub fn answer_batch_work(
-    tokenizers: &OscarTokenizers,
-    examples: &[Example],
-    tokens: usize,
-) -> Result<(Work, Work)> {
-    match answer_work(tokenizers, examples, tokens)? {
-        (Work::Answer { prompts, tokens }, Work::AnswerCompressed { queries, .. }) => Ok((
-            Work::AnswerBatch { prompts, tokens },
-            Work::AnswerCompressedBatch { queries, tokens },
-        )),
-        _ => unreachable!("answer_work gives full-text and compressed work"),
-    }
 }
 
 /// A training batch of real questions with their gold answers.
 pub fn train_work(tokenizers: &OscarTokenizers, examples: &[Example]) -> Result<Work> {
-    let config = compressor_config();
+    let config = CompressorConfig::oscar();
     let batch = examples
         .iter()
         .map(|ex| {
@@ -228,7 +204,7 @@ impl Ours {
         minilm: Option<Bert>,
         device: &Device,
     ) -> Result<Self> {
-        let config = compressor_config();
+        let config = CompressorConfig::oscar();
         let oscar =
             Oscar::assemble(&config, generator.clone(), None, None, device)?.for_inference();
         let training =
@@ -282,11 +258,14 @@ impl Ours {
                         .generator
                         .forward_last(self.ids(&[next], 1), &mut cache);
                     let values = logits.into_data().convert::<f32>().try_into_vec::<f32>();
-                    next =
-                        scaledown_model::generation::argmax(&values.map_err(|e| anyhow!("{e:?}"))?);
+                    next = argmax(&values.map_err(|e| anyhow!("reading logits: {e:?}"))?);
                 }
             }
-            Work::Answer { prompts, tokens } => {
+            Work::Answer {
+                prompts,
+                tokens,
+                batched: false,
+            } => {
                 for ids in prompts {
                     read_sync(generate_after(
                         &self.generator,
@@ -298,17 +277,11 @@ impl Ours {
                     ))?;
                 }
             }
-            Work::AnswerCompressed { queries, tokens } => {
-                for encoded in queries {
-                    read_sync(self.oscar.answer_after(
-                        &self.prefix,
-                        encoded,
-                        &[],
-                        &greedy(*tokens),
-                    ))?;
-                }
-            }
-            Work::AnswerBatch { prompts, tokens } => {
+            Work::Answer {
+                prompts,
+                tokens,
+                batched: true,
+            } => {
                 let embeds = prompts
                     .iter()
                     .map(|p| self.generator.embed(self.ids(p, 1)))
@@ -320,7 +293,25 @@ impl Ours {
                     &greedy(*tokens),
                 ))?;
             }
-            Work::AnswerCompressedBatch { queries, tokens } => {
+            Work::AnswerCompressed {
+                queries,
+                tokens,
+                batched: false,
+            } => {
+                for encoded in queries {
+                    read_sync(self.oscar.answer_after(
+                        &self.prefix,
+                        encoded,
+                        &[],
+                        &greedy(*tokens),
+                    ))?;
+                }
+            }
+            Work::AnswerCompressed {
+                queries,
+                tokens,
+                batched: true,
+            } => {
                 read_sync(self.oscar.answer_batch(queries, &[], &greedy(*tokens)))?;
             }
             Work::TrainStep(batch) => {

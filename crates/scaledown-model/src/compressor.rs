@@ -62,6 +62,18 @@ pub struct CompressorConfig {
 }
 
 impl CompressorConfig {
+    /// OSCAR's recipe, the CLI's defaults: a copy of the generator's first 5 layers, 8 memory
+    /// tokens per 128-token chunk (rate 16), MLP projector.
+    pub fn oscar() -> Self {
+        Self {
+            compressor_type: CompressorType::NLayers,
+            num_layers: 5,
+            num_memory_tokens: 8,
+            compression_rate: 16,
+            projector: true,
+        }
+    }
+
     pub fn chunk_tokens(&self) -> usize {
         self.num_memory_tokens * self.compression_rate
     }

@@ -34,17 +34,6 @@ pub fn tiny_compressor() -> CompressorConfig {
     }
 }
 
-/// The CLI's defaults, for a real generator loaded without a checkpoint.
-pub fn default_compressor() -> CompressorConfig {
-    CompressorConfig {
-        compressor_type: CompressorType::NLayers,
-        num_layers: 5,
-        num_memory_tokens: 8,
-        compression_rate: 16,
-        projector: true,
-    }
-}
-
 /// The files of a real model, as the user picked or fetched them.
 #[derive(Default)]
 pub struct ModelFiles {
@@ -207,7 +196,7 @@ impl Playground {
                 s.max_new_tokens,
             ),
             None => (
-                default_compressor(),
+                CompressorConfig::oscar(),
                 Some(LoraSettings {
                     rank: 16,
                     alpha: 32.0,
