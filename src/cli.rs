@@ -79,6 +79,9 @@ pub struct BenchArgs {
     /// Measure only this project.
     #[arg(long)]
     pub no_pytorch: bool,
+    /// Only the measurements whose name contains this text (case-insensitive), e.g. `training`.
+    #[arg(long, value_name = "TEXT")]
+    pub only: Option<String>,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -315,6 +318,7 @@ fn bench_cmd(dir: &std::path::Path, a: BenchArgs) -> Result<()> {
         data_dir,
         python: (!a.no_pytorch).then_some(a.python),
         json: a.run.json,
+        only: a.only,
     };
     crate::bench::run(dir, &path, &device, &a.run.backend.to_string(), &options)
 }

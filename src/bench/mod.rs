@@ -6,7 +6,7 @@ mod pytorch;
 mod work;
 
 use crate::models;
-use anyhow::Result;
+use anyhow::{Result, bail};
 use scaledown_data::Dataset;
 use scaledown_model::burn::prelude::*;
 use scaledown_model::compressor::CompressorConfig;
@@ -29,6 +29,8 @@ pub struct BenchOptions {
     /// Python with torch + transformers + gguf; None skips PyTorch.
     pub python: Option<String>,
     pub json: bool,
+    /// Keep only the measurements whose name contains this (case-insensitive).
+    pub only: Option<String>,
 }
 
 /// How a measurement is reported.
@@ -127,9 +129,27 @@ fn items(
         },
         unit: Unit::TokPerS(o.decode_tokens),
     });
-    let Some(dir) = &o.data_dir else {
-        return Ok(items);
-    };
+    if let Some(dir) = &o.data_dir {
+        data_items(o, dir, tokenizers, minilm, &mut items)?;
+    }
+    if let Some(only) = &o.only {
+        let only = only.to_lowercase();
+        items.retain(|i| i.name.to_lowercase().contains(&only));
+        if items.is_empty() {
+            bail!("--only {only:?} matches no measurement");
+        }
+    }
+    Ok(items)
+}
+
+/// The measurements on real questions: training step, MiniLM and answers.
+fn data_items(
+    o: &BenchOptions,
+    dir: &Path,
+    tokenizers: &OscarTokenizers,
+    minilm: Option<&scaledown_model::tokenizer::Tokenizer>,
+    items: &mut Vec<Item>,
+) -> Result<()> {
     let squad = work::questions(dir, Dataset::Squad, "squad_dev.jsonl", o.queries.max(8))?;
     let hotpot = work::questions(dir, Dataset::HotpotQa, "hotpotqa_dev.jsonl", o.queries)?;
     items.push(Item {
@@ -164,7 +184,7 @@ fn items(
             unit: Unit::MsPerQuery(examples.len()),
         });
     }
-    Ok(items)
+    Ok(())
 }
 
 /// Peak resident memory of this process, from /proc (Linux).
@@ -279,7 +299,9 @@ fn report(
     };
     // Compressed vs uncompressed on each side: the row pairs of the answer measurements.
     let speedup = |i: usize, side: fn(&Row) -> Option<f64>| {
-        let full = side(&rows[i - 1])?;
+        let full_name = rows[i].item.name.replace("compressed x16", "uncompressed");
+        let full = rows[..i].iter().rfind(|r| r.item.name == full_name)?;
+        let full = side(full)?;
         Some(full / side(&rows[i])?)
     };
     if o.json {
