@@ -121,15 +121,19 @@ pub fn save(dir: &Path, setup: &OscarSetup, model: &Oscar, state: &impl Serializ
     Ok(())
 }
 
-/// The checkpoint that got furthest under `checkpoints/`: `step-K` folders and `final`, by
-/// the step their `state.json` records.
+/// The checkpoint that got furthest under `checkpoints/` (`pretrain-K`, `pretrained`,
+/// `step-K` and `final` folders), by the pretraining and training steps their `state.json`
+/// records: (training step, folder).
 pub fn latest(checkpoints: &Path) -> Option<(usize, PathBuf)> {
     std::fs::read_dir(checkpoints)
         .ok()?
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().to_string();
-            if !(name == "final" || name.starts_with("step-")) {
+            let known = ["final", "pretrained"].contains(&name.as_str())
+                || name.starts_with("step-")
+                || name.starts_with("pretrain-");
+            if !known {
                 return None;
             }
             let dir = e.path();
@@ -137,15 +141,17 @@ pub fn latest(checkpoints: &Path) -> Option<(usize, PathBuf)> {
                 serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).ok()?)
                     .ok()?;
             let step = state["step"].as_u64()? as usize;
+            let pretrain_step = state["pretrain_step"].as_u64().unwrap_or(0) as usize;
             dir.join("trainable.safetensors")
                 .exists()
-                .then_some((step, dir))
+                .then_some(((pretrain_step, step), dir))
         })
         .max_by_key(|(k, _)| *k)
+        .map(|((_, step), dir)| (step, dir))
 }
 
-/// Keeps the newest `keep` step folders.
-pub fn prune(checkpoints: &Path, keep: usize) {
+/// Keeps the newest `keep` folders named `{prefix}K`.
+pub fn prune(checkpoints: &Path, prefix: &str, keep: usize) {
     let Ok(entries) = std::fs::read_dir(checkpoints) else {
         return;
     };
@@ -155,7 +161,7 @@ pub fn prune(checkpoints: &Path, keep: usize) {
             let k = e
                 .file_name()
                 .to_string_lossy()
-                .strip_prefix("step-")?
+                .strip_prefix(prefix)?
                 .parse()
                 .ok()?;
             Some((k, e.path()))

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod evaluate;
 pub mod fsutil;
 pub mod models;
+pub mod passages;
 pub mod plots;
 pub mod prepare;
 pub mod progress;

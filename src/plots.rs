@@ -1,5 +1,6 @@
-//! The three PNG figures of a training run: metrics before/after with the uncompressed
-//! baseline, training curves, and latency (uncompressed vs compressed).
+//! The PNG figures of a training run: metrics before/after with the uncompressed baseline,
+//! training curves, latency (uncompressed vs compressed), and the pretraining loss when the
+//! compressor was pretrained.
 
 use crate::evaluate::EvalRun;
 use crate::train::Report;
@@ -45,6 +46,12 @@ pub fn write_all(
         after,
     )?;
     training_curves(&out.join("training_curves.png"), report)?;
+    if !report.training.pretrain_losses.is_empty() {
+        pretraining_curve(
+            &out.join("pretraining_curve.png"),
+            &report.training.pretrain_losses,
+        )?;
+    }
     speed(&out.join("speed_comparison.png"), baseline, before, after)?;
     Ok(())
 }
@@ -150,51 +157,7 @@ fn training_curves(path: &Path, report: &Report) -> Result<()> {
     let (left, right) = root.split_horizontally(600);
     let losses = &report.training.losses;
     let last = losses.last().map_or(1, |l| l.0).max(1) as f64;
-    let max_loss = losses.iter().map(|l| l.1 as f64).fold(0.1, f64::max) * 1.1;
-    let mut chart = ChartBuilder::on(&left)
-        .caption("Training loss (answer cross-entropy)", ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(35)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0f64..last, 0f64..max_loss)
-        .map_err(&e)?;
-    chart
-        .configure_mesh()
-        .x_desc("step")
-        .y_desc("loss")
-        .draw()
-        .map_err(&e)?;
-    chart
-        .draw_series(LineSeries::new(
-            losses.iter().map(|&(s, l)| (s as f64, l as f64)),
-            BEFORE.stroke_width(1),
-        ))
-        .map_err(&e)?
-        .label("raw")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BEFORE));
-    let mut ema = None;
-    let smoothed: Vec<(f64, f64)> = losses
-        .iter()
-        .map(|&(s, l)| {
-            let v = match ema {
-                None => l as f64,
-                Some(prev) => 0.9 * prev + 0.1 * l as f64,
-            };
-            ema = Some(v);
-            (s as f64, v)
-        })
-        .collect();
-    chart
-        .draw_series(LineSeries::new(smoothed, AFTER.stroke_width(3)))
-        .map_err(&e)?
-        .label("smoothed (EMA 0.9)")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], AFTER.stroke_width(3)));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .map_err(&e)?;
+    loss_chart(&left, "Training loss (answer cross-entropy)", losses).map_err(err(path))?;
 
     // Eval metrics over steps, starting with the before-training evaluation at step 0.
     let mut points = vec![(0usize, report.before.scores)];
@@ -368,5 +331,70 @@ fn speed(path: &Path, baseline: &EvalRun, before: &EvalRun, after: &EvalRun) -> 
             .map_err(&e)?;
     }
     root.present().map_err(&e)?;
+    Ok(())
+}
+
+/// Raw and smoothed loss over steps on `area`.
+fn loss_chart(
+    area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+    caption: &str,
+    losses: &[(usize, f32)],
+) -> std::result::Result<(), String> {
+    let last = losses.last().map_or(1, |l| l.0).max(1) as f64;
+    let max_loss = losses.iter().map(|l| l.1 as f64).fold(0.1, f64::max) * 1.1;
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..last, 0f64..max_loss)
+        .map_err(|e| format!("{e:?}"))?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc("loss")
+        .draw()
+        .map_err(|e| format!("{e:?}"))?;
+    chart
+        .draw_series(LineSeries::new(
+            losses.iter().map(|&(s, l)| (s as f64, l as f64)),
+            BEFORE.stroke_width(1),
+        ))
+        .map_err(|e| format!("{e:?}"))?
+        .label("raw")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BEFORE));
+    let mut ema = None;
+    let smoothed: Vec<(f64, f64)> = losses
+        .iter()
+        .map(|&(s, l)| {
+            let v = match ema {
+                None => l as f64,
+                Some(prev) => 0.9 * prev + 0.1 * l as f64,
+            };
+            ema = Some(v);
+            (s as f64, v)
+        })
+        .collect();
+    chart
+        .draw_series(LineSeries::new(smoothed, AFTER.stroke_width(3)))
+        .map_err(|e| format!("{e:?}"))?
+        .label("smoothed (EMA 0.9)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], AFTER.stroke_width(3)));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| format!("{e:?}"))?;
+
+    Ok(())
+}
+
+/// The pretraining loss (auto-encoding / continuation cross-entropy) over its steps.
+fn pretraining_curve(path: &Path, losses: &[(usize, f32)]) -> Result<()> {
+    let root = BitMapBackend::new(path, (700, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(err(path))?;
+    loss_chart(&root, "Compressor pretraining loss", losses).map_err(err(path))?;
+    root.present().map_err(err(path))?;
     Ok(())
 }

@@ -5,7 +5,7 @@
 use crate::checkpoint::{self, LORA_ALPHA, LORA_RANK, OscarSetup};
 use crate::evaluate::{self, EvalRun, documents_of};
 use crate::fsutil::{read_text, write_atomic};
-use crate::{models, plots, prepare, progress};
+use crate::{models, passages, plots, prepare, progress};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use scaledown_data::{Example, Scores, parse_examples};
@@ -13,7 +13,8 @@ use scaledown_model::backend::BackendKind;
 use scaledown_model::burn::module::Module;
 use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::compressor::{CompressorConfig, CompressorType};
-use scaledown_model::oscar::OscarTokenizers;
+use scaledown_model::oscar::{Oscar, OscarTokenizers};
+use scaledown_model::pretraining::{self, Objectives};
 use scaledown_model::training::{TrainExample, TrainSettings, Trainer};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -85,6 +86,20 @@ pub struct TrainArgs {
     /// Evaluate (and checkpoint) every K steps; 0: only before and after.
     #[arg(long, alias = "eval_steps", default_value_t = 0)]
     pub eval_steps: u32,
+    /// Compressor pretraining steps before question answering: auto-encoding and text
+    /// continuation on unlabelled passages (PISCO, COCOM); 0 skips it. Each step takes
+    /// --batch-size passages.
+    #[arg(long, default_value_t = 0)]
+    pub pretrain_steps: u32,
+    /// Passages for pretraining: JSON Lines with a `text`, `context` or KILT `paragraphs`
+    /// field, or plain text with passages separated by blank lines (default: the documents of
+    /// the training examples, so that no eval article is seen).
+    #[arg(long, value_name = "PATH")]
+    pub pretrain_data: Option<PathBuf>,
+    /// Pretraining objective: auto-encode (restate the compressed chunk), continue (write
+    /// the text after it) or both (alternating).
+    #[arg(long, default_value = "both")]
+    pub pretrain_objective: Objectives,
     /// Print the loss every K steps.
     #[arg(long, alias = "logging_steps", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub logging_steps: u32,
@@ -140,6 +155,15 @@ pub struct TrainState {
     pub evals: Vec<EvalPoint>,
     pub train_seconds: f64,
     pub examples_seen: usize,
+    /// Pretraining steps done, of `pretrain_total`, with their losses.
+    #[serde(default)]
+    pub pretrain_step: usize,
+    #[serde(default)]
+    pub pretrain_total: usize,
+    #[serde(default)]
+    pub pretrain_losses: Vec<(usize, f32)>,
+    #[serde(default)]
+    pub pretrain_seconds: f64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -308,16 +332,26 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
     })?;
     println!("before training:       {}", describe(&before));
 
+    let compressor_lr = a.compressor_learning_rate.unwrap_or(match compressor_type {
+        CompressorType::NLayers => 5e-5,
+        CompressorType::Encoder => 1e-4,
+    });
+    let mut model = oscar.train();
+    let pretrain = Pretraining {
+        args: &a,
+        setup: &setup,
+        tokenizers: &tokenizers,
+        checkpoints: &checkpoints,
+        compressor_lr,
+    };
+    model = pretrain.run(model, &train, &mut state)?;
+
     // Training.
     let batch = a.batch_size as usize;
     let per_epoch = examples.len().div_ceil(batch);
     let total =
         (per_epoch * a.num_epochs as usize).min(a.max_steps.map_or(usize::MAX, |m| m as usize));
     state.total_steps = total;
-    let compressor_lr = a.compressor_learning_rate.unwrap_or(match compressor_type {
-        CompressorType::NLayers => 5e-5,
-        CompressorType::Encoder => 1e-4,
-    });
     let mut trainer = Trainer::new(TrainSettings {
         compressor_lr,
         generator_lr: a.learning_rate,
@@ -327,7 +361,6 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         max_grad_norm: 1.0,
     });
     trainer.step = state.step;
-    let mut model = oscar.train();
     let mut stopped = None;
     let bar = progress::bar(total as u64, "training");
     bar.set_position(state.step as u64);
@@ -392,7 +425,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
                 &model,
                 &state,
             )?;
-            checkpoint::prune(&checkpoints, 2);
+            checkpoint::prune(&checkpoints, "step-", 2);
         }
     }
     bar.finish_and_clear();
@@ -538,4 +571,107 @@ fn teacher_labels(
         bar.finish_and_clear();
     }
     Ok(train.iter().map(|e| cache[&e.id].clone()).collect())
+}
+
+/// The pretraining stage: its own step count, schedule, loss curve and checkpoints
+/// (`pretrain-K`, then `pretrained`), resumed like question answering.
+struct Pretraining<'a> {
+    args: &'a TrainArgs,
+    setup: &'a OscarSetup,
+    tokenizers: &'a OscarTokenizers,
+    checkpoints: &'a Path,
+    compressor_lr: f64,
+}
+
+impl Pretraining<'_> {
+    fn run(&self, mut model: Oscar, train: &[Example], state: &mut TrainState) -> Result<Oscar> {
+        let a = self.args;
+        let total = a.pretrain_steps as usize;
+        state.pretrain_total = total;
+        // Pretraining comes first; a run resumed in question answering does not go back.
+        if state.pretrain_step >= total || state.step > 0 {
+            return Ok(model);
+        }
+        let passages = match &a.pretrain_data {
+            Some(path) => passages::read(path)?,
+            None => passages::of_examples(train),
+        };
+        let mut examples = Vec::new();
+        for p in &passages {
+            examples.extend(pretraining::passage_examples(
+                self.tokenizers,
+                &self.setup.compressor,
+                p,
+                a.pretrain_objective,
+            )?);
+        }
+        if examples.is_empty() {
+            bail!("--pretrain-steps: the passages are too short for any pretraining example");
+        }
+        println!(
+            "pretraining ({}): {} passages, {} examples, {total} steps",
+            a.pretrain_objective,
+            passages.len(),
+            examples.len()
+        );
+        let batch = a.batch_size as usize;
+        let per_epoch = examples.len().div_ceil(batch);
+        let mut trainer = Trainer::new(TrainSettings {
+            compressor_lr: self.compressor_lr,
+            generator_lr: a.learning_rate,
+            weight_decay: 0.1,
+            warmup_steps: (total / 20).max(1),
+            total_steps: total,
+            max_grad_norm: 1.0,
+        });
+        trainer.step = state.pretrain_step;
+        let bar = progress::bar(total as u64, "pretraining");
+        bar.set_position(state.pretrain_step as u64);
+        let started = Instant::now();
+        let seconds_before = state.pretrain_seconds;
+        while state.pretrain_step < total {
+            let step = state.pretrain_step;
+            let epoch = step / per_epoch;
+            let order =
+                scaledown_data::split::shuffled_indices(examples.len(), a.seed + epoch as u64);
+            let at = (step % per_epoch) * batch;
+            let batch_examples: Vec<&TrainExample> = order[at..(at + batch).min(order.len())]
+                .iter()
+                .map(|&i| &examples[i])
+                .collect();
+            let (m, result) = read_sync(trainer.step(model, &batch_examples));
+            model = m;
+            let stats = result.map_err(|e| {
+                anyhow::anyhow!(
+                    "pretraining: {e}; the last good checkpoint is kept in {}",
+                    self.checkpoints.display()
+                )
+            })?;
+            state.pretrain_step += 1;
+            state
+                .pretrain_losses
+                .push((state.pretrain_step, stats.loss));
+            state.pretrain_seconds = seconds_before + started.elapsed().as_secs_f64();
+            bar.set_message(format!("pretraining loss {:.3}", stats.loss));
+            bar.inc(1);
+            let n = state.pretrain_step;
+            if n.is_multiple_of(a.logging_steps as usize) || n == total {
+                bar.suspend(|| println!("pretraining step {n}/{total} loss {:.4}", stats.loss));
+            }
+            if a.eval_steps > 0 && n.is_multiple_of(a.eval_steps as usize) && n < total {
+                let dir = self.checkpoints.join(format!("pretrain-{n}"));
+                checkpoint::save(&dir, self.setup, &model, state)?;
+                checkpoint::prune(self.checkpoints, "pretrain-", 1);
+            }
+        }
+        bar.finish_and_clear();
+        checkpoint::save(
+            &self.checkpoints.join("pretrained"),
+            self.setup,
+            &model,
+            state,
+        )?;
+        checkpoint::prune(self.checkpoints, "pretrain-", 0);
+        Ok(model)
+    }
 }

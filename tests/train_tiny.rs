@@ -445,3 +445,96 @@ fn underscore_spellings_of_the_seed_tool_are_accepted() {
         "{names:?}"
     );
 }
+
+/// Unlabelled passages of 12-16 tokens from the test vocabulary: windows of 8 tokens with text
+/// after them, for both pretraining objectives.
+fn write_corpus(s: &Setup) -> String {
+    let passages: Vec<String> = (0..6)
+        .map(|i| {
+            (0..3 + i % 2)
+                .map(|j| {
+                    format!(
+                        "the {} is {} .",
+                        ANIMALS[(i + j) % 6],
+                        COLORS[(i * 2 + j) % 6]
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let path = s.p("corpus.txt");
+    std::fs::write(&path, passages.join("\n\n")).unwrap();
+    path
+}
+
+#[test]
+fn pretraining_lowers_its_loss_reloads_and_resumes() {
+    let s = Setup::new();
+    let corpus = write_corpus(&s);
+    let pretrain = |out: &str, steps: &str, extra: &[&str]| {
+        let mut args = vec![
+            "--pretrain-data",
+            corpus.as_str(),
+            "--pretrain-steps",
+            steps,
+            "--max-steps",
+            "2",
+            "--eval-steps",
+            "10",
+        ];
+        args.extend_from_slice(extra);
+        s.train(out, &args)
+    };
+    let log = ok(&pretrain("pt", "30", &[]));
+    assert!(log.contains("pretraining (both): 6 passages"), "{log}");
+    let out = s.dir.join("pt");
+    let report = read_json(&out.join("metrics_report.json"));
+    let losses: Vec<f64> = report["training"]["pretrain_losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l[1].as_f64().unwrap())
+        .collect();
+    assert_eq!(losses.len(), 30);
+    let first = losses[..5].iter().sum::<f64>() / 5.0;
+    let last = losses[25..].iter().sum::<f64>() / 5.0;
+    assert!(
+        last < 0.7 * first,
+        "pretraining loss {first} -> {last}\n{log}"
+    );
+    let png = std::fs::read(out.join("pretraining_curve.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000);
+    // The pretrained compressor is a checkpoint of its own; the intermediate ones are gone.
+    let pretrained = out.join("checkpoints/pretrained");
+    assert!(!out.join("checkpoints/pretrain-10").exists());
+    let o = scaledown(&[
+        "eval",
+        "--checkpoint",
+        &pretrained.display().to_string(),
+        "--eval-data",
+        &s.p("train_eval.json"),
+    ]);
+    ok(&o);
+
+    // Stopped after 20 of 30 pretraining steps: --resume goes on from there.
+    ok(&pretrain("pt2", "20", &[]));
+    let out2 = s.dir.join("pt2");
+    std::fs::remove_dir_all(out2.join("checkpoints/final")).unwrap();
+    let log = ok(&pretrain("pt2", "30", &["--resume"]));
+    assert!(log.contains("pretraining step 30/30"), "{log}");
+    let report = read_json(&out2.join("metrics_report.json"));
+    let steps: Vec<u64> = report["training"]["pretrain_losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l[0].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=30).collect::<Vec<_>>());
+
+    // A broken corpus line is named.
+    let bad = s.p("bad.jsonl");
+    std::fs::write(&bad, "{\"text\": \"the cat is red .\"}\n{\"text\": \n").unwrap();
+    let o = s.train("pt3", &["--pretrain-data", &bad, "--pretrain-steps", "2"]);
+    fails_with(&o, &["bad.jsonl line 2", "not JSON"]);
+}

@@ -9,11 +9,14 @@ pub mod compressor;
 pub mod generation;
 pub mod llama;
 pub mod oscar;
+pub mod pretraining;
 pub mod tokenizer;
 pub mod training;
 pub mod weights;
 
 #[cfg(test)]
 mod oscar_tests;
+#[cfg(test)]
+mod pretraining_tests;
 
 pub use burn;

@@ -89,12 +89,24 @@ pub fn passage_examples(
         let end = (start + window).min(ids.len());
         let chunk = tok.decode(&ids[start..end], true);
         if objectives.includes(Objective::AutoEncode) {
-            out.push(example(tokenizers, config, AUTO_ENCODE_INSTRUCTION, &chunk, &chunk)?);
+            out.push(example(
+                tokenizers,
+                config,
+                AUTO_ENCODE_INSTRUCTION,
+                &chunk,
+                &chunk,
+            )?);
         }
         let rest = &ids[end..(end + CONTINUATION_TOKENS).min(ids.len())];
         if objectives.includes(Objective::Continue) && rest.len() >= MIN_CONTINUATION {
             let target = tok.decode(rest, true);
-            out.push(example(tokenizers, config, CONTINUE_INSTRUCTION, &chunk, &target)?);
+            out.push(example(
+                tokenizers,
+                config,
+                CONTINUE_INSTRUCTION,
+                &chunk,
+                &target,
+            )?);
         }
         start = end;
     }

@@ -1,0 +1,116 @@
+//! Unlabelled passages for compressor pretraining: a user's corpus file, or the documents of
+//! the training examples.
+
+use crate::evaluate::documents_of;
+use anyhow::{Context, Result, bail};
+use scaledown_data::Example;
+use serde_json::Value;
+use std::collections::HashSet;
+use std::path::Path;
+
+/// Passages of `path`: JSON Lines (`.jsonl`/`.json`) with a `text` or `context` string or a
+/// KILT-style `paragraphs` list (with `wikipedia_title` or `title` put first, as documents
+/// are), or plain text with passages separated by blank lines. A malformed line is an error
+/// that names the file and the line.
+pub fn read(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --pretrain-data {}", path.display()))?;
+    let is_json = matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("jsonl" | "json")
+    );
+    let passages = if is_json {
+        let mut out = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let at = || format!("{} line {}", path.display(), i + 1);
+            let v: Value =
+                serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
+            out.extend(line_passages(&v).with_context(at)?);
+        }
+        out
+    } else {
+        text.split("\n\n")
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect()
+    };
+    if passages.is_empty() {
+        bail!("--pretrain-data {}: no passages", path.display());
+    }
+    Ok(passages)
+}
+
+fn line_passages(v: &Value) -> Result<Vec<String>> {
+    let title = ["wikipedia_title", "title"]
+        .iter()
+        .find_map(|k| v.get(k).and_then(Value::as_str))
+        .unwrap_or("");
+    let with_title = |text: &str| scaledown_model::oscar::document_text(title, text);
+    if let Some(t) = ["text", "context"]
+        .iter()
+        .find_map(|k| v.get(k).and_then(Value::as_str))
+    {
+        return Ok(vec![with_title(t)]);
+    }
+    match v.get("paragraphs").and_then(Value::as_array) {
+        Some(ps) => ps
+            .iter()
+            .map(|p| match p.as_str() {
+                Some(s) => Ok(with_title(s)),
+                None => bail!("`paragraphs` holds a non-string"),
+            })
+            .collect(),
+        None => bail!("no `text`, `context` or `paragraphs` field"),
+    }
+}
+
+/// The distinct documents of `examples`, in first-seen order.
+pub fn of_examples(examples: &[Example]) -> Vec<String> {
+    let mut seen = HashSet::new();
+    examples
+        .iter()
+        .flat_map(documents_of)
+        .filter(|d| seen.insert(d.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("scaledown-passages-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn reads_text_jsonl_and_kilt_and_names_broken_lines() {
+        let p = write("a.txt", "first passage\nstill first\n\n\nsecond\n");
+        assert_eq!(read(&p).unwrap(), ["first passage\nstill first", "second"]);
+        let p = write(
+            "b.jsonl",
+            "{\"context\": \"c1\"}\n\n{\"wikipedia_title\": \"Paris\", \"paragraphs\": [\"p1\", \"p2\"]}\n",
+        );
+        assert_eq!(read(&p).unwrap(), ["c1", "Paris\np1", "Paris\np2"]);
+        let p = write("c.jsonl", "{\"text\": \"ok\"}\n{\"text\": \n");
+        let e = format!("{:#}", read(&p).unwrap_err());
+        assert!(
+            e.contains("c.jsonl line 2") && e.contains("not JSON"),
+            "{e}"
+        );
+        let p = write("d.jsonl", "{\"question\": \"q\"}\n");
+        let e = format!("{:#}", read(&p).unwrap_err());
+        assert!(
+            e.contains("d.jsonl line 1") && e.contains("no `text`"),
+            "{e}"
+        );
+        let p = write("e.txt", "\n\n");
+        assert!(format!("{:#}", read(&p).unwrap_err()).contains("no passages"));
+    }
+}
