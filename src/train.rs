@@ -352,28 +352,14 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
     let total =
         (per_epoch * a.num_epochs as usize).min(a.max_steps.map_or(usize::MAX, |m| m as usize));
     state.total_steps = total;
-    let mut trainer = Trainer::new(TrainSettings {
-        compressor_lr,
-        generator_lr: a.learning_rate,
-        weight_decay: 0.1,
-        warmup_steps: (total / 20).max(1),
-        total_steps: total,
-        max_grad_norm: 1.0,
-    });
-    trainer.step = state.step;
+    let mut trainer = trainer_for(compressor_lr, a.learning_rate, total, state.step);
     let mut stopped = None;
     let bar = progress::bar(total as u64, "training");
     bar.set_position(state.step as u64);
     let started = Instant::now();
     let seconds_before = state.train_seconds;
     while state.step < total {
-        let epoch = state.step / per_epoch;
-        let order = scaledown_data::split::shuffled_indices(examples.len(), a.seed + epoch as u64);
-        let at = (state.step % per_epoch) * batch;
-        let batch_examples: Vec<&TrainExample> = order[at..(at + batch).min(order.len())]
-            .iter()
-            .map(|&i| &examples[i])
-            .collect();
+        let batch_examples = batch_at(&examples, state.step, batch, a.seed);
         let (m, result) = read_sync(trainer.step(model, &batch_examples));
         model = m;
         let stats = match result {
@@ -615,30 +601,18 @@ impl Pretraining<'_> {
             examples.len()
         );
         let batch = a.batch_size as usize;
-        let per_epoch = examples.len().div_ceil(batch);
-        let mut trainer = Trainer::new(TrainSettings {
-            compressor_lr: self.compressor_lr,
-            generator_lr: a.learning_rate,
-            weight_decay: 0.1,
-            warmup_steps: (total / 20).max(1),
-            total_steps: total,
-            max_grad_norm: 1.0,
-        });
-        trainer.step = state.pretrain_step;
+        let mut trainer = trainer_for(
+            self.compressor_lr,
+            a.learning_rate,
+            total,
+            state.pretrain_step,
+        );
         let bar = progress::bar(total as u64, "pretraining");
         bar.set_position(state.pretrain_step as u64);
         let started = Instant::now();
         let seconds_before = state.pretrain_seconds;
         while state.pretrain_step < total {
-            let step = state.pretrain_step;
-            let epoch = step / per_epoch;
-            let order =
-                scaledown_data::split::shuffled_indices(examples.len(), a.seed + epoch as u64);
-            let at = (step % per_epoch) * batch;
-            let batch_examples: Vec<&TrainExample> = order[at..(at + batch).min(order.len())]
-                .iter()
-                .map(|&i| &examples[i])
-                .collect();
+            let batch_examples = batch_at(&examples, state.pretrain_step, batch, a.seed);
             let (m, result) = read_sync(trainer.step(model, &batch_examples));
             model = m;
             let stats = result.map_err(|e| {
@@ -674,4 +648,30 @@ impl Pretraining<'_> {
         checkpoint::prune(self.checkpoints, "pretrain-", 0);
         Ok(model)
     }
+}
+
+/// AdamW with 5 % warm-up and linear decay over `total` steps, `done` of them already taken.
+fn trainer_for(compressor_lr: f64, generator_lr: f64, total: usize, done: usize) -> Trainer {
+    let mut trainer = Trainer::new(TrainSettings {
+        compressor_lr,
+        generator_lr,
+        weight_decay: 0.1,
+        warmup_steps: (total / 20).max(1),
+        total_steps: total,
+        max_grad_norm: 1.0,
+    });
+    trainer.step = done;
+    trainer
+}
+
+/// The examples of optimiser step `step`: epochs in a seeded shuffled order, `batch` at a time.
+fn batch_at(examples: &[TrainExample], step: usize, batch: usize, seed: u64) -> Vec<&TrainExample> {
+    let per_epoch = examples.len().div_ceil(batch);
+    let epoch = step / per_epoch;
+    let order = scaledown_data::split::shuffled_indices(examples.len(), seed + epoch as u64);
+    let at = (step % per_epoch) * batch;
+    order[at..(at + batch).min(order.len())]
+        .iter()
+        .map(|&i| &examples[i])
+        .collect()
 }
