@@ -178,14 +178,33 @@ class Worker:
             return time.perf_counter() - start
 
     def train_step(self, examples):
+        """One padded batch, as scaledown runs it: every chunk of the batch in one compressor
+        batch, the prompts right-padded (causal attention keeps the padding out of each
+        prompt's rows), each answer's mean cross-entropy averaged over the examples."""
         t = self.train_oscar
         start = time.perf_counter()
+        L = t.memory.shape[0]
+        memory = t.memory_vectors([c for ex in examples for c in ex["chunks"]])
+        prompts, offset = [], 0
         for ex in examples:
-            answer = ex["answer"]
-            x = t.prompt(ex, answer[:-1])
-            logits = t.generator(inputs_embeds=x, logits_to_keep=len(answer)).logits[0]
-            loss = torch.nn.functional.cross_entropy(logits, torch.tensor(answer))
-            (loss / len(examples)).backward()
+            rows = len(ex["chunks"]) * L
+            prompts.append(torch.cat([
+                t.embed(torch.tensor([ex["prefix"]])),
+                memory[offset:offset + rows][None],
+                t.embed(torch.tensor([list(ex["suffix"]) + list(ex["answer"][:-1])])),
+            ], 1))
+            offset += rows
+        n = max(p.shape[1] for p in prompts)
+        x = torch.cat([torch.cat([p, torch.zeros(1, n - p.shape[1], p.shape[2])], 1) for p in prompts])
+        hidden = t.generator.model(inputs_embeds=x, use_cache=False).last_hidden_state
+        answers = [ex["answer"] for ex in examples]
+        rows = torch.cat([hidden[i, p.shape[1] - len(a):p.shape[1]]
+                          for i, (p, a) in enumerate(zip(prompts, answers))])
+        log_probs = torch.log_softmax(t.generator.lm_head(rows), -1)
+        targets = torch.tensor([tok for a in answers for tok in a])
+        weights = torch.tensor([1 / (len(a) * len(answers)) for a in answers for _ in a])
+        loss = -(log_probs.gather(1, targets[:, None])[:, 0] * weights).sum()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         for o in self.optims:
             o.step()

@@ -213,52 +213,121 @@ impl Oscar {
 
     /// All chunks' memory vectors, in order: `[chunks × L, generator width]`.
     pub fn memory_vectors(&self, encoded: &Encoded) -> Tensor<2> {
+        self.memory_vectors_of(&[encoded]).pop().expect("one input")
+    }
+
+    /// The memory vectors of several inputs, their chunks compressed together (fewer, larger
+    /// batches): one `[chunks_i × L, generator width]` per input.
+    pub fn memory_vectors_of(&self, encoded: &[&Encoded]) -> Vec<Tensor<2>> {
         let device = self.device();
         let tokens = encoded
-            .chunks
             .iter()
+            .flat_map(|e| &e.chunks)
             .map(|ids| {
                 self.compressor
                     .embed(&self.generator, ids_tensor(ids, &device))
             })
             .collect();
-        self.compressor.compress(tokens)
+        let all = self.compressor.compress(tokens);
+        let [_, d] = all.dims();
+        let l = self.compressor.num_memory_tokens();
+        let mut start = 0;
+        encoded
+            .iter()
+            .map(|e| {
+                let end = start + e.chunks.len() * l;
+                let rows = all.clone().slice([start..end, 0..d]);
+                start = end;
+                rows
+            })
+            .collect()
     }
 
     /// The generator's input embeddings `[1, n, width]`: prefix, memory vectors, suffix, then
     /// `continuation` (teacher-forced answer tokens) when given.
     pub fn prompt_embeds(&self, encoded: &Encoded, continuation: &[u32]) -> Tensor<3> {
-        let device = self.device();
-        let mut parts = vec![
-            self.generator.embed(ids_tensor(&encoded.prefix, &device)),
-            self.memory_vectors(encoded).unsqueeze::<3>(),
-        ];
-        let rest = [encoded.suffix.as_slice(), continuation].concat();
-        parts.push(self.generator.embed(ids_tensor(&rest, &device)));
-        Tensor::cat(parts, 1)
+        self.prompt_around(encoded, self.memory_vectors(encoded), continuation)
     }
 
-    /// Mean cross-entropy of `answer` (ids, ending with `<|im_end|>`) after the compressed
-    /// prompt: `[1]`. Only the answer positions are scored.
-    pub fn answer_loss(&self, encoded: &Encoded, answer: &[u32]) -> Tensor<1> {
+    /// [`Oscar::prompt_embeds`] around memory vectors already computed.
+    fn prompt_around(
+        &self,
+        encoded: &Encoded,
+        memory: Tensor<2>,
+        continuation: &[u32],
+    ) -> Tensor<3> {
         let device = self.device();
-        let a = answer.len();
-        let x = self.prompt_embeds(encoded, &answer[..a - 1]);
-        let n = x.dims()[1];
+        let rest = [encoded.suffix.as_slice(), continuation].concat();
+        Tensor::cat(
+            vec![
+                self.generator.embed(ids_tensor(&encoded.prefix, &device)),
+                memory.unsqueeze::<3>(),
+                self.generator.embed(ids_tensor(&rest, &device)),
+            ],
+            1,
+        )
+    }
+
+    /// Cross-entropy of each answer (ids, ending with `<|im_end|>`) after its compressed
+    /// prompt, averaged over the answer's tokens and then over the examples: `[1]`. Only the
+    /// answer positions are scored.
+    ///
+    /// The examples run as one right-padded batch through the compressor and the generator:
+    /// causal attention keeps each prompt's rows from seeing the padding after it, and the
+    /// weights are packed once per product instead of once per example.
+    pub fn answer_loss(&self, examples: &[(&Encoded, &[u32])]) -> Tensor<1> {
+        let device = self.device();
+        let encoded: Vec<&Encoded> = examples.iter().map(|(e, _)| *e).collect();
+        let prompts: Vec<Tensor<3>> = self
+            .memory_vectors_of(&encoded)
+            .into_iter()
+            .zip(examples)
+            .map(|(memory, (e, answer))| self.prompt_around(e, memory, &answer[..answer.len() - 1]))
+            .collect();
+        let lens: Vec<usize> = prompts.iter().map(|p| p.dims()[1]).collect();
+        let n = lens.iter().copied().max().unwrap_or(0);
+        let d = self.generator.hidden_size();
+        let padded = prompts
+            .into_iter()
+            .map(|p| match n - p.dims()[1] {
+                0 => p,
+                pad => Tensor::cat(vec![p, Tensor::zeros([1, pad, d], &device)], 1),
+            })
+            .collect();
         let mut cache = KvCache::new(self.generator.layers.len());
-        let hidden = self
-            .generator
-            .forward_embeds(x, &mut cache, None, |_, _| {});
-        let d = hidden.dims()[2];
-        // Position t predicts token t + 1: the last `a` positions predict the answer.
-        let logits = self.generator.logits(hidden.slice([0..1, n - a..n, 0..d]));
-        let log_probs = log_softmax(logits.reshape([a, self.generator.vocab_size()]), 1);
-        let targets = Tensor::<1, Int>::from_data(
-            TensorData::new(answer.iter().map(|&t| t as i64).collect(), [a]),
-            &device,
-        );
-        let picked = log_probs.gather(1, targets.reshape([a, 1]));
-        picked.mean().neg().reshape([1])
+        let hidden =
+            self.generator
+                .forward_embeds(Tensor::cat(padded, 0), &mut cache, None, |_, _| {});
+        // Position t predicts token t + 1: the last `a` positions of a prompt predict its answer.
+        let rows = examples
+            .iter()
+            .zip(&lens)
+            .enumerate()
+            .map(|(i, ((_, answer), &len))| {
+                let a = answer.len();
+                hidden
+                    .clone()
+                    .slice([i..i + 1, len - a..len, 0..d])
+                    .reshape([a, d])
+            })
+            .collect();
+        let rows: Tensor<2> = Tensor::cat(rows, 0);
+        let total = rows.dims()[0];
+        let logits = self.generator.logits(rows.unsqueeze::<3>());
+        let log_probs = log_softmax(logits.reshape([total, self.generator.vocab_size()]), 1);
+        let (targets, weights): (Vec<i64>, Vec<f32>) = examples
+            .iter()
+            .flat_map(|(_, answer)| {
+                let w = 1.0 / (answer.len() * examples.len()) as f32;
+                answer.iter().map(move |&t| (t as i64, w))
+            })
+            .unzip();
+        let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [total]), &device);
+        let weights = Tensor::<1>::from_data(TensorData::new(weights, [total]), &device);
+        let picked = log_probs
+            .gather(1, targets.reshape([total, 1]))
+            .reshape([total]);
+        (picked * weights).sum().neg().reshape([1])
     }
 
     /// Generates an answer from the compressed prompt (ids, stop token included when produced).

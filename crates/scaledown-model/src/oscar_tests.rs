@@ -72,7 +72,7 @@ fn settings(steps: usize) -> TrainSettings {
 fn loss_of(model: &Oscar, ex: &TrainExample) -> f32 {
     model
         .valid()
-        .answer_loss(&ex.encoded, &ex.answer)
+        .answer_loss(&[(&ex.encoded, ex.answer.as_slice())])
         .into_scalar::<f32>()
 }
 
@@ -255,6 +255,39 @@ fn chunks_compressed_in_one_padded_batch_equal_chunks_compressed_alone() {
         assert_eq!(batched.dims(), [6, model.generator.hidden_size()]);
         let diff: f32 = (batched - alone).abs().max().into_scalar();
         assert!(diff < 1e-5, "{compressor_type}: batched differs by {diff}");
+    }
+}
+
+#[test]
+fn a_padded_batch_loss_is_the_mean_of_the_examples_losses() {
+    for compressor_type in [CompressorType::NLayers, CompressorType::Encoder] {
+        let model = tiny_oscar(compressor_type, 4).valid();
+        let long = example();
+        // Shorter prompt, fewer chunks and a longer answer: padded in both the compressor
+        // and the generator batch.
+        let short = TrainExample {
+            encoded: Encoded {
+                chunks: vec![vec![1, 9, 9]],
+                suffix: vec![12],
+                ..example().encoded
+            },
+            answer: vec![25, 26, 27, 28, 29, 30],
+        };
+        let alone: Vec<f32> = [&long, &short]
+            .iter()
+            .map(|ex| loss_of(&model, ex))
+            .collect();
+        let batched: f32 = model
+            .answer_loss(&[
+                (&long.encoded, long.answer.as_slice()),
+                (&short.encoded, short.answer.as_slice()),
+            ])
+            .into_scalar();
+        let mean = (alone[0] + alone[1]) / 2.0;
+        assert!(
+            (batched - mean).abs() < 1e-4,
+            "{compressor_type}: batched {batched}, examples alone {alone:?}"
+        );
     }
 }
 

@@ -42,7 +42,7 @@ fn mean_loss(model: &Oscar, examples: &[TrainExample]) -> f32 {
         .iter()
         .map(|e| {
             model
-                .answer_loss(&e.encoded, &e.answer)
+                .answer_loss(&[(&e.encoded, e.answer.as_slice())])
                 .into_scalar::<f32>()
         })
         .sum();

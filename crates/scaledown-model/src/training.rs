@@ -1,11 +1,16 @@
-//! One optimisation step of OSCAR: answer cross-entropy over a batch (gradients accumulated
-//! example by example, so memory does not grow with the batch), global grad-norm clipping,
-//! AdamW with linear warm-up and decay, separate learning rates for compressor and generator.
+//! One optimisation step of OSCAR: answer cross-entropy over a batch (run in padded
+//! micro-batches of up to [`MICRO_BATCH`] examples whose gradients are accumulated, so memory
+//! does not grow with the batch), global grad-norm clipping, AdamW with linear warm-up and
+//! decay, separate learning rates for compressor and generator.
 
 use crate::oscar::{Encoded, Oscar};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
+
+/// Examples per padded forward and backward pass: larger ones pack each weight fewer times
+/// but hold more activations.
+pub const MICRO_BATCH: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct TrainSettings {
@@ -80,8 +85,12 @@ impl Trainer {
         let mut acc_c = GradientsAccumulator::new();
         let mut acc_g = GradientsAccumulator::new();
         let mut total = 0.0f32;
-        for ex in batch {
-            let loss = model.answer_loss(&ex.encoded, &ex.answer);
+        for part in batch.chunks(MICRO_BATCH) {
+            let examples: Vec<(&Encoded, &[u32])> = part
+                .iter()
+                .map(|ex| (&ex.encoded, ex.answer.as_slice()))
+                .collect();
+            let loss = model.answer_loss(&examples);
             let value = match self.read(loss.clone()).await {
                 Ok(v) => v,
                 Err(e) => return (model, Err(e)),
@@ -95,8 +104,9 @@ impl Trainer {
                     }),
                 );
             }
-            total += value;
-            let mut grads = loss.div_scalar(batch.len() as f32).backward();
+            total += value * part.len() as f32;
+            let share = part.len() as f32 / batch.len() as f32;
+            let mut grads = loss.mul_scalar(share).backward();
             acc_c.accumulate(
                 &model.compressor,
                 GradientsParams::from_module(&mut grads, &model.compressor),

@@ -75,7 +75,9 @@ async fn webgpu_matches_the_cpu_backend_generates_and_trains() {
         answer: vec![30, 31, 2],
     };
     let loss = async |m: &Oscar| {
-        let l = m.valid().answer_loss(&example.encoded, &example.answer);
+        let l = m
+            .valid()
+            .answer_loss(&[(&example.encoded, example.answer.as_slice())]);
         l.into_scalar_async::<f32>().await.unwrap()
     };
     let before = loss(&oscar).await;

@@ -37,15 +37,19 @@ impl Projection {
     }
 
     /// `[batch, seq, in]` -> `[batch, seq, out]`.
+    ///
+    /// The batch is folded into the rows of one 2D product: a batched product with a
+    /// broadcast weight would pack the weight once per batch element (forward and backward).
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let y = x.clone().matmul(self.weight.val().unsqueeze());
-        match &self.lora {
-            Some(l) => {
-                let low = x.matmul(l.a.val().unsqueeze());
-                y + low.matmul(l.b.val().unsqueeze()) * l.scale
-            }
+        let [batch, seq, inp] = x.dims();
+        let x = x.reshape([batch * seq, inp]);
+        let y = x.clone().matmul(self.weight.val());
+        let y = match &self.lora {
+            Some(l) => y + x.matmul(l.a.val()).matmul(l.b.val()) * l.scale,
             None => y,
-        }
+        };
+        let out = y.dims()[1];
+        y.reshape([batch, seq, out])
     }
 
     /// Adds fresh factors of `rank` (A ~ N(0, 1/rank²) as Burn's LoRA, B = 0).
