@@ -11,4 +11,5 @@ pub mod passages;
 pub mod plots;
 pub mod prepare;
 pub mod progress;
+pub mod retrieval;
 pub mod train;

@@ -109,6 +109,17 @@ pub struct Generator {
     pub source: PathBuf,
 }
 
+/// The default generator's tokenizer (fetching the models first when they are missing).
+pub fn generator_tokenizer(dir: &Path) -> Result<Tokenizer> {
+    let file = default_generator(dir);
+    if !file.exists() {
+        fetch(dir)?;
+    }
+    let bytes = read(&file)?;
+    Tokenizer::from_gguf(&GgufFile::parse(&bytes)?)
+        .with_context(|| format!("tokenizer of {}", file.display()))
+}
+
 /// Loads a Llama from a GGUF file, a folder holding one, or a Hugging Face folder
 /// (config.json + model.safetensors + tokenizer.json).
 pub fn load_generator(path: &Path, device: &Device) -> Result<Generator> {

@@ -3,23 +3,31 @@
 
 use crate::evaluate::documents_of;
 use anyhow::{Context, Result, bail};
-use scaledown_data::Example;
+use scaledown_data::{Document, Example};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::path::Path;
 
-/// Passages of `path`: JSON Lines (`.jsonl`/`.json`) with a `text` or `context` string or a
-/// KILT-style `paragraphs` list (with `wikipedia_title` or `title` put first, as documents
-/// are), or plain text with passages separated by blank lines. A malformed line is an error
-/// that names the file and the line.
+/// Passages of `path` for pretraining, each with its title first as documents are.
 pub fn read(path: &Path) -> Result<Vec<String>> {
+    Ok(read_documents(path, "--pretrain-data")?
+        .iter()
+        .map(|d| scaledown_model::oscar::document_text(&d.title, &d.text))
+        .collect())
+}
+
+/// The documents of `path` (given with `flag`): JSON Lines (`.jsonl`/`.json`) with a `text`
+/// or `context` string or a KILT-style `paragraphs` list (titled by `wikipedia_title` or
+/// `title`), or plain text with passages separated by blank lines (untitled). A malformed
+/// line is an error that names the file and the line.
+pub fn read_documents(path: &Path, flag: &str) -> Result<Vec<Document>> {
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading --pretrain-data {}", path.display()))?;
+        .with_context(|| format!("reading {flag} {}", path.display()))?;
     let is_json = matches!(
         path.extension().and_then(|e| e.to_str()),
         Some("jsonl" | "json")
     );
-    let passages = if is_json {
+    let documents = if is_json {
         let mut out = Vec::new();
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
@@ -28,38 +36,45 @@ pub fn read(path: &Path) -> Result<Vec<String>> {
             let at = || format!("{} line {}", path.display(), i + 1);
             let v: Value =
                 serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
-            out.extend(line_passages(&v).with_context(at)?);
+            out.extend(line_documents(&v).with_context(at)?);
         }
         out
     } else {
         text.split("\n\n")
-            .map(|p| p.trim().to_string())
+            .map(str::trim)
             .filter(|p| !p.is_empty())
+            .map(|p| Document {
+                title: String::new(),
+                text: p.to_string(),
+            })
             .collect()
     };
-    if passages.is_empty() {
-        bail!("--pretrain-data {}: no passages", path.display());
+    if documents.is_empty() {
+        bail!("{flag} {}: no passages", path.display());
     }
-    Ok(passages)
+    Ok(documents)
 }
 
-fn line_passages(v: &Value) -> Result<Vec<String>> {
+fn line_documents(v: &Value) -> Result<Vec<Document>> {
     let title = ["wikipedia_title", "title"]
         .iter()
         .find_map(|k| v.get(k).and_then(Value::as_str))
         .unwrap_or("");
-    let with_title = |text: &str| scaledown_model::oscar::document_text(title, text);
+    let titled = |text: &str| Document {
+        title: title.to_string(),
+        text: text.to_string(),
+    };
     if let Some(t) = ["text", "context"]
         .iter()
         .find_map(|k| v.get(k).and_then(Value::as_str))
     {
-        return Ok(vec![with_title(t)]);
+        return Ok(vec![titled(t)]);
     }
     match v.get("paragraphs").and_then(Value::as_array) {
         Some(ps) => ps
             .iter()
             .map(|p| match p.as_str() {
-                Some(s) => Ok(with_title(s)),
+                Some(s) => Ok(titled(s)),
                 None => bail!("`paragraphs` holds a non-string"),
             })
             .collect(),

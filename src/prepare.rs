@@ -3,9 +3,11 @@
 
 use crate::fsutil::{read_text, write_atomic};
 use crate::progress;
+use crate::retrieval::Retriever;
+use crate::{models, passages};
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use scaledown_data::{Dataset, Example, Parsed, parse_source, push_row, split_train_eval, to_json};
+use scaledown_data::{Dataset, Parsed, parse_source, push_row, split_train_eval, to_json};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,11 +23,27 @@ pub struct PrepareArgs {
     /// Train file; the eval file is written beside it as `<stem>_eval.json`.
     #[arg(long, alias = "output_file", default_value = "data/train.json")]
     pub output_file: PathBuf,
-    /// A local file (official SQuAD/HotpotQA/TriviaQA JSON, or JSON Lines as in ../shared/data)
-    /// instead of downloading. With `--dataset all`: a folder whose files are named after their
-    /// dataset (squad*, hotpot*, trivia*).
-    #[arg(long)]
+    /// A local file of questions (official SQuAD/HotpotQA/TriviaQA JSON, or JSON Lines as in
+    /// ../shared/data) instead of downloading. With `--dataset all`: a folder whose files are
+    /// named after their dataset (squad*, hotpot*, trivia*).
+    #[arg(long, alias = "queries")]
     pub source: Option<PathBuf>,
+    /// Retrieve each question's documents from this corpus instead of using its own (questions
+    /// without evidence text, as TriviaQA's, become usable): a folder (the documents of its
+    /// squad*/hotpot*/trivia* files, e.g. ../shared/data) or a JSON Lines file (KILT
+    /// `wikipedia_title` + `paragraphs`, or `text`/`context` lines).
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+    /// Passages retrieved per question (with --corpus).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub top_k: u32,
+    /// Generator tokens per corpus passage (with --corpus).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(16..=4096))]
+    pub chunk_tokens: u32,
+    /// Folder holding downloaded models: the generator's tokenizer cuts the corpus into
+    /// passages (default: $SCALEDOWN_MODELS or ~/.cache/scaledown/models).
+    #[arg(long)]
+    pub models_dir: Option<PathBuf>,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Base address of the datasets-server API.
@@ -35,6 +53,15 @@ pub struct PrepareArgs {
         default_value = "https://datasets-server.huggingface.co"
     )]
     pub hf_endpoint: String,
+}
+
+/// `<stem>_retrieval.json` beside the train file: the corpus and recall@K of `--corpus`.
+pub fn retrieval_report_path(train: &Path) -> PathBuf {
+    let stem = train
+        .file_stem()
+        .map(|s| s.to_string_lossy())
+        .unwrap_or_default();
+    train.with_file_name(format!("{stem}_retrieval.json"))
 }
 
 pub fn eval_path(train: &Path) -> PathBuf {
@@ -57,12 +84,22 @@ pub fn run(a: PrepareArgs) -> Result<()> {
     };
     let n = a.num_examples as usize;
     let share = n.div_ceil(datasets.len());
+    let retriever = match &a.corpus {
+        Some(corpus) => Some(open_retriever(corpus, &a)?),
+        None => None,
+    };
     let (mut train, mut eval) = (Vec::new(), Vec::new());
+    let mut recall = Vec::new();
     for &dataset in &datasets {
         let pool = match &a.source {
             Some(src) => from_file(dataset, src, datasets.len() > 1),
             None => download(dataset, share, &a.hf_endpoint, a.seed),
-        };
+        }
+        .and_then(|(parsed, file)| match &retriever {
+            // Questions without evidence join: retrieval gives them their documents.
+            Some(_) => Ok([parsed.examples, parsed.without_documents].concat()),
+            None => Ok(parsed.with_documents(dataset, &file)?),
+        });
         let pool = match pool {
             Ok(p) => p,
             // In a mix, a dataset that cannot be used is reported and left out.
@@ -72,9 +109,16 @@ pub fn run(a: PrepareArgs) -> Result<()> {
             }
             Err(e) => return Err(e),
         };
-        let (t, e) = split_train_eval(pool, share, a.seed)
+        // Split on the questions' own documents (SQuAD by article), then retrieve.
+        let (mut t, mut e) = split_train_eval(pool, share, a.seed)
             .map_err(|e| anyhow::anyhow!("splitting {dataset}: {e}"))?;
         println!("{dataset}: {} train, {} eval", t.len(), e.len());
+        if let Some(r) = &retriever {
+            let k = a.top_k as usize;
+            let found = r.attach(dataset, k, [&mut t, &mut e]);
+            println!("{dataset}: {}", found.summary(k));
+            recall.push((dataset, found));
+        }
         train.extend(t);
         eval.extend(e);
     }
@@ -84,6 +128,11 @@ pub fn run(a: PrepareArgs) -> Result<()> {
     let eval_file = eval_path(&a.output_file);
     write_atomic(&a.output_file, to_json(&train).as_bytes())?;
     write_atomic(&eval_file, to_json(&eval).as_bytes())?;
+    if let Some(r) = &retriever {
+        let report = retrieval_report_path(&a.output_file);
+        write_atomic(&report, r.report(a.top_k as usize, &recall).as_bytes())?;
+        println!("wrote {}", report.display());
+    }
     println!(
         "wrote {} ({} examples) and {} ({} examples)",
         a.output_file.display(),
@@ -94,15 +143,53 @@ pub fn run(a: PrepareArgs) -> Result<()> {
     Ok(())
 }
 
-fn from_file(dataset: Dataset, src: &Path, mixed: bool) -> Result<Vec<Example>> {
+/// The `--corpus` paragraphs, cut by the generator's tokenizer and indexed.
+fn open_retriever(corpus: &Path, a: &PrepareArgs) -> Result<Retriever> {
+    let paragraphs = if corpus.is_dir() {
+        // The documents of every dataset file in the folder.
+        let mut docs = Vec::new();
+        for dataset in Dataset::ALL {
+            if let Ok(file) = find_in_dir(dataset, corpus) {
+                let name = file.display().to_string();
+                let parsed = parse_source(dataset, &name, &read_text(&file)?)?;
+                docs.extend(parsed.examples.into_iter().flat_map(|e| e.documents));
+            }
+        }
+        if docs.is_empty() {
+            bail!(
+                "--corpus {}: no squad*, hotpot* or trivia* file with documents",
+                corpus.display()
+            );
+        }
+        docs
+    } else {
+        passages::read_documents(corpus, "--corpus")?
+    };
+    let tokenizer = models::generator_tokenizer(&models::models_dir(a.models_dir.as_deref()))?;
+    let r = Retriever::new(paragraphs, &tokenizer, a.chunk_tokens as usize)
+        .with_context(|| format!("--corpus {}", corpus.display()))?;
+    println!(
+        "corpus {}: {} paragraphs, {} passages of at most {} tokens",
+        corpus.display(),
+        r.paragraphs(),
+        r.passages(),
+        a.chunk_tokens
+    );
+    Ok(r)
+}
+
+/// The questions of `dataset` in `src` (a file, or the dataset's file in a folder), and the
+/// file's name.
+fn from_file(dataset: Dataset, src: &Path, mixed: bool) -> Result<(Parsed, String)> {
     let file = if mixed || src.is_dir() {
         find_in_dir(dataset, src)?
     } else {
         src.to_path_buf()
     };
-    let parsed = parse_source(dataset, &file.display().to_string(), &read_text(&file)?)?;
-    report_skips(dataset, &file.display().to_string(), &parsed);
-    Ok(parsed.examples)
+    let name = file.display().to_string();
+    let parsed = parse_source(dataset, &name, &read_text(&file)?)?;
+    report_skips(dataset, &name, &parsed);
+    Ok((parsed, name))
 }
 
 fn find_in_dir(dataset: Dataset, dir: &Path) -> Result<PathBuf> {
@@ -136,10 +223,10 @@ fn report_skips(dataset: Dataset, file: &str, p: &Parsed) {
             p.unanswerable
         );
     }
-    if p.without_documents > 0 {
+    if !p.without_documents.is_empty() {
         eprintln!(
-            "{file}: skipped {} {dataset} questions without evidence text (they need retrieval)",
-            p.without_documents
+            "{file}: {} {dataset} questions come without evidence text (usable with --corpus)",
+            p.without_documents.len()
         );
     }
 }
@@ -157,7 +244,7 @@ const PAGE: usize = 100;
 
 /// Downloads enough rows for `n` examples: pages spread over the whole table (SQuAD's rows are
 /// ordered by article, and the split needs many articles), with retries.
-fn download(dataset: Dataset, n: usize, endpoint: &str, seed: u64) -> Result<Vec<Example>> {
+fn download(dataset: Dataset, n: usize, endpoint: &str, seed: u64) -> Result<(Parsed, String)> {
     let (name, config, split) = hf_table(dataset);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(60)))
@@ -202,13 +289,13 @@ fn download(dataset: Dataset, n: usize, endpoint: &str, seed: u64) -> Result<Vec
     }
     bar.finish_and_clear();
     report_skips(dataset, name, &parsed);
-    if parsed.examples.is_empty() {
+    if parsed.examples.is_empty() && parsed.without_documents.is_empty() {
         bail!(
             "{name}: no usable examples in {} rows",
             offsets.len() * PAGE
         );
     }
-    Ok(parsed.examples)
+    Ok((parsed, name.to_string()))
 }
 
 /// GET with 4 tries and growing pauses; 4xx other than 429 fail at once.

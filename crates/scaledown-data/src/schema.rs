@@ -23,7 +23,7 @@ impl DataError {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Document {
     pub title: String,
     pub text: String,
@@ -39,6 +39,9 @@ pub struct Example {
     pub documents: Vec<Document>,
     /// The first answer is the training target for gold labels; all count for the metrics.
     pub answers: Vec<String>,
+    /// HotpotQA's supporting-fact titles: the documents that hold the answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub supporting_titles: Vec<String>,
 }
 
 impl Example {
@@ -145,6 +148,7 @@ mod tests {
                 text: "Someone did it.".into(),
             }],
             answers: vec!["Someone".into()],
+            supporting_titles: vec![],
         }
     }
 

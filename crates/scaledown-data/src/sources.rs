@@ -56,8 +56,8 @@ pub struct Parsed {
     /// SQuAD v2.0 questions without an answer (the method needs an answer to learn from).
     pub unanswerable: usize,
     /// Questions that come without any evidence text (TriviaQA's open-domain files): they need
-    /// retrieval first.
-    pub without_documents: usize,
+    /// retrieval over a corpus first.
+    pub without_documents: Vec<Example>,
 }
 
 /// Reads one source file of `dataset` in any of the supported layouts.
@@ -120,7 +120,7 @@ pub fn push_row(dataset: Dataset, row: &Value, parsed: &mut Parsed) -> Result<()
     if ex.answers.is_empty() {
         parsed.unanswerable += 1;
     } else if ex.documents.is_empty() {
-        parsed.without_documents += 1;
+        parsed.without_documents.push(ex);
     } else {
         parsed.examples.push(ex);
     }
@@ -128,20 +128,29 @@ pub fn push_row(dataset: Dataset, row: &Value, parsed: &mut Parsed) -> Result<()
 }
 
 fn finish(dataset: Dataset, file: &str, parsed: Parsed) -> Result<Parsed, DataError> {
-    if parsed.examples.is_empty() {
-        let why = if parsed.without_documents > 0 {
-            format!(
-                "none of its {} {dataset} questions comes with evidence text; they need \
-                 retrieval over a corpus before they can be compressed (not written without \
-                 documents)",
-                parsed.without_documents
-            )
-        } else {
-            format!("no answerable {dataset} examples found")
-        };
+    if parsed.examples.is_empty() && parsed.without_documents.is_empty() {
+        let why = format!("no answerable {dataset} examples found");
         return Err(DataError::file(file, why));
     }
     Ok(parsed)
+}
+
+impl Parsed {
+    /// The examples that come with their documents: an error naming `file` when none does
+    /// (their questions need `prepare --corpus`).
+    pub fn with_documents(self, dataset: Dataset, file: &str) -> Result<Vec<Example>, DataError> {
+        if self.examples.is_empty() {
+            return Err(DataError::file(
+                file,
+                format!(
+                    "none of its {} {dataset} questions comes with evidence text; they need \
+                     retrieval over a corpus (`prepare --corpus`) before they can be compressed",
+                    self.without_documents.len()
+                ),
+            ));
+        }
+        Ok(self.examples)
+    }
 }
 
 fn string(row: &Value, key: &str) -> Result<String, String> {
@@ -192,6 +201,7 @@ fn squad_row(row: &Value) -> Result<Example, String> {
             text: string(row, "context")?,
         }],
         answers: nonempty(answers),
+        supporting_titles: vec![],
     })
 }
 
@@ -232,6 +242,7 @@ fn squad_official(file: &str, doc: &Value) -> Result<Parsed, DataError> {
                         text: context.clone(),
                     }],
                     answers: nonempty(answers),
+                    supporting_titles: vec![],
                 };
                 if ex.answers.is_empty() {
                     parsed.unanswerable += 1;
@@ -284,7 +295,31 @@ fn hotpot_row(row: &Value) -> Result<Example, String> {
         question: string(row, "question")?,
         documents,
         answers: nonempty(vec![string(row, "answer")?]),
+        supporting_titles: supporting_titles(row)?,
     })
+}
+
+/// The distinct titles of HotpotQA's `supporting_facts` (`[[title, sentence], ..]`, or the
+/// Hugging Face `{title: [..], sent_id: [..]}`); none when the row has no such field.
+fn supporting_titles(row: &Value) -> Result<Vec<String>, String> {
+    let titles: Vec<String> = match row.get("supporting_facts") {
+        None | Some(Value::Null) => vec![],
+        Some(Value::Array(facts)) => facts
+            .iter()
+            .map(|f| f.get(0).and_then(Value::as_str).map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or("`supporting_facts` holds an entry without a title")?,
+        Some(Value::Object(o)) => strings(
+            o.get("title").unwrap_or(&Value::Null),
+            "supporting_facts.title",
+        )?,
+        Some(_) => return Err("`supporting_facts` is not a list".into()),
+    };
+    let mut seen = std::collections::HashSet::new();
+    Ok(titles
+        .into_iter()
+        .filter(|t| seen.insert(t.clone()))
+        .collect())
 }
 
 /// Shared JSONL `{id, question, answer, aliases, contexts}`, official `{Question, QuestionId,
@@ -355,6 +390,7 @@ fn trivia_row(row: &Value) -> Result<Example, String> {
         question,
         documents,
         answers: nonempty(answers),
+        supporting_titles: vec![],
     })
 }
 
@@ -382,10 +418,12 @@ mod tests {
 
     #[test]
     fn hotpot_both_layouts() {
-        let shared = r#"{"id":"h","question":"Q?","answer":"yes","context":[["A",["One."," Two."]],["B",["Three."]]]}"#;
-        let hf = r#"{"id":"h2","question":"Q?","answer":"no","context":{"title":["A"],"sentences":[["S1."," S2."]]}}"#;
+        let shared = r#"{"id":"h","question":"Q?","answer":"yes","supporting_facts":[["B",0],["A",1],["B",2]],"context":[["A",["One."," Two."]],["B",["Three."]]]}"#;
+        let hf = r#"{"id":"h2","question":"Q?","answer":"no","supporting_facts":{"title":["A"],"sent_id":[0]},"context":{"title":["A"],"sentences":[["S1."," S2."]]}}"#;
         let p = parse_source(Dataset::HotpotQa, "h.jsonl", &format!("{shared}\n{hf}")).unwrap();
         assert_eq!(p.examples[0].documents.len(), 2);
+        assert_eq!(p.examples[0].supporting_titles, ["B", "A"]);
+        assert_eq!(p.examples[1].supporting_titles, ["A"]);
         assert_eq!(p.examples[0].documents[0].text, "One. Two.");
         assert_eq!(p.examples[1].documents[0].text, "S1. S2.");
         let official = format!("[{}]", shared.replace("\"id\"", "\"_id\""));
@@ -401,7 +439,10 @@ mod tests {
     #[test]
     fn trivia_without_evidence_says_it_needs_retrieval() {
         let rows = r#"{"id":"t","question":"Q?","answer":null,"aliases":["A","B"],"contexts":[]}"#;
-        let err = parse_source(Dataset::TriviaQa, "t.jsonl", rows)
+        let parsed = parse_source(Dataset::TriviaQa, "t.jsonl", rows).unwrap();
+        assert_eq!(parsed.without_documents[0].answers, ["A", "B"]);
+        let err = parsed
+            .with_documents(Dataset::TriviaQa, "t.jsonl")
             .unwrap_err()
             .to_string();
         assert!(

@@ -105,6 +105,7 @@ mod tests {
                 text: "t".into(),
             }],
             answers: vec!["a".into()],
+            supporting_titles: vec![],
         }
     }
 

@@ -122,6 +122,40 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// `text` cut into consecutive pieces of at most `max_tokens` tokens, each cut where a
+    /// token starts (trimmed; empty pieces dropped): the passages of a retrieval corpus.
+    pub fn windows(&self, text: &str, max_tokens: usize) -> Result<Vec<String>, WeightError> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| WeightError::Format(format!("tokenizer: {e}")))?;
+        let mut cuts: Vec<usize> = enc
+            .get_offsets()
+            .iter()
+            .step_by(max_tokens.max(1))
+            .skip(1)
+            .map(|&(start, _)| {
+                // Offsets are bytes; a byte-level token may start inside a character.
+                let mut at = start.min(text.len());
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                at
+            })
+            .collect();
+        cuts.push(text.len());
+        let mut start = 0;
+        let mut out = Vec::new();
+        for end in cuts {
+            let piece = text[start..end.max(start)].trim();
+            if !piece.is_empty() {
+                out.push(piece.to_string());
+            }
+            start = end.max(start);
+        }
+        Ok(out)
+    }
+
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> String {
         self.inner.decode(ids, skip_special).unwrap_or_default()
     }

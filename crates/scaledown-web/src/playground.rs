@@ -428,6 +428,7 @@ impl Playground {
                 text: document.into(),
             }],
             answers: vec![],
+            supporting_titles: vec![],
         };
         let encoded = self
             .tokenizers
@@ -468,6 +469,7 @@ mod tests {
                         text: format!("The {a} is {c}. The other animals are not {c}."),
                     }],
                     answers: vec![c.into()],
+                    supporting_titles: vec![],
                 }
             })
             .collect()

@@ -1,0 +1,161 @@
+//! `prepare --corpus` end to end: real SQuAD and TriviaQA questions of ../shared/data get
+//! their documents from a BM25 index over real Wikipedia paragraphs; a broken corpus line is
+//! named and nothing is written.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn prepare(args: &[&str]) -> Output {
+    let models = models_dir();
+    Command::new(env!("CARGO_BIN_EXE_scaledown"))
+        .arg("prepare")
+        .args(args)
+        .args(["--models-dir", models.to_str().unwrap()])
+        .output()
+        .expect("run scaledown")
+}
+
+fn examples(path: &Path) -> Vec<scaledown_data::Example> {
+    let text = std::fs::read_to_string(path).unwrap();
+    scaledown_data::parse_examples(&path.display().to_string(), &text).unwrap()
+}
+
+/// `lines` SQuAD questions of ../shared/data, from many articles.
+fn squad_sample(dir: &Path, lines: usize) -> std::path::PathBuf {
+    let all = std::fs::read_to_string(shared_dir().join("data/squad_dev.jsonl")).unwrap();
+    // Every 8th question: many articles, so that the split can keep eval articles apart.
+    let sample: Vec<&str> = all.lines().step_by(8).take(lines).collect();
+    let path = dir.join("squad_sample.jsonl");
+    std::fs::write(&path, sample.join("\n")).unwrap();
+    path
+}
+
+#[test]
+fn squad_questions_retrieve_their_source_paragraph() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir(&corpus).unwrap();
+    let source = squad_sample(&corpus, 600);
+    let out = dir.path().join("train.json");
+    let o = prepare(&[
+        "--dataset",
+        "squad",
+        "--source",
+        source.to_str().unwrap(),
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--num-examples",
+        "100",
+        "--top-k",
+        "3",
+        "--output-file",
+        out.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{}{}",
+        stdout,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let train = examples(&out);
+    let eval = examples(&dir.path().join("train_eval.json"));
+    assert_eq!(
+        train.len() + eval.len(),
+        100,
+        "every question shares words with a passage"
+    );
+    for ex in train.iter().chain(&eval) {
+        assert!(
+            !ex.documents.is_empty() && ex.documents.len() <= 3,
+            "{}",
+            ex.id
+        );
+    }
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("train_retrieval.json")).unwrap(),
+    )
+    .unwrap();
+    let squad = &report["datasets"]["squad"];
+    assert_eq!(squad["questions"], 100);
+    assert_eq!(
+        squad["with_gold"], 100,
+        "every SQuAD paragraph is in the corpus"
+    );
+    let recall = squad["gold_recall"].as_f64().unwrap();
+    // BM25 finds most SQuAD source paragraphs: questions reuse the paragraph's words.
+    assert!(recall > 0.6, "recall@3 {recall}");
+    assert!(
+        report["passages"].as_u64().unwrap() > report["paragraphs"].as_u64().unwrap(),
+        "long paragraphs are cut into several passages: {report}"
+    );
+    assert!(stdout.contains("gold passage in the top 3"), "{stdout}");
+}
+
+#[test]
+fn trivia_questions_without_evidence_become_usable_with_a_corpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir(&corpus).unwrap();
+    squad_sample(&corpus, 300);
+    let trivia = shared_dir().join("data/triviaqa.jsonl");
+    let out = dir.path().join("t.json");
+    let args = [
+        "--dataset",
+        "trivia_qa",
+        "--source",
+        trivia.to_str().unwrap(),
+        "--num-examples",
+        "20",
+        "--output-file",
+        out.to_str().unwrap(),
+    ];
+    let without = prepare(&args);
+    assert!(!without.status.success());
+    assert!(
+        String::from_utf8_lossy(&without.stderr).contains("--corpus"),
+        "{}",
+        String::from_utf8_lossy(&without.stderr)
+    );
+    let with = prepare(&[&args[..], &["--corpus", corpus.to_str().unwrap()]].concat());
+    assert!(
+        with.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
+    // Written files are valid examples (questions without any matching passage left out).
+    let written = examples(&out);
+    assert!(!written.is_empty());
+}
+
+#[test]
+fn a_broken_corpus_line_is_named_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = squad_sample(dir.path(), 50);
+    let corpus = dir.path().join("kilt.jsonl");
+    std::fs::write(
+        &corpus,
+        "{\"wikipedia_title\": \"A\", \"paragraphs\": [\"p\"]}\n{\"wikipedia_title\": \"B\", \"paragraphs\": [\n",
+    )
+    .unwrap();
+    let out = dir.path().join("train.json");
+    let o = prepare(&[
+        "--dataset",
+        "squad",
+        "--source",
+        source.to_str().unwrap(),
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--num-examples",
+        "20",
+        "--output-file",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("kilt.jsonl line 2"), "{err}");
+    assert!(!out.exists() && !dir.path().join("train_eval.json").exists());
+}
