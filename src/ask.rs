@@ -26,6 +26,10 @@ pub struct EvalArgs {
     /// questions per second; each question's time is then its batch's time / the batch size.
     #[arg(long, alias = "eval_batch_size", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub eval_batch_size: u32,
+    /// Answer from the reranking head's M best documents only (0: all; the checkpoint needs a
+    /// reranking head).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub keep_top: u32,
     /// Also evaluate the uncompressed generator on the full text.
     #[arg(long)]
     pub baseline: bool,
@@ -57,7 +61,14 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         &read_text(&a.eval_data)?,
     )?;
     examples.truncate(a.max_eval_examples as usize);
-    let model = loaded.oscar.for_inference();
+    if a.keep_top > 0 && !setup.compressor.rerank {
+        bail!(
+            "--keep-top {}: {} has no reranking head (train with --rerank)",
+            a.keep_top,
+            a.checkpoint.display()
+        );
+    }
+    let model = crate::train::answering(&loaded.oscar, a.keep_top);
     let run = evaluate::compressed(
         &model,
         &loaded.tokenizers,

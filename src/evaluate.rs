@@ -59,6 +59,20 @@ pub struct EvalRun {
     pub scores: Scores,
     pub timing: Timing,
     pub predictions: Vec<Prediction>,
+    /// The reranking head's quality, where the compressor has one and gold documents are
+    /// known (HotpotQA supporting titles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranking: Option<Ranking>,
+}
+
+/// Reranking quality against HotpotQA's supporting titles, averaged over questions.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Ranking {
+    pub questions: usize,
+    /// M of recall@M: `--keep-top`, or 5 when every document is kept.
+    pub keep: usize,
+    pub recall_at_keep: f64,
+    pub ndcg_at_10: f64,
 }
 
 impl EvalRun {
@@ -69,6 +83,7 @@ impl EvalRun {
             scores,
             timing: Timing::of(&ms),
             predictions,
+            ranking: None,
         }
     }
 }
@@ -90,6 +105,67 @@ pub fn answer_config(max_new_tokens: usize) -> GenerationConfig {
 
 /// The compressed model (plain device, LoRA merged) on `examples`.
 pub fn compressed(
+    model: &Oscar,
+    tokenizers: &OscarTokenizers,
+    config: &CompressorConfig,
+    examples: &[Example],
+    max_new_tokens: usize,
+    batch: usize,
+    label: &str,
+) -> Result<EvalRun> {
+    let mut run = answer_compressed(
+        model,
+        tokenizers,
+        config,
+        examples,
+        max_new_tokens,
+        batch,
+        label,
+    )?;
+    run.ranking = ranking(model, tokenizers, config, examples)?;
+    Ok(run)
+}
+
+/// The reranking head's recall@M and nDCG@10 on the examples with supporting titles (None
+/// without a head or without such examples). Not timed: it compresses each question again.
+fn ranking(
+    model: &Oscar,
+    tokenizers: &OscarTokenizers,
+    config: &CompressorConfig,
+    examples: &[Example],
+) -> Result<Option<Ranking>> {
+    if model.compressor.rerank.is_none() {
+        return Ok(None);
+    }
+    let keep = match model.compressor.keep_top {
+        0 => 5,
+        m => m,
+    };
+    let (mut recall, mut ndcg) = (Vec::new(), Vec::new());
+    for ex in examples.iter().filter(|e| !e.supporting_titles.is_empty()) {
+        let encoded = tokenizers.encode(config, &ex.question, &documents_of(ex))?;
+        let Some(scores) = read_sync(model.rank(&encoded))? else {
+            return Ok(None);
+        };
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+        let relevant: Vec<bool> = order
+            .iter()
+            .map(|&d| ex.supporting_titles.contains(&ex.documents[d].title))
+            .collect();
+        recall.extend(scaledown_data::recall_at(keep, &relevant));
+        ndcg.extend(scaledown_data::ndcg_at(10, &relevant));
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    Ok((!recall.is_empty()).then(|| Ranking {
+        questions: recall.len(),
+        keep,
+        recall_at_keep: mean(&recall),
+        ndcg_at_10: mean(&ndcg),
+    }))
+}
+
+fn answer_compressed(
     model: &Oscar,
     tokenizers: &OscarTokenizers,
     config: &CompressorConfig,

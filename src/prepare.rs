@@ -37,6 +37,10 @@ pub struct PrepareArgs {
     /// Passages retrieved per question (with --corpus).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub top_k: u32,
+    /// Passages retrieved per eval question (default: --top-k); OSCAR trains with 5 and
+    /// evaluates with 10.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub eval_top_k: Option<u32>,
     /// Generator tokens per corpus passage (with --corpus).
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(16..=4096))]
     pub chunk_tokens: u32,
@@ -115,9 +119,19 @@ pub fn run(a: PrepareArgs) -> Result<()> {
         println!("{dataset}: {} train, {} eval", t.len(), e.len());
         if let Some(r) = &retriever {
             let k = a.top_k as usize;
-            let found = r.attach(dataset, k, [&mut t, &mut e]);
-            println!("{dataset}: {}", found.summary(k));
-            recall.push((dataset, found));
+            let eval_k = a.eval_top_k.unwrap_or(a.top_k) as usize;
+            let mut found = r.attach(dataset, k, [&mut t]);
+            if eval_k == k {
+                found.merge(&r.attach(dataset, k, [&mut e]));
+                println!("{dataset}: {}", found.summary(k));
+                recall.push((dataset.to_string(), k, found));
+            } else {
+                let eval_found = r.attach(dataset, eval_k, [&mut e]);
+                println!("{dataset} train: {}", found.summary(k));
+                println!("{dataset} eval: {}", eval_found.summary(eval_k));
+                recall.push((format!("{dataset} train"), k, found));
+                recall.push((format!("{dataset} eval"), eval_k, eval_found));
+            }
         }
         train.extend(t);
         eval.extend(e);
@@ -130,7 +144,7 @@ pub fn run(a: PrepareArgs) -> Result<()> {
     write_atomic(&eval_file, to_json(&eval).as_bytes())?;
     if let Some(r) = &retriever {
         let report = retrieval_report_path(&a.output_file);
-        write_atomic(&report, r.report(a.top_k as usize, &recall).as_bytes())?;
+        write_atomic(&report, r.report(&recall).as_bytes())?;
         println!("wrote {}", report.display());
     }
     println!(

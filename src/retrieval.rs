@@ -17,8 +17,9 @@ pub struct Passage {
     pub paragraph: usize,
 }
 
-/// Cuts every paragraph into consecutive windows of at most `chunk_tokens` tokens, cut where
-/// a token starts, so that no word is lost or doubled.
+/// Cuts every paragraph into consecutive windows that hold at most `chunk_tokens` tokens
+/// together with their title (so that a passage is one compressor chunk), cut where a token
+/// starts, so that no word is lost or doubled.
 pub fn passages(
     paragraphs: &[Document],
     tokenizer: &Tokenizer,
@@ -26,7 +27,10 @@ pub fn passages(
 ) -> anyhow::Result<Vec<Passage>> {
     let mut out = Vec::new();
     for (i, p) in paragraphs.iter().enumerate() {
-        for text in tokenizer.windows(&p.text, chunk_tokens)? {
+        let title = tokenizer.encode(&document_text(&p.title, ""))?.len();
+        // A very long title still leaves half of the chunk to the text.
+        let budget = chunk_tokens.saturating_sub(title).max(chunk_tokens / 2);
+        for text in tokenizer.windows(&p.text, budget)? {
             out.push(Passage {
                 document: Document {
                     title: p.title.clone(),
@@ -152,16 +156,18 @@ impl Retriever {
         recall
     }
 
-    /// The retrieval report: corpus size and recall@k per dataset, as JSON.
-    pub fn report(&self, k: usize, recall: &[(Dataset, Recall)]) -> String {
+    /// The retrieval report: corpus size and recall@k per dataset (or dataset and side), as
+    /// JSON.
+    pub fn report(&self, recall: &[(String, usize, Recall)]) -> String {
         let datasets: serde_json::Map<String, serde_json::Value> = recall
             .iter()
-            .map(|(d, r)| {
+            .map(|(d, k, r)| {
                 let mut v = serde_json::to_value(r).expect("plain struct");
+                v["top_k"] = serde_json::json!(k);
                 v["gold_recall"] = serde_json::json!(r.gold_recall());
                 v["all_gold_recall"] = serde_json::json!(r.all_gold_recall());
                 v["answer_recall"] = serde_json::json!(r.answer_recall());
-                (d.name().to_string(), v)
+                (d.clone(), v)
             })
             .collect();
         serde_json::to_string_pretty(&serde_json::json!({
@@ -169,7 +175,6 @@ impl Retriever {
             "paragraphs": self.paragraphs.len(),
             "passages": self.index.passages.len(),
             "chunk_tokens": self.chunk_tokens,
-            "top_k": k,
             "datasets": datasets,
         }))
         .expect("JSON values")
@@ -228,6 +233,16 @@ pub struct Recall {
 }
 
 impl Recall {
+    /// Adds another set of questions' counts.
+    pub fn merge(&mut self, other: &Recall) {
+        self.questions += other.questions;
+        self.with_gold += other.with_gold;
+        self.gold_found += other.gold_found;
+        self.all_gold_found += other.all_gold_found;
+        self.answer_found += other.answer_found;
+        self.without_passages += other.without_passages;
+    }
+
     pub fn add(&mut self, gold: &HashSet<usize>, retrieved: &[&Passage], answers: &[String]) {
         self.questions += 1;
         if !gold.is_empty() {
@@ -333,8 +348,9 @@ mod tests {
             assert!(windows.len() > 1, "{} was not cut", p.title);
             assert!(windows.iter().all(|w| w.document.title == p.title));
             for w in &windows {
-                let n = tok.encode(&w.document.text).unwrap().len();
-                assert!(n <= 6, "{n} tokens in {:?}", w.document.text);
+                let text = document_text(&w.document.title, &w.document.text);
+                let n = tok.encode(&text).unwrap().len();
+                assert!(n <= 6, "{n} tokens with the title in {text:?}");
             }
             let joined: Vec<String> = windows
                 .iter()

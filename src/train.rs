@@ -11,6 +11,7 @@ use clap::{Args, ValueEnum};
 use scaledown_data::{Example, Scores, parse_examples};
 use scaledown_model::backend::BackendKind;
 use scaledown_model::burn::module::Module;
+use scaledown_model::burn::prelude::Device;
 use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::compressor::{CompressorConfig, CompressorType};
 use scaledown_model::oscar::{Oscar, OscarTokenizers};
@@ -43,6 +44,13 @@ fn positive(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v.is_finite() && v < 1.0 => Ok(v),
         _ => Err(format!("`{s}` is not a learning rate in (0, 1)")),
+    }
+}
+
+fn weight(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1000.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a loss weight in [0, 1000]")),
     }
 }
 
@@ -121,6 +129,21 @@ pub struct TrainArgs {
     pub eval_batch_size: u32,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// OSCAR's reranking head: an `RR` token in the compressor input whose hidden state a
+    /// dense layer turns into each document's relevance score, trained toward the teacher's
+    /// (MiniLM's question-document cosine similarity) with --rerank-weight.
+    #[arg(long)]
+    #[serde(default)]
+    pub rerank: bool,
+    /// λ of the reranking loss: answer cross-entropy + λ·Σ(score − teacher score)².
+    #[arg(long, default_value = "0.05", value_parser = weight)]
+    #[serde(default)]
+    pub rerank_weight: f64,
+    /// In evaluation, answer from the reranking head's M best documents only (0: all; needs
+    /// --rerank).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    #[serde(default)]
+    pub keep_top: u32,
     /// Continue from the last checkpoint in --output-dir.
     #[arg(long)]
     pub resume: bool,
@@ -170,6 +193,8 @@ pub struct TrainState {
 pub struct Summary {
     pub scores: Scores,
     pub timing: evaluate::Timing,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranking: Option<evaluate::Ranking>,
 }
 
 impl From<&EvalRun> for Summary {
@@ -177,6 +202,7 @@ impl From<&EvalRun> for Summary {
         Self {
             scores: r.scores,
             timing: r.timing,
+            ranking: r.ranking,
         }
     }
 }
@@ -244,6 +270,12 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
             );
         }
     }
+    if a.keep_top > 0 && !a.rerank {
+        bail!(
+            "--keep-top {} needs --rerank (a reranking head to choose the documents)",
+            a.keep_top
+        );
+    }
     let setup = OscarSetup {
         compressor: CompressorConfig {
             compressor_type,
@@ -251,6 +283,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
             num_memory_tokens: a.num_memory_tokens as usize,
             compression_rate: a.compression_rate as usize,
             projector: !a.no_projector,
+            rerank: a.rerank,
         },
         generator,
         encoder,
@@ -299,11 +332,16 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         Labels::Gold => train.iter().map(|e| e.answers[0].clone()).collect(),
         Labels::Teacher => teacher_labels(&out, &train, &base_generator, &tokenizers, max_new)?,
     };
+    let relevance = match a.rerank {
+        true => teacher_relevance(&out, &train, models_dir, &device)?,
+        false => vec![vec![]; train.len()],
+    };
     let mut examples = Vec::with_capacity(train.len());
-    for (ex, target) in train.iter().zip(&targets) {
+    for ((ex, target), teacher_scores) in train.iter().zip(&targets).zip(relevance) {
         examples.push(TrainExample {
             encoded: tokenizers.encode(&setup.compressor, &ex.question, &documents_of(ex))?,
             answer: tokenizers.encode_answer(target)?,
+            teacher_scores,
         });
     }
 
@@ -321,7 +359,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
     println!("uncompressed baseline: {}", describe(&baseline));
     let before = cached_run(&out.join("before_training_results.json"), || {
         evaluate::compressed(
-            &oscar.for_inference(),
+            &answering(&oscar, a.keep_top),
             &tokenizers,
             &setup.compressor,
             &eval,
@@ -352,7 +390,13 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
     let total =
         (per_epoch * a.num_epochs as usize).min(a.max_steps.map_or(usize::MAX, |m| m as usize));
     state.total_steps = total;
-    let mut trainer = trainer_for(compressor_lr, a.learning_rate, total, state.step);
+    let mut trainer = trainer_for(
+        compressor_lr,
+        a.learning_rate,
+        a.rerank_weight,
+        total,
+        state.step,
+    );
     let mut stopped = None;
     let bar = progress::bar(total as u64, "training");
     bar.set_position(state.step as u64);
@@ -391,7 +435,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         if a.eval_steps > 0 && state.step % a.eval_steps as usize == 0 && state.step < total {
             let run = bar.suspend(|| {
                 evaluate::compressed(
-                    &model.for_inference(),
+                    &answering(&model, a.keep_top),
                     &tokenizers,
                     &setup.compressor,
                     &eval,
@@ -416,7 +460,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
     }
     bar.finish_and_clear();
 
-    let after_model = model.for_inference();
+    let after_model = answering(&model, a.keep_top);
     let after = evaluate::compressed(
         &after_model,
         &tokenizers,
@@ -495,7 +539,7 @@ fn load_examples(path: &Path) -> Result<Vec<Example>> {
 
 pub fn describe(r: &EvalRun) -> String {
     let s = r.scores;
-    format!(
+    let mut line = format!(
         "EM {:.3}  F1 {:.3}  ROUGE-L {:.3}  match {:.3}  {:.0} ms/query (p50 {:.0}, p95 {:.0})",
         s.exact_match,
         s.f1,
@@ -504,7 +548,70 @@ pub fn describe(r: &EvalRun) -> String {
         r.timing.mean_ms,
         r.timing.p50_ms,
         r.timing.p95_ms
-    )
+    );
+    if let Some(k) = r.ranking {
+        line += &format!(
+            "  reranking: recall@{} {:.3}  nDCG@10 {:.3} ({} questions)",
+            k.keep, k.recall_at_keep, k.ndcg_at_10, k.questions
+        );
+    }
+    line
+}
+
+/// The model for answering (LoRA merged), keeping the reranking head's `keep_top` best
+/// documents when that is set.
+pub fn answering(model: &Oscar, keep_top: u32) -> Oscar {
+    let mut m = model.for_inference();
+    m.compressor.keep_top = keep_top as usize;
+    m
+}
+
+/// The teacher's relevance score of each training document: MiniLM's cosine similarity
+/// between the question and the document, cached in `teacher_relevance.json`.
+fn teacher_relevance(
+    out: &Path,
+    train: &[Example],
+    models_dir: &Path,
+    device: &Device,
+) -> Result<Vec<Vec<f32>>> {
+    let path = out.join("teacher_relevance.json");
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Ok(cached) = serde_json::from_str::<Vec<Vec<f32>>>(&text)
+        && cached.len() == train.len()
+        && cached
+            .iter()
+            .zip(train)
+            .all(|(c, e)| c.len() == e.documents.len())
+    {
+        return Ok(cached);
+    }
+    let (minilm, tokenizer) = models::load_encoder(&models::default_encoder(models_dir), device)?;
+    // MiniLM reads at most 512 positions; a long document is judged by its beginning.
+    let embed = |text: &str| -> Result<Vec<f32>> {
+        let mut ids = tokenizer.encode_with(text, true)?;
+        ids.truncate(256);
+        let v = minilm.sentence_embedding(&ids, device).into_data();
+        Ok(v.iter::<f32>().collect())
+    };
+    let cosine = |a: &[f32], b: &[f32]| {
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        dot / (norm(a) * norm(b))
+    };
+    let bar = progress::bar(train.len() as u64, "teacher relevance (MiniLM)");
+    let mut scores = Vec::with_capacity(train.len());
+    for ex in train {
+        let q = embed(&ex.question)?;
+        let docs = documents_of(ex)
+            .iter()
+            .map(|d| Ok(cosine(&q, &embed(d)?)))
+            .collect::<Result<Vec<f32>>>()?;
+        scores.push(docs);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    write_atomic(&path, serde_json::to_string(&scores)?.as_bytes())?;
+    Ok(scores)
 }
 
 /// Runs `f` once and keeps its result in `path`; later runs (`--resume`) read it back.
@@ -604,6 +711,7 @@ impl Pretraining<'_> {
         let mut trainer = trainer_for(
             self.compressor_lr,
             a.learning_rate,
+            a.rerank_weight,
             total,
             state.pretrain_step,
         );
@@ -651,7 +759,13 @@ impl Pretraining<'_> {
 }
 
 /// AdamW with 5 % warm-up and linear decay over `total` steps, `done` of them already taken.
-fn trainer_for(compressor_lr: f64, generator_lr: f64, total: usize, done: usize) -> Trainer {
+fn trainer_for(
+    compressor_lr: f64,
+    generator_lr: f64,
+    rerank_weight: f64,
+    total: usize,
+    done: usize,
+) -> Trainer {
     let mut trainer = Trainer::new(TrainSettings {
         compressor_lr,
         generator_lr,
@@ -659,6 +773,7 @@ fn trainer_for(compressor_lr: f64, generator_lr: f64, total: usize, done: usize)
         warmup_steps: (total / 20).max(1),
         total_steps: total,
         max_grad_norm: 1.0,
+        rerank_weight,
     });
     trainer.step = done;
     trainer

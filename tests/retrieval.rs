@@ -51,6 +51,8 @@ fn squad_questions_retrieve_their_source_paragraph() {
         "100",
         "--top-k",
         "3",
+        "--eval-top-k",
+        "5",
         "--output-file",
         out.to_str().unwrap(),
     ]);
@@ -68,31 +70,30 @@ fn squad_questions_retrieve_their_source_paragraph() {
         100,
         "every question shares words with a passage"
     );
-    for ex in train.iter().chain(&eval) {
-        assert!(
-            !ex.documents.is_empty() && ex.documents.len() <= 3,
-            "{}",
-            ex.id
-        );
-    }
+    // OSCAR's shape: fewer documents in training than in evaluation.
+    assert!(train.iter().all(|e| (1..=3).contains(&e.documents.len())));
+    assert!(eval.iter().all(|e| (1..=5).contains(&e.documents.len())));
+    assert!(eval.iter().any(|e| e.documents.len() == 5));
     let report: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("train_retrieval.json")).unwrap(),
     )
     .unwrap();
-    let squad = &report["datasets"]["squad"];
-    assert_eq!(squad["questions"], 100);
+    let squad = &report["datasets"]["squad train"];
+    assert_eq!(squad["questions"].as_u64().unwrap() as usize, train.len());
     assert_eq!(
-        squad["with_gold"], 100,
+        squad["with_gold"], squad["questions"],
         "every SQuAD paragraph is in the corpus"
     );
     let recall = squad["gold_recall"].as_f64().unwrap();
     // BM25 finds most SQuAD source paragraphs: questions reuse the paragraph's words.
     assert!(recall > 0.6, "recall@3 {recall}");
+    assert_eq!(report["datasets"]["squad eval"]["top_k"], 5);
     assert!(
         report["passages"].as_u64().unwrap() > report["paragraphs"].as_u64().unwrap(),
         "long paragraphs are cut into several passages: {report}"
     );
     assert!(stdout.contains("gold passage in the top 3"), "{stdout}");
+    assert!(stdout.contains("gold passage in the top 5"), "{stdout}");
 }
 
 #[test]

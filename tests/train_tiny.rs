@@ -538,3 +538,103 @@ fn pretraining_lowers_its_loss_reloads_and_resumes() {
     let o = s.train("pt3", &["--pretrain-data", &bad, "--pretrain-steps", "2"]);
     fails_with(&o, &["bad.jsonl line 2", "not JSON"]);
 }
+
+/// A HotpotQA-like question with three documents, the second one supporting.
+fn multi_document_example(i: usize) -> serde_json::Value {
+    let (a, c) = (ANIMALS[i % 6], COLORS[(i * 5 + i / 6) % 6]);
+    let (b, d) = (ANIMALS[(i + 1) % 6], COLORS[(i + 2) % 6]);
+    serde_json::json!({"id": format!("h{i}"), "dataset": "hotpot_qa",
+        "question": format!("what color is the {a} ?"),
+        "documents": [
+            {"title": format!("other {i}"), "text": format!("the {b} is {d} .")},
+            {"title": format!("fact {i}"), "text": format!("the {a} is {c} .")},
+            {"title": format!("more {i}"), "text": "the sky is far .".to_string()}],
+        "answers": [c],
+        "supporting_titles": [format!("fact {i}")]})
+}
+
+#[test]
+fn the_reranking_head_trains_on_several_documents_and_keeps_the_best() {
+    let s = Setup::new();
+    let rows = |r: std::ops::Range<usize>| -> String {
+        let rows: Vec<String> = r.map(|i| multi_document_example(i).to_string()).collect();
+        format!("[\n{}\n]\n", rows.join(",\n"))
+    };
+    std::fs::write(s.dir.join("hotpot.json"), rows(0..8)).unwrap();
+    std::fs::write(s.dir.join("hotpot_eval.json"), rows(8..11)).unwrap();
+    let data = s.p("hotpot.json");
+    let extra = [
+        "--train-data",
+        &data,
+        "--rerank",
+        "--keep-top",
+        "1",
+        "--max-steps",
+        "30",
+    ];
+    let log = ok(&s.train("rr", &extra));
+    let out = s.dir.join("rr");
+
+    // The teacher's relevance: MiniLM prefers the document that answers.
+    let relevance = read_json(&out.join("teacher_relevance.json"));
+    let relevance = relevance.as_array().unwrap();
+    assert_eq!(relevance.len(), 8);
+    let best_is_supporting = relevance
+        .iter()
+        .filter(|r| {
+            let r: Vec<f64> = r
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            r[1] > r[0] && r[1] > r[2]
+        })
+        .count();
+    assert!(best_is_supporting >= 6, "{relevance:?}");
+
+    // Evaluation keeps one document and reports the head's ranking quality.
+    let after = read_json(&out.join("after_training_results.json"));
+    let ranking = &after["ranking"];
+    assert_eq!(ranking["questions"], 3, "{log}");
+    assert_eq!(ranking["keep"], 1);
+    let ndcg = ranking["ndcg_at_10"].as_f64().unwrap();
+    assert!(
+        (0.0..=1.0).contains(&ndcg) && ndcg >= 0.5,
+        "one of 3 ranked: {ndcg}"
+    );
+    let report = read_json(&out.join("metrics_report.json"));
+    assert!(log.contains("reranking: recall@1"), "{log}");
+    assert!(report.to_string().contains("ndcg_at_10"));
+
+    // `eval` reloads the head; a checkpoint without one refuses --keep-top.
+    let final_dir = out.join("checkpoints/final").display().to_string();
+    let eval_data = s.p("hotpot_eval.json");
+    ok(&scaledown(&[
+        "eval",
+        "--checkpoint",
+        &final_dir,
+        "--eval-data",
+        &eval_data,
+        "--keep-top",
+        "1",
+    ]));
+    ok(&s.train("plain", &["--max-steps", "2"]));
+    let plain = s.dir.join("plain/checkpoints/final").display().to_string();
+    fails_with(
+        &scaledown(&[
+            "eval",
+            "--checkpoint",
+            &plain,
+            "--eval-data",
+            &eval_data,
+            "--keep-top",
+            "1",
+        ]),
+        &["--keep-top", "reranking head"],
+    );
+    fails_with(
+        &s.train("bad", &["--keep-top", "2"]),
+        &["--keep-top", "--rerank"],
+    );
+}

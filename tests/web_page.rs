@@ -430,6 +430,7 @@ fn the_page_answers_with_smollm2_and_a_checkpoint_fetched_by_url() {
             num_memory_tokens: 8,
             compression_rate: 16,
             projector: true,
+            rerank: false,
         },
         generator: gguf.clone(),
         encoder: None,

@@ -153,6 +153,7 @@ pub fn train_work(tokenizers: &OscarTokenizers, examples: &[Example]) -> Result<
             Ok(TrainExample {
                 encoded: tokenizers.encode(&config, &ex.question, &documents_of(ex))?,
                 answer: tokenizers.encode_answer(&ex.answers[0])?,
+                teacher_scores: vec![],
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -216,6 +217,7 @@ impl Ours {
             warmup_steps: 1,
             total_steps: 1_000_000,
             max_grad_norm: 1.0,
+            rerank_weight: 0.05,
         });
         let prefix = PrefixCache::new(&generator, &tokenizers.shared_prefix()?, device);
         Ok(Self {

@@ -7,7 +7,9 @@ pub mod schema;
 pub mod sources;
 pub mod split;
 
-pub use metrics::{Scores, exact_match, match_accuracy, normalize_answer, rouge_l, token_f1};
+pub use metrics::{
+    Scores, exact_match, match_accuracy, ndcg_at, normalize_answer, recall_at, rouge_l, token_f1,
+};
 pub use schema::{DataError, Document, Example, parse_examples, to_json};
 pub use sources::{Dataset, Parsed, parse_source, push_row};
 pub use split::split_train_eval;

@@ -126,6 +126,27 @@ pub fn match_accuracy(prediction: &str, golds: &[String]) -> f64 {
     })
 }
 
+/// Reranking recall@m: the share of the relevant documents among the `m` best ranked.
+/// `ranked` holds each document's relevance, best-ranked first; None when none is relevant.
+pub fn recall_at(m: usize, ranked: &[bool]) -> Option<f64> {
+    let relevant = ranked.iter().filter(|&&r| r).count();
+    let found = ranked.iter().take(m).filter(|&&r| r).count();
+    (relevant > 0).then(|| found as f64 / relevant as f64)
+}
+
+/// nDCG@k with binary relevance: the discounted gain of the ranking over that of the best
+/// possible order of the same documents. None when none is relevant.
+pub fn ndcg_at(k: usize, ranked: &[bool]) -> Option<f64> {
+    let gain = |i: usize| 1.0 / (i as f64 + 2.0).log2();
+    let dcg: f64 = (0..ranked.len().min(k))
+        .filter(|&i| ranked[i])
+        .map(gain)
+        .sum();
+    let relevant = ranked.iter().filter(|&&r| r).count();
+    let ideal: f64 = (0..relevant.min(k)).map(gain).sum();
+    (relevant > 0).then(|| dcg / ideal)
+}
+
 /// Mean scores over a set of predictions (each in [0, 1]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Scores {
@@ -205,6 +226,21 @@ mod tests {
         );
         assert_eq!(match_accuracy("Denver", &g), 0.0);
         assert_eq!(match_accuracy("anything", &golds(&["the"])), 0.0);
+    }
+
+    #[test]
+    fn ranking_recall_and_ndcg_on_known_cases() {
+        let ranked = [false, true, false, true];
+        assert_eq!(recall_at(1, &ranked), Some(0.0));
+        assert_eq!(recall_at(2, &ranked), Some(0.5));
+        assert_eq!(recall_at(4, &ranked), Some(1.0));
+        assert_eq!(recall_at(3, &[false, false]), None);
+        // DCG = 1/log2(3) + 1/log2(5); ideal = 1 + 1/log2(3).
+        let expected = (1.0 / 3f64.log2() + 1.0 / 5f64.log2()) / (1.0 + 1.0 / 3f64.log2());
+        assert!((ndcg_at(10, &ranked).unwrap() - expected).abs() < 1e-12);
+        assert_eq!(ndcg_at(10, &[true, true, false]), Some(1.0));
+        assert_eq!(ndcg_at(1, &[false, true]), Some(0.0));
+        assert_eq!(ndcg_at(10, &[false]), None);
     }
 
     #[test]

@@ -59,6 +59,10 @@ pub struct CompressorConfig {
     pub compression_rate: usize,
     /// A 2-layer MLP after the backbone (always used by the encoder compressor).
     pub projector: bool,
+    /// OSCAR's reranking head: an `RR` token after the memory tokens whose hidden state a
+    /// dense layer turns into the chunk's relevance score.
+    #[serde(default)]
+    pub rerank: bool,
 }
 
 impl CompressorConfig {
@@ -71,6 +75,7 @@ impl CompressorConfig {
             num_memory_tokens: 8,
             compression_rate: 16,
             projector: true,
+            rerank: false,
         }
     }
 
@@ -138,12 +143,49 @@ impl Projector {
     }
 }
 
+/// OSCAR's reranking head: the `RR` token's embedding and the dense layer that scores its
+/// hidden state.
+#[derive(Module, Debug)]
+pub struct RerankHead {
+    /// `[1, backbone width]`.
+    pub token: Param<Tensor<2>>,
+    /// backbone width -> 1.
+    pub dense: Linear,
+}
+
+impl RerankHead {
+    pub fn new(d: usize, device: &Device) -> Self {
+        Self {
+            token: Param::from_tensor(memory_init(1, d, device)),
+            dense: LinearConfig::new(d, 1).init(device),
+        }
+    }
+
+    /// The `RR` hidden states `[n, d]` -> relevance scores `[n]`.
+    pub fn score(&self, states: Tensor<2>) -> Tensor<1> {
+        let n = states.dims()[0];
+        self.dense.forward(states).reshape([n])
+    }
+}
+
+/// What the compressor makes of a question's chunks.
+pub struct Compressed {
+    /// `[chunks × L, generator width]`, in chunk order.
+    pub memory: Tensor<2>,
+    /// The reranking head's score of each chunk `[chunks]`, when the compressor has one.
+    pub scores: Option<Tensor<1>>,
+}
+
 #[derive(Module, Debug)]
 pub struct Compressor {
     pub backbone: Backbone,
     /// Learned memory-token embeddings `[L, backbone width]`.
     pub memory: Param<Tensor<2>>,
     pub projector: Option<Projector>,
+    pub rerank: Option<RerankHead>,
+    /// At answering time, keep only the chunks of this many best-scored documents (0: all;
+    /// needs the reranking head). A setting, not a weight.
+    pub keep_top: usize,
 }
 
 impl Compressor {
@@ -163,6 +205,8 @@ impl Compressor {
             }),
             memory: Param::from_tensor(memory_init(config.num_memory_tokens, d, device)),
             projector: config.projector.then(|| Projector::new(d, d, device)),
+            rerank: config.rerank.then(|| RerankHead::new(d, device)),
+            keep_top: 0,
         }
     }
 
@@ -178,6 +222,8 @@ impl Compressor {
             backbone: Backbone::Encoder(encoder),
             memory: Param::from_tensor(memory_init(config.num_memory_tokens, d, device)),
             projector: Some(Projector::new(d, generator_width, device)),
+            rerank: config.rerank.then(|| RerankHead::new(d, device)),
+            keep_top: 0,
         }
     }
 
@@ -194,11 +240,17 @@ impl Compressor {
     /// by length keeps the padding small (one batch for all ten documents of a HotpotQA
     /// question spent 40 % of its rows on padding).
     pub fn compress(&self, chunks: Vec<Tensor<3>>) -> Tensor<2> {
+        self.compress_scored(chunks).memory
+    }
+
+    /// [`Compressor::compress`], with the reranking head's score of each chunk when the
+    /// compressor has one.
+    pub fn compress_scored(&self, chunks: Vec<Tensor<3>>) -> Compressed {
         let lens: Vec<usize> = chunks.iter().map(|t| t.dims()[1]).collect();
         let mut order: Vec<usize> = (0..chunks.len()).collect();
         order.sort_by_key(|&i| lens[i]);
         let mut chunks: Vec<Option<Tensor<3>>> = chunks.into_iter().map(Some).collect();
-        let mut states: Vec<Option<Tensor<2>>> = vec![None; chunks.len()];
+        let mut states: Vec<Option<ChunkStates>> = vec![None; chunks.len()];
         let mut rest = order.as_slice();
         while let Some(&first) = rest.first() {
             // Up to 25 % longer than the group's shortest chunk shares its batch.
@@ -216,36 +268,48 @@ impl Compressor {
             }
             rest = tail;
         }
-        let memory_states = Tensor::cat(
-            states
-                .into_iter()
-                .map(|s| s.expect("every chunk"))
-                .collect(),
-            0,
-        );
-        match &self.projector {
+        let (memory_states, rr_states): (Vec<Tensor<2>>, Vec<Option<Tensor<2>>>) = states
+            .into_iter()
+            .map(|s| {
+                let s = s.expect("every chunk");
+                (s.memory, s.rr)
+            })
+            .unzip();
+        let memory_states = Tensor::cat(memory_states, 0);
+        let memory = match &self.projector {
             Some(p) => p.forward(memory_states),
             None => memory_states,
-        }
+        };
+        let scores = self.rerank.as_ref().map(|head| {
+            let rr: Vec<Tensor<2>> = rr_states.into_iter().map(|r| r.expect("RR")).collect();
+            head.score(Tensor::cat(rr, 0))
+        });
+        Compressed { memory, scores }
     }
 
-    /// The hidden states at the memory tokens `[L, backbone width]` of each chunk, run as one
-    /// batch of rows `[query; chunk; MEM_1..MEM_L; padding]`: padding after the memory tokens
-    /// leaves them where a lone chunk would have them (causal layers never see it; the encoder
-    /// masks it), so a batch gives a lone chunk's states.
-    fn padded_batch(&self, chunks: Vec<Tensor<3>>) -> Vec<Tensor<2>> {
+    /// The hidden states at the memory tokens (and at `RR`) of each chunk, run as one batch of
+    /// rows `[query; chunk; MEM_1..MEM_L; RR; padding]`: padding after them leaves them where
+    /// a lone chunk would have them (causal layers never see it; the encoder masks it), so a
+    /// batch gives a lone chunk's states. `RR` comes after the memory tokens, so that in the
+    /// decoder it sees them and they do not see it.
+    fn padded_batch(&self, chunks: Vec<Tensor<3>>) -> Vec<ChunkStates> {
         let l = self.num_memory_tokens();
+        let mut tail = vec![self.memory.val().unsqueeze::<3>()];
+        if let Some(head) = &self.rerank {
+            tail.push(head.token.val().unsqueeze::<3>());
+        }
+        let tail = Tensor::cat(tail, 1); // [1, L (+ 1), d]
+        let t = tail.dims()[1];
         let lens: Vec<usize> = chunks.iter().map(|t| t.dims()[1]).collect();
-        let width = lens.iter().max().copied().unwrap_or(0) + l;
+        let width = lens.iter().max().copied().unwrap_or(0) + t;
         let device = self.memory.device();
-        let memory = self.memory.val().unsqueeze::<3>();
         let rows: Vec<Tensor<3>> = chunks
             .into_iter()
             .map(|tokens| {
                 let [_, n, d] = tokens.dims();
-                let mut parts = vec![tokens, memory.clone()];
-                if n + l < width {
-                    parts.push(Tensor::zeros([1, width - n - l, d], &device));
+                let mut parts = vec![tokens, tail.clone()];
+                if n + t < width {
+                    parts.push(Tensor::zeros([1, width - n - t, d], &device));
                 }
                 Tensor::cat(parts, 1)
             })
@@ -264,7 +328,7 @@ impl Compressor {
             Backbone::Encoder(bert) => {
                 let seen: Vec<i64> = lens
                     .iter()
-                    .flat_map(|&n| (0..width).map(move |j| (j < n + l) as i64))
+                    .flat_map(|&n| (0..width).map(move |j| (j < n + t) as i64))
                     .collect();
                 let mask =
                     Tensor::<2, Int>::from_data(TensorData::new(seen, [batch, width]), &device);
@@ -273,11 +337,17 @@ impl Compressor {
         };
         lens.iter()
             .enumerate()
-            .map(|(i, &n)| {
-                hidden
+            .map(|(i, &n)| ChunkStates {
+                memory: hidden
                     .clone()
                     .slice([i..i + 1, n..n + l, 0..d])
-                    .reshape([l, d])
+                    .reshape([l, d]),
+                rr: (t > l).then(|| {
+                    hidden
+                        .clone()
+                        .slice([i..i + 1, n + l..n + l + 1, 0..d])
+                        .reshape([1, d])
+                }),
             })
             .collect()
     }
@@ -289,6 +359,13 @@ impl Compressor {
             Backbone::Encoder(bert) => bert.embeddings.word.forward(ids),
         }
     }
+}
+
+/// One chunk's backbone states: `[L, d]` at the memory tokens, `[1, d]` at `RR`.
+#[derive(Clone)]
+struct ChunkStates {
+    memory: Tensor<2>,
+    rr: Option<Tensor<2>>,
 }
 
 struct FreshCopy;

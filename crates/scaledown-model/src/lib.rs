@@ -18,5 +18,7 @@ pub mod weights;
 mod oscar_tests;
 #[cfg(test)]
 mod pretraining_tests;
+#[cfg(test)]
+mod rerank_tests;
 
 pub use burn;

@@ -6,7 +6,7 @@
 //! documents' text where the vectors are.
 
 use crate::bert::Bert;
-use crate::compressor::{Compressor, CompressorConfig, CompressorType};
+use crate::compressor::{Compressed, Compressor, CompressorConfig, CompressorType};
 use crate::generation::{GenerationConfig, PrefixCache, continue_from, generate_batch};
 use crate::llama::{KvCache, Llama};
 use crate::tokenizer::{SMOLLM2_SYSTEM_PROMPT, Tokenizer};
@@ -104,6 +104,42 @@ pub struct Encoded {
     pub suffix: Vec<u32>,
     /// Document tokens that the chunks hold (for the compression report).
     pub document_tokens: usize,
+    /// The document each chunk comes from (indices into the question's documents).
+    pub chunk_documents: Vec<usize>,
+}
+
+impl Encoded {
+    /// The first chunk of each document (None for a document without tokens): the chunk
+    /// whose reranking score stands for the document, as it holds the title and opening.
+    pub fn first_chunks(&self, documents: usize) -> Vec<Option<usize>> {
+        (0..documents)
+            .map(|d| self.chunk_documents.iter().position(|&c| c == d))
+            .collect()
+    }
+
+    /// How many documents the chunks come from.
+    pub fn documents(&self) -> usize {
+        self.chunk_documents.iter().max().map_or(0, |&d| d + 1)
+    }
+
+    /// Only the chunks of `keep` (document indices, in the order given).
+    pub fn keeping(&self, keep: &[usize]) -> Self {
+        let (chunks, chunk_documents) = keep
+            .iter()
+            .flat_map(|&d| {
+                self.chunks
+                    .iter()
+                    .zip(&self.chunk_documents)
+                    .filter(move |&(_, &c)| c == d)
+            })
+            .map(|(ids, &d)| (ids.clone(), d))
+            .unzip();
+        Self {
+            chunks,
+            chunk_documents,
+            ..self.clone()
+        }
+    }
 }
 
 /// How a document enters a prompt, compressed or not: its title, then its text.
@@ -144,6 +180,7 @@ impl OscarTokenizers {
         let gen_tok = &self.generator;
         let per_chunk = config.chunk_tokens();
         let mut chunks = Vec::new();
+        let mut chunk_documents = Vec::new();
         let mut document_tokens = 0;
         let (query, tail): (Vec<u32>, Vec<u32>) = match config.compressor_type {
             CompressorType::NLayers => {
@@ -168,7 +205,7 @@ impl OscarTokenizers {
                 (q, vec![sep])
             }
         };
-        for doc in documents {
+        for (d, doc) in documents.iter().enumerate() {
             let ids = match config.compressor_type {
                 CompressorType::NLayers => gen_tok.encode(doc)?,
                 CompressorType::Encoder => self.encoder.as_ref().expect("checked").encode(doc)?,
@@ -176,6 +213,7 @@ impl OscarTokenizers {
             document_tokens += ids.len();
             for piece in ids.chunks(per_chunk) {
                 chunks.push([query.as_slice(), piece, tail.as_slice()].concat());
+                chunk_documents.push(d);
             }
         }
         Ok(Encoded {
@@ -183,6 +221,7 @@ impl OscarTokenizers {
             prefix: gen_tok.encode(&chat_prefix())?,
             suffix: gen_tok.encode(&chat_suffix(question))?,
             document_tokens,
+            chunk_documents,
         })
     }
 
@@ -213,12 +252,15 @@ impl Oscar {
 
     /// All chunks' memory vectors, in order: `[chunks × L, generator width]`.
     pub fn memory_vectors(&self, encoded: &Encoded) -> Tensor<2> {
-        self.memory_vectors_of(&[encoded]).pop().expect("one input")
+        self.compress_all(&[encoded])
+            .pop()
+            .expect("one input")
+            .memory
     }
 
     /// The memory vectors of several inputs, their chunks compressed together (fewer, larger
-    /// batches): one `[chunks_i × L, generator width]` per input.
-    pub fn memory_vectors_of(&self, encoded: &[&Encoded]) -> Vec<Tensor<2>> {
+    /// batches), with the reranking scores of their chunks when the compressor has a head.
+    pub fn compress_all(&self, encoded: &[&Encoded]) -> Vec<Compressed> {
         let device = self.device();
         let tokens = encoded
             .iter()
@@ -228,19 +270,44 @@ impl Oscar {
                     .embed(&self.generator, ids_tensor(ids, &device))
             })
             .collect();
-        let all = self.compressor.compress(tokens);
-        let [_, d] = all.dims();
+        let all = self.compressor.compress_scored(tokens);
+        let [_, d] = all.memory.dims();
         let l = self.compressor.num_memory_tokens();
         let mut start = 0;
         encoded
             .iter()
             .map(|e| {
-                let end = start + e.chunks.len() * l;
-                let rows = all.clone().slice([start..end, 0..d]);
+                let end = start + e.chunks.len();
+                let one = Compressed {
+                    memory: all.memory.clone().slice([start * l..end * l, 0..d]),
+                    scores: all.scores.clone().map(|s| s.slice(start..end)),
+                };
                 start = end;
-                rows
+                one
             })
             .collect()
+    }
+
+    /// The reranking head's score of each document `[documents]` (its first chunk's), or None
+    /// without a head. Documents without tokens are left out.
+    pub fn document_scores(
+        compressed: &Compressed,
+        encoded: &Encoded,
+        documents: usize,
+    ) -> Option<Tensor<1>> {
+        let scores = compressed.scores.clone()?;
+        let device = scores.device();
+        let first: Vec<i64> = encoded
+            .first_chunks(documents)
+            .into_iter()
+            .flatten()
+            .map(|c| c as i64)
+            .collect();
+        let n = first.len();
+        Some(scores.select(
+            0,
+            Tensor::<1, Int>::from_data(TensorData::new(first, [n]), &device),
+        ))
     }
 
     /// The generator's input embeddings `[1, n, width]`: prefix, memory vectors, suffix, then
@@ -271,18 +338,48 @@ impl Oscar {
     /// Cross-entropy of each answer (ids, ending with `<|im_end|>`) after its compressed
     /// prompt, averaged over the answer's tokens and then over the examples: `[1]`. Only the
     /// answer positions are scored.
+    pub fn answer_loss(&self, examples: &[(&Encoded, &[u32])]) -> Tensor<1> {
+        let scored: Vec<(&Encoded, &[u32], &[f32])> =
+            examples.iter().map(|&(e, a)| (e, a, &[][..])).collect();
+        self.training_loss(&scored, 0.0)
+    }
+
+    /// [`Oscar::answer_loss`] plus OSCAR's reranking loss: `rerank_weight` × the squared
+    /// differences between the head's document scores and the teacher's (the third element,
+    /// one per document; empty for none), summed over documents and averaged over examples.
     ///
     /// The examples run as one right-padded batch through the compressor and the generator:
     /// causal attention keeps each prompt's rows from seeing the padding after it, and the
     /// weights are packed once per product instead of once per example.
-    pub fn answer_loss(&self, examples: &[(&Encoded, &[u32])]) -> Tensor<1> {
+    pub fn training_loss(
+        &self,
+        examples: &[(&Encoded, &[u32], &[f32])],
+        rerank_weight: f64,
+    ) -> Tensor<1> {
         let device = self.device();
-        let encoded: Vec<&Encoded> = examples.iter().map(|(e, _)| *e).collect();
-        let prompts: Vec<Tensor<3>> = self
-            .memory_vectors_of(&encoded)
+        let encoded: Vec<&Encoded> = examples.iter().map(|(e, _, _)| *e).collect();
+        let compressed = self.compress_all(&encoded);
+        let mut rerank = Vec::new();
+        for (c, &(e, _, teacher)) in compressed.iter().zip(examples) {
+            if teacher.is_empty() || rerank_weight == 0.0 {
+                continue;
+            }
+            if let Some(scores) = Self::document_scores(c, e, teacher.len()) {
+                let kept: Vec<f32> = e
+                    .first_chunks(teacher.len())
+                    .iter()
+                    .zip(teacher)
+                    .filter_map(|(c, &t)| c.map(|_| t))
+                    .collect();
+                let n = kept.len();
+                let target = Tensor::<1>::from_data(TensorData::new(kept, [n]), &device);
+                rerank.push((scores - target).square().sum());
+            }
+        }
+        let prompts: Vec<Tensor<3>> = compressed
             .into_iter()
             .zip(examples)
-            .map(|(memory, (e, answer))| self.prompt_around(e, memory, &answer[..answer.len() - 1]))
+            .map(|(c, (e, answer, _))| self.prompt_around(e, c.memory, &answer[..answer.len() - 1]))
             .collect();
         let lens: Vec<usize> = prompts.iter().map(|p| p.dims()[1]).collect();
         let n = lens.iter().copied().max().unwrap_or(0);
@@ -303,7 +400,7 @@ impl Oscar {
             .iter()
             .zip(&lens)
             .enumerate()
-            .map(|(i, ((_, answer), &len))| {
+            .map(|(i, ((_, answer, _), &len))| {
                 let a = answer.len();
                 hidden
                     .clone()
@@ -317,7 +414,7 @@ impl Oscar {
         let log_probs = log_softmax(logits.reshape([total, self.generator.vocab_size()]), 1);
         let (targets, weights): (Vec<i64>, Vec<f32>) = examples
             .iter()
-            .flat_map(|(_, answer)| {
+            .flat_map(|(_, answer, _)| {
                 let w = 1.0 / (answer.len() * examples.len()) as f32;
                 answer.iter().map(move |&t| (t as i64, w))
             })
@@ -327,7 +424,14 @@ impl Oscar {
         let picked = log_probs
             .gather(1, targets.reshape([total, 1]))
             .reshape([total]);
-        (picked * weights).sum().neg().reshape([1])
+        let answer_ce = (picked * weights).sum().neg().reshape([1]);
+        match rerank.len() {
+            0 => answer_ce,
+            _ => {
+                let mse = Tensor::cat(rerank, 0).sum() / examples.len() as f64;
+                answer_ce + mse * rerank_weight
+            }
+        }
     }
 
     /// Generates an answer from the compressed prompt (ids, stop token included when produced).
@@ -348,8 +452,60 @@ impl Oscar {
         stop_ids: &[u32],
         config: &GenerationConfig,
     ) -> Result<Vec<Vec<u32>>, ExecutionError> {
-        let prompts = encoded.iter().map(|e| self.prompt_embeds(e, &[])).collect();
+        let mut prompts = Vec::with_capacity(encoded.len());
+        for e in encoded {
+            prompts.push(self.prompt_around(e, self.answer_memory(e).await?, &[]));
+        }
         generate_batch(&self.generator, prompts, stop_ids, config).await
+    }
+
+    /// The memory vectors an answer reads: all chunks', or, with [`Compressor::keep_top`] set and a
+    /// reranking head, only the chunks of the best-scored documents (in their given order).
+    pub(crate) async fn answer_memory(
+        &self,
+        encoded: &Encoded,
+    ) -> Result<Tensor<2>, ExecutionError> {
+        let compressed = self.compress_all(&[encoded]).pop().expect("one input");
+        let documents = encoded.documents();
+        let keep = self.compressor.keep_top;
+        if keep == 0 || keep >= documents {
+            return Ok(compressed.memory);
+        }
+        let Some(scores) = Self::document_scores(&compressed, encoded, documents) else {
+            return Ok(compressed.memory);
+        };
+        let scores = read_f32s(scores).await?;
+        let kept = top_documents(encoded, &scores, keep);
+        let l = self.compressor.num_memory_tokens();
+        let rows: Vec<i64> = encoded
+            .chunk_documents
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| kept.contains(d))
+            .flat_map(|(c, _)| (c * l..(c + 1) * l).map(|r| r as i64))
+            .collect();
+        let n = rows.len();
+        let device = self.device();
+        let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &device);
+        Ok(compressed.memory.select(0, rows))
+    }
+
+    /// The reranking head's score of each document of `encoded` (its first chunk's; NaN for a
+    /// document without tokens), or None when the compressor has no head.
+    pub async fn rank(&self, encoded: &Encoded) -> Result<Option<Vec<f32>>, ExecutionError> {
+        let compressed = self.compress_all(&[encoded]).pop().expect("one input");
+        let documents = encoded.documents();
+        let Some(scores) = Self::document_scores(&compressed, encoded, documents) else {
+            return Ok(None);
+        };
+        let mut read = read_f32s(scores).await?.into_iter();
+        Ok(Some(
+            encoded
+                .first_chunks(documents)
+                .iter()
+                .map(|c| c.and_then(|_| read.next()).unwrap_or(f32::NAN))
+                .collect(),
+        ))
     }
 
     /// [`Oscar::answer`] with the KV cache of the chat prefix computed once for many questions
@@ -367,7 +523,7 @@ impl Oscar {
         if !rest.is_empty() {
             parts.push(self.generator.embed(ids_tensor(rest, &device)));
         }
-        parts.push(self.memory_vectors(encoded).unsqueeze::<3>());
+        parts.push(self.answer_memory(encoded).await?.unsqueeze::<3>());
         parts.push(self.generator.embed(ids_tensor(&encoded.suffix, &device)));
         let x = Tensor::cat(parts, 1);
         let hidden = self
@@ -388,4 +544,26 @@ impl Oscar {
         )
         .await
     }
+}
+
+/// The `keep` best-scored documents of `encoded` (scores of the documents that have chunks,
+/// in order), as document indices.
+fn top_documents(encoded: &Encoded, scores: &[f32], keep: usize) -> Vec<usize> {
+    let with_chunks: Vec<usize> = encoded
+        .first_chunks(encoded.documents())
+        .iter()
+        .enumerate()
+        .filter_map(|(d, c)| c.map(|_| d))
+        .collect();
+    let mut ranked: Vec<(usize, f32)> = with_chunks
+        .into_iter()
+        .zip(scores.iter().copied())
+        .collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    ranked.into_iter().take(keep).map(|(d, _)| d).collect()
+}
+
+async fn read_f32s(t: Tensor<1>) -> Result<Vec<f32>, ExecutionError> {
+    let data = t.into_data_async().await?;
+    Ok(data.iter::<f32>().collect())
 }

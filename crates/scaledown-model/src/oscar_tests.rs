@@ -19,6 +19,7 @@ fn config(compressor_type: CompressorType) -> CompressorConfig {
         num_memory_tokens: 2,
         compression_rate: 4,
         projector: true,
+        rerank: false,
     }
 }
 
@@ -53,8 +54,10 @@ fn example() -> TrainExample {
             prefix: vec![10, 11],
             suffix: vec![12, 13, 14],
             document_tokens: 8,
+            chunk_documents: vec![0, 1],
         },
         answer: vec![20, 21, 22, 23],
+        teacher_scores: vec![],
     }
 }
 
@@ -66,6 +69,7 @@ fn settings(steps: usize) -> TrainSettings {
         warmup_steps: 2,
         total_steps: steps,
         max_grad_norm: 1.0,
+        rerank_weight: 0.05,
     }
 }
 
@@ -237,6 +241,7 @@ fn chunks_compressed_in_one_padded_batch_equal_chunks_compressed_alone() {
         // Unequal lengths: the shorter chunks are padded after their memory tokens.
         let encoded = Encoded {
             chunks: vec![vec![1, 2, 3, 4, 5, 6], vec![1, 2, 7], vec![9, 8, 7, 6, 5]],
+            chunk_documents: vec![0, 0, 1],
             ..example().encoded
         };
         let batched = model.memory_vectors(&encoded);
@@ -246,6 +251,7 @@ fn chunks_compressed_in_one_padded_batch_equal_chunks_compressed_alone() {
             .map(|ids| {
                 let one = Encoded {
                     chunks: vec![ids.clone()],
+                    chunk_documents: vec![0],
                     ..encoded.clone()
                 };
                 model.memory_vectors(&one)
@@ -268,10 +274,12 @@ fn a_padded_batch_loss_is_the_mean_of_the_examples_losses() {
         let short = TrainExample {
             encoded: Encoded {
                 chunks: vec![vec![1, 9, 9]],
+                chunk_documents: vec![0],
                 suffix: vec![12],
                 ..example().encoded
             },
             answer: vec![25, 26, 27, 28, 29, 30],
+            teacher_scores: vec![],
         };
         let alone: Vec<f32> = [&long, &short]
             .iter()
@@ -332,6 +340,7 @@ fn a_padded_batch_answers_as_each_question_alone() {
         .iter()
         .map(|&chunks| Encoded {
             chunks: (0..chunks).map(|c| vec![1, 2, 3 + c as u32, 9]).collect(),
+            chunk_documents: (0..chunks).collect(),
             ..example().encoded
         })
         .collect();

@@ -123,5 +123,6 @@ fn example(
     Ok(TrainExample {
         encoded: tokenizers.encode(config, instruction, &[document.to_string()])?,
         answer: tokenizers.encode_answer(target)?,
+        teacher_scores: vec![],
     })
 }

@@ -33,6 +33,7 @@ fn config() -> CompressorConfig {
         num_memory_tokens: 2,
         compression_rate: 4,
         projector: true,
+        rerank: false,
     }
 }
 
@@ -94,6 +95,7 @@ fn each_objective_lowers_its_loss() {
             warmup_steps: 2,
             total_steps: 40,
             max_grad_norm: 1.0,
+            rerank_weight: 0.05,
         });
         for _ in 0..40 {
             let (m, stats) = read_sync(trainer.step(model, &batch));

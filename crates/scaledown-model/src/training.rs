@@ -21,12 +21,16 @@ pub struct TrainSettings {
     pub warmup_steps: usize,
     pub total_steps: usize,
     pub max_grad_norm: f32,
+    /// λ of the reranking loss (used when the compressor has a reranking head).
+    pub rerank_weight: f64,
 }
 
 /// A teacher-forced example: the compressed input and the target answer ids.
 pub struct TrainExample {
     pub encoded: Encoded,
     pub answer: Vec<u32>,
+    /// The teacher's relevance score of each document, for the reranking loss (empty: none).
+    pub teacher_scores: Vec<f32>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -86,11 +90,14 @@ impl Trainer {
         let mut acc_g = GradientsAccumulator::new();
         let mut total = 0.0f32;
         for part in batch.chunks(MICRO_BATCH) {
-            let examples: Vec<(&Encoded, &[u32])> = part
+            let examples: Vec<(&Encoded, &[u32], &[f32])> = part
                 .iter()
-                .map(|ex| (&ex.encoded, ex.answer.as_slice()))
+                .map(|ex| {
+                    let scores = ex.teacher_scores.as_slice();
+                    (&ex.encoded, ex.answer.as_slice(), scores)
+                })
                 .collect();
-            let loss = model.answer_loss(&examples);
+            let loss = model.training_loss(&examples, self.settings.rerank_weight);
             let value = match self.read(loss.clone()).await {
                 Ok(v) => v,
                 Err(e) => return (model, Err(e)),

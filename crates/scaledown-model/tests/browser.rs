@@ -59,6 +59,7 @@ async fn webgpu_matches_the_cpu_backend_generates_and_trains() {
         num_memory_tokens: 2,
         compression_rate: 4,
         projector: true,
+        rerank: false,
     };
     let lora = LoraSettings {
         rank: 4,
@@ -71,8 +72,10 @@ async fn webgpu_matches_the_cpu_backend_generates_and_trains() {
             prefix: vec![1, 2, 3],
             suffix: vec![4, 5],
             document_tokens: 10,
+            chunk_documents: vec![0, 0],
         },
         answer: vec![30, 31, 2],
+        teacher_scores: vec![],
     };
     let loss = async |m: &Oscar| {
         let l = m
@@ -88,6 +91,7 @@ async fn webgpu_matches_the_cpu_backend_generates_and_trains() {
         warmup_steps: 1,
         total_steps: 15,
         max_grad_norm: 1.0,
+        rerank_weight: 0.05,
     });
     let mut model = oscar.train();
     for _ in 0..15 {

@@ -31,6 +31,7 @@ pub fn tiny_compressor() -> CompressorConfig {
         num_memory_tokens: 4,
         compression_rate: 16,
         projector: false,
+        rerank: false,
     }
 }
 
@@ -273,7 +274,11 @@ impl Playground {
             .tokenizers
             .encode_answer(ex.answers.first().map_or("", String::as_str))
             .map_err(err)?;
-        Ok(TrainExample { encoded, answer })
+        Ok(TrainExample {
+            encoded,
+            answer,
+            teacher_scores: vec![],
+        })
     }
 
     /// Trains `steps` steps of batch 1 over `examples` in turn, AdamW at `learning_rate` for
@@ -296,6 +301,7 @@ impl Playground {
             warmup_steps: (steps / 10).max(1),
             total_steps: steps,
             max_grad_norm: 1.0,
+            rerank_weight: 0.05,
         });
         let mut model = self.model.clone().train();
         for step in 0..steps {
