@@ -14,8 +14,10 @@ use scaledown_model::burn::module::Module;
 use scaledown_model::burn::prelude::Device;
 use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::compressor::{CompressorConfig, CompressorType};
-use scaledown_model::oscar::{Oscar, OscarTokenizers};
+use scaledown_model::distillation::{self, TeacherTokens};
+use scaledown_model::oscar::{Oscar, OscarTokenizers, full_text_user_turn};
 use scaledown_model::pretraining::{self, Objectives};
+use scaledown_model::tokenizer::chat_prompt;
 use scaledown_model::training::{TrainExample, TrainSettings, Trainer};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -144,6 +146,11 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1000))]
     #[serde(default)]
     pub keep_top: u32,
+    /// Distillation from the uncompressed generator: weight of the cross-entropy against its
+    /// token distributions over the answer (top 16 per token, read from the full text; 0: off).
+    #[arg(long, default_value = "0", value_parser = weight)]
+    #[serde(default)]
+    pub distill_weight: f64,
     /// Continue from the last checkpoint in --output-dir.
     #[arg(long)]
     pub resume: bool,
@@ -342,7 +349,14 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
             encoded: tokenizers.encode(&setup.compressor, &ex.question, &documents_of(ex))?,
             answer: tokenizers.encode_answer(target)?,
             teacher_scores,
+            teacher_tokens: vec![],
         });
+    }
+    if a.distill_weight > 0.0 {
+        let tokens = teacher_distributions(&out, &train, &examples, &base_generator, &tokenizers)?;
+        for (ex, t) in examples.iter_mut().zip(tokens) {
+            ex.teacher_tokens = t;
+        }
     }
 
     // Baseline and before-training evaluation (skipped on resume when already written).
@@ -390,13 +404,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
     let total =
         (per_epoch * a.num_epochs as usize).min(a.max_steps.map_or(usize::MAX, |m| m as usize));
     state.total_steps = total;
-    let mut trainer = trainer_for(
-        compressor_lr,
-        a.learning_rate,
-        a.rerank_weight,
-        total,
-        state.step,
-    );
+    let mut trainer = trainer_for(&a, compressor_lr, total, state.step);
     let mut stopped = None;
     let bar = progress::bar(total as u64, "training");
     bar.set_position(state.step as u64);
@@ -666,6 +674,56 @@ fn teacher_labels(
     Ok(train.iter().map(|e| cache[&e.id].clone()).collect())
 }
 
+/// Tokens kept of the teacher's distribution at each answer position.
+const DISTILL_TOP_K: usize = 16;
+
+/// The uncompressed generator's top tokens at each answer position of each training example,
+/// read from the full text (`teacher_tokens.json`, resumable: saved every few examples; an
+/// entry is reused only for the same answer ids).
+fn teacher_distributions(
+    out: &Path,
+    train: &[Example],
+    examples: &[TrainExample],
+    generator: &scaledown_model::llama::Llama,
+    tokenizers: &OscarTokenizers,
+) -> Result<Vec<TeacherTokens>> {
+    type Entry = (Vec<u32>, TeacherTokens);
+    let path = out.join("teacher_tokens.json");
+    let mut cache: BTreeMap<String, Entry> = match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a teacher-token cache", path.display()))?,
+        Err(_) => BTreeMap::new(),
+    };
+    let todo: Vec<usize> = (0..train.len())
+        .filter(|&i| {
+            cache
+                .get(&train[i].id)
+                .is_none_or(|(a, _)| *a != examples[i].answer)
+        })
+        .collect();
+    if !todo.is_empty() {
+        let bar = progress::bar(todo.len() as u64, "teacher token distributions");
+        for (n, &i) in todo.iter().enumerate() {
+            let (ex, answer) = (&train[i], &examples[i].answer);
+            let user = full_text_user_turn(&ex.question, &documents_of(ex));
+            let prompt = tokenizers.generator.encode(&chat_prompt(&user))?;
+            let tokens = read_sync(distillation::teacher_tokens(
+                generator,
+                &prompt,
+                answer,
+                DISTILL_TOP_K,
+            ))?;
+            cache.insert(ex.id.clone(), (answer.clone(), tokens));
+            bar.inc(1);
+            if n % 20 == 19 || n + 1 == todo.len() {
+                write_atomic(&path, serde_json::to_string(&cache)?.as_bytes())?;
+            }
+        }
+        bar.finish_and_clear();
+    }
+    Ok(train.iter().map(|e| cache[&e.id].1.clone()).collect())
+}
+
 /// The pretraining stage: its own step count, schedule, loss curve and checkpoints
 /// (`pretrain-K`, then `pretrained`), resumed like question answering.
 struct Pretraining<'a> {
@@ -708,13 +766,7 @@ impl Pretraining<'_> {
             examples.len()
         );
         let batch = a.batch_size as usize;
-        let mut trainer = trainer_for(
-            self.compressor_lr,
-            a.learning_rate,
-            a.rerank_weight,
-            total,
-            state.pretrain_step,
-        );
+        let mut trainer = trainer_for(a, self.compressor_lr, total, state.pretrain_step);
         let bar = progress::bar(total as u64, "pretraining");
         bar.set_position(state.pretrain_step as u64);
         let started = Instant::now();
@@ -759,21 +811,16 @@ impl Pretraining<'_> {
 }
 
 /// AdamW with 5 % warm-up and linear decay over `total` steps, `done` of them already taken.
-fn trainer_for(
-    compressor_lr: f64,
-    generator_lr: f64,
-    rerank_weight: f64,
-    total: usize,
-    done: usize,
-) -> Trainer {
+fn trainer_for(a: &TrainArgs, compressor_lr: f64, total: usize, done: usize) -> Trainer {
     let mut trainer = Trainer::new(TrainSettings {
         compressor_lr,
-        generator_lr,
+        generator_lr: a.learning_rate,
         weight_decay: 0.1,
         warmup_steps: (total / 20).max(1),
         total_steps: total,
         max_grad_norm: 1.0,
-        rerank_weight,
+        rerank_weight: a.rerank_weight,
+        distill_weight: a.distill_weight,
     });
     trainer.step = done;
     trainer

@@ -638,3 +638,32 @@ fn the_reranking_head_trains_on_several_documents_and_keeps_the_best() {
         &["--keep-top", "--rerank"],
     );
 }
+
+#[test]
+fn distillation_caches_the_teachers_token_distributions_and_trains() {
+    let s = Setup::new();
+    let log = ok(&s.train("kd", &["--distill-weight", "1", "--max-steps", "20"]));
+    let out = s.dir.join("kd");
+    let cache = read_json(&out.join("teacher_tokens.json"));
+    let cache = cache.as_object().unwrap();
+    assert_eq!(cache.len(), 8, "one entry per training example");
+    for (id, entry) in cache {
+        let answer = entry[0].as_array().unwrap();
+        let rows = entry[1].as_array().unwrap();
+        assert_eq!(rows.len(), answer.len(), "{id}: one row per answer token");
+        for row in rows {
+            let row = row.as_array().unwrap();
+            assert_eq!(row.len(), 16, "{id}: the teacher's top 16");
+            let mass: f64 = row.iter().map(|p| p[1].as_f64().unwrap()).sum();
+            assert!(mass > 0.0 && mass <= 1.0 + 1e-4, "{id}: {mass}");
+        }
+    }
+    let report = read_json(&out.join("metrics_report.json"));
+    let losses = report["training"]["losses"].as_array().unwrap();
+    assert_eq!(losses.len(), 20, "{log}");
+    assert!(losses.iter().all(|l| l[1].as_f64().unwrap().is_finite()));
+    fails_with(
+        &s.train("bad", &["--distill-weight", "nan"]),
+        &["--distill-weight"],
+    );
+}

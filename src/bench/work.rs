@@ -154,6 +154,7 @@ pub fn train_work(tokenizers: &OscarTokenizers, examples: &[Example]) -> Result<
                 encoded: tokenizers.encode(&config, &ex.question, &documents_of(ex))?,
                 answer: tokenizers.encode_answer(&ex.answers[0])?,
                 teacher_scores: vec![],
+                teacher_tokens: vec![],
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -218,6 +219,7 @@ impl Ours {
             total_steps: 1_000_000,
             max_grad_norm: 1.0,
             rerank_weight: 0.05,
+            distill_weight: 0.0,
         });
         let prefix = PrefixCache::new(&generator, &tokenizers.shared_prefix()?, device);
         Ok(Self {

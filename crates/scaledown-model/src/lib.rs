@@ -6,6 +6,7 @@ pub mod backend;
 pub mod bert;
 pub mod checkpoint;
 pub mod compressor;
+pub mod distillation;
 pub mod generation;
 pub mod llama;
 pub mod oscar;

@@ -10,6 +10,7 @@ use crate::compressor::{Compressed, Compressor, CompressorConfig, CompressorType
 use crate::generation::{GenerationConfig, PrefixCache, continue_from, generate_batch};
 use crate::llama::{KvCache, Llama};
 use crate::tokenizer::{SMOLLM2_SYSTEM_PROMPT, Tokenizer};
+use crate::training::TrainExample;
 use crate::weights::WeightError;
 use burn::prelude::*;
 use burn::tensor::ExecutionError;
@@ -338,29 +339,32 @@ impl Oscar {
     /// Cross-entropy of each answer (ids, ending with `<|im_end|>`) after its compressed
     /// prompt, averaged over the answer's tokens and then over the examples: `[1]`. Only the
     /// answer positions are scored.
-    pub fn answer_loss(&self, examples: &[(&Encoded, &[u32])]) -> Tensor<1> {
-        let scored: Vec<(&Encoded, &[u32], &[f32])> =
-            examples.iter().map(|&(e, a)| (e, a, &[][..])).collect();
-        self.training_loss(&scored, 0.0)
+    pub fn answer_loss(&self, examples: &[&TrainExample]) -> Tensor<1> {
+        self.training_loss(examples, 0.0, 0.0)
     }
 
-    /// [`Oscar::answer_loss`] plus OSCAR's reranking loss: `rerank_weight` × the squared
-    /// differences between the head's document scores and the teacher's (the third element,
-    /// one per document; empty for none), summed over documents and averaged over examples.
+    /// [`Oscar::answer_loss`] plus OSCAR's reranking loss, `rerank_weight` × the squared
+    /// differences between the head's document scores and the teacher's (`teacher_scores`),
+    /// summed over documents and averaged over examples; plus distillation, `distill_weight`
+    /// × the cross-entropy against the teacher's token distributions (`teacher_tokens`),
+    /// weighted over answer tokens and examples as the answer's cross-entropy is. Examples
+    /// without teacher scores or tokens add nothing to those terms.
     ///
     /// The examples run as one right-padded batch through the compressor and the generator:
     /// causal attention keeps each prompt's rows from seeing the padding after it, and the
     /// weights are packed once per product instead of once per example.
     pub fn training_loss(
         &self,
-        examples: &[(&Encoded, &[u32], &[f32])],
+        examples: &[&TrainExample],
         rerank_weight: f64,
+        distill_weight: f64,
     ) -> Tensor<1> {
         let device = self.device();
-        let encoded: Vec<&Encoded> = examples.iter().map(|(e, _, _)| *e).collect();
+        let encoded: Vec<&Encoded> = examples.iter().map(|ex| &ex.encoded).collect();
         let compressed = self.compress_all(&encoded);
         let mut rerank = Vec::new();
-        for (c, &(e, _, teacher)) in compressed.iter().zip(examples) {
+        for (c, ex) in compressed.iter().zip(examples) {
+            let (e, teacher) = (&ex.encoded, ex.teacher_scores.as_slice());
             if teacher.is_empty() || rerank_weight == 0.0 {
                 continue;
             }
@@ -379,7 +383,9 @@ impl Oscar {
         let prompts: Vec<Tensor<3>> = compressed
             .into_iter()
             .zip(examples)
-            .map(|(c, (e, answer, _))| self.prompt_around(e, c.memory, &answer[..answer.len() - 1]))
+            .map(|(c, ex)| {
+                self.prompt_around(&ex.encoded, c.memory, &ex.answer[..ex.answer.len() - 1])
+            })
             .collect();
         let lens: Vec<usize> = prompts.iter().map(|p| p.dims()[1]).collect();
         let n = lens.iter().copied().max().unwrap_or(0);
@@ -400,8 +406,8 @@ impl Oscar {
             .iter()
             .zip(&lens)
             .enumerate()
-            .map(|(i, ((_, answer, _), &len))| {
-                let a = answer.len();
+            .map(|(i, (ex, &len))| {
+                let a = ex.answer.len();
                 hidden
                     .clone()
                     .slice([i..i + 1, len - a..len, 0..d])
@@ -414,24 +420,28 @@ impl Oscar {
         let log_probs = log_softmax(logits.reshape([total, self.generator.vocab_size()]), 1);
         let (targets, weights): (Vec<i64>, Vec<f32>) = examples
             .iter()
-            .flat_map(|(_, answer, _)| {
-                let w = 1.0 / (answer.len() * examples.len()) as f32;
-                answer.iter().map(move |&t| (t as i64, w))
+            .flat_map(|ex| {
+                let w = 1.0 / (ex.answer.len() * examples.len()) as f32;
+                ex.answer.iter().map(move |&t| (t as i64, w))
             })
             .unzip();
         let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [total]), &device);
         let weights = Tensor::<1>::from_data(TensorData::new(weights, [total]), &device);
         let picked = log_probs
+            .clone()
             .gather(1, targets.reshape([total, 1]))
             .reshape([total]);
-        let answer_ce = (picked * weights).sum().neg().reshape([1]);
-        match rerank.len() {
-            0 => answer_ce,
-            _ => {
-                let mse = Tensor::cat(rerank, 0).sum() / examples.len() as f64;
-                answer_ce + mse * rerank_weight
-            }
+        let mut loss = (picked * weights).sum().neg().reshape([1]);
+        if !rerank.is_empty() {
+            let mse = Tensor::cat(rerank, 0).sum() / examples.len() as f64;
+            loss = loss + mse * rerank_weight;
         }
+        if distill_weight > 0.0
+            && let Some(soft) = soft_cross_entropy(log_probs, examples, &device)
+        {
+            loss = loss + soft * distill_weight;
+        }
+        loss
     }
 
     /// Generates an answer from the compressed prompt (ids, stop token included when produced).
@@ -566,4 +576,36 @@ fn top_documents(encoded: &Encoded, scores: &[f32], keep: usize) -> Vec<usize> {
 async fn read_f32s(t: Tensor<1>) -> Result<Vec<f32>, ExecutionError> {
     let data = t.into_data_async().await?;
     Ok(data.iter::<f32>().collect())
+}
+
+/// Cross-entropy of the answer positions' log-probabilities `[Σ answer tokens, vocab]` against
+/// the teacher's top-k distributions, each renormalised over its k tokens: `[1]`, or None when
+/// no example has teacher tokens.
+fn soft_cross_entropy(
+    log_probs: Tensor<2>,
+    examples: &[&TrainExample],
+    device: &Device,
+) -> Option<Tensor<1>> {
+    let k = examples
+        .iter()
+        .flat_map(|ex| ex.teacher_tokens.iter().map(Vec::len))
+        .max()?;
+    let total = log_probs.dims()[0];
+    let (mut ids, mut probs) = (Vec::with_capacity(total * k), Vec::with_capacity(total * k));
+    for ex in examples {
+        let w = 1.0 / (ex.answer.len() * examples.len()) as f32;
+        for t in 0..ex.answer.len() {
+            // Positions without teacher tokens get weight 0 (token 0 is only a placeholder).
+            let row = ex.teacher_tokens.get(t).map_or(&[][..], Vec::as_slice);
+            let mass: f32 = row.iter().map(|&(_, p)| p).sum();
+            for j in 0..k {
+                let (id, p) = row.get(j).copied().unwrap_or((0, 0.0));
+                ids.push(id as i64);
+                probs.push(if mass > 0.0 { w * p / mass } else { 0.0 });
+            }
+        }
+    }
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [total, k]), device);
+    let probs = Tensor::<2>::from_data(TensorData::new(probs, [total, k]), device);
+    Some((log_probs.gather(1, ids) * probs).sum().neg().reshape([1]))
 }

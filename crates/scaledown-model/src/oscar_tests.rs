@@ -47,7 +47,7 @@ fn oscar_over(generator: crate::llama::Llama, compressor_type: CompressorType) -
     }
 }
 
-fn example() -> TrainExample {
+pub(crate) fn example() -> TrainExample {
     TrainExample {
         encoded: Encoded {
             chunks: vec![vec![1, 2, 3, 4, 5, 6], vec![1, 2, 7, 8]],
@@ -58,6 +58,7 @@ fn example() -> TrainExample {
         },
         answer: vec![20, 21, 22, 23],
         teacher_scores: vec![],
+        teacher_tokens: vec![],
     }
 }
 
@@ -70,14 +71,12 @@ fn settings(steps: usize) -> TrainSettings {
         total_steps: steps,
         max_grad_norm: 1.0,
         rerank_weight: 0.05,
+        distill_weight: 0.0,
     }
 }
 
 fn loss_of(model: &Oscar, ex: &TrainExample) -> f32 {
-    model
-        .valid()
-        .answer_loss(&[(&ex.encoded, ex.answer.as_slice())])
-        .into_scalar::<f32>()
+    model.valid().answer_loss(&[ex]).into_scalar::<f32>()
 }
 
 #[test]
@@ -280,17 +279,13 @@ fn a_padded_batch_loss_is_the_mean_of_the_examples_losses() {
             },
             answer: vec![25, 26, 27, 28, 29, 30],
             teacher_scores: vec![],
+            teacher_tokens: vec![],
         };
         let alone: Vec<f32> = [&long, &short]
             .iter()
             .map(|ex| loss_of(&model, ex))
             .collect();
-        let batched: f32 = model
-            .answer_loss(&[
-                (&long.encoded, long.answer.as_slice()),
-                (&short.encoded, short.answer.as_slice()),
-            ])
-            .into_scalar();
+        let batched: f32 = model.answer_loss(&[&long, &short]).into_scalar();
         let mean = (alone[0] + alone[1]) / 2.0;
         assert!(
             (batched - mean).abs() < 1e-4,

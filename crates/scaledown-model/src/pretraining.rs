@@ -124,5 +124,6 @@ fn example(
         encoded: tokenizers.encode(config, instruction, &[document.to_string()])?,
         answer: tokenizers.encode_answer(target)?,
         teacher_scores: vec![],
+        teacher_tokens: vec![],
     })
 }

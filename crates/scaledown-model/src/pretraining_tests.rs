@@ -41,11 +41,7 @@ fn mean_loss(model: &Oscar, examples: &[TrainExample]) -> f32 {
     let model = model.valid();
     let sum: f32 = examples
         .iter()
-        .map(|e| {
-            model
-                .answer_loss(&[(&e.encoded, e.answer.as_slice())])
-                .into_scalar::<f32>()
-        })
+        .map(|e| model.answer_loss(&[e]).into_scalar::<f32>())
         .sum();
     sum / examples.len() as f32
 }
@@ -96,6 +92,7 @@ fn each_objective_lowers_its_loss() {
             total_steps: 40,
             max_grad_norm: 1.0,
             rerank_weight: 0.05,
+            distill_weight: 0.0,
         });
         for _ in 0..40 {
             let (m, stats) = read_sync(trainer.step(model, &batch));

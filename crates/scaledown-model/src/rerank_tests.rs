@@ -69,6 +69,7 @@ fn the_reranking_loss_puts_the_teachers_best_document_first() {
         encoded: e.clone(),
         answer: vec![20, 21, 2],
         teacher_scores: teacher,
+        teacher_tokens: vec![],
     };
     let mut trainer = Trainer::new(TrainSettings {
         compressor_lr: 3e-3,
@@ -78,6 +79,7 @@ fn the_reranking_loss_puts_the_teachers_best_document_first() {
         total_steps: 40,
         max_grad_norm: 1.0,
         rerank_weight: 1.0,
+        distill_weight: 0.0,
     });
     for _ in 0..40 {
         let (m, stats) = read_sync(trainer.step(model, &[&ex]));
@@ -97,6 +99,7 @@ fn ten_document_questions_train_and_answer_from_the_kept_top_documents() {
             encoded: encoded(10),
             answer: vec![20 + i, 21, 2],
             teacher_scores: (0..10).map(|d| d as f32 / 10.0).collect(),
+            teacher_tokens: vec![],
         })
         .collect();
     let mut trainer = Trainer::new(TrainSettings {
@@ -107,6 +110,7 @@ fn ten_document_questions_train_and_answer_from_the_kept_top_documents() {
         total_steps: 2,
         max_grad_norm: 1.0,
         rerank_weight: 0.05,
+        distill_weight: 0.0,
     });
     for _ in 0..2 {
         let (m, stats) = read_sync(trainer.step(model, &[&examples[0], &examples[1]]));

@@ -3,6 +3,7 @@
 //! does not grow with the batch), global grad-norm clipping, AdamW with linear warm-up and
 //! decay, separate learning rates for compressor and generator.
 
+use crate::distillation::TeacherTokens;
 use crate::oscar::{Encoded, Oscar};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
@@ -23,6 +24,8 @@ pub struct TrainSettings {
     pub max_grad_norm: f32,
     /// λ of the reranking loss (used when the compressor has a reranking head).
     pub rerank_weight: f64,
+    /// Weight of the distillation loss (used for examples with teacher tokens).
+    pub distill_weight: f64,
 }
 
 /// A teacher-forced example: the compressed input and the target answer ids.
@@ -31,6 +34,9 @@ pub struct TrainExample {
     pub answer: Vec<u32>,
     /// The teacher's relevance score of each document, for the reranking loss (empty: none).
     pub teacher_scores: Vec<f32>,
+    /// The uncompressed teacher's top tokens at each answer position, for distillation
+    /// (empty: none).
+    pub teacher_tokens: TeacherTokens,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -90,14 +96,11 @@ impl Trainer {
         let mut acc_g = GradientsAccumulator::new();
         let mut total = 0.0f32;
         for part in batch.chunks(MICRO_BATCH) {
-            let examples: Vec<(&Encoded, &[u32], &[f32])> = part
-                .iter()
-                .map(|ex| {
-                    let scores = ex.teacher_scores.as_slice();
-                    (&ex.encoded, ex.answer.as_slice(), scores)
-                })
-                .collect();
-            let loss = model.training_loss(&examples, self.settings.rerank_weight);
+            let loss = model.training_loss(
+                part,
+                self.settings.rerank_weight,
+                self.settings.distill_weight,
+            );
             let value = match self.read(loss.clone()).await {
                 Ok(v) => v,
                 Err(e) => return (model, Err(e)),

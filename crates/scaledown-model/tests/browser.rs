@@ -76,11 +76,10 @@ async fn webgpu_matches_the_cpu_backend_generates_and_trains() {
         },
         answer: vec![30, 31, 2],
         teacher_scores: vec![],
+        teacher_tokens: vec![],
     };
     let loss = async |m: &Oscar| {
-        let l = m
-            .valid()
-            .answer_loss(&[(&example.encoded, example.answer.as_slice())]);
+        let l = m.valid().answer_loss(&[&example]);
         l.into_scalar_async::<f32>().await.unwrap()
     };
     let before = loss(&oscar).await;
@@ -92,6 +91,7 @@ async fn webgpu_matches_the_cpu_backend_generates_and_trains() {
         total_steps: 15,
         max_grad_norm: 1.0,
         rerank_weight: 0.05,
+        distill_weight: 0.0,
     });
     let mut model = oscar.train();
     for _ in 0..15 {

@@ -278,6 +278,7 @@ impl Playground {
             encoded,
             answer,
             teacher_scores: vec![],
+            teacher_tokens: vec![],
         })
     }
 
@@ -302,6 +303,7 @@ impl Playground {
             total_steps: steps,
             max_grad_norm: 1.0,
             rerank_weight: 0.05,
+            distill_weight: 0.0,
         });
         let mut model = self.model.clone().train();
         for step in 0..steps {

@@ -1,0 +1,119 @@
+//! Distillation from the uncompressed generator: its token distributions over the answer,
+//! read from the full text, become soft targets for the compressed model (KL on the answer
+//! tokens, up to the teacher's entropy, which does not depend on the student).
+
+use crate::llama::{KvCache, Llama};
+use crate::oscar::ids_tensor;
+use burn::tensor::ExecutionError;
+use burn::tensor::activation::softmax;
+
+/// The teacher's `k` most likely tokens and their probabilities at each answer position.
+pub type TeacherTokens = Vec<Vec<(u32, f32)>>;
+
+/// The generator's `k` most likely next tokens at each position of `answer`, teacher-forced
+/// after `prompt` (the uncompressed prompt with the documents' full text).
+pub async fn teacher_tokens(
+    generator: &Llama,
+    prompt: &[u32],
+    answer: &[u32],
+    k: usize,
+) -> Result<TeacherTokens, ExecutionError> {
+    let a = answer.len();
+    if a == 0 {
+        return Ok(vec![]);
+    }
+    let device = generator.embed_tokens.weight.device();
+    let ids = [prompt, &answer[..a - 1]].concat();
+    let n = ids.len();
+    let mut cache = KvCache::new(generator.layers.len());
+    let hidden = generator.forward_embeds(
+        generator.embed(ids_tensor(&ids, &device)),
+        &mut cache,
+        None,
+        |_, _| {},
+    );
+    let d = hidden.dims()[2];
+    // Position t predicts token t + 1: the last `a` positions predict the answer.
+    let logits = generator.logits(hidden.slice([0..1, n - a..n, 0..d]));
+    let vocab = generator.vocab_size();
+    let probs = softmax(logits.reshape([a, vocab]), 1);
+    let values: Vec<f32> = probs.into_data_async().await?.iter::<f32>().collect();
+    Ok(values.chunks(vocab).map(|row| top_k(row, k)).collect())
+}
+
+/// The `k` largest entries of `row` as (index, value), largest first.
+fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut idx: Vec<u32> = (0..row.len() as u32).collect();
+    let k = k.min(row.len());
+    if k == 0 {
+        return vec![];
+    }
+    idx.select_nth_unstable_by(k - 1, |&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+    idx.truncate(k);
+    idx.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+    idx.into_iter().map(|i| (i, row[i as usize])).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_keeps_the_largest_in_order() {
+        let row = [0.1, 0.5, 0.05, 0.3, 0.05];
+        assert_eq!(top_k(&row, 2), vec![(1, 0.5), (3, 0.3)]);
+        assert_eq!(top_k(&row, 9).len(), 5);
+        assert!(top_k(&row, 0).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod loss_tests {
+    use super::*;
+    use crate::compressor::CompressorType;
+    use crate::oscar_tests::{example, tiny_oscar};
+    use burn::module::Module;
+    use burn::tensor::read_sync;
+
+    #[test]
+    fn teacher_tokens_are_the_generators_next_token_distribution() {
+        let model = tiny_oscar(CompressorType::NLayers, 21).for_inference();
+        let answer = [20, 21, 22];
+        let all = read_sync(teacher_tokens(&model.generator, &[10, 11, 12], &answer, 40)).unwrap();
+        assert_eq!(all.len(), 3);
+        for row in &all {
+            let mass: f32 = row.iter().map(|&(_, p)| p).sum();
+            assert!(
+                (mass - 1.0).abs() < 1e-4,
+                "the whole vocabulary sums to 1: {mass}"
+            );
+            assert!(row.windows(2).all(|w| w[0].1 >= w[1].1), "largest first");
+        }
+        let top = read_sync(teacher_tokens(&model.generator, &[10, 11, 12], &answer, 4)).unwrap();
+        assert_eq!(top[1], all[1][..4].to_vec());
+    }
+
+    #[test]
+    fn a_one_hot_teacher_on_the_answer_doubles_the_answer_loss() {
+        let model = tiny_oscar(CompressorType::NLayers, 22).valid();
+        let mut ex = example();
+        let plain: f32 = model.answer_loss(&[&ex]).into_scalar();
+        // The teacher is certain of each gold token: its cross-entropy is the answer's own.
+        ex.teacher_tokens = ex
+            .answer
+            .iter()
+            .map(|&t| vec![(t, 1.0), (5, 0.0)])
+            .collect();
+        let distilled: f32 = model.training_loss(&[&ex], 0.0, 1.0).into_scalar();
+        assert!(
+            (distilled - 2.0 * plain).abs() < 1e-4,
+            "{distilled} vs 2 × {plain}"
+        );
+        // Any other teacher gives another loss; weight 0 turns it off.
+        ex.teacher_tokens = ex.answer.iter().map(|_| vec![(7, 0.6), (8, 0.4)]).collect();
+        let other: f32 = model.training_loss(&[&ex], 0.0, 1.0).into_scalar();
+        assert!((other - 2.0 * plain).abs() > 1e-3);
+        let off: f32 = model.training_loss(&[&ex], 0.0, 0.0).into_scalar();
+        assert!((off - plain).abs() < 1e-6);
+    }
+}
