@@ -311,13 +311,8 @@ impl Oscar {
         ))
     }
 
-    /// The generator's input embeddings `[1, n, width]`: prefix, memory vectors, suffix, then
-    /// `continuation` (teacher-forced answer tokens) when given.
-    pub fn prompt_embeds(&self, encoded: &Encoded, continuation: &[u32]) -> Tensor<3> {
-        self.prompt_around(encoded, self.memory_vectors(encoded), continuation)
-    }
-
-    /// [`Oscar::prompt_embeds`] around memory vectors already computed.
+    /// The generator's input embeddings `[1, n, width]`: prefix, `memory` (the question's
+    /// memory vectors), suffix, then `continuation` (teacher-forced answer tokens) when given.
     fn prompt_around(
         &self,
         encoded: &Encoded,
