@@ -120,12 +120,12 @@ pub fn run(a: PrepareArgs) -> Result<()> {
         if let Some(r) = &retriever {
             let k = a.top_k as usize;
             let eval_k = a.eval_top_k.unwrap_or(a.top_k) as usize;
-            let mut found = r.attach(dataset, k, [&mut t]);
             if eval_k == k {
-                found.merge(&r.attach(dataset, k, [&mut e]));
+                let found = r.attach(dataset, k, [&mut t, &mut e]);
                 println!("{dataset}: {}", found.summary(k));
                 recall.push((dataset.to_string(), k, found));
             } else {
+                let found = r.attach(dataset, k, [&mut t]);
                 let eval_found = r.attach(dataset, eval_k, [&mut e]);
                 println!("{dataset} train: {}", found.summary(k));
                 println!("{dataset} eval: {}", eval_found.summary(eval_k));

@@ -233,16 +233,6 @@ pub struct Recall {
 }
 
 impl Recall {
-    /// Adds another set of questions' counts.
-    pub fn merge(&mut self, other: &Recall) {
-        self.questions += other.questions;
-        self.with_gold += other.with_gold;
-        self.gold_found += other.gold_found;
-        self.all_gold_found += other.all_gold_found;
-        self.answer_found += other.answer_found;
-        self.without_passages += other.without_passages;
-    }
-
     pub fn add(&mut self, gold: &HashSet<usize>, retrieved: &[&Passage], answers: &[String]) {
         self.questions += 1;
         if !gold.is_empty() {

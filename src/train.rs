@@ -575,7 +575,7 @@ pub fn answering(model: &Oscar, keep_top: u32) -> Oscar {
 }
 
 /// The teacher's relevance score of each training document: MiniLM's cosine similarity
-/// between the question and the document, cached in `teacher_relevance.json`.
+/// between the question and the document, cached by example id in `teacher_relevance.json`.
 fn teacher_relevance(
     out: &Path,
     train: &[Example],
@@ -583,43 +583,48 @@ fn teacher_relevance(
     device: &Device,
 ) -> Result<Vec<Vec<f32>>> {
     let path = out.join("teacher_relevance.json");
-    if let Ok(text) = std::fs::read_to_string(&path)
-        && let Ok(cached) = serde_json::from_str::<Vec<Vec<f32>>>(&text)
-        && cached.len() == train.len()
-        && cached
-            .iter()
-            .zip(train)
-            .all(|(c, e)| c.len() == e.documents.len())
-    {
-        return Ok(cached);
+    // Keyed by example id; an entry counts only with one score per document.
+    let mut cache: BTreeMap<String, Vec<f32>> = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
+    let todo: Vec<&Example> = train
+        .iter()
+        .filter(|e| {
+            cache
+                .get(&e.id)
+                .is_none_or(|s| s.len() != e.documents.len())
+        })
+        .collect();
+    if !todo.is_empty() {
+        let (minilm, tokenizer) =
+            models::load_encoder(&models::default_encoder(models_dir), device)?;
+        // MiniLM reads at most 512 positions; a long document is judged by its beginning.
+        let embed = |text: &str| -> Result<Vec<f32>> {
+            let mut ids = tokenizer.encode_with(text, true)?;
+            ids.truncate(256);
+            let v = minilm.sentence_embedding(&ids, device).into_data();
+            Ok(v.iter::<f32>().collect())
+        };
+        let cosine = |a: &[f32], b: &[f32]| {
+            let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+            let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            dot / (norm(a) * norm(b))
+        };
+        let bar = progress::bar(todo.len() as u64, "teacher relevance (MiniLM)");
+        for ex in todo {
+            let q = embed(&ex.question)?;
+            let docs = documents_of(ex)
+                .iter()
+                .map(|d| Ok(cosine(&q, &embed(d)?)))
+                .collect::<Result<Vec<f32>>>()?;
+            cache.insert(ex.id.clone(), docs);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        write_atomic(&path, serde_json::to_string(&cache)?.as_bytes())?;
     }
-    let (minilm, tokenizer) = models::load_encoder(&models::default_encoder(models_dir), device)?;
-    // MiniLM reads at most 512 positions; a long document is judged by its beginning.
-    let embed = |text: &str| -> Result<Vec<f32>> {
-        let mut ids = tokenizer.encode_with(text, true)?;
-        ids.truncate(256);
-        let v = minilm.sentence_embedding(&ids, device).into_data();
-        Ok(v.iter::<f32>().collect())
-    };
-    let cosine = |a: &[f32], b: &[f32]| {
-        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-        dot / (norm(a) * norm(b))
-    };
-    let bar = progress::bar(train.len() as u64, "teacher relevance (MiniLM)");
-    let mut scores = Vec::with_capacity(train.len());
-    for ex in train {
-        let q = embed(&ex.question)?;
-        let docs = documents_of(ex)
-            .iter()
-            .map(|d| Ok(cosine(&q, &embed(d)?)))
-            .collect::<Result<Vec<f32>>>()?;
-        scores.push(docs);
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    write_atomic(&path, serde_json::to_string(&scores)?.as_bytes())?;
-    Ok(scores)
+    Ok(train.iter().map(|e| cache[&e.id].clone()).collect())
 }
 
 /// Runs `f` once and keeps its result in `path`; later runs (`--resume`) read it back.

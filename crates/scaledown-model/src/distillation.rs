@@ -4,6 +4,8 @@
 
 use crate::llama::{KvCache, Llama};
 use crate::oscar::ids_tensor;
+use crate::training::TrainExample;
+use burn::prelude::*;
 use burn::tensor::ExecutionError;
 use burn::tensor::activation::softmax;
 
@@ -39,6 +41,38 @@ pub async fn teacher_tokens(
     let probs = softmax(logits.reshape([a, vocab]), 1);
     let values: Vec<f32> = probs.into_data_async().await?.iter::<f32>().collect();
     Ok(values.chunks(vocab).map(|row| top_k(row, k)).collect())
+}
+
+/// Cross-entropy of the answer positions' log-probabilities `[Σ answer tokens, vocab]` against
+/// the teacher's top-k distributions, each renormalised over its k tokens: `[1]`, or None when
+/// no example has teacher tokens.
+pub(crate) fn soft_cross_entropy(
+    log_probs: Tensor<2>,
+    examples: &[&TrainExample],
+    device: &Device,
+) -> Option<Tensor<1>> {
+    let k = examples
+        .iter()
+        .flat_map(|ex| ex.teacher_tokens.iter().map(Vec::len))
+        .max()?;
+    let total = log_probs.dims()[0];
+    let (mut ids, mut probs) = (Vec::with_capacity(total * k), Vec::with_capacity(total * k));
+    for ex in examples {
+        let w = 1.0 / (ex.answer.len() * examples.len()) as f32;
+        for t in 0..ex.answer.len() {
+            // Positions without teacher tokens get weight 0 (token 0 is only a placeholder).
+            let row = ex.teacher_tokens.get(t).map_or(&[][..], Vec::as_slice);
+            let mass: f32 = row.iter().map(|&(_, p)| p).sum();
+            for j in 0..k {
+                let (id, p) = row.get(j).copied().unwrap_or((0, 0.0));
+                ids.push(id as i64);
+                probs.push(if mass > 0.0 { w * p / mass } else { 0.0 });
+            }
+        }
+    }
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [total, k]), device);
+    let probs = Tensor::<2>::from_data(TensorData::new(probs, [total, k]), device);
+    Some((log_probs.gather(1, ids) * probs).sum().neg().reshape([1]))
 }
 
 /// The `k` largest entries of `row` as (index, value), largest first.

@@ -122,25 +122,6 @@ impl Encoded {
     pub fn documents(&self) -> usize {
         self.chunk_documents.iter().max().map_or(0, |&d| d + 1)
     }
-
-    /// Only the chunks of `keep` (document indices, in the order given).
-    pub fn keeping(&self, keep: &[usize]) -> Self {
-        let (chunks, chunk_documents) = keep
-            .iter()
-            .flat_map(|&d| {
-                self.chunks
-                    .iter()
-                    .zip(&self.chunk_documents)
-                    .filter(move |&(_, &c)| c == d)
-            })
-            .map(|(ids, &d)| (ids.clone(), d))
-            .unzip();
-        Self {
-            chunks,
-            chunk_documents,
-            ..self.clone()
-        }
-    }
 }
 
 /// How a document enters a prompt, compressed or not: its title, then its text.
@@ -432,7 +413,8 @@ impl Oscar {
             loss = loss + mse * rerank_weight;
         }
         if distill_weight > 0.0
-            && let Some(soft) = soft_cross_entropy(log_probs, examples, &device)
+            && let Some(soft) =
+                crate::distillation::soft_cross_entropy(log_probs, examples, &device)
         {
             loss = loss + soft * distill_weight;
         }
@@ -571,36 +553,4 @@ fn top_documents(encoded: &Encoded, scores: &[f32], keep: usize) -> Vec<usize> {
 async fn read_f32s(t: Tensor<1>) -> Result<Vec<f32>, ExecutionError> {
     let data = t.into_data_async().await?;
     Ok(data.iter::<f32>().collect())
-}
-
-/// Cross-entropy of the answer positions' log-probabilities `[Σ answer tokens, vocab]` against
-/// the teacher's top-k distributions, each renormalised over its k tokens: `[1]`, or None when
-/// no example has teacher tokens.
-fn soft_cross_entropy(
-    log_probs: Tensor<2>,
-    examples: &[&TrainExample],
-    device: &Device,
-) -> Option<Tensor<1>> {
-    let k = examples
-        .iter()
-        .flat_map(|ex| ex.teacher_tokens.iter().map(Vec::len))
-        .max()?;
-    let total = log_probs.dims()[0];
-    let (mut ids, mut probs) = (Vec::with_capacity(total * k), Vec::with_capacity(total * k));
-    for ex in examples {
-        let w = 1.0 / (ex.answer.len() * examples.len()) as f32;
-        for t in 0..ex.answer.len() {
-            // Positions without teacher tokens get weight 0 (token 0 is only a placeholder).
-            let row = ex.teacher_tokens.get(t).map_or(&[][..], Vec::as_slice);
-            let mass: f32 = row.iter().map(|&(_, p)| p).sum();
-            for j in 0..k {
-                let (id, p) = row.get(j).copied().unwrap_or((0, 0.0));
-                ids.push(id as i64);
-                probs.push(if mass > 0.0 { w * p / mass } else { 0.0 });
-            }
-        }
-    }
-    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [total, k]), device);
-    let probs = Tensor::<2>::from_data(TensorData::new(probs, [total, k]), device);
-    Some((log_probs.gather(1, ids) * probs).sum().neg().reshape([1]))
 }
