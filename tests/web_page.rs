@@ -452,13 +452,13 @@ fn the_page_answers_with_smollm2_and_a_checkpoint_fetched_by_url() {
     let document = "The Amazon river flows through Brazil, Peru and Colombia. It carries more \
                     water than any other river in the world.";
     let question = "Which countries does the Amazon flow through?";
+    let model = loaded.oscar.for_inference();
+    let docs = [scaledown_model::oscar::document_text("", document)];
+    let encoded = loaded
+        .tokenizers
+        .encode(&setup.compressor, question, &docs)
+        .unwrap();
     let native = {
-        let model = loaded.oscar.for_inference();
-        let docs = [scaledown_model::oscar::document_text("", document)];
-        let encoded = loaded
-            .tokenizers
-            .encode(&setup.compressor, question, &docs)
-            .unwrap();
         let config = GenerationConfig {
             max_new_tokens: setup.max_new_tokens,
             ..Default::default()
@@ -512,13 +512,39 @@ fn the_page_answers_with_smollm2_and_a_checkpoint_fetched_by_url() {
     let answering = started.elapsed();
     let result = driver.text("own-result");
     assert!(result.contains("8 memory vectors"), "{result}");
-    assert!(
-        result.contains("answer (") && result.ends_with(&native),
-        "the page answered as the native model (`{native}`): {result}"
+    let (_, answer) = result
+        .rsplit_once("): ")
+        .unwrap_or_else(|| panic!("no answer in {result}"));
+    // WebGPU and the native CPU round differently, and with a random compressor a near-tie
+    // ("flows" and "is" after "The Amazon", about 1 logit apart) went either way on CI's
+    // machine: each of the page's tokens must be the native model's best next token, within 2
+    // logits, on the page's own path (where the native best leads by more, they must agree).
+    let page_ids = loaded.tokenizers.generator.encode(answer).unwrap();
+    assert_eq!(
+        loaded.tokenizers.generator.decode(&page_ids, true),
+        answer,
+        "the page's answer re-tokenizes"
     );
+    assert!(!page_ids.is_empty() && page_ids.len() <= setup.max_new_tokens);
+    let logits = read_sync(model.answer_logits(&encoded, &page_ids)).unwrap();
+    let vocab = logits.dims()[1];
+    let logits: Vec<f32> = logits.into_data().iter::<f32>().collect();
+    let mut gaps = Vec::new();
+    for (i, (&id, row)) in page_ids.iter().zip(logits.chunks(vocab)).enumerate() {
+        let best = row.iter().copied().fold(f32::MIN, f32::max);
+        let gap = best - row[id as usize];
+        gaps.push(format!("{gap:.2}"));
+        assert!(
+            gap <= 2.0,
+            "the page's token {i} ({id}) is {gap:.3} below the native model's best \
+             (native greedy answer `{native}`, page `{answer}`)"
+        );
+    }
     eprintln!(
-        "SmolLM2 in the page: loaded in {:.1} s, answered in {:.1} s: {result}",
+        "SmolLM2 in the page: loaded in {:.1} s, answered in {:.1} s: {result} (native greedy \
+         `{native}`; native logit gaps of the page's tokens: {})",
         loading.as_secs_f64(),
-        answering.as_secs_f64()
+        answering.as_secs_f64(),
+        gaps.join(", ")
     );
 }

@@ -495,6 +495,25 @@ impl Oscar {
         ))
     }
 
+    /// The generator's next-token logits after the compressed prompt and after each token of
+    /// `continuation` (teacher-forced): `[continuation + 1, vocab]`. Lets a caller check a
+    /// decoded answer token by token, with a tolerance for near-ties, instead of as one string.
+    pub async fn answer_logits(
+        &self,
+        encoded: &Encoded,
+        continuation: &[u32],
+    ) -> Result<Tensor<2>, ExecutionError> {
+        let prompt = self.prompt_around(encoded, self.answer_memory(encoded).await?, continuation);
+        let mut cache = KvCache::new(self.generator.layers.len());
+        let hidden = self
+            .generator
+            .forward_embeds(prompt, &mut cache, None, |_, _| {});
+        let [_, n, d] = hidden.dims();
+        let a = continuation.len() + 1;
+        let logits = self.generator.logits(hidden.slice([0..1, n - a..n, 0..d]));
+        Ok(logits.reshape([a, self.generator.vocab_size()]))
+    }
+
     /// [`Oscar::answer`] with the KV cache of the chat prefix computed once for many questions
     /// (`PrefixCache::new(&model.generator, &encoded.prefix, ..)`).
     pub async fn answer_after(

@@ -196,6 +196,26 @@ fn compressed_generation_runs_and_stops() {
 }
 
 #[test]
+fn answer_logits_pick_the_greedy_answer_token_by_token() {
+    let model = tiny_oscar(CompressorType::NLayers, 12);
+    let encoded = example().encoded;
+    let cfg = GenerationConfig {
+        max_new_tokens: 4,
+        ..Default::default()
+    };
+    let greedy = read_sync(model.answer(&encoded, &[], &cfg)).unwrap();
+    let logits = read_sync(model.answer_logits(&encoded, &greedy)).unwrap();
+    assert_eq!(logits.dims(), [5, 40]);
+    let argmax: Vec<u32> = logits
+        .argmax(1)
+        .into_data()
+        .iter::<i64>()
+        .map(|t| t as u32)
+        .collect();
+    assert_eq!(&argmax[..4], &greedy[..]);
+}
+
+#[test]
 fn the_n_layers_compressor_trains_its_own_copy_of_the_generator_layers() {
     let device = Device::flex();
     device.seed(6);
