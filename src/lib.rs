@@ -2,6 +2,7 @@
 
 pub mod ask;
 pub mod bench;
+pub mod ceiling;
 pub mod checkpoint;
 pub mod cli;
 pub mod evaluate;

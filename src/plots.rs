@@ -12,6 +12,7 @@ use std::sync::Once;
 const BEFORE: RGBColor = RGBColor(158, 173, 200);
 const AFTER: RGBColor = RGBColor(31, 96, 196);
 const BASELINE: RGBColor = RGBColor(230, 126, 34);
+const CEILING: RGBColor = RGBColor(46, 139, 87);
 const METRICS: [&str; 4] = ["Exact match", "F1", "ROUGE-L", "Match"];
 
 fn fonts() {
@@ -37,6 +38,7 @@ pub fn write_all(
     baseline: &EvalRun,
     before: &EvalRun,
     after: &EvalRun,
+    ceiling: Option<&EvalRun>,
 ) -> Result<()> {
     fonts();
     before_after(
@@ -44,6 +46,7 @@ pub fn write_all(
         baseline,
         before,
         after,
+        ceiling,
     )?;
     training_curves(&out.join("training_curves.png"), report)?;
     if !report.training.pretrain_losses.is_empty() {
@@ -61,12 +64,28 @@ fn values(r: &EvalRun) -> [f64; 4] {
     [s.exact_match, s.f1, s.rouge_l, s.match_accuracy].map(|v| 100.0 * v)
 }
 
-fn before_after(path: &Path, baseline: &EvalRun, before: &EvalRun, after: &EvalRun) -> Result<()> {
+/// Scores before and after training beside the uncompressed generator's, and beside the
+/// fine-tuned uncompressed ceiling's when there is one.
+fn before_after(
+    path: &Path,
+    baseline: &EvalRun,
+    before: &EvalRun,
+    after: &EvalRun,
+    ceiling: Option<&EvalRun>,
+) -> Result<()> {
     let e = err(path);
     let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(&e)?;
     let (b, a, u) = (values(before), values(after), values(baseline));
-    let top = b.iter().chain(&a).chain(&u).cloned().fold(10.0, f64::max) * 1.45;
+    let mut groups = vec![
+        (b, BEFORE, "before training"),
+        (a, AFTER, "after training"),
+        (u, BASELINE, "uncompressed"),
+    ];
+    if let Some(c) = ceiling {
+        groups.push((values(c), CEILING, "uncompressed, fine-tuned"));
+    }
+    let top = groups.iter().flat_map(|g| g.0).fold(10.0, f64::max) * 1.45;
     let mut chart = ChartBuilder::on(&root)
         .caption(
             "Before vs after training (uncompressed generator beside)",
@@ -91,16 +110,10 @@ fn before_after(path: &Path, baseline: &EvalRun, before: &EvalRun, after: &EvalR
         .label_style(("sans-serif", 16))
         .draw()
         .map_err(&e)?;
-    let w = 0.25;
-    for (k, (vals, color, name)) in [
-        (b, BEFORE, "before training"),
-        (a, AFTER, "after training"),
-        (u, BASELINE, "uncompressed"),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let offset = (k as f64 - 1.0) * w;
+    let w = 0.75 / groups.len() as f64;
+    let middle = (groups.len() as f64 - 1.0) / 2.0;
+    for (k, (vals, color, name)) in groups.iter().copied().enumerate() {
+        let offset = (k as f64 - middle) * w;
         chart
             .draw_series(vals.iter().enumerate().map(|(i, &v)| {
                 let x = i as f64 + offset;
@@ -116,7 +129,7 @@ fn before_after(path: &Path, baseline: &EvalRun, before: &EvalRun, after: &EvalR
             .draw_series(vals.iter().enumerate().map(|(i, &v)| {
                 Text::new(
                     format!("{v:.1}"),
-                    (i as f64 + offset - 0.09, v + top * 0.01),
+                    (i as f64 + offset - 0.36 * w, v + top * 0.01),
                     ("sans-serif", 13),
                 )
             }))
@@ -130,7 +143,7 @@ fn before_after(path: &Path, baseline: &EvalRun, before: &EvalRun, after: &EvalR
             } else {
                 format!("{:+.1} pts", a[i] - b[i])
             };
-            let y = b[i].max(a[i]).max(u[i]) + top * 0.07;
+            let y = groups.iter().map(|g| g.0[i]).fold(0.0, f64::max) + top * 0.07;
             Text::new(
                 change,
                 (i as f64 - 0.12, y),

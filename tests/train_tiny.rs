@@ -677,3 +677,48 @@ fn distillation_caches_the_teachers_token_distributions_and_trains() {
         &["--distill-weight"],
     );
 }
+
+#[test]
+fn the_finetuned_ceiling_trains_the_uncompressed_generator_and_is_reported() {
+    let s = Setup::new();
+    let log = ok(&s.train("ceil", &["--max-steps", "40", "--finetuned-ceiling"]));
+    let out = s.dir.join("ceil");
+    let ceiling = read_json(&out.join("finetuned_ceiling.json"));
+    let losses: Vec<f64> = ceiling["losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l[1].as_f64().unwrap())
+        .collect();
+    assert_eq!(losses.len(), 40, "as many steps as the compressed run");
+    let first = losses[..5].iter().sum::<f64>() / 5.0;
+    let last = losses[35..].iter().sum::<f64>() / 5.0;
+    assert!(last < 0.5 * first, "loss {first} -> {last}\n{log}");
+    // Fine-tuned on the full text, the generator answers with a colour word.
+    let predictions = ceiling["run"]["predictions"].as_array().unwrap();
+    assert_eq!(predictions.len(), 3);
+    for p in predictions {
+        let answer = p["prediction"].as_str().unwrap();
+        assert!(COLORS.contains(&answer.trim()), "{answer:?}\n{log}");
+    }
+    let report = read_json(&out.join("metrics_report.json"));
+    assert_eq!(
+        report["finetuned_ceiling"]["scores"],
+        ceiling["run"]["scores"]
+    );
+    assert!(log.contains("fine-tuned uncompressed (ceiling)"), "{log}");
+
+    // A resumed run reads the ceiling back instead of fine-tuning again.
+    let again = ok(&s.train(
+        "ceil",
+        &["--max-steps", "40", "--finetuned-ceiling", "--resume"],
+    ));
+    assert!(!again.contains("ceiling step"), "{again}");
+    fails_with(
+        &s.train(
+            "bad",
+            &["--finetuned-ceiling", "--generator-training", "frozen"],
+        ),
+        &["--finetuned-ceiling", "lora"],
+    );
+}

@@ -122,6 +122,19 @@ impl Encoded {
     pub fn documents(&self) -> usize {
         self.chunk_documents.iter().max().map_or(0, |&d| d + 1)
     }
+
+    /// The uncompressed prompt (the documents' full text) as an input without chunks: the
+    /// generator reads it whole. Training on these fine-tunes the uncompressed generator, the
+    /// fair ceiling of the compressed model.
+    pub fn full_text(prompt: Vec<u32>) -> Self {
+        Self {
+            chunks: vec![],
+            prefix: prompt,
+            suffix: vec![],
+            document_tokens: 0,
+            chunk_documents: vec![],
+        }
+    }
 }
 
 /// How a document enters a prompt, compressed or not: its title, then its text.
@@ -244,6 +257,14 @@ impl Oscar {
     /// batches), with the reranking scores of their chunks when the compressor has a head.
     pub fn compress_all(&self, encoded: &[&Encoded]) -> Vec<Compressed> {
         let device = self.device();
+        if encoded.iter().all(|e| e.chunks.is_empty()) {
+            let d = self.generator.hidden_size();
+            let none = || Compressed {
+                memory: Tensor::zeros([0, d], &device),
+                scores: None,
+            };
+            return encoded.iter().map(|_| none()).collect();
+        }
         let tokens = encoded
             .iter()
             .flat_map(|e| &e.chunks)
@@ -302,14 +323,15 @@ impl Oscar {
     ) -> Tensor<3> {
         let device = self.device();
         let rest = [encoded.suffix.as_slice(), continuation].concat();
-        Tensor::cat(
-            vec![
-                self.generator.embed(ids_tensor(&encoded.prefix, &device)),
-                memory.unsqueeze::<3>(),
-                self.generator.embed(ids_tensor(&rest, &device)),
-            ],
-            1,
-        )
+        let mut parts = vec![self.generator.embed(ids_tensor(&encoded.prefix, &device))];
+        // An input without chunks (`Encoded::full_text`) has no memory vectors.
+        if memory.dims()[0] > 0 {
+            parts.push(memory.unsqueeze::<3>());
+        }
+        if !rest.is_empty() {
+            parts.push(self.generator.embed(ids_tensor(&rest, &device)));
+        }
+        Tensor::cat(parts, 1)
     }
 
     /// Cross-entropy of each answer (ids, ending with `<|im_end|>`) after its compressed

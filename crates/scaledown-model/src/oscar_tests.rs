@@ -195,6 +195,61 @@ fn compressed_generation_runs_and_stops() {
     assert!(out.iter().all(|&t| t < 40));
 }
 
+/// The fine-tuned ceiling's loss is the generator's own cross-entropy of the answer after the
+/// uncompressed prompt, and training on it moves only the LoRA factors.
+#[test]
+fn full_text_examples_fine_tune_the_generator_alone() {
+    let mut model = tiny_oscar(CompressorType::NLayers, 13).train();
+    let prompt: Vec<u32> = vec![10, 11, 1, 2, 3, 4, 5, 6, 7, 8, 12, 13, 14];
+    let ex = TrainExample {
+        encoded: Encoded::full_text(prompt.clone()),
+        ..example()
+    };
+    let a = ex.answer.len();
+    let direct = {
+        let g = &model.generator;
+        let device = g.embed_tokens.weight.device();
+        let ids = [prompt.as_slice(), &ex.answer[..a - 1]].concat();
+        let n = ids.len();
+        let mut cache = crate::llama::KvCache::new(g.layers.len());
+        let hidden = g.forward_embeds(
+            g.embed(crate::oscar::ids_tensor(&ids, &device)),
+            &mut cache,
+            None,
+            |_, _| {},
+        );
+        let logits = g
+            .logits(hidden.slice([0..1, n - a..n, 0..64]))
+            .reshape([a, 40]);
+        let log_probs = burn::tensor::activation::log_softmax(logits, 1);
+        let rows: Vec<f32> = log_probs.into_data().iter::<f32>().collect();
+        let picked: f32 = (0..a).map(|t| rows[t * 40 + ex.answer[t] as usize]).sum();
+        -picked / a as f32
+    };
+    let loss = loss_of(&model, &ex);
+    assert!((loss - direct).abs() < 1e-5, "{loss} vs {direct}");
+
+    let memory = |m: &Oscar| -> Vec<f32> {
+        m.compressor
+            .memory
+            .val()
+            .inner()
+            .to_data()
+            .try_into_vec()
+            .unwrap()
+    };
+    let memory_before = memory(&model);
+    let mut trainer = Trainer::new(settings(30));
+    for _ in 0..30 {
+        let (m, stats) = read_sync(trainer.step(model, &[&ex]));
+        model = m;
+        stats.unwrap();
+    }
+    let after = loss_of(&model, &ex);
+    assert!(after < 0.5 * loss, "loss {loss} -> {after}");
+    assert_eq!(memory(&model), memory_before, "the compressor is not used");
+}
+
 #[test]
 fn answer_logits_pick_the_greedy_answer_token_by_token() {
     let model = tiny_oscar(CompressorType::NLayers, 12);

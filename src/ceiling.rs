@@ -1,0 +1,129 @@
+//! The compressed model's fair ceiling (`train --finetuned-ceiling`): the uncompressed
+//! generator fine-tuned with the same LoRA recipe, steps, batches and target answers, reading
+//! the documents' full text instead of their memory vectors, then evaluated like the baseline.
+
+use crate::checkpoint::{self, OscarSetup};
+use crate::evaluate::{self, EvalRun, documents_of};
+use crate::fsutil::write_atomic;
+use crate::progress;
+use crate::train::{TrainArgs, batch_at, describe, trainer_for};
+use anyhow::{Context, Result, anyhow};
+use scaledown_data::Example;
+use scaledown_model::burn::module::Module;
+use scaledown_model::burn::prelude::Device;
+use scaledown_model::burn::tensor::read_sync;
+use scaledown_model::oscar::{Encoded, OscarTokenizers, full_text_user_turn};
+use scaledown_model::tokenizer::chat_prompt;
+use scaledown_model::training::TrainExample;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// The fine-tuned uncompressed generator's evaluation and training cost.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Ceiling {
+    pub run: EvalRun,
+    pub steps: usize,
+    pub losses: Vec<(usize, f32)>,
+    pub train_seconds: f64,
+    pub examples_per_second: f64,
+}
+
+/// What the report keeps of the ceiling (its predictions stay in `finetuned_ceiling.json`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CeilingSummary {
+    pub scores: scaledown_data::Scores,
+    pub timing: evaluate::Timing,
+    pub train_seconds: f64,
+    pub examples_per_second: f64,
+    pub losses: Vec<(usize, f32)>,
+}
+
+impl From<&Ceiling> for CeilingSummary {
+    fn from(c: &Ceiling) -> Self {
+        Self {
+            scores: c.run.scores,
+            timing: c.run.timing,
+            train_seconds: c.train_seconds,
+            examples_per_second: c.examples_per_second,
+            losses: c.losses.clone(),
+        }
+    }
+}
+
+/// Fine-tunes a fresh LoRA on the uncompressed generator for `total` steps on `train` with
+/// the answers `answers` (ids, as the compressed model trained on) and evaluates it on `eval`.
+/// The result is cached in `finetuned_ceiling.json`; an interrupted fine-tuning starts over.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    a: &TrainArgs,
+    setup: &OscarSetup,
+    tokenizers: &OscarTokenizers,
+    train: &[Example],
+    answers: &[Vec<u32>],
+    eval: &[Example],
+    total: usize,
+    device: &Device,
+) -> Result<Ceiling> {
+    let path = a.output_dir.join("finetuned_ceiling.json");
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Ok(ceiling) = serde_json::from_str::<Ceiling>(&text)
+        && ceiling.steps == total
+    {
+        return Ok(ceiling);
+    }
+    let mut examples = Vec::with_capacity(train.len());
+    for (ex, answer) in train.iter().zip(answers) {
+        let user = full_text_user_turn(&ex.question, &documents_of(ex));
+        examples.push(TrainExample {
+            encoded: Encoded::full_text(tokenizers.generator.encode(&chat_prompt(&user))?),
+            answer: answer.clone(),
+            teacher_scores: vec![],
+            teacher_tokens: vec![],
+        });
+    }
+    // A fresh model of the same setup: its LoRA factors start as the compressed run's did;
+    // its compressor is never read.
+    let mut model = checkpoint::build(setup, device)?.oscar.train();
+    let mut trainer = trainer_for(a, 0.0, total, 0);
+    let batch = a.batch_size as usize;
+    let mut losses = Vec::with_capacity(total);
+    let bar = progress::bar(total as u64, "fine-tuning the uncompressed generator");
+    let started = Instant::now();
+    for step in 0..total {
+        let batch_examples = batch_at(&examples, step, batch, a.seed);
+        let (m, result) = read_sync(trainer.step(model, &batch_examples));
+        model = m;
+        let stats = result.map_err(|e| anyhow!("fine-tuning the uncompressed generator: {e}"))?;
+        losses.push((step + 1, stats.loss));
+        bar.set_message(format!("loss {:.3}", stats.loss));
+        bar.inc(1);
+        if (step + 1) % a.logging_steps as usize == 0 || step + 1 == total {
+            bar.suspend(|| println!("ceiling step {}/{total} loss {:.4}", step + 1, stats.loss));
+        }
+    }
+    bar.finish_and_clear();
+    let train_seconds = started.elapsed().as_secs_f64();
+    let seen: usize = (0..total)
+        .map(|s| batch_at(&examples, s, batch, a.seed).len())
+        .sum();
+    let generator = model.for_inference().generator;
+    let run = evaluate::uncompressed(
+        &generator,
+        tokenizers,
+        eval,
+        setup.max_new_tokens,
+        a.eval_batch_size as usize,
+        "eval fine-tuned uncompressed",
+    )?;
+    println!("fine-tuned uncompressed (ceiling): {}", describe(&run));
+    let ceiling = Ceiling {
+        run,
+        steps: total,
+        losses,
+        train_seconds,
+        examples_per_second: seen as f64 / train_seconds.max(1e-9),
+    };
+    write_atomic(&path, serde_json::to_string_pretty(&ceiling)?.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(ceiling)
+}
