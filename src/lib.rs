@@ -13,4 +13,5 @@ pub mod plots;
 pub mod prepare;
 pub mod progress;
 pub mod retrieval;
+pub mod teacher;
 pub mod train;

@@ -4,10 +4,12 @@
 use crate::fsutil::{read_text, write_atomic};
 use crate::progress;
 use crate::retrieval::Retriever;
-use crate::{models, passages};
+use crate::{models, passages, teacher};
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use scaledown_data::{Dataset, Parsed, parse_source, push_row, split_train_eval, to_json};
+use scaledown_data::{Dataset, Example, Parsed, parse_source, push_row, split_train_eval, to_json};
+use scaledown_model::burn::prelude::Device;
+use scaledown_model::oscar::OscarTokenizers;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -48,6 +50,14 @@ pub struct PrepareArgs {
     /// passages (default: $SCALEDOWN_MODELS or ~/.cache/scaledown/models).
     #[arg(long)]
     pub models_dir: Option<PathBuf>,
+    /// Label the train questions with the uncompressed generator's answer from their full
+    /// (retrieved) text, for `train --labels teacher` (cached in `<stem>_teacher_labels.json`
+    /// beside the train file, resumable).
+    #[arg(long)]
+    pub teacher: bool,
+    /// Longest teacher answer, in tokens (with --teacher).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=512))]
+    pub max_new_tokens: u32,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Base address of the datasets-server API.
@@ -139,6 +149,11 @@ pub fn run(a: PrepareArgs) -> Result<()> {
     if train.is_empty() {
         bail!("no usable examples for --dataset {}", a.dataset);
     }
+    // Labelled before anything is written: an interrupted run leaves no unlabelled file and
+    // picks up from the label cache.
+    if a.teacher {
+        label_with_teacher(&a, &mut train)?;
+    }
     let eval_file = eval_path(&a.output_file);
     write_atomic(&a.output_file, to_json(&train).as_bytes())?;
     write_atomic(&eval_file, to_json(&eval).as_bytes())?;
@@ -153,6 +168,45 @@ pub fn run(a: PrepareArgs) -> Result<()> {
         train.len(),
         eval_file.display(),
         eval.len()
+    );
+    Ok(())
+}
+
+/// `--teacher`: each train example's `teacher_answer`, from the default generator reading
+/// the full text.
+fn label_with_teacher(a: &PrepareArgs, train: &mut [Example]) -> Result<()> {
+    let dir = models::models_dir(a.models_dir.as_deref());
+    let file = models::default_generator(&dir);
+    if !file.exists() {
+        models::fetch(&dir)?;
+    }
+    let g = models::load_generator(&file, &Device::flex())?;
+    let tokenizers = OscarTokenizers {
+        generator: g.tokenizer,
+        encoder: None,
+    };
+    let stem = a
+        .output_file
+        .file_stem()
+        .map(|s| s.to_string_lossy())
+        .unwrap_or_default();
+    let cache = a
+        .output_file
+        .with_file_name(format!("{stem}_teacher_labels.json"));
+    let labels = teacher::labels(
+        &cache,
+        train,
+        &g.model,
+        &tokenizers,
+        a.max_new_tokens as usize,
+    )?;
+    for (ex, label) in train.iter_mut().zip(labels) {
+        ex.teacher_answer = Some(label);
+    }
+    println!(
+        "teacher labels: {} (cache {})",
+        train.len(),
+        cache.display()
     );
     Ok(())
 }

@@ -376,11 +376,13 @@ mod tests {
             documents: vec![paragraphs[0].clone()],
             answers: vec!["Paris".into()],
             supporting_titles: vec![],
+            teacher_answer: None,
         };
         let hotpot = Example {
             id: "h".into(),
             dataset: "hotpot_qa".into(),
             supporting_titles: vec!["Danube".into()],
+            teacher_answer: None,
             ..squad.clone()
         };
         assert_eq!(

@@ -5,22 +5,18 @@
 use crate::checkpoint::{self, LORA_ALPHA, LORA_RANK, OscarSetup};
 use crate::evaluate::{self, EvalRun, documents_of};
 use crate::fsutil::{read_text, write_atomic};
-use crate::{ceiling, models, passages, plots, prepare, progress};
+use crate::{ceiling, models, passages, plots, prepare, progress, teacher};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use scaledown_data::{Example, Scores, parse_examples};
 use scaledown_model::backend::BackendKind;
 use scaledown_model::burn::module::Module;
-use scaledown_model::burn::prelude::Device;
 use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::compressor::{CompressorConfig, CompressorType};
-use scaledown_model::distillation::{self, TeacherTokens};
-use scaledown_model::oscar::{Oscar, OscarTokenizers, full_text_user_turn};
+use scaledown_model::oscar::{Oscar, OscarTokenizers};
 use scaledown_model::pretraining::{self, Objectives};
-use scaledown_model::tokenizer::chat_prompt;
 use scaledown_model::training::{TrainExample, TrainSettings, Trainer};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -29,7 +25,8 @@ use std::time::Instant;
 pub enum Labels {
     /// The dataset's first answer.
     Gold,
-    /// The uncompressed generator's own answer from the full text (cached in the output folder).
+    /// The uncompressed generator's own answer from the full text (`teacher_answer` of
+    /// `prepare --teacher`, else generated and cached in the output folder).
     Teacher,
 }
 
@@ -349,12 +346,39 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
     let max_new = a.max_new_tokens as usize;
 
     // Labels and tokenised training examples.
-    let targets = match a.labels {
+    let targets: Vec<String> = match a.labels {
         Labels::Gold => train.iter().map(|e| e.answers[0].clone()).collect(),
-        Labels::Teacher => teacher_labels(&out, &train, &base_generator, &tokenizers, max_new)?,
+        Labels::Teacher => {
+            // `prepare --teacher` may have labelled the file already; the rest are generated.
+            let unlabelled: Vec<Example> = train
+                .iter()
+                .filter(|e| e.teacher_answer.is_none())
+                .cloned()
+                .collect();
+            let mut generated = teacher::labels(
+                &out.join("teacher_labels.json"),
+                &unlabelled,
+                &base_generator,
+                &tokenizers,
+                max_new,
+            )?
+            .into_iter();
+            train
+                .iter()
+                .map(|e| match &e.teacher_answer {
+                    Some(answer) => answer.clone(),
+                    None => generated.next().expect("one label per unlabelled example"),
+                })
+                .collect()
+        }
     };
     let relevance = match a.rerank {
-        true => teacher_relevance(&out, &train, models_dir, &device)?,
+        true => teacher::relevance(
+            &out.join("teacher_relevance.json"),
+            &train,
+            models_dir,
+            &device,
+        )?,
         false => vec![vec![]; train.len()],
     };
     let mut examples = Vec::with_capacity(train.len());
@@ -367,7 +391,13 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         });
     }
     if a.distill_weight > 0.0 {
-        let tokens = teacher_distributions(&out, &train, &examples, &base_generator, &tokenizers)?;
+        let tokens = teacher::distributions(
+            &out.join("teacher_tokens.json"),
+            &train,
+            &examples,
+            &base_generator,
+            &tokenizers,
+        )?;
         for (ex, t) in examples.iter_mut().zip(tokens) {
             ex.teacher_tokens = t;
         }
@@ -612,59 +642,6 @@ pub fn answering(model: &Oscar, keep_top: u32) -> Oscar {
     m
 }
 
-/// The teacher's relevance score of each training document: MiniLM's cosine similarity
-/// between the question and the document, cached by example id in `teacher_relevance.json`.
-fn teacher_relevance(
-    out: &Path,
-    train: &[Example],
-    models_dir: &Path,
-    device: &Device,
-) -> Result<Vec<Vec<f32>>> {
-    let path = out.join("teacher_relevance.json");
-    // Keyed by example id; an entry counts only with one score per document.
-    let mut cache: BTreeMap<String, Vec<f32>> = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or_default();
-    let todo: Vec<&Example> = train
-        .iter()
-        .filter(|e| {
-            cache
-                .get(&e.id)
-                .is_none_or(|s| s.len() != e.documents.len())
-        })
-        .collect();
-    if !todo.is_empty() {
-        let (minilm, tokenizer) =
-            models::load_encoder(&models::default_encoder(models_dir), device)?;
-        // MiniLM reads at most 512 positions; a long document is judged by its beginning.
-        let embed = |text: &str| -> Result<Vec<f32>> {
-            let mut ids = tokenizer.encode_with(text, true)?;
-            ids.truncate(256);
-            let v = minilm.sentence_embedding(&ids, device).into_data();
-            Ok(v.iter::<f32>().collect())
-        };
-        let cosine = |a: &[f32], b: &[f32]| {
-            let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-            let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-            dot / (norm(a) * norm(b))
-        };
-        let bar = progress::bar(todo.len() as u64, "teacher relevance (MiniLM)");
-        for ex in todo {
-            let q = embed(&ex.question)?;
-            let docs = documents_of(ex)
-                .iter()
-                .map(|d| Ok(cosine(&q, &embed(d)?)))
-                .collect::<Result<Vec<f32>>>()?;
-            cache.insert(ex.id.clone(), docs);
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        write_atomic(&path, serde_json::to_string(&cache)?.as_bytes())?;
-    }
-    Ok(train.iter().map(|e| cache[&e.id].clone()).collect())
-}
-
 /// Runs `f` once and keeps its result in `path`; later runs (`--resume`) read it back.
 fn cached_run(path: &Path, f: impl FnOnce() -> Result<EvalRun>) -> Result<EvalRun> {
     if let Ok(text) = std::fs::read_to_string(path)
@@ -675,96 +652,6 @@ fn cached_run(path: &Path, f: impl FnOnce() -> Result<EvalRun>) -> Result<EvalRu
     let run = f()?;
     write_atomic(path, serde_json::to_string_pretty(&run)?.as_bytes())?;
     Ok(run)
-}
-
-/// The uncompressed generator's answers from the full text, generated once and cached in
-/// `teacher_labels.json` (resumable: saved every few examples).
-fn teacher_labels(
-    out: &Path,
-    train: &[Example],
-    generator: &scaledown_model::llama::Llama,
-    tokenizers: &OscarTokenizers,
-    max_new: usize,
-) -> Result<Vec<String>> {
-    let path = out.join("teacher_labels.json");
-    let mut cache: BTreeMap<String, String> = match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a label cache", path.display()))?,
-        Err(_) => BTreeMap::new(),
-    };
-    let todo: Vec<&Example> = train
-        .iter()
-        .filter(|e| !cache.contains_key(&e.id))
-        .collect();
-    if !todo.is_empty() {
-        let config = evaluate::answer_config(max_new);
-        let prefix = evaluate::shared_prefix(generator, tokenizers)?;
-        let bar = progress::bar(todo.len() as u64, "teacher labels");
-        for (i, ex) in todo.iter().enumerate() {
-            let (mut answer, _) =
-                evaluate::answer_uncompressed(generator, &prefix, tokenizers, ex, &config)?;
-            if answer.is_empty() {
-                answer = ex.answers[0].clone();
-            }
-            cache.insert(ex.id.clone(), answer);
-            bar.inc(1);
-            if i % 10 == 9 || i + 1 == todo.len() {
-                write_atomic(&path, serde_json::to_string_pretty(&cache)?.as_bytes())?;
-            }
-        }
-        bar.finish_and_clear();
-    }
-    Ok(train.iter().map(|e| cache[&e.id].clone()).collect())
-}
-
-/// Tokens kept of the teacher's distribution at each answer position.
-const DISTILL_TOP_K: usize = 16;
-
-/// The uncompressed generator's top tokens at each answer position of each training example,
-/// read from the full text (`teacher_tokens.json`, resumable: saved every few examples; an
-/// entry is reused only for the same answer ids).
-fn teacher_distributions(
-    out: &Path,
-    train: &[Example],
-    examples: &[TrainExample],
-    generator: &scaledown_model::llama::Llama,
-    tokenizers: &OscarTokenizers,
-) -> Result<Vec<TeacherTokens>> {
-    type Entry = (Vec<u32>, TeacherTokens);
-    let path = out.join("teacher_tokens.json");
-    let mut cache: BTreeMap<String, Entry> = match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a teacher-token cache", path.display()))?,
-        Err(_) => BTreeMap::new(),
-    };
-    let todo: Vec<usize> = (0..train.len())
-        .filter(|&i| {
-            cache
-                .get(&train[i].id)
-                .is_none_or(|(a, _)| *a != examples[i].answer)
-        })
-        .collect();
-    if !todo.is_empty() {
-        let bar = progress::bar(todo.len() as u64, "teacher token distributions");
-        for (n, &i) in todo.iter().enumerate() {
-            let (ex, answer) = (&train[i], &examples[i].answer);
-            let user = full_text_user_turn(&ex.question, &documents_of(ex));
-            let prompt = tokenizers.generator.encode(&chat_prompt(&user))?;
-            let tokens = read_sync(distillation::teacher_tokens(
-                generator,
-                &prompt,
-                answer,
-                DISTILL_TOP_K,
-            ))?;
-            cache.insert(ex.id.clone(), (answer.clone(), tokens));
-            bar.inc(1);
-            if n % 20 == 19 || n + 1 == todo.len() {
-                write_atomic(&path, serde_json::to_string(&cache)?.as_bytes())?;
-            }
-        }
-        bar.finish_and_clear();
-    }
-    Ok(train.iter().map(|e| cache[&e.id].1.clone()).collect())
 }
 
 /// The pretraining stage: its own step count, schedule, loss curve and checkpoints

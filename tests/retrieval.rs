@@ -160,3 +160,58 @@ fn a_broken_corpus_line_is_named_and_nothing_is_written() {
     assert!(err.contains("kilt.jsonl line 2"), "{err}");
     assert!(!out.exists() && !dir.path().join("train_eval.json").exists());
 }
+
+/// `prepare --teacher` labels each retrieved train question with the real generator's answer
+/// from the full text, before writing anything; a rerun reuses the cache and regenerates only
+/// what is missing from it, identically (greedy answers).
+#[test]
+fn the_teacher_labels_the_retrieved_train_questions_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir(&corpus).unwrap();
+    let source = squad_sample(&corpus, 300);
+    let out = dir.path().join("kd.json");
+    let args = [
+        "--dataset",
+        "squad",
+        "--source",
+        source.to_str().unwrap(),
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--num-examples",
+        "10",
+        "--top-k",
+        "2",
+        "--teacher",
+        "--max-new-tokens",
+        "8",
+        "--output-file",
+        out.to_str().unwrap(),
+    ];
+    let o = prepare(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let train = examples(&out);
+    let eval = examples(&dir.path().join("kd_eval.json"));
+    assert!(train.len() >= 8, "{}", train.len());
+    for ex in &train {
+        let label = ex.teacher_answer.as_deref().unwrap_or_default();
+        assert!(!label.trim().is_empty(), "{}: no teacher answer", ex.id);
+    }
+    assert!(eval.iter().all(|e| e.teacher_answer.is_none()));
+
+    let cache_file = dir.path().join("kd_teacher_labels.json");
+    let mut cache: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&cache_file).unwrap()).unwrap();
+    assert_eq!(cache.len(), train.len());
+    let first = cache.keys().next().unwrap().clone();
+    cache.remove(&first);
+    std::fs::write(&cache_file, serde_json::to_string(&cache).unwrap()).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    let o = prepare(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let again = examples(&out);
+    let labels = |v: &[scaledown_data::Example]| -> Vec<Option<String>> {
+        v.iter().map(|e| e.teacher_answer.clone()).collect()
+    };
+    assert_eq!(labels(&again), labels(&train));
+}

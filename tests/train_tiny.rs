@@ -722,3 +722,43 @@ fn the_finetuned_ceiling_trains_the_uncompressed_generator_and_is_reported() {
         &["--finetuned-ceiling", "lora"],
     );
 }
+
+#[test]
+fn teacher_labels_from_prepare_are_used_and_only_the_rest_generated() {
+    let s = Setup::new();
+    let rows: Vec<String> = (0..8)
+        .map(|i| {
+            let mut ex = example(i);
+            if i < 5 {
+                ex["teacher_answer"] = serde_json::json!(format!("the {} one", COLORS[i % 6]));
+            }
+            ex.to_string()
+        })
+        .collect();
+    let data = s.p("labelled.json");
+    std::fs::write(&data, format!("[\n{}\n]\n", rows.join(",\n"))).unwrap();
+    std::fs::copy(
+        s.dir.join("train_eval.json"),
+        s.dir.join("labelled_eval.json"),
+    )
+    .unwrap();
+    ok(&s.train(
+        "teach",
+        &[
+            "--train-data",
+            &data,
+            "--labels",
+            "teacher",
+            "--max-steps",
+            "2",
+        ],
+    ));
+    let cache = read_json(&s.dir.join("teach/teacher_labels.json"));
+    let ids: Vec<&str> = cache
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(ids, ["q5", "q6", "q7"], "only the unlabelled examples");
+}

@@ -42,6 +42,10 @@ pub struct Example {
     /// HotpotQA's supporting-fact titles: the documents that hold the answer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub supporting_titles: Vec<String>,
+    /// The uncompressed generator's answer from the full text (`prepare --teacher`): the
+    /// training target of `train --labels teacher`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_answer: Option<String>,
 }
 
 impl Example {
@@ -149,6 +153,7 @@ mod tests {
             }],
             answers: vec!["Someone".into()],
             supporting_titles: vec![],
+            teacher_answer: None,
         }
     }
 

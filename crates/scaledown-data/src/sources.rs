@@ -202,6 +202,7 @@ fn squad_row(row: &Value) -> Result<Example, String> {
         }],
         answers: nonempty(answers),
         supporting_titles: vec![],
+        teacher_answer: None,
     })
 }
 
@@ -243,6 +244,7 @@ fn squad_official(file: &str, doc: &Value) -> Result<Parsed, DataError> {
                     }],
                     answers: nonempty(answers),
                     supporting_titles: vec![],
+                    teacher_answer: None,
                 };
                 if ex.answers.is_empty() {
                     parsed.unanswerable += 1;
@@ -296,6 +298,7 @@ fn hotpot_row(row: &Value) -> Result<Example, String> {
         documents,
         answers: nonempty(vec![string(row, "answer")?]),
         supporting_titles: supporting_titles(row)?,
+        teacher_answer: None,
     })
 }
 
@@ -391,6 +394,7 @@ fn trivia_row(row: &Value) -> Result<Example, String> {
         documents,
         answers: nonempty(answers),
         supporting_titles: vec![],
+        teacher_answer: None,
     })
 }
 

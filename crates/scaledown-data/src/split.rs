@@ -106,6 +106,7 @@ mod tests {
             }],
             answers: vec!["a".into()],
             supporting_titles: vec![],
+            teacher_answer: None,
         }
     }
 

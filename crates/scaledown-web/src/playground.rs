@@ -437,6 +437,7 @@ impl Playground {
             }],
             answers: vec![],
             supporting_titles: vec![],
+            teacher_answer: None,
         };
         let encoded = self
             .tokenizers
@@ -478,6 +479,7 @@ mod tests {
                     }],
                     answers: vec![c.into()],
                     supporting_titles: vec![],
+                    teacher_answer: None,
                 }
             })
             .collect()
