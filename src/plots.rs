@@ -170,7 +170,17 @@ fn training_curves(path: &Path, report: &Report) -> Result<()> {
     let (left, right) = root.split_horizontally(600);
     let losses = &report.training.losses;
     let last = losses.last().map_or(1, |l| l.0).max(1) as f64;
-    loss_chart(&left, "Training loss (answer cross-entropy)", losses).map_err(err(path))?;
+    let ceiling = report
+        .finetuned_ceiling
+        .as_ref()
+        .map(|c| c.losses.as_slice());
+    loss_chart(
+        &left,
+        "Training loss (answer cross-entropy)",
+        losses,
+        ceiling,
+    )
+    .map_err(err(path))?;
 
     // Eval metrics over steps, starting with the before-training evaluation at step 0.
     let mut points = vec![(0usize, report.before.scores)];
@@ -348,13 +358,35 @@ fn speed(path: &Path, baseline: &EvalRun, before: &EvalRun, after: &EvalRun) -> 
 }
 
 /// Raw and smoothed loss over steps on `area`.
+/// Exponential moving average (0.9) of a loss curve.
+fn smoothed(losses: &[(usize, f32)]) -> Vec<(f64, f64)> {
+    let mut ema = None;
+    losses
+        .iter()
+        .map(|&(s, l)| {
+            let v = match ema {
+                None => l as f64,
+                Some(prev) => 0.9 * prev + 0.1 * l as f64,
+            };
+            ema = Some(v);
+            (s as f64, v)
+        })
+        .collect()
+}
+
 fn loss_chart(
     area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
     caption: &str,
     losses: &[(usize, f32)],
+    ceiling: Option<&[(usize, f32)]>,
 ) -> std::result::Result<(), String> {
     let last = losses.last().map_or(1, |l| l.0).max(1) as f64;
-    let max_loss = losses.iter().map(|l| l.1 as f64).fold(0.1, f64::max) * 1.1;
+    let max_loss = losses
+        .iter()
+        .chain(ceiling.unwrap_or_default())
+        .map(|l| l.1 as f64)
+        .fold(0.1, f64::max)
+        * 1.1;
     let mut chart = ChartBuilder::on(area)
         .caption(caption, ("sans-serif", 20))
         .margin(15)
@@ -376,23 +408,18 @@ fn loss_chart(
         .map_err(|e| format!("{e:?}"))?
         .label("raw")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BEFORE));
-    let mut ema = None;
-    let smoothed: Vec<(f64, f64)> = losses
-        .iter()
-        .map(|&(s, l)| {
-            let v = match ema {
-                None => l as f64,
-                Some(prev) => 0.9 * prev + 0.1 * l as f64,
-            };
-            ema = Some(v);
-            (s as f64, v)
-        })
-        .collect();
     chart
-        .draw_series(LineSeries::new(smoothed, AFTER.stroke_width(3)))
+        .draw_series(LineSeries::new(smoothed(losses), AFTER.stroke_width(3)))
         .map_err(|e| format!("{e:?}"))?
         .label("smoothed (EMA 0.9)")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], AFTER.stroke_width(3)));
+    if let Some(c) = ceiling {
+        chart
+            .draw_series(LineSeries::new(smoothed(c), CEILING.stroke_width(3)))
+            .map_err(|e| format!("{e:?}"))?
+            .label("uncompressed, fine-tuned (EMA 0.9)")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], CEILING.stroke_width(3)));
+    }
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.9))
@@ -407,7 +434,7 @@ fn loss_chart(
 fn pretraining_curve(path: &Path, losses: &[(usize, f32)]) -> Result<()> {
     let root = BitMapBackend::new(path, (700, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(err(path))?;
-    loss_chart(&root, "Compressor pretraining loss", losses).map_err(err(path))?;
+    loss_chart(&root, "Compressor pretraining loss", losses, None).map_err(err(path))?;
     root.present().map_err(err(path))?;
     Ok(())
 }
