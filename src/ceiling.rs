@@ -3,7 +3,7 @@
 //! the documents' full text instead of their memory vectors, then evaluated like the baseline.
 
 use crate::checkpoint::{self, OscarSetup};
-use crate::evaluate::{self, EvalRun, documents_of};
+use crate::evaluate::{self, EvalRun};
 use crate::fsutil::write_atomic;
 use crate::progress;
 use crate::train::{TrainArgs, batch_at, describe, trainer_for};
@@ -12,8 +12,7 @@ use scaledown_data::Example;
 use scaledown_model::burn::module::Module;
 use scaledown_model::burn::prelude::Device;
 use scaledown_model::burn::tensor::read_sync;
-use scaledown_model::oscar::{Encoded, OscarTokenizers, full_text_user_turn};
-use scaledown_model::tokenizer::chat_prompt;
+use scaledown_model::oscar::{Encoded, OscarTokenizers};
 use scaledown_model::training::TrainExample;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -73,9 +72,8 @@ pub fn run(
     }
     let mut examples = Vec::with_capacity(train.len());
     for (ex, answer) in train.iter().zip(answers) {
-        let user = full_text_user_turn(&ex.question, &documents_of(ex));
         examples.push(TrainExample {
-            encoded: Encoded::full_text(tokenizers.generator.encode(&chat_prompt(&user))?),
+            encoded: Encoded::full_text(evaluate::full_text_prompt(tokenizers, ex)?),
             answer: answer.clone(),
             teacher_scores: vec![],
             teacher_tokens: vec![],
@@ -87,6 +85,7 @@ pub fn run(
     let mut trainer = trainer_for(a, 0.0, total, 0);
     let batch = a.batch_size as usize;
     let mut losses = Vec::with_capacity(total);
+    let mut seen = 0;
     let bar = progress::bar(total as u64, "fine-tuning the uncompressed generator");
     let started = Instant::now();
     for step in 0..total {
@@ -94,6 +93,7 @@ pub fn run(
         let (m, result) = read_sync(trainer.step(model, &batch_examples));
         model = m;
         let stats = result.map_err(|e| anyhow!("fine-tuning the uncompressed generator: {e}"))?;
+        seen += batch_examples.len();
         losses.push((step + 1, stats.loss));
         bar.set_message(format!("loss {:.3}", stats.loss));
         bar.inc(1);
@@ -103,9 +103,6 @@ pub fn run(
     }
     bar.finish_and_clear();
     let train_seconds = started.elapsed().as_secs_f64();
-    let seen: usize = (0..total)
-        .map(|s| batch_at(&examples, s, batch, a.seed).len())
-        .sum();
     let generator = model.for_inference().generator;
     let run = evaluate::uncompressed(
         &generator,

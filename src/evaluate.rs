@@ -95,6 +95,12 @@ pub fn documents_of(ex: &Example) -> Vec<String> {
         .collect()
 }
 
+/// The uncompressed prompt's ids: the chat turn with the question's documents in full text.
+pub fn full_text_prompt(tokenizers: &OscarTokenizers, ex: &Example) -> Result<Vec<u32>> {
+    let user = full_text_user_turn(&ex.question, &documents_of(ex));
+    Ok(tokenizers.generator.encode(&chat_prompt(&user))?)
+}
+
 /// Greedy answers, short enough for QA.
 pub fn answer_config(max_new_tokens: usize) -> GenerationConfig {
     GenerationConfig {
@@ -235,8 +241,7 @@ pub fn answer_uncompressed(
 ) -> Result<(String, usize)> {
     let tok = &tokenizers.generator;
     let device = generator.embed_tokens.weight.device();
-    let user = full_text_user_turn(&ex.question, &documents_of(ex));
-    let prompt = tok.encode(&chat_prompt(&user))?;
+    let prompt = full_text_prompt(tokenizers, ex)?;
     let ids = read_sync(generate_after(
         generator,
         prefix,
@@ -264,11 +269,8 @@ pub fn uncompressed(
         return batched(examples, batch, label, |group| {
             let prompts = group
                 .iter()
-                .map(|ex| {
-                    let user = full_text_user_turn(&ex.question, &documents_of(ex));
-                    tok.encode(&chat_prompt(&user))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+                .map(|ex| full_text_prompt(tokenizers, ex))
+                .collect::<Result<Vec<_>>>()?;
             let embeds = prompts
                 .iter()
                 .map(|p| generator.embed(ids_tensor(p, &device)))

@@ -69,21 +69,22 @@ pub struct PrepareArgs {
     pub hf_endpoint: String,
 }
 
-/// `<stem>_retrieval.json` beside the train file: the corpus and recall@K of `--corpus`.
-pub fn retrieval_report_path(train: &Path) -> PathBuf {
+/// `<stem>_<suffix>` beside the train file `train`.
+fn beside(train: &Path, suffix: &str) -> PathBuf {
     let stem = train
         .file_stem()
         .map(|s| s.to_string_lossy())
         .unwrap_or_default();
-    train.with_file_name(format!("{stem}_retrieval.json"))
+    train.with_file_name(format!("{stem}_{suffix}"))
+}
+
+/// `<stem>_retrieval.json` beside the train file: the corpus and recall@K of `--corpus`.
+pub fn retrieval_report_path(train: &Path) -> PathBuf {
+    beside(train, "retrieval.json")
 }
 
 pub fn eval_path(train: &Path) -> PathBuf {
-    let stem = train
-        .file_stem()
-        .map(|s| s.to_string_lossy())
-        .unwrap_or_default();
-    train.with_file_name(format!("{stem}_eval.json"))
+    beside(train, "eval.json")
 }
 
 pub fn run(a: PrepareArgs) -> Result<()> {
@@ -185,14 +186,7 @@ fn label_with_teacher(a: &PrepareArgs, train: &mut [Example]) -> Result<()> {
         generator: g.tokenizer,
         encoder: None,
     };
-    let stem = a
-        .output_file
-        .file_stem()
-        .map(|s| s.to_string_lossy())
-        .unwrap_or_default();
-    let cache = a
-        .output_file
-        .with_file_name(format!("{stem}_teacher_labels.json"));
+    let cache = beside(&a.output_file, "teacher_labels.json");
     let labels = teacher::labels(
         &cache,
         train,

@@ -12,22 +12,20 @@ use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::distillation::{self, TeacherTokens};
 use scaledown_model::llama::Llama;
 use scaledown_model::oscar::{OscarTokenizers, full_text_user_turn};
-use scaledown_model::tokenizer::chat_prompt;
 use scaledown_model::training::TrainExample;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The uncompressed generator's answers from the full text, generated once and cached in
-/// `cache_file` (resumable: saved every few examples). An entry is keyed by the example's id
+/// `path` (resumable: saved every few examples). An entry is keyed by the example's id
 /// and a digest of its prompt, so that other retrieved documents get a new answer.
 pub fn labels(
-    cache_file: &Path,
+    path: &Path,
     train: &[Example],
     generator: &Llama,
     tokenizers: &OscarTokenizers,
     max_new: usize,
 ) -> Result<Vec<String>> {
-    let path = cache_file;
     let mut cache: BTreeMap<String, String> = match std::fs::read_to_string(path) {
         Ok(text) => serde_json::from_str(&text)
             .with_context(|| format!("{}: not a label cache", path.display()))?,
@@ -76,14 +74,13 @@ const DISTILL_TOP_K: usize = 16;
 /// read from the full text (`teacher_tokens.json`, resumable: saved every few examples; an
 /// entry is reused only for the same answer ids).
 pub fn distributions(
-    cache_file: &Path,
+    path: &Path,
     train: &[Example],
     examples: &[TrainExample],
     generator: &Llama,
     tokenizers: &OscarTokenizers,
 ) -> Result<Vec<TeacherTokens>> {
     type Entry = (Vec<u32>, TeacherTokens);
-    let path = cache_file;
     let mut cache: BTreeMap<String, Entry> = match std::fs::read_to_string(path) {
         Ok(text) => serde_json::from_str(&text)
             .with_context(|| format!("{}: not a teacher-token cache", path.display()))?,
@@ -100,8 +97,7 @@ pub fn distributions(
         let bar = progress::bar(todo.len() as u64, "teacher token distributions");
         for (n, &i) in todo.iter().enumerate() {
             let (ex, answer) = (&train[i], &examples[i].answer);
-            let user = full_text_user_turn(&ex.question, &documents_of(ex));
-            let prompt = tokenizers.generator.encode(&chat_prompt(&user))?;
+            let prompt = evaluate::full_text_prompt(tokenizers, ex)?;
             let tokens = read_sync(distillation::teacher_tokens(
                 generator,
                 &prompt,
@@ -122,12 +118,11 @@ pub fn distributions(
 /// The teacher's relevance score of each training document: MiniLM's cosine similarity
 /// between the question and the document, cached by example id in `teacher_relevance.json`.
 pub fn relevance(
-    cache_file: &Path,
+    path: &Path,
     train: &[Example],
     models_dir: &Path,
     device: &Device,
 ) -> Result<Vec<Vec<f32>>> {
-    let path = cache_file;
     // Keyed by example id; an entry counts only with one score per document.
     let mut cache: BTreeMap<String, Vec<f32>> = std::fs::read_to_string(path)
         .ok()

@@ -162,8 +162,8 @@ fn a_broken_corpus_line_is_named_and_nothing_is_written() {
 }
 
 /// `prepare --teacher` labels each retrieved train question with the real generator's answer
-/// from the full text, before writing anything; a rerun reuses the cache and regenerates only
-/// what is missing from it, identically (greedy answers).
+/// from the full text, before writing anything; a rerun reuses the cache's entries and
+/// regenerates what is missing from it, identically (greedy answers).
 #[test]
 fn the_teacher_labels_the_retrieved_train_questions_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
@@ -203,15 +203,22 @@ fn the_teacher_labels_the_retrieved_train_questions_and_resumes() {
     let mut cache: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(&cache_file).unwrap()).unwrap();
     assert_eq!(cache.len(), train.len());
-    let first = cache.keys().next().unwrap().clone();
-    cache.remove(&first);
+    // One entry removed (regenerated, identically) and one marked (reused as it is).
+    let keys: Vec<String> = cache.keys().cloned().collect();
+    cache.remove(&keys[0]);
+    cache.insert(keys[1].clone(), serde_json::json!("from the cache"));
+    let marked = keys[1].split(' ').next().unwrap().to_string();
     std::fs::write(&cache_file, serde_json::to_string(&cache).unwrap()).unwrap();
     std::fs::remove_file(&out).unwrap();
     let o = prepare(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let again = examples(&out);
-    let labels = |v: &[scaledown_data::Example]| -> Vec<Option<String>> {
-        v.iter().map(|e| e.teacher_answer.clone()).collect()
-    };
-    assert_eq!(labels(&again), labels(&train));
+    assert_eq!(again.len(), train.len());
+    for (a, t) in again.iter().zip(&train) {
+        let expected = match a.id == marked {
+            true => Some("from the cache".to_string()),
+            false => t.teacher_answer.clone(),
+        };
+        assert_eq!(a.teacher_answer, expected, "{}", a.id);
+    }
 }
