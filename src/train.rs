@@ -90,6 +90,11 @@ pub struct TrainArgs {
     /// Learning rate of the compressor (default: 5e-5 for n_layers, 1e-4 for encoder).
     #[arg(long, alias = "compressor_learning_rate", value_parser = positive)]
     pub compressor_learning_rate: Option<f64>,
+    /// Learning rate of the parts that start from random values: memory tokens, projector
+    /// and reranking head (default: the compressor's).
+    #[arg(long, value_parser = positive)]
+    #[serde(default)]
+    pub memory_learning_rate: Option<f64>,
     /// Evaluate (and checkpoint) every K steps; 0: only before and after.
     #[arg(long, alias = "eval_steps", default_value_t = 0)]
     pub eval_steps: u32,
@@ -744,6 +749,7 @@ impl Pretraining<'_> {
 pub(crate) fn trainer_for(a: &TrainArgs, compressor_lr: f64, total: usize, done: usize) -> Trainer {
     let mut trainer = Trainer::new(TrainSettings {
         compressor_lr,
+        memory_lr: a.memory_learning_rate.unwrap_or(compressor_lr),
         generator_lr: a.learning_rate,
         weight_decay: 0.1,
         warmup_steps: (total / 20).max(1),

@@ -213,6 +213,7 @@ impl Ours {
             Oscar::assemble(&config, generator.clone(), None, Some(LORA), device)?.train();
         let trainer = Trainer::new(TrainSettings {
             compressor_lr: 5e-5,
+            memory_lr: 5e-5,
             generator_lr: 1e-4,
             weight_decay: 0.1,
             warmup_steps: 1,

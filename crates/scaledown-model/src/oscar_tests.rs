@@ -65,6 +65,7 @@ pub(crate) fn example() -> TrainExample {
 fn settings(steps: usize) -> TrainSettings {
     TrainSettings {
         compressor_lr: 3e-3,
+        memory_lr: 3e-3,
         generator_lr: 3e-3,
         weight_decay: 0.1,
         warmup_steps: 2,
@@ -95,6 +96,36 @@ fn training_lowers_the_loss_for_both_compressors() {
         }
         let after = loss_of(&model, batch[0]);
         assert!(after < 0.5 * before, "{kind}: loss {before} -> {after}");
+    }
+}
+
+#[test]
+fn memory_tokens_and_projector_follow_their_own_learning_rate() {
+    fn flat<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.inner().to_data().try_into_vec().unwrap()
+    }
+    let backbone = |m: &Oscar| match &m.compressor.backbone {
+        crate::compressor::Backbone::Decoder(stack) => {
+            flat(stack.layers[0].self_attn.q_proj.weight.val())
+        }
+        crate::compressor::Backbone::Encoder(_) => unreachable!("n_layers"),
+    };
+    let memory = |m: &Oscar| flat(m.compressor.memory.val());
+    let projector = |m: &Oscar| flat(m.compressor.projector.as_ref().unwrap().fc1.weight.val());
+    for (compressor_lr, memory_lr) in [(0.0, 3e-3), (3e-3, 0.0)] {
+        let model = tiny_oscar(CompressorType::NLayers, 5).train();
+        let before = (backbone(&model), memory(&model), projector(&model));
+        let mut trainer = Trainer::new(TrainSettings {
+            compressor_lr,
+            memory_lr,
+            ..settings(4)
+        });
+        let (model, stats) = read_sync(trainer.step(model, &[&example()]));
+        stats.unwrap();
+        let moved = |a: &Vec<f32>, b: &Vec<f32>| a != b;
+        assert_eq!(moved(&backbone(&model), &before.0), compressor_lr > 0.0);
+        assert_eq!(moved(&memory(&model), &before.1), memory_lr > 0.0);
+        assert_eq!(moved(&projector(&model), &before.2), memory_lr > 0.0);
     }
 }
 

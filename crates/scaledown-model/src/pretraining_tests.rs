@@ -86,6 +86,7 @@ fn each_objective_lowers_its_loss() {
         let before = mean_loss(&model, &examples);
         let mut trainer = Trainer::new(TrainSettings {
             compressor_lr: 3e-3,
+            memory_lr: 3e-3,
             generator_lr: 3e-3,
             weight_decay: 0.1,
             warmup_steps: 2,

@@ -93,6 +93,7 @@ fn the_reranking_loss_puts_the_teachers_best_document_first() {
     };
     let mut trainer = Trainer::new(TrainSettings {
         compressor_lr: 3e-3,
+        memory_lr: 3e-3,
         generator_lr: 3e-3,
         weight_decay: 0.0,
         warmup_steps: 1,
@@ -124,6 +125,7 @@ fn ten_document_questions_train_and_answer_from_the_kept_top_documents() {
         .collect();
     let mut trainer = Trainer::new(TrainSettings {
         compressor_lr: 1e-3,
+        memory_lr: 1e-3,
         generator_lr: 1e-3,
         weight_decay: 0.0,
         warmup_steps: 1,

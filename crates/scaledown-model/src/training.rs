@@ -1,8 +1,10 @@
 //! One optimisation step of OSCAR: answer cross-entropy over a batch (run in padded
 //! micro-batches of up to [`MICRO_BATCH`] examples whose gradients are accumulated, so memory
 //! does not grow with the batch), global grad-norm clipping, AdamW with linear warm-up and
-//! decay, separate learning rates for compressor and generator.
+//! decay, separate learning rates for the compressor's backbone, the parts that start from
+//! scratch (memory tokens, projector, reranking head) and the generator's LoRA.
 
+use crate::compressor::Compressor;
 use crate::distillation::TeacherTokens;
 use crate::oscar::{Encoded, Oscar};
 use burn::module::{Module, ModuleVisitor, Param};
@@ -15,7 +17,11 @@ pub const MICRO_BATCH: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct TrainSettings {
+    /// Learning rate of the compressor's backbone (pretrained layers).
     pub compressor_lr: f64,
+    /// Learning rate of the memory tokens, the projector and the reranking head: they start
+    /// from random values, so they may want a larger one than the pretrained backbone.
+    pub memory_lr: f64,
     /// Learning rate of the LoRA factors (unused when the generator is frozen).
     pub generator_lr: f64,
     pub weight_decay: f32,
@@ -60,6 +66,7 @@ pub struct Trainer {
     /// Steps taken so far.
     pub step: usize,
     compressor_optim: ModuleOptimizer,
+    memory_optim: ModuleOptimizer,
     generator_optim: ModuleOptimizer,
 }
 
@@ -70,6 +77,7 @@ impl Trainer {
             settings,
             step: 0,
             compressor_optim: adamw.init(),
+            memory_optim: adamw.init(),
             generator_optim: adamw.init(),
         }
     }
@@ -150,9 +158,14 @@ impl Trainer {
             compressor,
             generator,
         } = model;
+        // Disjoint parameter sets, each with its own optimiser state and learning rate.
+        let grads_m = take_memory_grads(&compressor, &mut grads_c);
         let compressor =
             self.compressor_optim
                 .step(self.settings.compressor_lr * factor, compressor, grads_c);
+        let compressor =
+            self.memory_optim
+                .step(self.settings.memory_lr * factor, compressor, grads_m);
         let generator = if grads_g.is_empty() {
             generator
         } else {
@@ -215,6 +228,35 @@ fn grad_sq_sum(model: &Oscar, grads_c: &GradientsParams, grads_g: &GradientsPara
     model.generator.visit(&mut v);
     let device = model.generator.embed_tokens.weight.device();
     v.sum.unwrap_or_else(|| Tensor::zeros([1], &device))
+}
+
+/// Moves the gradients of the memory tokens, projector and reranking head out of `grads`.
+fn take_memory_grads(compressor: &Compressor, grads: &mut GradientsParams) -> GradientsParams {
+    let mut taken = Take {
+        from: grads,
+        to: GradientsParams::new(),
+    };
+    taken.visit_float(&compressor.memory);
+    if let Some(projector) = &compressor.projector {
+        projector.visit(&mut taken);
+    }
+    if let Some(head) = &compressor.rerank {
+        head.visit(&mut taken);
+    }
+    taken.to
+}
+
+struct Take<'a> {
+    from: &'a mut GradientsParams,
+    to: GradientsParams,
+}
+
+impl ModuleVisitor for Take<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.from.remove::<D>(param.id) {
+            self.to.register(param.id, g);
+        }
+    }
 }
 
 struct Scale<'a> {

@@ -85,6 +85,7 @@ async fn webgpu_matches_the_cpu_backend_generates_and_trains() {
     let before = loss(&oscar).await;
     let mut trainer = Trainer::new(TrainSettings {
         compressor_lr: 3e-3,
+        memory_lr: 3e-3,
         generator_lr: 3e-3,
         weight_decay: 0.1,
         warmup_steps: 1,

@@ -297,6 +297,7 @@ impl Playground {
         }
         let mut trainer = Trainer::new(TrainSettings {
             compressor_lr: learning_rate,
+            memory_lr: learning_rate,
             generator_lr: learning_rate,
             weight_decay: 0.1,
             warmup_steps: (steps / 10).max(1),
