@@ -162,7 +162,7 @@ fn ten_document_questions_train_and_answer_from_the_kept_top_documents() {
     model.compressor.keep_top = 5;
     let kept = read_sync(model.answer(&e, &[], &config)).unwrap();
     assert_eq!(kept, from_top5, "keep-top 5 reads the five best documents");
-    let batched = read_sync(model.answer_batch(&[e.clone()], &[], &config)).unwrap();
+    let batched = read_sync(model.answer_batch(std::slice::from_ref(&e), &[], &config)).unwrap();
     assert_eq!(batched[0], from_top5);
     assert_eq!(all.len(), 6);
     // What the answer read: the five best documents' memory vectors, nothing else.
