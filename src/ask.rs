@@ -79,7 +79,10 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         "eval",
     )?;
     println!("compressed:   {}", describe(&run));
-    let mut out = serde_json::json!({ "compressed": run });
+    let memory_use =
+        evaluate::memory_use(&model, &loaded.tokenizers, &setup.compressor, &examples)?;
+    println!("memory use:   {memory_use}");
+    let mut out = serde_json::json!({ "compressed": run, "memory_use": memory_use });
     if a.baseline {
         let base = evaluate::uncompressed(
             &loaded.base_generator,

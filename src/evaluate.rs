@@ -12,6 +12,7 @@ use scaledown_model::oscar::{
     Oscar, OscarTokenizers, document_text, full_text_user_turn, ids_tensor,
 };
 use scaledown_model::tokenizer::chat_prompt;
+use scaledown_model::training::TrainExample;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -350,4 +351,75 @@ mod tests {
         assert_eq!(t.mean_ms, 40.0);
         assert_eq!(t.queries_per_second, 25.0);
     }
+}
+
+/// Whether the answers lean on the memory vectors: the mean teacher-forced loss of the eval
+/// questions' gold answers after memory of their own documents, and after memory of another
+/// question's documents (the question itself unchanged). A model that reads its memory loses
+/// more with the wrong documents; one that has learnt to ignore it loses the same.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct MemoryUse {
+    pub own_documents_loss: f32,
+    pub other_documents_loss: f32,
+    /// Questions scored (those with an answer and with other documents to swap in).
+    pub questions: usize,
+}
+
+impl std::fmt::Display for MemoryUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "answer loss {:.3} with its own documents' memory, {:.3} with another question's ({} questions)",
+            self.own_documents_loss, self.other_documents_loss, self.questions
+        )
+    }
+}
+
+/// [`MemoryUse`] of `model` (an inference model) on `eval`: question i is paired with the
+/// documents of question i + n/2, which in a file ordered by article come from elsewhere;
+/// pairs whose documents are the same are skipped.
+pub fn memory_use(
+    model: &Oscar,
+    tokenizers: &OscarTokenizers,
+    config: &CompressorConfig,
+    eval: &[Example],
+) -> Result<MemoryUse> {
+    let n = eval.len();
+    let (mut own, mut other) = (Vec::new(), Vec::new());
+    for (i, ex) in eval.iter().enumerate() {
+        let swapped = &eval[(i + n / 2) % n];
+        let (documents, elsewhere) = (documents_of(ex), documents_of(swapped));
+        let Some(answer) = ex.answers.first() else {
+            continue;
+        };
+        if documents == elsewhere {
+            continue;
+        }
+        let answer = tokenizers.encode_answer(answer)?;
+        for (docs, into) in [(&documents, &mut own), (&elsewhere, &mut other)] {
+            into.push(TrainExample {
+                encoded: tokenizers.encode(config, &ex.question, docs)?,
+                answer: answer.clone(),
+                teacher_scores: vec![],
+                teacher_tokens: vec![],
+            });
+        }
+    }
+    let bar = progress::bar(2 * own.len() as u64, "memory use");
+    let mean_loss = |examples: &[TrainExample]| -> f32 {
+        let mut sum = 0.0;
+        for part in examples.chunks(4) {
+            let refs: Vec<&TrainExample> = part.iter().collect();
+            sum += model.answer_loss(&refs).into_scalar::<f32>() * part.len() as f32;
+            bar.inc(part.len() as u64);
+        }
+        sum / examples.len().max(1) as f32
+    };
+    let use_ = MemoryUse {
+        own_documents_loss: mean_loss(&own),
+        other_documents_loss: mean_loss(&other),
+        questions: own.len(),
+    };
+    bar.finish_and_clear();
+    Ok(use_)
 }

@@ -202,6 +202,9 @@ pub struct TrainState {
     pub pretrain_losses: Vec<(usize, f32)>,
     #[serde(default)]
     pub pretrain_seconds: f64,
+    /// [`evaluate::MemoryUse`] of the untrained model.
+    #[serde(default)]
+    pub memory_use_before: Option<evaluate::MemoryUse>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -237,6 +240,9 @@ pub struct Report {
     pub after: Summary,
     /// Baseline mean ms per query / compressed mean ms per query (after training).
     pub speedup: f64,
+    /// Whether the trained model's answers depend on its memory vectors (gold-answer loss
+    /// with its own documents' memory vs another question's).
+    pub memory_use_after: evaluate::MemoryUse,
     /// The uncompressed generator fine-tuned like the compressed model (--finetuned-ceiling).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finetuned_ceiling: Option<ceiling::CeilingSummary>,
@@ -432,6 +438,13 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         )
     })?;
     println!("before training:       {}", describe(&before));
+    // Only a model that has not trained yet gives the "before" figure (not a resumed one).
+    if state.memory_use_before.is_none() && state.step == 0 && state.pretrain_step == 0 {
+        let before_model = answering(&oscar, a.keep_top);
+        let m = evaluate::memory_use(&before_model, &tokenizers, &setup.compressor, &eval)?;
+        println!("memory use, before:    {m}");
+        state.memory_use_before = Some(m);
+    }
 
     let compressor_lr = a.compressor_learning_rate.unwrap_or(match compressor_type {
         CompressorType::NLayers => 5e-5,
@@ -528,6 +541,9 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         "eval after training",
     )?;
     println!("after training:        {}", describe(&after));
+    let memory_use_after =
+        evaluate::memory_use(&after_model, &tokenizers, &setup.compressor, &eval)?;
+    println!("memory use, after:     {memory_use_after}");
     state.evals.push(EvalPoint {
         step: state.step,
         scores: after.scores,
@@ -586,6 +602,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         before: (&before).into(),
         after: (&after).into(),
         speedup: baseline.timing.mean_ms / after.timing.mean_ms.max(1e-9),
+        memory_use_after,
         finetuned_ceiling: finetuned.as_ref().map(Into::into),
         examples_per_second: steps_run as f64 / state.train_seconds.max(1e-9),
         training: state,

@@ -234,6 +234,24 @@ fn training_lowers_the_loss_and_writes_every_output() {
     ]));
     let after = read_json(&out.join("after_training_results.json"));
     let again = read_json(Path::new(&eval_out));
+    // The memory-use probe: every eval question scored with its own documents and another's,
+    // before and after training, and the reloaded checkpoint gives the same losses.
+    let memory_use = &report["memory_use_after"];
+    let before_use = &report["training"]["memory_use_before"];
+    for m in [memory_use, before_use, &again["memory_use"]] {
+        assert_eq!(m["questions"].as_u64(), Some(3), "{m}");
+    }
+    for key in ["own_documents_loss", "other_documents_loss"] {
+        let (trained, reloaded) = (
+            memory_use[key].as_f64().unwrap(),
+            again["memory_use"][key].as_f64().unwrap(),
+        );
+        assert!(
+            trained.is_finite() && (trained - reloaded).abs() < 1e-3,
+            "{key}: {trained} vs {reloaded}"
+        );
+    }
+    eprintln!("memory use before {before_use}, after {memory_use}");
     for (a, b) in after["predictions"]
         .as_array()
         .unwrap()
