@@ -12,7 +12,7 @@ use scaledown_model::oscar::{
     Oscar, OscarTokenizers, document_text, full_text_user_turn, ids_tensor,
 };
 use scaledown_model::tokenizer::chat_prompt;
-use scaledown_model::training::TrainExample;
+use scaledown_model::training::{MICRO_BATCH, TrainExample};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -339,20 +339,6 @@ fn prediction_of(ex: &Example, prediction: String, ms: f64, prompt_tokens: usize
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timing_percentiles() {
-        let t = Timing::of(&[10.0, 20.0, 30.0, 40.0, 100.0]);
-        assert_eq!(t.p50_ms, 30.0);
-        assert_eq!(t.p95_ms, 100.0);
-        assert_eq!(t.mean_ms, 40.0);
-        assert_eq!(t.queries_per_second, 25.0);
-    }
-}
-
 /// Whether the answers lean on the memory vectors: the mean teacher-forced loss of the eval
 /// questions' gold answers after memory of their own documents, and after memory of another
 /// question's documents (the question itself unchanged). A model that reads its memory loses
@@ -408,18 +394,32 @@ pub fn memory_use(
     let bar = progress::bar(2 * own.len() as u64, "memory use");
     let mean_loss = |examples: &[TrainExample]| -> f32 {
         let mut sum = 0.0;
-        for part in examples.chunks(4) {
+        for part in examples.chunks(MICRO_BATCH) {
             let refs: Vec<&TrainExample> = part.iter().collect();
             sum += model.answer_loss(&refs).into_scalar::<f32>() * part.len() as f32;
             bar.inc(part.len() as u64);
         }
         sum / examples.len().max(1) as f32
     };
-    let use_ = MemoryUse {
+    let result = MemoryUse {
         own_documents_loss: mean_loss(&own),
         other_documents_loss: mean_loss(&other),
         questions: own.len(),
     };
     bar.finish_and_clear();
-    Ok(use_)
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timing_percentiles() {
+        let t = Timing::of(&[10.0, 20.0, 30.0, 40.0, 100.0]);
+        assert_eq!(t.p50_ms, 30.0);
+        assert_eq!(t.p95_ms, 100.0);
+        assert_eq!(t.mean_ms, 40.0);
+        assert_eq!(t.queries_per_second, 25.0);
+    }
 }

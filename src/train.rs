@@ -426,9 +426,10 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         )
     })?;
     println!("uncompressed baseline: {}", describe(&baseline));
+    let before_model = answering(&oscar, a.keep_top);
     let before = cached_run(&out.join("before_training_results.json"), || {
         evaluate::compressed(
-            &answering(&oscar, a.keep_top),
+            &before_model,
             &tokenizers,
             &setup.compressor,
             &eval,
@@ -440,11 +441,11 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
     println!("before training:       {}", describe(&before));
     // Only a model that has not trained yet gives the "before" figure (not a resumed one).
     if state.memory_use_before.is_none() && state.step == 0 && state.pretrain_step == 0 {
-        let before_model = answering(&oscar, a.keep_top);
         let m = evaluate::memory_use(&before_model, &tokenizers, &setup.compressor, &eval)?;
         println!("memory use, before:    {m}");
         state.memory_use_before = Some(m);
     }
+    drop(before_model);
 
     let compressor_lr = a.compressor_learning_rate.unwrap_or(match compressor_type {
         CompressorType::NLayers => 5e-5,
