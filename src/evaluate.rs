@@ -12,7 +12,7 @@ use scaledown_model::oscar::{
     Oscar, OscarTokenizers, document_text, full_text_user_turn, ids_tensor,
 };
 use scaledown_model::tokenizer::chat_prompt;
-use scaledown_model::training::{MICRO_BATCH, TrainExample};
+use scaledown_model::training::{TrainExample, mean_answer_loss};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -392,18 +392,11 @@ pub fn memory_use(
         }
     }
     let bar = progress::bar(2 * own.len() as u64, "memory use");
-    let mean_loss = |examples: &[TrainExample]| -> f32 {
-        let mut sum = 0.0;
-        for part in examples.chunks(MICRO_BATCH) {
-            let refs: Vec<&TrainExample> = part.iter().collect();
-            sum += model.answer_loss(&refs).into_scalar::<f32>() * part.len() as f32;
-            bar.inc(part.len() as u64);
-        }
-        sum / examples.len().max(1) as f32
-    };
     let result = MemoryUse {
-        own_documents_loss: mean_loss(&own),
-        other_documents_loss: mean_loss(&other),
+        own_documents_loss: mean_answer_loss(model, &own, |k| bar.set_position(k as u64)),
+        other_documents_loss: mean_answer_loss(model, &other, |k| {
+            bar.set_position((own.len() + k) as u64)
+        }),
         questions: own.len(),
     };
     bar.finish_and_clear();

@@ -3,7 +3,7 @@
 //! compressor was pretrained.
 
 use crate::evaluate::EvalRun;
-use crate::train::Report;
+use crate::train::{MemoryGap, Report, TrainState};
 use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 use std::path::Path;
@@ -50,10 +50,7 @@ pub fn write_all(
     )?;
     training_curves(&out.join("training_curves.png"), report)?;
     if !report.training.pretrain_losses.is_empty() {
-        pretraining_curve(
-            &out.join("pretraining_curve.png"),
-            &report.training.pretrain_losses,
-        )?;
+        pretraining_curve(&out.join("pretraining_curve.png"), &report.training)?;
     }
     speed(&out.join("speed_comparison.png"), baseline, before, after)?;
     Ok(())
@@ -170,15 +167,20 @@ fn training_curves(path: &Path, report: &Report) -> Result<()> {
     let (left, right) = root.split_horizontally(600);
     let losses = &report.training.losses;
     let last = losses.last().map_or(1, |l| l.0).max(1) as f64;
-    let ceiling = report
+    let ceiling: Vec<Curve> = report
         .finetuned_ceiling
-        .as_ref()
-        .map(|c| c.losses.as_slice());
+        .iter()
+        .map(|c| Curve {
+            label: "uncompressed, fine-tuned (EMA 0.9)",
+            points: smoothed(&c.losses),
+            color: CEILING,
+        })
+        .collect();
     loss_chart(
         &left,
         "Training loss (answer cross-entropy)",
         losses,
-        ceiling,
+        &ceiling,
     )
     .map_err(err(path))?;
 
@@ -374,17 +376,24 @@ fn smoothed(losses: &[(usize, f32)]) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// A line drawn beside a loss curve, point by point.
+struct Curve<'a> {
+    label: &'a str,
+    points: Vec<(f64, f64)>,
+    color: RGBColor,
+}
+
 fn loss_chart(
     area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
     caption: &str,
     losses: &[(usize, f32)],
-    ceiling: Option<&[(usize, f32)]>,
+    others: &[Curve],
 ) -> std::result::Result<(), String> {
     let last = losses.last().map_or(1, |l| l.0).max(1) as f64;
     let max_loss = losses
         .iter()
-        .chain(ceiling.unwrap_or_default())
         .map(|l| l.1 as f64)
+        .chain(others.iter().flat_map(|c| c.points.iter().map(|p| p.1)))
         .fold(0.1, f64::max)
         * 1.1;
     let mut chart = ChartBuilder::on(area)
@@ -413,12 +422,15 @@ fn loss_chart(
         .map_err(|e| format!("{e:?}"))?
         .label("smoothed (EMA 0.9)")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], AFTER.stroke_width(3)));
-    if let Some(c) = ceiling {
+    for c in others {
+        let color = c.color;
         chart
-            .draw_series(LineSeries::new(smoothed(c), CEILING.stroke_width(3)))
+            .draw_series(LineSeries::new(c.points.clone(), color.stroke_width(3)))
             .map_err(|e| format!("{e:?}"))?
-            .label("uncompressed, fine-tuned (EMA 0.9)")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], CEILING.stroke_width(3)));
+            .label(c.label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(3))
+            });
     }
     chart
         .configure_series_labels()
@@ -430,11 +442,29 @@ fn loss_chart(
     Ok(())
 }
 
-/// The pretraining loss (auto-encoding / continuation cross-entropy) over its steps.
-fn pretraining_curve(path: &Path, losses: &[(usize, f32)]) -> Result<()> {
+/// The pretraining loss (auto-encoding / continuation cross-entropy) over its steps, with the
+/// memory gap on held-out passages: their auto-encoding loss from their own memory and from
+/// another passage's (apart once the generator reads its memory).
+fn pretraining_curve(path: &Path, training: &TrainState) -> Result<()> {
     let root = BitMapBackend::new(path, (700, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(err(path))?;
-    loss_chart(&root, "Compressor pretraining loss", losses, None).map_err(err(path))?;
+    let gap = &training.pretrain_memory_gap;
+    let curve = |label, color, of: fn(&MemoryGap) -> f32| Curve {
+        label,
+        points: gap.iter().map(|g| (g.step as f64, of(g) as f64)).collect(),
+        color,
+    };
+    let others = [
+        curve("held-out, own memory", CEILING, |g| g.own),
+        curve("held-out, another's memory", BASELINE, |g| g.other),
+    ];
+    loss_chart(
+        &root,
+        "Compressor pretraining loss",
+        &training.pretrain_losses,
+        &others,
+    )
+    .map_err(err(path))?;
     root.present().map_err(err(path))?;
     Ok(())
 }

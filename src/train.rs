@@ -177,6 +177,17 @@ fn default_backend() -> BackendKind {
     BackendKind::Flex
 }
 
+/// Whether the generator reads the memory after `step` pretraining steps: the auto-encoding
+/// loss of held-out passages after their own memory and after another passage's
+/// ([`pretraining::memory_gap`]). Pretraining has done its job when `own` falls clearly
+/// below `other`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct MemoryGap {
+    pub step: usize,
+    pub own: f32,
+    pub other: f32,
+}
+
 /// One evaluation during training.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalPoint {
@@ -202,6 +213,9 @@ pub struct TrainState {
     pub pretrain_losses: Vec<(usize, f32)>,
     #[serde(default)]
     pub pretrain_seconds: f64,
+    /// The auto-encoding memory gap during pretraining, on passages of the eval examples.
+    #[serde(default)]
+    pub pretrain_memory_gap: Vec<MemoryGap>,
     /// [`evaluate::MemoryUse`] of the untrained model.
     #[serde(default)]
     pub memory_use_before: Option<evaluate::MemoryUse>,
@@ -459,7 +473,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         checkpoints: &checkpoints,
         compressor_lr,
     };
-    model = pretrain.run(model, &train, &mut state)?;
+    model = pretrain.run(model, &train, &eval, &mut state)?;
 
     // Training.
     let batch = a.batch_size as usize;
@@ -688,7 +702,13 @@ struct Pretraining<'a> {
 }
 
 impl Pretraining<'_> {
-    fn run(&self, mut model: Oscar, train: &[Example], state: &mut TrainState) -> Result<Oscar> {
+    fn run(
+        &self,
+        mut model: Oscar,
+        train: &[Example],
+        eval: &[Example],
+        state: &mut TrainState,
+    ) -> Result<Oscar> {
         let a = self.args;
         let total = a.pretrain_steps as usize;
         state.pretrain_total = total;
@@ -718,6 +738,10 @@ impl Pretraining<'_> {
             passages.len(),
             examples.len()
         );
+        let probe = self.probe_examples(eval)?;
+        if state.pretrain_step == 0 && state.pretrain_memory_gap.is_empty() {
+            self.probe(&model, &probe, state);
+        }
         let batch = a.batch_size as usize;
         let mut trainer = trainer_for(a, self.compressor_lr, total, state.pretrain_step);
         let bar = progress::bar(total as u64, "pretraining");
@@ -746,12 +770,14 @@ impl Pretraining<'_> {
                 bar.suspend(|| println!("pretraining step {n}/{total} loss {:.4}", stats.loss));
             }
             if a.eval_steps > 0 && n.is_multiple_of(a.eval_steps as usize) && n < total {
+                bar.suspend(|| self.probe(&model, &probe, state));
                 let dir = self.checkpoints.join(format!("pretrain-{n}"));
                 checkpoint::save(&dir, self.setup, &model, state)?;
                 checkpoint::prune(self.checkpoints, "pretrain-", 1);
             }
         }
         bar.finish_and_clear();
+        self.probe(&model, &probe, state);
         checkpoint::save(
             &self.checkpoints.join("pretrained"),
             self.setup,
@@ -762,6 +788,47 @@ impl Pretraining<'_> {
         Ok(model)
     }
 }
+
+impl Pretraining<'_> {
+    /// Up to [`PROBE_PASSAGES`] auto-encoding examples, the first window of each eval passage
+    /// (text that pretraining does not see).
+    fn probe_examples(&self, eval: &[Example]) -> Result<Vec<TrainExample>> {
+        passages::of_examples(eval)
+            .iter()
+            .take(PROBE_PASSAGES)
+            .map(|p| {
+                Ok(pretraining::first_window_auto_encoding(
+                    self.tokenizers,
+                    &self.setup.compressor,
+                    p,
+                )?)
+            })
+            .collect()
+    }
+
+    /// Measures and prints the memory gap now and adds it to `state`.
+    fn probe(&self, model: &Oscar, probe: &[TrainExample], state: &mut TrainState) {
+        if probe.len() < 2 {
+            return;
+        }
+        let bar = progress::bar(2 * probe.len() as u64, "memory gap");
+        let (own, other) =
+            pretraining::memory_gap(&model.valid(), probe, |k| bar.set_position(k as u64));
+        bar.finish_and_clear();
+        let step = state.pretrain_step;
+        println!(
+            "pretraining step {step}: auto-encoding loss {own:.3} with its own memory, \
+             {other:.3} with another passage's ({} passages)",
+            probe.len()
+        );
+        state
+            .pretrain_memory_gap
+            .push(MemoryGap { step, own, other });
+    }
+}
+
+/// Eval passages whose auto-encoding loss gauges the memory during pretraining.
+const PROBE_PASSAGES: usize = 16;
 
 /// AdamW with 5 % warm-up and linear decay over `total` steps, `done` of them already taken.
 pub(crate) fn trainer_for(a: &TrainArgs, compressor_lr: f64, total: usize, done: usize) -> Trainer {

@@ -523,6 +523,17 @@ fn pretraining_lowers_its_loss_reloads_and_resumes() {
     );
     let png = std::fs::read(out.join("pretraining_curve.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000);
+    // The memory gap on held-out passages: before pretraining, at its checkpoints and after.
+    let gap = report["training"]["pretrain_memory_gap"]
+        .as_array()
+        .unwrap();
+    let steps: Vec<u64> = gap.iter().map(|g| g["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [0, 10, 20, 30], "{log}");
+    assert!(gap.iter().all(|g| g["own"].as_f64().unwrap() > 0.0));
+    assert!(
+        log.contains("pretraining step 30: auto-encoding loss"),
+        "{log}"
+    );
     // The pretrained compressor is a checkpoint of its own; the intermediate ones are gone.
     let pretrained = out.join("checkpoints/pretrained");
     assert!(!out.join("checkpoints/pretrain-10").exists());

@@ -6,8 +6,8 @@
 //! - text continuation: it writes the text that follows the compressed chunk.
 
 use crate::compressor::CompressorConfig;
-use crate::oscar::OscarTokenizers;
-use crate::training::TrainExample;
+use crate::oscar::{Oscar, OscarTokenizers};
+use crate::training::{TrainExample, mean_answer_loss};
 use crate::weights::WeightError;
 use std::fmt;
 use std::str::FromStr;
@@ -113,6 +113,19 @@ pub fn passage_examples(
     Ok(out)
 }
 
+/// The auto-encoding example of a passage's first window, however short the passage.
+pub fn first_window_auto_encoding(
+    tokenizers: &OscarTokenizers,
+    config: &CompressorConfig,
+    passage: &str,
+) -> Result<TrainExample, WeightError> {
+    let tok = &tokenizers.generator;
+    let mut ids = tok.encode(passage.trim())?;
+    ids.truncate(config.chunk_tokens());
+    let chunk = tok.decode(&ids, true);
+    example(tokenizers, config, AUTO_ENCODE_INSTRUCTION, &chunk, &chunk)
+}
+
 fn example(
     tokenizers: &OscarTokenizers,
     config: &CompressorConfig,
@@ -126,4 +139,27 @@ fn example(
         teacher_scores: vec![],
         teacher_tokens: vec![],
     })
+}
+
+/// Whether the generator reads the memory: the mean loss of `examples` (auto-encoding ones,
+/// whose target only the memory can give) after their own memory and after the memory of
+/// example i + n/2, the instruction unchanged: `(own, other)`. Equal losses mean the memory is
+/// ignored. `progress` is called with the examples scored so far.
+pub fn memory_gap(
+    model: &Oscar,
+    examples: &[TrainExample],
+    mut progress: impl FnMut(usize),
+) -> (f32, f32) {
+    let n = examples.len();
+    let swapped: Vec<TrainExample> = (0..n)
+        .map(|i| TrainExample {
+            encoded: examples[(i + n / 2) % n].encoded.clone(),
+            answer: examples[i].answer.clone(),
+            teacher_scores: vec![],
+            teacher_tokens: vec![],
+        })
+        .collect();
+    let own = mean_answer_loss(model, examples, &mut progress);
+    let other = mean_answer_loss(model, &swapped, |k| progress(n + k));
+    (own, other)
 }

@@ -188,6 +188,24 @@ impl Trainer {
     }
 }
 
+/// The mean answer loss of `examples` (`model` without autodiff), run in [`MICRO_BATCH`]
+/// parts; `progress` is called with the examples scored so far.
+pub fn mean_answer_loss(
+    model: &Oscar,
+    examples: &[TrainExample],
+    mut progress: impl FnMut(usize),
+) -> f32 {
+    let mut sum = 0.0;
+    let mut done = 0;
+    for part in examples.chunks(MICRO_BATCH) {
+        let refs: Vec<&TrainExample> = part.iter().collect();
+        sum += model.answer_loss(&refs).into_scalar::<f32>() * part.len() as f32;
+        done += part.len();
+        progress(done);
+    }
+    sum / examples.len().max(1) as f32
+}
+
 impl Trainer {
     async fn read(&self, scalar: Tensor<1>) -> Result<f32, TrainError> {
         scalar
