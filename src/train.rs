@@ -77,6 +77,16 @@ pub struct TrainArgs {
     /// No MLP projector after the n_layers compressor.
     #[arg(long, alias = "no_projector")]
     pub no_projector: bool,
+    /// Bring the memory vectors to the scale of the generator's token embeddings (an RMS norm
+    /// after the projector, its gain starting at the embeddings' RMS).
+    #[arg(long)]
+    #[serde(default)]
+    pub memory_norm: bool,
+    /// Read each memory vector out as a soft token: the mean of the generator's token
+    /// embeddings under its output head's distribution of the compressor's state.
+    #[arg(long)]
+    #[serde(default)]
+    pub soft_tokens: bool,
     #[arg(long, alias = "batch_size", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub batch_size: u32,
     #[arg(long, alias = "num_epochs", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -327,6 +337,8 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
             compression_rate: a.compression_rate as usize,
             projector: !a.no_projector,
             rerank: a.rerank,
+            memory_norm: a.memory_norm,
+            soft_tokens: a.soft_tokens,
         },
         generator,
         encoder,

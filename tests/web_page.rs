@@ -431,6 +431,8 @@ fn the_page_answers_with_smollm2_and_a_checkpoint_fetched_by_url() {
             compression_rate: 16,
             projector: true,
             rerank: false,
+            memory_norm: false,
+            soft_tokens: false,
         },
         generator: gguf.clone(),
         encoder: None,

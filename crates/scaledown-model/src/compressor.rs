@@ -7,10 +7,10 @@ use crate::llama::model::Block;
 use crate::llama::rope::Rope;
 use crate::llama::{KvCache, Llama};
 use burn::module::{ModuleMapper, Param};
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::{Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use burn::tensor::activation::gelu;
+use burn::tensor::activation::{gelu, softmax};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -63,6 +63,13 @@ pub struct CompressorConfig {
     /// dense layer turns into the chunk's relevance score.
     #[serde(default)]
     pub rerank: bool,
+    /// Bring each memory vector to the scale of the generator's token embeddings (see
+    /// [`memory_norm`]).
+    #[serde(default)]
+    pub memory_norm: bool,
+    /// Read each memory vector out as a soft token (see [`SoftTokens`]).
+    #[serde(default)]
+    pub soft_tokens: bool,
 }
 
 impl CompressorConfig {
@@ -76,6 +83,8 @@ impl CompressorConfig {
             compression_rate: 16,
             projector: true,
             rerank: false,
+            memory_norm: false,
+            soft_tokens: false,
         }
     }
 
@@ -183,6 +192,8 @@ pub struct Compressor {
     pub memory: Param<Tensor<2>>,
     pub projector: Option<Projector>,
     pub rerank: Option<RerankHead>,
+    pub memory_norm: Option<RmsNorm>,
+    pub soft_tokens: Option<SoftTokens>,
     /// At answering time, keep only the chunks of this many best-scored documents (0: all;
     /// needs the reranking head). A setting, not a weight.
     pub keep_top: usize,
@@ -206,23 +217,28 @@ impl Compressor {
             memory: Param::from_tensor(memory_init(config.num_memory_tokens, d, device)),
             projector: config.projector.then(|| Projector::new(d, d, device)),
             rerank: config.rerank.then(|| RerankHead::new(d, device)),
+            memory_norm: config.memory_norm.then(|| memory_norm(generator, device)),
+            soft_tokens: config.soft_tokens.then(|| SoftTokens::new(generator)),
             keep_top: 0,
         }
     }
 
-    /// An encoder compressor over `encoder` with a projector to `generator_width`.
+    /// An encoder compressor over `encoder` with a projector to `generator`'s width.
     pub fn from_encoder(
         config: &CompressorConfig,
         encoder: Bert,
-        generator_width: usize,
+        generator: &Llama,
         device: &Device,
     ) -> Self {
+        let generator_width = generator.hidden_size();
         let d = encoder.hidden_size();
         Self {
             backbone: Backbone::Encoder(encoder),
             memory: Param::from_tensor(memory_init(config.num_memory_tokens, d, device)),
             projector: Some(Projector::new(d, generator_width, device)),
             rerank: config.rerank.then(|| RerankHead::new(d, device)),
+            memory_norm: config.memory_norm.then(|| memory_norm(generator, device)),
+            soft_tokens: config.soft_tokens.then(|| SoftTokens::new(generator)),
             keep_top: 0,
         }
     }
@@ -276,10 +292,13 @@ impl Compressor {
             })
             .unzip();
         let memory_states = Tensor::cat(memory_states, 0);
-        let memory = match &self.projector {
+        let mut memory = match &self.projector {
             Some(p) => p.forward(memory_states),
             None => memory_states,
         };
+        if let Some(norm) = &self.memory_norm {
+            memory = norm.forward(memory);
+        }
         let scores = self.rerank.as_ref().map(|head| {
             let rr: Vec<Tensor<2>> = rr_states.into_iter().map(|r| r.expect("RR")).collect();
             head.score(Tensor::cat(rr, 0))
@@ -376,6 +395,47 @@ impl ModuleMapper for FreshCopy {
         // browser's WebGPU could not do synchronously.
         Param::from_tensor(param.val())
     }
+}
+
+/// Memory vectors read out as soft tokens: each becomes the mean of the generator's token
+/// embeddings under the distribution `softmax(norm(h) · Eᵀ)`, the generator's own output
+/// head applied to the compressor's state (a logit lens; SmolLM2 ties its head to its
+/// embeddings E). The generator ignores the compressor's raw states at first, which starves
+/// the compressor of gradient; a mixture of its own token embeddings it reads as text.
+#[derive(Module, Debug)]
+pub struct SoftTokens {
+    /// Starts as the generator's final norm and trains with the compressor.
+    pub norm: RmsNorm,
+}
+
+impl SoftTokens {
+    fn new(generator: &Llama) -> Self {
+        Self {
+            norm: generator.norm.clone().map(&mut FreshCopy),
+        }
+    }
+
+    /// `[n, d]` states and the generator's embeddings `[vocab, d]` -> `[n, d]` soft tokens.
+    pub fn forward(&self, states: Tensor<2>, embeddings: Tensor<2>) -> Tensor<2> {
+        let logits = self
+            .norm
+            .forward(states)
+            .matmul(embeddings.clone().transpose());
+        softmax(logits, 1).matmul(embeddings)
+    }
+}
+
+/// An RMS norm whose gain starts at the RMS of `generator`'s token embeddings. The backbone's
+/// hidden states at the memory tokens are 10-40x longer than token embeddings, so the
+/// generator's residual stream at the memory positions stays what the compressor wrote
+/// through all its layers instead of evolving as a token's would. Computed on the device
+/// (no read), so that the browser can build it too.
+fn memory_norm(generator: &Llama, device: &Device) -> RmsNorm {
+    let d = generator.hidden_size();
+    let mut norm = RmsNormConfig::new(d).init(device);
+    let rms = generator.embed_tokens.weight.val().square().mean().sqrt();
+    norm.gamma = Param::from_tensor(Tensor::ones([d], device) * rms.expand([d]));
+    norm
 }
 
 /// Memory tokens start as small random vectors (the scale of token embeddings).

@@ -60,7 +60,7 @@ impl Oscar {
                         config.num_memory_tokens
                     )));
                 }
-                Compressor::from_encoder(config, bert, generator.hidden_size(), device)
+                Compressor::from_encoder(config, bert, &generator, device)
             }
             (CompressorType::Encoder, None) => {
                 return Err(WeightError::Config(
@@ -273,7 +273,11 @@ impl Oscar {
                     .embed(&self.generator, ids_tensor(ids, &device))
             })
             .collect();
-        let all = self.compressor.compress_scored(tokens);
+        let mut all = self.compressor.compress_scored(tokens);
+        if let Some(soft) = &self.compressor.soft_tokens {
+            let embeddings = self.generator.embed_tokens.weight.val();
+            all.memory = soft.forward(all.memory, embeddings);
+        }
         let [_, d] = all.memory.dims();
         let l = self.compressor.num_memory_tokens();
         let mut start = 0;

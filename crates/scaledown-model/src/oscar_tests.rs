@@ -20,6 +20,8 @@ fn config(compressor_type: CompressorType) -> CompressorConfig {
         compression_rate: 4,
         projector: true,
         rerank: false,
+        memory_norm: false,
+        soft_tokens: false,
     }
 }
 
@@ -38,7 +40,7 @@ fn oscar_over(generator: crate::llama::Llama, compressor_type: CompressorType) -
         CompressorType::NLayers => Compressor::from_generator(&cfg, &generator, &device),
         CompressorType::Encoder => {
             let bert = BertConfig::tiny(40).init(&device);
-            Compressor::from_encoder(&cfg, bert, generator.hidden_size(), &device)
+            Compressor::from_encoder(&cfg, bert, &generator, &device)
         }
     };
     Oscar {
@@ -472,4 +474,34 @@ fn a_padded_batch_answers_as_each_question_alone() {
             &read_sync(generate(g, p, &[], &config, &device)).unwrap()
         );
     }
+}
+
+#[test]
+fn the_memory_norm_brings_memory_vectors_to_the_token_embeddings_scale() {
+    let device = Device::flex();
+    device.seed(4);
+    let generator = LlamaConfig::tiny(40).init(&device);
+    let rms = |t: Tensor<2>| t.square().mean().sqrt().into_scalar::<f32>();
+    let embeddings = rms(generator.embed_tokens.weight.val());
+    let cfg = CompressorConfig {
+        memory_norm: true,
+        ..config(CompressorType::NLayers)
+    };
+    let compressor = Compressor::from_generator(&cfg, &generator, &device);
+    let model = Oscar {
+        compressor,
+        generator: generator.no_grad(),
+    }
+    .train();
+    let memory = model.valid().memory_vectors(&example().encoded);
+    assert_eq!(memory.dims(), [4, 64]);
+    let got = rms(memory);
+    assert!(
+        (got - embeddings).abs() < 1e-3 * embeddings,
+        "{got} vs {embeddings}"
+    );
+    // Its gain is a trained weight, so a checkpoint carries it.
+    let bytes = trainable_to_safetensors(&model);
+    let names = String::from_utf8_lossy(&bytes);
+    assert!(names.contains("compressor.memory_norm.gamma"));
 }

@@ -34,6 +34,8 @@ fn config() -> CompressorConfig {
         compression_rate: 4,
         projector: true,
         rerank: false,
+        memory_norm: false,
+        soft_tokens: false,
     }
 }
 
@@ -110,9 +112,19 @@ fn each_objective_lowers_its_loss() {
 
 /// Documents of random words that only the memory can tell apart: after auto-encoding
 /// training, a document is restated better from its own memory than from another's (the
-/// gradient reaches the compressor through the generator, and the generator learns to read it).
+/// gradient reaches the compressor through the generator, and the generator learns to read it),
+/// with the projector's memory vectors and with soft tokens.
 #[test]
 fn auto_encoding_teaches_the_generator_to_read_its_memory() {
+    auto_encoding_opens_the_memory_gap(config());
+    auto_encoding_opens_the_memory_gap(CompressorConfig {
+        projector: false,
+        soft_tokens: true,
+        ..config()
+    });
+}
+
+fn auto_encoding_opens_the_memory_gap(config: CompressorConfig) {
     use rand::{Rng, SeedableRng, rngs::StdRng};
     let words: Vec<String> = (0..24).map(|i| format!("w{i}")).collect();
     let mut rng = StdRng::seed_from_u64(7);
@@ -136,7 +148,7 @@ fn auto_encoding_teaches_the_generator_to_read_its_memory() {
     let device = Device::flex();
     device.seed(5);
     let generator = LlamaConfig::tiny(tok.generator.vocab_size()).init(&device);
-    let compressor = Compressor::from_generator(&config(), &generator, &device);
+    let compressor = Compressor::from_generator(&config, &generator, &device);
     let mut model = Oscar {
         compressor,
         generator: generator.no_grad().with_lora(4, 8.0),
@@ -144,7 +156,7 @@ fn auto_encoding_teaches_the_generator_to_read_its_memory() {
     .train();
     let examples: Vec<TrainExample> = documents
         .iter()
-        .flat_map(|d| passage_examples(&tok, &config(), d, Objectives::AutoEncode).unwrap())
+        .flat_map(|d| passage_examples(&tok, &config, d, Objectives::AutoEncode).unwrap())
         .collect();
     let (own, other) = memory_gap(&model.valid(), &examples, |_| {});
     assert!((own - other).abs() < 0.1, "untrained: {own} vs {other}");
@@ -169,5 +181,8 @@ fn auto_encoding_teaches_the_generator_to_read_its_memory() {
         stats.unwrap();
     }
     let (own, other) = memory_gap(&model.valid(), &examples, |_| {});
-    assert!(own < other - 1.0, "own memory {own} vs another's {other}");
+    assert!(
+        own < other - 0.5,
+        "{config:?}: own memory {own} vs another's {other}"
+    );
 }

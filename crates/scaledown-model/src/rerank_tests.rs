@@ -26,6 +26,8 @@ fn reranking_oscar_over(generator: Llama) -> Oscar {
         compression_rate: 4,
         projector: true,
         rerank: true,
+        memory_norm: false,
+        soft_tokens: false,
     };
     let lora = LoraSettings {
         rank: 4,

@@ -248,7 +248,8 @@ fn grad_sq_sum(model: &Oscar, grads_c: &GradientsParams, grads_g: &GradientsPara
     v.sum.unwrap_or_else(|| Tensor::zeros([1], &device))
 }
 
-/// Moves the gradients of the memory tokens, projector and reranking head out of `grads`.
+/// Moves the gradients of the memory tokens, projector, reranking head and memory norm out of
+/// `grads`.
 fn take_memory_grads(compressor: &Compressor, grads: &mut GradientsParams) -> GradientsParams {
     let mut taken = Take {
         from: grads,
@@ -260,6 +261,12 @@ fn take_memory_grads(compressor: &Compressor, grads: &mut GradientsParams) -> Gr
     }
     if let Some(head) = &compressor.rerank {
         head.visit(&mut taken);
+    }
+    if let Some(norm) = &compressor.memory_norm {
+        norm.visit(&mut taken);
+    }
+    if let Some(soft) = &compressor.soft_tokens {
+        soft.visit(&mut taken);
     }
     taken.to
 }

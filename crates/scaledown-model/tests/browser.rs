@@ -60,6 +60,8 @@ async fn webgpu_matches_the_cpu_backend_generates_and_trains() {
         compression_rate: 4,
         projector: true,
         rerank: false,
+        memory_norm: false,
+        soft_tokens: false,
     };
     let lora = LoraSettings {
         rank: 4,

@@ -32,6 +32,8 @@ pub fn tiny_compressor() -> CompressorConfig {
         compression_rate: 16,
         projector: false,
         rerank: false,
+        memory_norm: false,
+        soft_tokens: false,
     }
 }
 
