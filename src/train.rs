@@ -87,6 +87,11 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(default)]
     pub soft_tokens: bool,
+    /// Add to each memory vector the mean token embedding of the R document tokens it
+    /// stands for (n_layers only).
+    #[arg(long)]
+    #[serde(default)]
+    pub pooled_segments: bool,
     #[arg(long, alias = "batch_size", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub batch_size: u32,
     #[arg(long, alias = "num_epochs", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -339,6 +344,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
             rerank: a.rerank,
             memory_norm: a.memory_norm,
             soft_tokens: a.soft_tokens,
+            pooled_segments: a.pooled_segments,
         },
         generator,
         encoder,

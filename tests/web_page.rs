@@ -433,6 +433,7 @@ fn the_page_answers_with_smollm2_and_a_checkpoint_fetched_by_url() {
             rerank: false,
             memory_norm: false,
             soft_tokens: false,
+            pooled_segments: false,
         },
         generator: gguf.clone(),
         encoder: None,

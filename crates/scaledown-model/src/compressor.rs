@@ -70,6 +70,10 @@ pub struct CompressorConfig {
     /// Read each memory vector out as a soft token (see [`SoftTokens`]).
     #[serde(default)]
     pub soft_tokens: bool,
+    /// Add to memory vector j the mean token embedding of the R document tokens it stands
+    /// for (`n_layers` only; see `Oscar::compress_all`).
+    #[serde(default)]
+    pub pooled_segments: bool,
 }
 
 impl CompressorConfig {
@@ -85,6 +89,7 @@ impl CompressorConfig {
             rerank: false,
             memory_norm: false,
             soft_tokens: false,
+            pooled_segments: false,
         }
     }
 
@@ -100,6 +105,12 @@ impl CompressorConfig {
                 "--num-layers {} is out of range: the generator has {generator_layers} layers",
                 self.num_layers
             ));
+        }
+        if self.pooled_segments && self.compressor_type != CompressorType::NLayers {
+            return Err(
+                "--pooled-segments needs the n_layers compressor (it pools generator embeddings)"
+                    .into(),
+            );
         }
         if !(1..=256).contains(&self.num_memory_tokens) {
             return Err(format!(
@@ -194,6 +205,9 @@ pub struct Compressor {
     pub rerank: Option<RerankHead>,
     pub memory_norm: Option<RmsNorm>,
     pub soft_tokens: Option<SoftTokens>,
+    /// R when memory vectors get their segment's mean token embedding added (0: not). A
+    /// setting, not a weight.
+    pub pooled_segments: usize,
     /// At answering time, keep only the chunks of this many best-scored documents (0: all;
     /// needs the reranking head). A setting, not a weight.
     pub keep_top: usize,
@@ -219,6 +233,11 @@ impl Compressor {
             rerank: config.rerank.then(|| RerankHead::new(d, device)),
             memory_norm: config.memory_norm.then(|| memory_norm(generator, device)),
             soft_tokens: config.soft_tokens.then(|| SoftTokens::new(generator)),
+            pooled_segments: if config.pooled_segments {
+                config.compression_rate
+            } else {
+                0
+            },
             keep_top: 0,
         }
     }
@@ -239,6 +258,7 @@ impl Compressor {
             rerank: config.rerank.then(|| RerankHead::new(d, device)),
             memory_norm: config.memory_norm.then(|| memory_norm(generator, device)),
             soft_tokens: config.soft_tokens.then(|| SoftTokens::new(generator)),
+            pooled_segments: 0,
             keep_top: 0,
         }
     }

@@ -100,6 +100,8 @@ pub struct OscarTokenizers {
 pub struct Encoded {
     /// Per chunk: the compressor's input ids `[query; chunk]`.
     pub chunks: Vec<Vec<u32>>,
+    /// Length of the query before each chunk's document tokens.
+    pub query_tokens: usize,
     /// Generator ids before and after the memory vectors.
     pub prefix: Vec<u32>,
     pub suffix: Vec<u32>,
@@ -129,6 +131,7 @@ impl Encoded {
     pub fn full_text(prompt: Vec<u32>) -> Self {
         Self {
             chunks: vec![],
+            query_tokens: 0,
             prefix: prompt,
             suffix: vec![],
             document_tokens: 0,
@@ -213,6 +216,7 @@ impl OscarTokenizers {
         }
         Ok(Encoded {
             chunks,
+            query_tokens: query.len(),
             prefix: gen_tok.encode(&chat_prefix())?,
             suffix: gen_tok.encode(&chat_suffix(question))?,
             document_tokens,
@@ -278,6 +282,9 @@ impl Oscar {
             let embeddings = self.generator.embed_tokens.weight.val();
             all.memory = soft.forward(all.memory, embeddings);
         }
+        if self.compressor.pooled_segments > 0 {
+            all.memory = all.memory + self.segment_means(encoded);
+        }
         let [_, d] = all.memory.dims();
         let l = self.compressor.num_memory_tokens();
         let mut start = 0;
@@ -293,6 +300,44 @@ impl Oscar {
                 one
             })
             .collect()
+    }
+
+    /// For each memory vector of `encoded`'s chunks, in order, the mean generator embedding of
+    /// the R document tokens it stands for (zero for a segment past the chunk's end):
+    /// `[chunks × L, width]`. The generator reads token embeddings from the start, while the
+    /// compressor's states it ignores at first, which leaves the compressor without gradient.
+    fn segment_means(&self, encoded: &[&Encoded]) -> Tensor<2> {
+        let device = self.device();
+        let (l, r) = (
+            self.compressor.num_memory_tokens(),
+            self.compressor.pooled_segments,
+        );
+        let d = self.generator.hidden_size();
+        let rows: Vec<Tensor<2>> = encoded
+            .iter()
+            .flat_map(|e| e.chunks.iter().map(|ids| &ids[e.query_tokens..]))
+            .map(|piece| {
+                let mut padded = piece.to_vec();
+                padded.resize(l * r, 0);
+                let weights: Vec<f32> = (0..l * r)
+                    .map(|t| {
+                        let j = t / r;
+                        let n = piece.len().saturating_sub(j * r).min(r);
+                        if t < piece.len() { 1.0 / n as f32 } else { 0.0 }
+                    })
+                    .collect();
+                let w = Tensor::<1>::from_data(TensorData::new(weights, [l * r]), &device);
+                let embedded = self
+                    .generator
+                    .embed(ids_tensor(&padded, &device))
+                    .reshape([l * r, d]);
+                (embedded * w.unsqueeze_dim::<2>(1))
+                    .reshape([l, r, d])
+                    .sum_dim(1)
+                    .reshape([l, d])
+            })
+            .collect();
+        Tensor::cat(rows, 0)
     }
 
     /// The reranking head's score of each document `[documents]` (its first chunk's), or None

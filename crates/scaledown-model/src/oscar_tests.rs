@@ -22,6 +22,7 @@ fn config(compressor_type: CompressorType) -> CompressorConfig {
         rerank: false,
         memory_norm: false,
         soft_tokens: false,
+        pooled_segments: false,
     }
 }
 
@@ -52,6 +53,7 @@ fn oscar_over(generator: crate::llama::Llama, compressor_type: CompressorType) -
 pub(crate) fn example() -> TrainExample {
     TrainExample {
         encoded: Encoded {
+            query_tokens: 0,
             chunks: vec![vec![1, 2, 3, 4, 5, 6], vec![1, 2, 7, 8]],
             prefix: vec![10, 11],
             suffix: vec![12, 13, 14],
@@ -504,4 +506,63 @@ fn the_memory_norm_brings_memory_vectors_to_the_token_embeddings_scale() {
     let bytes = trainable_to_safetensors(&model);
     let names = String::from_utf8_lossy(&bytes);
     assert!(names.contains("compressor.memory_norm.gamma"));
+}
+
+#[test]
+fn pooled_segments_add_each_segments_mean_token_embedding() {
+    let device = Device::flex();
+    device.seed(6);
+    let generator = LlamaConfig::tiny(40).init(&device);
+    let cfg = |pooled_segments| CompressorConfig {
+        pooled_segments,
+        ..config(CompressorType::NLayers)
+    };
+    let with = Compressor::from_generator(&cfg(true), &generator, &device);
+    // The same compressor weights without the pooling.
+    let without = Compressor {
+        pooled_segments: 0,
+        ..with.clone()
+    };
+    let oscar = |compressor| Oscar {
+        compressor,
+        generator: generator.clone(),
+    };
+    // Query of 2 tokens, then 6 document tokens: segments of 4 (rate 4) hold 4 and 2 of them;
+    // the second chunk has 1 document token, so its second segment is empty.
+    let encoded = Encoded {
+        chunks: vec![vec![1, 2, 3, 4, 5, 6, 7, 8], vec![1, 2, 9]],
+        query_tokens: 2,
+        prefix: vec![10],
+        suffix: vec![11],
+        document_tokens: 7,
+        chunk_documents: vec![0, 0],
+    };
+    let added = oscar(with).memory_vectors(&encoded) - oscar(without).memory_vectors(&encoded);
+    let mean = |ids: &[i64]| {
+        let n = ids.len();
+        let t = Tensor::<1, Int>::from_data(TensorData::new(ids.to_vec(), [n]), &device);
+        generator.embed_tokens.weight.val().select(0, t).mean_dim(0)
+    };
+    let expected = Tensor::cat(
+        vec![
+            mean(&[3, 4, 5, 6]),
+            mean(&[7, 8]),
+            mean(&[9]),
+            Tensor::zeros([1, 64], &device),
+        ],
+        0,
+    );
+    let err = (added - expected).abs().max().into_scalar::<f32>();
+    assert!(err < 1e-5, "{err}");
+    assert!(cfg(true).validate(2).is_ok());
+    let encoder = CompressorConfig {
+        compressor_type: CompressorType::Encoder,
+        ..cfg(true)
+    };
+    assert!(
+        encoder
+            .validate(2)
+            .unwrap_err()
+            .contains("--pooled-segments")
+    );
 }

@@ -36,6 +36,7 @@ fn config() -> CompressorConfig {
         rerank: false,
         memory_norm: false,
         soft_tokens: false,
+        pooled_segments: false,
     }
 }
 

@@ -28,6 +28,7 @@ fn reranking_oscar_over(generator: Llama) -> Oscar {
         rerank: true,
         memory_norm: false,
         soft_tokens: false,
+        pooled_segments: false,
     };
     let lora = LoraSettings {
         rank: 4,
@@ -39,6 +40,7 @@ fn reranking_oscar_over(generator: Llama) -> Oscar {
 /// A question with `documents` one-chunk documents of different words.
 fn encoded(documents: usize) -> Encoded {
     Encoded {
+        query_tokens: 0,
         chunks: (0..documents)
             .map(|d| vec![1, 2, 5 + (d as u32 * 3) % 30, 6 + d as u32, 9])
             .collect(),

@@ -72,7 +72,12 @@ pub struct Trainer {
 
 impl Trainer {
     pub fn new(settings: TrainSettings) -> Self {
-        let adamw = AdamWConfig::new().with_weight_decay(settings.weight_decay);
+        // PyTorch's epsilon, not Burn's 1e-5: after clipping, the compressor backbone's
+        // gradients are about 7e-5 per weight (RMS; SmolLM2 at the start of pretraining), so
+        // 1e-5 would shrink the steps of many of its weights.
+        let adamw = AdamWConfig::new()
+            .with_weight_decay(settings.weight_decay)
+            .with_epsilon(1e-8);
         Self {
             settings,
             step: 0,

@@ -62,6 +62,7 @@ async fn webgpu_matches_the_cpu_backend_generates_and_trains() {
         rerank: false,
         memory_norm: false,
         soft_tokens: false,
+        pooled_segments: false,
     };
     let lora = LoraSettings {
         rank: 4,
@@ -70,6 +71,7 @@ async fn webgpu_matches_the_cpu_backend_generates_and_trains() {
     let oscar = Oscar::assemble(&config, model, None, Some(lora), &gpu).unwrap();
     let example = TrainExample {
         encoded: Encoded {
+            query_tokens: 0,
             chunks: vec![vec![5, 6, 7, 8, 9, 10, 11, 12, 13], vec![5, 6, 14, 15]],
             prefix: vec![1, 2, 3],
             suffix: vec![4, 5],

@@ -34,6 +34,7 @@ pub fn tiny_compressor() -> CompressorConfig {
         rerank: false,
         memory_norm: false,
         soft_tokens: false,
+        pooled_segments: false,
     }
 }
 
