@@ -805,9 +805,7 @@ impl Pretraining<'_> {
         checkpoint::prune(self.checkpoints, "pretrain-", 0);
         Ok(model)
     }
-}
 
-impl Pretraining<'_> {
     /// Up to [`PROBE_PASSAGES`] auto-encoding examples, the first window of each eval passage
     /// (text that pretraining does not see).
     fn probe_examples(&self, eval: &[Example]) -> Result<Vec<TrainExample>> {

@@ -420,8 +420,8 @@ impl ModuleMapper for FreshCopy {
 /// Memory vectors read out as soft tokens: each becomes the mean of the generator's token
 /// embeddings under the distribution `softmax(norm(h) · Eᵀ)`, the generator's own output
 /// head applied to the compressor's state (a logit lens; SmolLM2 ties its head to its
-/// embeddings E). The generator ignores the compressor's raw states at first, which starves
-/// the compressor of gradient; a mixture of its own token embeddings it reads as text.
+/// embeddings E). The untrained generator ignores the compressor's raw states (its loss is
+/// the same without them); a mixture of its own token embeddings it reads as text.
 #[derive(Module, Debug)]
 pub struct SoftTokens {
     /// Starts as the generator's final norm and trains with the compressor.

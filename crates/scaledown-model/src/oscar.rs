@@ -304,8 +304,8 @@ impl Oscar {
 
     /// For each memory vector of `encoded`'s chunks, in order, the mean generator embedding of
     /// the R document tokens it stands for (zero for a segment past the chunk's end):
-    /// `[chunks × L, width]`. The generator reads token embeddings from the start, while the
-    /// compressor's states it ignores at first, which leaves the compressor without gradient.
+    /// `[chunks × L, width]`. The untrained generator attends to token embeddings, while it
+    /// ignores the compressor's states (its loss is the same without them).
     fn segment_means(&self, encoded: &[&Encoded]) -> Tensor<2> {
         let device = self.device();
         let (l, r) = (
