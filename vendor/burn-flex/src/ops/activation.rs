@@ -90,7 +90,7 @@ impl ActivationOps<Flex> for Flex {
             grad,
             move |x: f32, g| {
                 let cdf = 0.5 * (1.0 + erf_f32(x / sqrt2_f32));
-                let pdf = inv_sqrt_2pi_f32 * (-0.5 * x * x).exp();
+                let pdf = inv_sqrt_2pi_f32 * crate::ops::fast_math::exp_f32(-0.5 * x * x);
                 g * (cdf + x * pdf)
             },
             move |x: f64, g| {
@@ -171,12 +171,9 @@ impl ActivationOps<Flex> for Flex {
 
 #[inline]
 fn sigmoid_f32(x: f32) -> f32 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
+    // Branch-free so that it vectorises: e^-x overflows to inf for x < -88.7, and 1 / inf
+    // is the right 0.
+    1.0 / (1.0 + crate::ops::fast_math::exp_f32(-x))
 }
 
 #[inline]
@@ -374,14 +371,24 @@ fn softmax_row_f32_simd<S: macerator::Simd>(input: &[f32], output: &mut [f32]) {
         }
     }
 
-    // Pass 2: compute exp(x - max), store in output, accumulate sum.
-    // Scalar exp (no SIMD exp in macerator). This pass is the one that
-    // actually does memory reads + writes on the whole row, so scalar
-    // here still lands us at memory bandwidth.
-    let mut sum = 0.0f32;
-    for idx in 0..len {
-        let e = (input[idx] - max_val).exp();
-        output[idx] = e;
+    // Pass 2: exp(x - max) into output, then its sum. The branch-free
+    // `fast_math::exp_f32` vectorises in this SIMD context (a scalar `exp`
+    // call per element was most of the softmax's time); the sum adds lanes.
+    for (o, &x) in output.iter_mut().zip(input) {
+        *o = crate::ops::fast_math::exp_f32(x - max_val);
+    }
+    let mut sum = if simd_len >= lanes {
+        let mut sum_vec = 0.0f32.splat::<S>();
+        let mut j = 0;
+        while j < simd_len {
+            sum_vec += unsafe { vload_unaligned::<S, _>(output.as_ptr().add(j)) };
+            j += lanes;
+        }
+        sum_vec.reduce_add()
+    } else {
+        0.0
+    };
+    for &e in &output[simd_len.min(len)..] {
         sum += e;
     }
 

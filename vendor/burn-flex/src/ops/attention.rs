@@ -422,6 +422,9 @@ trait FlashGemm: Float + Pod + Copy + core::ops::AddAssign + Send + Sync {
     /// # Safety
     /// All pointers must be valid for the given dimensions and strides.
     unsafe fn block_gemm(args: BlockGemmArgs<Self>);
+
+    /// e^self; for f32 the vectorisable `fast_math::exp_f32`.
+    fn fast_exp(self) -> Self;
 }
 
 /// Arguments for a block matrix multiply: dst = alpha * dst + beta * (lhs @ rhs).
@@ -444,8 +447,13 @@ struct BlockGemmArgs<T> {
 }
 
 macro_rules! impl_flash_gemm {
-    ($ty:ty) => {
+    ($ty:ty, $exp:path) => {
         impl FlashGemm for $ty {
+            #[inline(always)]
+            fn fast_exp(self) -> Self {
+                $exp(self)
+            }
+
             unsafe fn block_gemm(a: BlockGemmArgs<Self>) {
                 unsafe {
                     gemm::gemm(
@@ -475,8 +483,8 @@ macro_rules! impl_flash_gemm {
     };
 }
 
-impl_flash_gemm!(f32);
-impl_flash_gemm!(f64);
+impl_flash_gemm!(f32, crate::ops::fast_math::exp_f32);
+impl_flash_gemm!(f64, f64::exp);
 
 /// Scratch buffers reused across heads within a Rayon job or the serial loop.
 struct ScratchBuffers<T> {
@@ -924,15 +932,12 @@ fn naive_attention_head<T: FlashGemm>(
     mask_bias: (Option<&[u8]>, Option<&[T]>),
 ) {
     let (mask, bias) = mask_bias;
-    let neg_inf = T::neg_infinity();
     let AttentionParams {
-        scale,
-        softcap,
-        causal_offset,
         seq_q,
         seq_kv,
         head_dim,
         val_dim,
+        ..
     } = *p;
 
     // scores = Q @ K^T
@@ -956,56 +961,7 @@ fn naive_attention_head<T: FlashGemm>(
         });
     }
 
-    for qi in 0..seq_q {
-        let row = &mut scores[qi * seq_kv..(qi + 1) * seq_kv];
-
-        let mut row_max = neg_inf;
-        for (ki, s) in row.iter_mut().enumerate() {
-            let mut val = *s * scale;
-
-            if let Some(cap) = softcap {
-                val = cap * (val / cap).tanh();
-            }
-
-            if let Some(m) = mask
-                && m[qi * seq_kv + ki] != 0
-            {
-                val = neg_inf;
-            }
-
-            if let Some(offset) = causal_offset
-                && (ki as isize) > (qi as isize) + offset
-            {
-                val = neg_inf;
-            }
-
-            if let Some(b) = bias {
-                val += b[qi * seq_kv + ki];
-            }
-
-            *s = val;
-            if val > row_max {
-                row_max = val;
-            }
-        }
-
-        if row_max == neg_inf {
-            row.fill(T::zero());
-            continue;
-        }
-
-        let mut sum = T::zero();
-        for s in row.iter_mut() {
-            let e = (*s - row_max).exp();
-            *s = e;
-            sum += e;
-        }
-
-        let inv_sum = T::one() / sum;
-        for s in row.iter_mut() {
-            *s = *s * inv_sum;
-        }
-    }
+    softmax_scores(&mut scores[..seq_q * seq_kv], p, mask, bias);
 
     // output = softmax(scores) @ V
     unsafe {
@@ -1027,6 +983,117 @@ fn naive_attention_head<T: FlashGemm>(
             beta: T::one(),
         });
     }
+}
+
+/// Softmax of a head's scores `[seq_q, seq_kv]` in place, row by row ([`softmax_scores_row`]).
+#[cfg(feature = "simd")]
+#[macerator::with_simd]
+fn softmax_scores<'a, S: macerator::Simd, T: FlashGemm>(
+    scores: &'a mut [T],
+    p: &'a AttentionParams<T>,
+    mask: Option<&'a [u8]>,
+    bias: Option<&'a [T]>,
+) {
+    softmax_scores_rows(scores, p, mask, bias);
+}
+
+#[cfg(not(feature = "simd"))]
+fn softmax_scores<T: FlashGemm>(
+    scores: &mut [T],
+    p: &AttentionParams<T>,
+    mask: Option<&[u8]>,
+    bias: Option<&[T]>,
+) {
+    softmax_scores_rows(scores, p, mask, bias);
+}
+
+#[inline(always)]
+fn softmax_scores_rows<T: FlashGemm>(
+    scores: &mut [T],
+    p: &AttentionParams<T>,
+    mask: Option<&[u8]>,
+    bias: Option<&[T]>,
+) {
+    let seq_kv = p.seq_kv;
+    for (qi, row) in scores.chunks_exact_mut(seq_kv).enumerate() {
+        let keys = qi * seq_kv..(qi + 1) * seq_kv;
+        // Keys past `qi + offset` are in the query's future.
+        let causal_end = p
+            .causal_offset
+            .map(|offset| ((qi as isize + offset + 1).max(0) as usize).min(seq_kv));
+        let row_mask = mask.map(|m| &m[keys.clone()]);
+        let row_bias = bias.map(|b| &b[keys]);
+        softmax_scores_row(row, p.scale, p.softcap, row_mask, causal_end, row_bias);
+    }
+}
+
+/// One row of attention scores in place: scale, soft cap, padding mask, causal mask (keys
+/// from `causal_end` on), bias, then softmax. Each step is its own plain loop and the sums
+/// are over lanes, so that, compiled for the CPU's vector extension (ScaleDown's patch), the
+/// exponentials vectorise: a scalar `exp` per score was a sixth of MiniLM's time.
+#[inline(always)]
+fn softmax_scores_row<T: FlashGemm>(
+    row: &mut [T],
+    scale: T,
+    softcap: Option<T>,
+    mask: Option<&[u8]>,
+    causal_end: Option<usize>,
+    bias: Option<&[T]>,
+) {
+    let neg_inf = T::neg_infinity();
+    for s in row.iter_mut() {
+        *s = *s * scale;
+    }
+    if let Some(cap) = softcap {
+        for s in row.iter_mut() {
+            *s = cap * (*s / cap).tanh();
+        }
+    }
+    if let Some(mask) = mask {
+        for (s, &m) in row.iter_mut().zip(mask) {
+            if m != 0 {
+                *s = neg_inf;
+            }
+        }
+    }
+    if let Some(end) = causal_end {
+        row[end..].fill(neg_inf);
+    }
+    if let Some(bias) = bias {
+        for (s, &b) in row.iter_mut().zip(bias) {
+            *s += b;
+        }
+    }
+    let row_max = lane_reduce(row, neg_inf, |a, b| if b > a { b } else { a });
+    if row_max == neg_inf {
+        row.fill(T::zero());
+        return;
+    }
+    for s in row.iter_mut() {
+        *s = (*s - row_max).fast_exp();
+    }
+    let inv_sum = T::one() / lane_reduce(row, T::zero(), |a, b| a + b);
+    for s in row.iter_mut() {
+        *s = *s * inv_sum;
+    }
+}
+
+/// `op` folded over `values` in 16 interleaved lanes, then across them: independent lanes
+/// vectorise where one running value would not.
+#[inline(always)]
+fn lane_reduce<T: Copy>(values: &[T], init: T, op: impl Fn(T, T) -> T) -> T {
+    let mut lanes = [init; 16];
+    let mut chunks = values.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane = op(*lane, v);
+        }
+    }
+    let mut acc = init;
+    for &v in lanes.iter().chain(chunks.remainder()) {
+        acc = op(acc, v);
+    }
+    acc
 }
 
 // Tests kept here exercise flex-specific internals: direct calls into
