@@ -160,9 +160,15 @@ impl LlamaConfig {
             num_attention_heads: usize,
             num_key_value_heads: Option<usize>,
             rope_theta: Option<f32>,
+            /// transformers 5 moved `rope_theta` in here.
+            rope_parameters: Option<RopeParameters>,
             rms_norm_eps: Option<f64>,
             max_position_embeddings: Option<usize>,
             tie_word_embeddings: Option<bool>,
+        }
+        #[derive(Deserialize)]
+        struct RopeParameters {
+            rope_theta: Option<f32>,
         }
         let hf: Hf = serde_json::from_str(json)
             .map_err(|e| WeightError::Config(format!("config.json: {e}")))?;
@@ -173,7 +179,10 @@ impl LlamaConfig {
             num_hidden_layers: hf.num_hidden_layers,
             num_attention_heads: hf.num_attention_heads,
             num_key_value_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
-            rope_theta: hf.rope_theta.unwrap_or(10_000.0),
+            rope_theta: hf
+                .rope_theta
+                .or(hf.rope_parameters.and_then(|r| r.rope_theta))
+                .unwrap_or(10_000.0),
             rms_norm_eps: hf.rms_norm_eps.unwrap_or(1e-6),
             max_position_embeddings: hf.max_position_embeddings.unwrap_or(2048),
             tie_word_embeddings: hf.tie_word_embeddings.unwrap_or(false),

@@ -159,6 +159,27 @@ fn config_rejects_impossible_shapes() {
     assert!(c.validate().unwrap_err().to_string().contains("vocab size"));
 }
 
+/// SmolLM2's config.json as transformers 4 and 5 write it (5 nests `rope_theta`).
+#[test]
+fn hf_config_reads_rope_theta_of_both_layouts() {
+    let fields = r#""vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
+        "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3"#;
+    let v4 = format!(r#"{{{fields}, "rope_theta": 100000.0}}"#);
+    let v5 = format!(
+        r#"{{{fields}, "rope_parameters": {{"rope_theta": 100000.0, "rope_type": "default"}}}}"#
+    );
+    for json in [v4, v5] {
+        let c = LlamaConfig::from_hf_json(&json).unwrap();
+        assert_eq!(c.rope_theta, 100_000.0, "{json}");
+        assert_eq!((c.num_key_value_heads, c.head_dim()), (3, 64));
+    }
+    let none = format!("{{{fields}}}");
+    assert_eq!(
+        LlamaConfig::from_hf_json(&none).unwrap().rope_theta,
+        10_000.0
+    );
+}
+
 /// The same tiny model through Hugging Face names and safetensors bytes.
 #[test]
 fn safetensors_round_trip_with_hf_names() {
