@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """PyTorch side of `scaledown bench`: the same work in transformers (float32, eager attention,
-CPU), run as a worker so that scaledown can alternate single runs between the two sides.
+on the CPU or a CUDA GPU), run as a worker so that scaledown can alternate single runs between
+the two sides.
 
 Protocol: one JSON request per line on stdin, one JSON answer per line on stdout.
-    {"op": "load", "gguf": PATH, "minilm": DIR, "threads": N, "num_layers": 5,
-     "memory_tokens": 8, "lora_rank": 16, "lora_alpha": 32}     -> {"torch": VERSION}
+    {"op": "load", "generator": GGUF_OR_DIR, "minilm": DIR, "random_weights": false,
+     "device": "cpu"|"cuda", "threads": N, "num_layers": 5, "memory_tokens": 8,
+     "lora_rank": 16, "lora_alpha": 32}                              -> {"torch": VERSION}
     {"op": "prepare", "key": K, "work": {...}}                     -> {"ok": true}
     {"op": "run", "key": K}                                        -> {"seconds": S}
     {"op": "peak"}                                                 -> {"peak_rss_mb": MB}
@@ -25,7 +27,13 @@ import time
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, LlamaModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, LlamaModel
+
+
+def sync():
+    """Waits for the GPU's queued work, so that the clock reads finished work."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def reply(obj):
@@ -122,16 +130,27 @@ class Worker:
     def load(self, r):
         torch.set_num_threads(r["threads"])
         torch.manual_seed(0)
-        d, f = os.path.split(os.path.abspath(r["gguf"]))
+        # Every tensor below (weights, ids, masks, padding) is made on this device.
+        torch.set_default_device(r["device"])
+        path = os.path.abspath(r["generator"])
+        eager = dict(dtype=torch.float32, attn_implementation="eager")
+        if r["random_weights"]:  # the architectures of config.json, for times only
+            load = lambda: AutoModelForCausalLM.from_config(
+                AutoConfig.from_pretrained(path), **eager).eval()
+            load_minilm = lambda: AutoModel.from_config(
+                AutoConfig.from_pretrained(r["minilm"]), **eager).eval()
+        else:
+            d, f = (path, None) if os.path.isdir(path) else os.path.split(path)
+            load = lambda: AutoModelForCausalLM.from_pretrained(d, gguf_file=f, **eager).eval()
+            load_minilm = lambda: AutoModel.from_pretrained(
+                r["minilm"], attn_implementation="eager").eval()
         with contextlib.redirect_stdout(sys.stderr):
-            load = lambda: AutoModelForCausalLM.from_pretrained(
-                d, gguf_file=f, dtype=torch.float32, attn_implementation="eager").eval()
-            self.generator = load()
+            self.generator = load().to(r["device"])
             self.oscar = Oscar(self.generator, r["num_layers"], r["memory_tokens"])
             # Training gets its own generator copy: LoRA wraps its projections.
-            self.train_oscar = Oscar(load(), r["num_layers"], r["memory_tokens"],
-                                     lora=(r["lora_rank"], r["lora_alpha"]))
-            self.minilm = AutoModel.from_pretrained(r["minilm"], attn_implementation="eager").eval()
+            self.train_oscar = Oscar(load().to(r["device"]), r["num_layers"],
+                                     r["memory_tokens"], lora=(r["lora_rank"], r["lora_alpha"]))
+            self.minilm = load_minilm().to(r["device"])
         t = self.train_oscar
         lora = [p for p in t.generator.parameters() if p.requires_grad]
         self.params = t.compressor_params() + lora
@@ -145,12 +164,14 @@ class Worker:
         if kind == "train_step":
             return self.train_step(w["examples"])
         with torch.inference_mode():
+            sync()
             start = time.perf_counter()
             if kind == "prefill":
                 self.generator(torch.tensor([w["ids"]]), use_cache=False, logits_to_keep=1)
             elif kind == "decode":
                 out = self.generator(torch.tensor([w["prompt"]]), use_cache=True, logits_to_keep=1)
                 past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+                sync()
                 start = time.perf_counter()
                 for _ in range(w["tokens"]):
                     out = self.generator(nxt, past_key_values=past, use_cache=True)
@@ -175,6 +196,7 @@ class Worker:
                 (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
             else:
                 raise ValueError(f"unknown work kind {kind}")
+            sync()
             return time.perf_counter() - start
 
     def train_step(self, examples):
@@ -182,6 +204,7 @@ class Worker:
         batch, the prompts right-padded (causal attention keeps the padding out of each
         prompt's rows), each answer's mean cross-entropy averaged over the examples."""
         t = self.train_oscar
+        sync()
         start = time.perf_counter()
         L = t.memory.shape[0]
         memory = t.memory_vectors([c for ex in examples for c in ex["chunks"]])
@@ -209,6 +232,7 @@ class Worker:
         for o in self.optims:
             o.step()
             o.zero_grad(set_to_none=True)
+        sync()
         return time.perf_counter() - start
 
 

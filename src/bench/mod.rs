@@ -24,6 +24,12 @@ pub struct BenchOptions {
     pub answer_tokens: usize,
     /// Questions per end-to-end run.
     pub queries: usize,
+    /// Batch sizes of the batched answers.
+    pub answer_batches: Vec<usize>,
+    /// Random weights of the models' architectures (see `models::random_generator`).
+    pub random_weights: bool,
+    /// "cpu" or "cuda".
+    pub pytorch_device: String,
     /// `../shared/data`: SQuAD and HotpotQA questions; None skips the work that needs them.
     pub data_dir: Option<PathBuf>,
     /// Python with torch + transformers + gguf; None skips PyTorch.
@@ -42,6 +48,8 @@ enum Unit {
     MsPerQuery(usize),
     /// Tokens per second, `n` tokens per run.
     TokPerS(usize),
+    /// Questions per second, `n` questions per run.
+    QueriesPerS(usize),
 }
 
 struct Item {
@@ -85,7 +93,7 @@ impl Unit {
         match self {
             Unit::Ms => seconds * 1e3,
             Unit::MsPerQuery(n) => seconds * 1e3 / n as f64,
-            Unit::TokPerS(n) => n as f64 / seconds,
+            Unit::TokPerS(n) | Unit::QueriesPerS(n) => n as f64 / seconds,
         }
     }
 
@@ -94,14 +102,15 @@ impl Unit {
             Unit::Ms => "ms",
             Unit::MsPerQuery(_) => "ms/query",
             Unit::TokPerS(_) => "tok/s",
+            Unit::QueriesPerS(_) => "queries/s",
         }
     }
 
-    /// How many times faster we are than `theirs`.
+    /// How many times faster `ours` is than `theirs`.
     fn ratio(self, ours: f64, theirs: f64) -> f64 {
         match self {
-            Unit::TokPerS(_) => ours / theirs,
-            _ => theirs / ours,
+            Unit::TokPerS(_) | Unit::QueriesPerS(_) => ours / theirs,
+            Unit::Ms | Unit::MsPerQuery(_) => theirs / ours,
         }
     }
 }
@@ -150,7 +159,8 @@ fn data_items(
     minilm: Option<&scaledown_model::tokenizer::Tokenizer>,
     items: &mut Vec<Item>,
 ) -> Result<()> {
-    let squad = work::questions(dir, Dataset::Squad, "squad_dev.jsonl", o.queries.max(8))?;
+    let most = o.answer_batches.iter().copied().fold(o.queries, usize::max);
+    let squad = work::questions(dir, Dataset::Squad, "squad_dev.jsonl", most.max(4))?;
     let hotpot = work::questions(dir, Dataset::HotpotQa, "hotpotqa_dev.jsonl", o.queries)?;
     items.push(Item {
         name: "training step, batch 4 (SQuAD)".into(),
@@ -166,22 +176,32 @@ fn data_items(
             });
         }
     }
-    // One question at a time (latency), then 8 answered together (throughput).
-    for (label, examples, batched) in [
-        ("SQuAD, 1 document", &squad[..o.queries], false),
-        ("HotpotQA, 10 documents", &hotpot[..], false),
-        ("SQuAD, batch of 8", &squad[..8], true),
-    ] {
+    // One question at a time (latency in ms/query), then batches answered together
+    // (throughput in queries/s).
+    let single = [
+        ("SQuAD, 1 document".to_string(), &squad[..o.queries], false),
+        ("HotpotQA, 10 documents".to_string(), &hotpot[..], false),
+    ];
+    let batches = o
+        .answer_batches
+        .iter()
+        .map(|&n| (format!("SQuAD, batch of {n}"), &squad[..n], true));
+    for (label, examples, batched) in single.into_iter().chain(batches) {
         let (full, compressed) = work::answer_work(tokenizers, examples, o.answer_tokens, batched)?;
+        let unit = if batched {
+            Unit::QueriesPerS(examples.len())
+        } else {
+            Unit::MsPerQuery(examples.len())
+        };
         items.push(Item {
             name: format!("answer {label}, uncompressed"),
             work: full,
-            unit: Unit::MsPerQuery(examples.len()),
+            unit,
         });
         items.push(Item {
             name: format!("answer {label}, compressed x16"),
             work: compressed,
-            unit: Unit::MsPerQuery(examples.len()),
+            unit,
         });
     }
     Ok(())
@@ -197,16 +217,26 @@ fn peak_rss_mb() -> Option<f64> {
 
 pub fn run(
     models_dir: &Path,
-    gguf: &Path,
+    generator: &Path,
     device: &Device,
     backend: &str,
     o: &BenchOptions,
 ) -> Result<()> {
-    let g = models::load_generator(gguf, device)?;
-    let minilm = if o.data_dir.is_some() {
-        Some(work::load_minilm(models_dir, device)?)
+    let minilm_dir = models::default_encoder(models_dir);
+    let (g, minilm) = if o.random_weights {
+        let g = models::random_generator(generator, device)?;
+        let minilm = o
+            .data_dir
+            .as_ref()
+            .map(|_| models::random_encoder(&minilm_dir, device));
+        (g, minilm.transpose()?)
     } else {
-        None
+        let g = models::load_generator(generator, device)?;
+        let minilm = o
+            .data_dir
+            .as_ref()
+            .map(|_| models::load_encoder(&minilm_dir, device));
+        (g, minilm.transpose()?)
     };
     let tokenizers = OscarTokenizers {
         generator: g.tokenizer,
@@ -216,7 +246,8 @@ pub fn run(
     let mut ours = Ours::new(g.model, &tokenizers, minilm.map(|m| m.0), device)?;
     let mut torch = o.python.as_ref().and_then(|py| {
         let load = json!({
-            "op": "load", "gguf": gguf, "minilm": models::default_encoder(models_dir),
+            "op": "load", "generator": generator, "minilm": minilm_dir,
+            "random_weights": o.random_weights, "device": o.pytorch_device,
             "threads": o.threads, "num_layers": CompressorConfig::oscar().num_layers,
             "memory_tokens": CompressorConfig::oscar().num_memory_tokens,
             "lora_rank": work::LORA.rank, "lora_alpha": work::LORA.alpha,
@@ -226,13 +257,18 @@ pub fn run(
             .ok()
     });
     eprintln!(
-        "SmolLM2-135M ({}), backend {backend}, {} threads, median of {} runs after a warm-up{}",
-        gguf.display(),
+        "SmolLM2-135M ({}{}), backend {backend}, {} threads, median of {} runs after a warm-up{}",
+        generator.display(),
+        if o.random_weights {
+            ", random weights"
+        } else {
+            ""
+        },
         o.threads,
         o.runs,
         torch
             .as_ref()
-            .map(|t| format!(", PyTorch {}", t.version))
+            .map(|t| format!(", PyTorch {} on {}", t.version, o.pytorch_device))
             .unwrap_or_default()
     );
 
@@ -263,6 +299,15 @@ pub fn run(
             bar.inc(1);
         }
         let theirs = (theirs_s.len() == o.runs).then(|| stat(theirs_s));
+        // A line per measurement as it ends, so that a run cut short still tells something.
+        bar.suspend(|| {
+            let unit = item.unit.suffix();
+            let ours = stat(ours_s.clone()).median;
+            match theirs {
+                Some(t) => eprintln!("{}: {ours:.1} {unit}, PyTorch {:.1}", item.name, t.median),
+                None => eprintln!("{}: {ours:.1} {unit}", item.name),
+            }
+        });
         rows.push(Row {
             item,
             ours: stat(ours_s),
@@ -301,8 +346,7 @@ fn report(
     let speedup = |i: usize, side: fn(&Row) -> Option<f64>| {
         let full_name = rows[i].item.name.replace("compressed x16", "uncompressed");
         let full = rows[..i].iter().rfind(|r| r.item.name == full_name)?;
-        let full = side(full)?;
-        Some(full / side(&rows[i])?)
+        Some(rows[i].item.unit.ratio(side(&rows[i])?, side(full)?))
     };
     if o.json {
         let json_rows: Vec<Value> = rows
@@ -320,6 +364,7 @@ fn report(
             "{}",
             serde_json::to_string_pretty(&json!({
                 "threads": o.threads, "runs": o.runs, "pytorch": torch_version,
+                "pytorch_device": o.pytorch_device, "random_weights": o.random_weights,
                 "rows": json_rows,
                 "peak_rss_mb": {"ours": ours_peak, "pytorch": theirs_peak},
             }))?

@@ -17,7 +17,14 @@ pub struct PyTorch {
 impl PyTorch {
     /// Starts the worker and loads SmolLM2, the OSCAR models and MiniLM into it.
     pub fn start(python: &str, threads: usize, load: Value) -> Result<Self> {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/pytorch_bench.py");
+        // The checkout the command runs in, else the one this binary was built from (a binary
+        // copied to another machine runs from its checkout there).
+        let here = Path::new("bench/pytorch_bench.py");
+        let script = if here.is_file() {
+            here.to_path_buf()
+        } else {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(here)
+        };
         let mut child = Command::new(python)
             .arg(&script)
             .env("OMP_NUM_THREADS", threads.to_string())

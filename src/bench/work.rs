@@ -1,7 +1,6 @@
 //! The measured work, built from real questions, and how this project runs it.
 
 use crate::evaluate::documents_of;
-use crate::models;
 use anyhow::{Context, Result, anyhow, bail};
 use scaledown_data::{Dataset, Example, parse_source};
 use scaledown_model::bert::Bert;
@@ -342,8 +341,4 @@ impl Ours {
         }
         Ok(start.elapsed().as_secs_f64())
     }
-}
-
-pub fn load_minilm(dir: &Path, device: &Device) -> Result<(Bert, Tokenizer)> {
-    models::load_encoder(&models::default_encoder(dir), device)
 }
