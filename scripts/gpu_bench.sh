@@ -10,6 +10,10 @@
 #                                  CUDA (batches up to 64), then Flex beside PyTorch on the
 #                                  CPU's cores; tables and logs go to DIR
 #
+# Through the development sessions' device tool, after `pack`:
+#   run(command="scripts/gpu_bench.sh run $OUT", carry=[".gpu"], timeout_s=560)
+# (the two parts stop themselves after 330 s and 170 s; the tables come back in $OUT).
+#
 # The weights are random (`bench --random-weights`: the same architectures, so the same work;
 # the models do not fit in the 64 MiB), so the times hold and the answers are noise. The CUDA
 # backend is not measured: cubecl-cuda's build downloads an LLVM bundle from GitHub, which this
@@ -78,5 +82,5 @@ run() {
 case "${1:-}" in
   pack) pack ;;
   run) run "${2:-}" ;;
-  *) sed -n '2,17p' "$0" && exit 2 ;;
+  *) sed -n '2,21p' "$0" && exit 2 ;;
 esac
