@@ -182,28 +182,29 @@ fn models_list_says_what_is_missing() {
     );
 }
 
+/// One run of each measurement, as short as it goes.
+const SHORT_BENCH: [&str; 10] = [
+    "--runs",
+    "1",
+    "--prefill",
+    "16",
+    "--decode-tokens",
+    "2",
+    "--answer-tokens",
+    "2",
+    "--queries",
+    "1",
+];
+
 #[test]
 fn bench_measures_every_work_item_and_goes_on_without_pytorch() {
     models_dir();
     let data = shared_dir().join("data");
-    let out = scaledown(&[
-        "bench",
-        "--runs",
-        "1",
-        "--prefill",
-        "16",
-        "--decode-tokens",
-        "2",
-        "--answer-tokens",
-        "2",
-        "--queries",
-        "1",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--python",
-        "/nonexistent/python",
-        "--json",
-    ]);
+    let mut args = vec!["bench"];
+    args.extend(SHORT_BENCH);
+    args.extend(["--data-dir", data.to_str().unwrap()]);
+    args.extend(["--python", "/nonexistent/python", "--json"]);
+    let out = scaledown(&args);
     assert!(
         stderr(&out).contains("measuring this project only"),
         "{}",
@@ -258,30 +259,17 @@ fn bench_with_random_weights_needs_only_configs_and_tokenizers() {
     )
     .unwrap();
     let data = shared_dir().join("data");
-    let out = scaledown(&[
-        "--models-dir",
-        spec.path().to_str().unwrap(),
-        "bench",
-        "--random-weights",
-        "--model",
-        generator.to_str().unwrap(),
-        "--runs",
-        "1",
-        "--prefill",
-        "16",
-        "--decode-tokens",
-        "2",
-        "--answer-tokens",
-        "2",
-        "--queries",
-        "1",
+    let mut args = vec!["--models-dir", spec.path().to_str().unwrap(), "bench"];
+    args.extend(["--random-weights", "--model", generator.to_str().unwrap()]);
+    args.extend(SHORT_BENCH);
+    args.extend([
         "--answer-batch",
         "2,3",
         "--data-dir",
         data.to_str().unwrap(),
-        "--no-pytorch",
-        "--json",
     ]);
+    args.extend(["--no-pytorch", "--json"]);
+    let out = scaledown(&args);
     let report = json(&out);
     assert_eq!(report["random_weights"], true);
     let rows = report["rows"].as_array().unwrap();

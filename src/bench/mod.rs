@@ -8,9 +8,11 @@ mod work;
 use crate::models;
 use anyhow::{Result, bail};
 use scaledown_data::Dataset;
+use scaledown_model::bert::Bert;
 use scaledown_model::burn::prelude::*;
 use scaledown_model::compressor::CompressorConfig;
 use scaledown_model::oscar::OscarTokenizers;
+use scaledown_model::tokenizer::Tokenizer;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use work::{Ours, Work};
@@ -207,6 +209,9 @@ fn data_items(
     Ok(())
 }
 
+type LoadGenerator = fn(&Path, &Device) -> Result<models::Generator>;
+type LoadEncoder = fn(&Path, &Device) -> Result<(Bert, Tokenizer)>;
+
 /// Peak resident memory of this process, from /proc (Linux).
 fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -223,21 +228,23 @@ pub fn run(
     o: &BenchOptions,
 ) -> Result<()> {
     let minilm_dir = models::default_encoder(models_dir);
-    let (g, minilm) = if o.random_weights {
-        let g = models::random_generator(generator, device)?;
-        let minilm = o
-            .data_dir
-            .as_ref()
-            .map(|_| models::random_encoder(&minilm_dir, device));
-        (g, minilm.transpose()?)
+    let (load_generator, load_encoder) = if o.random_weights {
+        (
+            models::random_generator as LoadGenerator,
+            models::random_encoder as LoadEncoder,
+        )
     } else {
-        let g = models::load_generator(generator, device)?;
-        let minilm = o
-            .data_dir
-            .as_ref()
-            .map(|_| models::load_encoder(&minilm_dir, device));
-        (g, minilm.transpose()?)
+        (
+            models::load_generator as LoadGenerator,
+            models::load_encoder as LoadEncoder,
+        )
     };
+    let g = load_generator(generator, device)?;
+    let minilm = o
+        .data_dir
+        .as_ref()
+        .map(|_| load_encoder(&minilm_dir, device))
+        .transpose()?;
     let tokenizers = OscarTokenizers {
         generator: g.tokenizer,
         encoder: None,
