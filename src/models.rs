@@ -145,8 +145,7 @@ pub fn load_generator(path: &Path, device: &Device) -> Result<Generator> {
     let weights = read(&path.join("model.safetensors"))?;
     let (config, model) = llama_from_safetensors(&config, &weights, device)
         .with_context(|| format!("loading {}", path.display()))?;
-    let tokenizer = Tokenizer::from_json(&read(&path.join("tokenizer.json"))?)
-        .with_context(|| format!("{}/tokenizer.json", path.display()))?;
+    let tokenizer = folder_tokenizer(path)?;
     Ok(Generator {
         config,
         model,
@@ -161,8 +160,7 @@ pub fn load_generator(path: &Path, device: &Device) -> Result<Generator> {
 pub fn random_generator(dir: &Path, device: &Device) -> Result<Generator> {
     let config = LlamaConfig::from_hf_json(&read_text(&dir.join("config.json"))?)
         .with_context(|| format!("{}/config.json", dir.display()))?;
-    let tokenizer = Tokenizer::from_json(&read(&dir.join("tokenizer.json"))?)
-        .with_context(|| format!("{}/tokenizer.json", dir.display()))?;
+    let tokenizer = folder_tokenizer(dir)?;
     Ok(Generator {
         model: config.init(device),
         config,
@@ -175,9 +173,14 @@ pub fn random_generator(dir: &Path, device: &Device) -> Result<Generator> {
 pub fn random_encoder(dir: &Path, device: &Device) -> Result<(Bert, Tokenizer)> {
     let config = BertConfig::from_hf_json(&read_text(&dir.join("config.json"))?)
         .with_context(|| format!("{}/config.json", dir.display()))?;
-    let tokenizer = Tokenizer::from_json(&read(&dir.join("tokenizer.json"))?)
-        .with_context(|| format!("{}/tokenizer.json", dir.display()))?;
+    let tokenizer = folder_tokenizer(dir)?;
     Ok((config.init(device), tokenizer))
+}
+
+/// The `tokenizer.json` of a Hugging Face folder.
+fn folder_tokenizer(dir: &Path) -> Result<Tokenizer> {
+    Tokenizer::from_json(&read(&dir.join("tokenizer.json"))?)
+        .with_context(|| format!("{}/tokenizer.json", dir.display()))
 }
 
 /// A BERT encoder and its WordPiece tokenizer, from a Hugging Face folder.
@@ -186,8 +189,7 @@ pub fn load_encoder(dir: &Path, device: &Device) -> Result<(Bert, Tokenizer)> {
     let weights = read(&dir.join("model.safetensors"))?;
     let (_, model) = bert_from_safetensors(&config, &weights, device)
         .with_context(|| format!("loading {}", dir.display()))?;
-    let tokenizer = Tokenizer::from_json(&read(&dir.join("tokenizer.json"))?)
-        .with_context(|| format!("{}/tokenizer.json", dir.display()))?;
+    let tokenizer = folder_tokenizer(dir)?;
     Ok((model, tokenizer))
 }
 

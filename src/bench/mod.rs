@@ -121,7 +121,7 @@ impl Unit {
 fn items(
     o: &BenchOptions,
     tokenizers: &OscarTokenizers,
-    minilm: Option<&scaledown_model::tokenizer::Tokenizer>,
+    minilm: Option<&Tokenizer>,
 ) -> Result<Vec<Item>> {
     let mut items: Vec<Item> = o
         .prefill
@@ -158,7 +158,7 @@ fn data_items(
     o: &BenchOptions,
     dir: &Path,
     tokenizers: &OscarTokenizers,
-    minilm: Option<&scaledown_model::tokenizer::Tokenizer>,
+    minilm: Option<&Tokenizer>,
     items: &mut Vec<Item>,
 ) -> Result<()> {
     let most = o.answer_batches.iter().copied().fold(o.queries, usize::max);
@@ -306,20 +306,16 @@ pub fn run(
             bar.inc(1);
         }
         let theirs = (theirs_s.len() == o.runs).then(|| stat(theirs_s));
+        let ours = stat(ours_s);
         // A line per measurement as it ends, so that a run cut short still tells something.
         bar.suspend(|| {
-            let unit = item.unit.suffix();
-            let ours = stat(ours_s.clone()).median;
+            let (name, unit) = (&item.name, item.unit.suffix());
             match theirs {
-                Some(t) => eprintln!("{}: {ours:.1} {unit}, PyTorch {:.1}", item.name, t.median),
-                None => eprintln!("{}: {ours:.1} {unit}", item.name),
+                Some(t) => eprintln!("{name}: {:.1} {unit}, PyTorch {:.1}", ours.median, t.median),
+                None => eprintln!("{name}: {:.1} {unit}", ours.median),
             }
         });
-        rows.push(Row {
-            item,
-            ours: stat(ours_s),
-            theirs,
-        });
+        rows.push(Row { item, ours, theirs });
     }
     bar.finish_and_clear();
     let ours_peak = peak_rss_mb();
