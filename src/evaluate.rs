@@ -7,7 +7,7 @@ use scaledown_data::{Example, Scores};
 use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::compressor::CompressorConfig;
 use scaledown_model::generation::{GenerationConfig, PrefixCache, generate_after, generate_batch};
-use scaledown_model::llama::Llama;
+use scaledown_model::llama::{Llama, PromptInput};
 use scaledown_model::oscar::{
     Oscar, OscarTokenizers, document_text, full_text_user_turn, ids_tensor,
 };
@@ -194,9 +194,7 @@ fn answer_compressed(
                 .iter()
                 .zip(ids)
                 .map(|(e, ids)| {
-                    let prompt_tokens = e.prefix.len()
-                        + e.chunks.len() * model.compressor.num_memory_tokens()
-                        + e.suffix.len();
+                    let prompt_tokens = e.prefix.len() + e.memory_vectors(config) + e.suffix.len();
                     (tokenizers.generator.decode(&ids, true), prompt_tokens)
                 })
                 .collect())
@@ -211,9 +209,8 @@ fn answer_compressed(
         let ids = read_sync(model.answer_after(&prefix, &encoded, stop, &answer))?;
         let ms = start.elapsed().as_secs_f64() * 1000.0;
         let prediction = tokenizers.generator.decode(&ids, true).trim().to_string();
-        let prompt_tokens = encoded.prefix.len()
-            + encoded.chunks.len() * model.compressor.num_memory_tokens()
-            + encoded.suffix.len();
+        let prompt_tokens =
+            encoded.prefix.len() + encoded.memory_vectors(config) + encoded.suffix.len();
         out.push(prediction_of(ex, prediction, ms, prompt_tokens));
         bar.inc(1);
     }
@@ -274,7 +271,7 @@ pub fn uncompressed(
                 .collect::<Result<Vec<_>>>()?;
             let embeds = prompts
                 .iter()
-                .map(|p| generator.embed(ids_tensor(p, &device)))
+                .map(|p| PromptInput::tokens(generator.embed(ids_tensor(p, &device))))
                 .collect();
             let ids = read_sync(generate_batch(generator, embeds, &tok.stop_ids, &config))?;
             Ok(ids

@@ -12,7 +12,7 @@ use scaledown_data::{Example, Scores, parse_examples};
 use scaledown_model::backend::BackendKind;
 use scaledown_model::burn::module::Module;
 use scaledown_model::burn::tensor::read_sync;
-use scaledown_model::compressor::{CompressorConfig, CompressorType};
+use scaledown_model::compressor::{CompressorConfig, CompressorType, Readout};
 use scaledown_model::oscar::{Oscar, OscarTokenizers};
 use scaledown_model::pretraining::{self, Objectives};
 use scaledown_model::training::{TrainExample, TrainSettings, Trainer};
@@ -74,24 +74,13 @@ pub struct TrainArgs {
     /// Document tokens per memory vector: R. Chunks hold L×R tokens.
     #[arg(long, alias = "compression_rate", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=512))]
     pub compression_rate: u32,
-    /// No MLP projector after the n_layers compressor.
-    #[arg(long, alias = "no_projector")]
-    pub no_projector: bool,
-    /// Bring the memory vectors to the scale of the generator's token embeddings (an RMS norm
-    /// after the projector, its gain starting at the embeddings' RMS).
-    #[arg(long)]
-    #[serde(default)]
-    pub memory_norm: bool,
-    /// Read each memory vector out as a soft token: the mean of the generator's token
-    /// embeddings under its output head's distribution of the compressor's state.
-    #[arg(long)]
-    #[serde(default)]
-    pub soft_tokens: bool,
-    /// Add to each memory vector the mean token embedding of the R document tokens it
-    /// stands for (n_layers only).
-    #[arg(long)]
-    #[serde(default)]
-    pub pooled_segments: bool,
+    /// How the compressor's states become memory vectors: pooled (memory vector j is the mean
+    /// of the states of the R document tokens it stands for; with n_layers they enter the
+    /// generator after its layer N) or memory-tokens (OSCAR's L learned tokens after the
+    /// chunk, through an MLP projector, at the generator's input).
+    #[arg(long, default_value = "pooled")]
+    #[serde(default = "memory_tokens")]
+    pub readout: Readout,
     #[arg(long, alias = "batch_size", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub batch_size: u32,
     #[arg(long, alias = "num_epochs", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -105,11 +94,6 @@ pub struct TrainArgs {
     /// Learning rate of the compressor (default: 5e-5 for n_layers, 1e-4 for encoder).
     #[arg(long, alias = "compressor_learning_rate", value_parser = positive)]
     pub compressor_learning_rate: Option<f64>,
-    /// Learning rate of the parts that start from random values: memory tokens, projector
-    /// and reranking head (default: the compressor's).
-    #[arg(long, value_parser = positive)]
-    #[serde(default)]
-    pub memory_learning_rate: Option<f64>,
     /// Evaluate (and checkpoint) every K steps; 0: only before and after.
     #[arg(long, alias = "eval_steps", default_value_t = 0)]
     pub eval_steps: u32,
@@ -186,6 +170,11 @@ pub struct TrainArgs {
     #[arg(long, default_value = "flex")]
     #[serde(skip, default = "default_backend")]
     pub backend: BackendKind,
+}
+
+/// Reports written before `--readout` existed trained memory tokens.
+fn memory_tokens() -> Readout {
+    Readout::MemoryTokens
 }
 
 fn default_backend() -> BackendKind {
@@ -340,11 +329,12 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
             num_layers: a.num_layers as usize,
             num_memory_tokens: a.num_memory_tokens as usize,
             compression_rate: a.compression_rate as usize,
-            projector: !a.no_projector,
+            readout: a.readout,
+            // The pooled n_layers states are the generator's own layer-N stream; every other
+            // readout needs a map to the generator's input.
+            projector: !(compressor_type == CompressorType::NLayers
+                && a.readout == Readout::Pooled),
             rerank: a.rerank,
-            memory_norm: a.memory_norm,
-            soft_tokens: a.soft_tokens,
-            pooled_segments: a.pooled_segments,
         },
         generator,
         encoder,
@@ -628,7 +618,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
             / n_eval,
         mean_memory_vectors: encoded_eval
             .iter()
-            .map(|e| (e.chunks.len() * setup.compressor.num_memory_tokens) as f64)
+            .map(|e| e.memory_vectors(&setup.compressor) as f64)
             .sum::<f64>()
             / n_eval,
         baseline_uncompressed: (&baseline).into(),
@@ -850,7 +840,7 @@ const PROBE_PASSAGES: usize = 16;
 pub(crate) fn trainer_for(a: &TrainArgs, compressor_lr: f64, total: usize, done: usize) -> Trainer {
     let mut trainer = Trainer::new(TrainSettings {
         compressor_lr,
-        memory_lr: a.memory_learning_rate.unwrap_or(compressor_lr),
+        memory_lr: compressor_lr,
         generator_lr: a.learning_rate,
         weight_decay: 0.1,
         warmup_steps: (total / 20).max(1),

@@ -413,7 +413,7 @@ fn the_page_answers_with_smollm2_and_a_checkpoint_fetched_by_url() {
     use scaledown::checkpoint::{OscarSetup, build, save};
     use scaledown_model::burn::prelude::Device;
     use scaledown_model::burn::tensor::read_sync;
-    use scaledown_model::compressor::{CompressorConfig, CompressorType};
+    use scaledown_model::compressor::{CompressorConfig, CompressorType, Readout};
     use scaledown_model::generation::GenerationConfig;
 
     let models = scaledown::models::models_dir(None);
@@ -429,11 +429,9 @@ fn the_page_answers_with_smollm2_and_a_checkpoint_fetched_by_url() {
             num_layers: 2,
             num_memory_tokens: 8,
             compression_rate: 16,
-            projector: true,
+            readout: Readout::Pooled,
+            projector: false,
             rerank: false,
-            memory_norm: false,
-            soft_tokens: false,
-            pooled_segments: false,
         },
         generator: gguf.clone(),
         encoder: None,

@@ -10,7 +10,7 @@ use scaledown_model::compressor::CompressorConfig;
 use scaledown_model::generation::{
     GenerationConfig, PrefixCache, argmax, generate_after, generate_batch,
 };
-use scaledown_model::llama::{KvCache, Llama};
+use scaledown_model::llama::{KvCache, Llama, PromptInput};
 use scaledown_model::oscar::{Encoded, LoraSettings, Oscar, OscarTokenizers};
 use scaledown_model::tokenizer::{Tokenizer, chat_prompt};
 use scaledown_model::training::{TrainExample, TrainSettings, Trainer};
@@ -288,7 +288,7 @@ impl Ours {
             } => {
                 let embeds = prompts
                     .iter()
-                    .map(|p| self.generator.embed(self.ids(p, 1)))
+                    .map(|p| PromptInput::tokens(self.generator.embed(self.ids(p, 1))))
                     .collect();
                 read_sync(generate_batch(
                     &self.generator,

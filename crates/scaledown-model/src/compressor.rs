@@ -1,18 +1,25 @@
-//! The OSCAR compressor: it reads `[query; document chunk; MEM_1..MEM_L]` and returns the
-//! hidden states at the L memory-token positions, projected to the generator's width. Those
-//! L vectors replace the chunk's L×R tokens in the generator's prompt (compression rate R).
+//! The OSCAR compressor: it reads `[query; document chunk]` and turns the chunk's L×R tokens
+//! into at most L memory vectors (compression rate R), which replace them in the generator's
+//! prompt. Two readouts:
+//! - pooled (the default): memory vector j is the mean of the backbone's states over the R
+//!   document tokens it stands for. The n_layers backbone is a copy of the generator's first
+//!   k layers, so its layer-k states are what the generator's layer k + 1 reads: they enter
+//!   the generator's residual stream after its layer k, without a projector.
+//! - memory tokens (OSCAR's): the backbone reads `[query; chunk; MEM_1..MEM_L]` and the
+//!   states at the L memory tokens, projected, enter at the generator's input.
 
 use crate::bert::Bert;
 use crate::llama::model::Block;
 use crate::llama::rope::Rope;
 use crate::llama::{KvCache, Llama};
 use burn::module::{ModuleMapper, Param};
-use burn::nn::{Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::gelu;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::ops::Range;
 use std::str::FromStr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +54,46 @@ impl fmt::Display for CompressorType {
     }
 }
 
+/// How the compressor's states become memory vectors (see the module's doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Readout {
+    /// Segment means of the backbone's states; for n_layers they enter the generator after
+    /// its layer k.
+    Pooled,
+    /// OSCAR's learned memory tokens, projected, at the generator's input.
+    MemoryTokens,
+}
+
+impl Readout {
+    /// Checkpoints written before the readout was a setting used memory tokens.
+    fn before_the_setting() -> Self {
+        Self::MemoryTokens
+    }
+}
+
+impl FromStr for Readout {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pooled" => Ok(Self::Pooled),
+            "memory-tokens" | "memory_tokens" => Ok(Self::MemoryTokens),
+            other => Err(format!(
+                "unknown readout `{other}` (pooled or memory-tokens)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Readout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Pooled => "pooled",
+            Self::MemoryTokens => "memory-tokens",
+        })
+    }
+}
+
 /// Shapes of a compressor; saved with every checkpoint so that it can be rebuilt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CompressorConfig {
@@ -57,39 +104,49 @@ pub struct CompressorConfig {
     pub num_memory_tokens: usize,
     /// R: document tokens per vector; chunks hold L×R tokens.
     pub compression_rate: usize,
-    /// A 2-layer MLP after the backbone (always used by the encoder compressor).
+    /// How states become memory vectors.
+    #[serde(default = "Readout::before_the_setting")]
+    pub readout: Readout,
+    /// A 2-layer MLP after the backbone (always used by the encoder compressor; never by the
+    /// pooled n_layers readout, whose states are already the generator's own stream).
     pub projector: bool,
-    /// OSCAR's reranking head: an `RR` token after the memory tokens whose hidden state a
-    /// dense layer turns into the chunk's relevance score.
+    /// OSCAR's reranking head: an `RR` token after the chunk (and the memory tokens) whose
+    /// hidden state a dense layer turns into the chunk's relevance score.
     #[serde(default)]
     pub rerank: bool,
-    /// Bring each memory vector to the scale of the generator's token embeddings (see
-    /// [`memory_norm`]).
-    #[serde(default)]
-    pub memory_norm: bool,
-    /// Read each memory vector out as a soft token (see [`SoftTokens`]).
-    #[serde(default)]
-    pub soft_tokens: bool,
-    /// Add to memory vector j the mean token embedding of the R document tokens it stands
-    /// for (`n_layers` only; see `Oscar::compress_all`).
-    #[serde(default)]
-    pub pooled_segments: bool,
 }
 
 impl CompressorConfig {
-    /// OSCAR's recipe, the CLI's defaults: a copy of the generator's first 5 layers, 8 memory
-    /// tokens per 128-token chunk (rate 16), MLP projector.
+    /// The CLI's defaults: a copy of the generator's first 5 layers, at most 8 memory vectors
+    /// per 128-token chunk (rate 16), each the mean of 16 tokens' layer-5 states, entering the
+    /// generator after its layer 5.
     pub fn oscar() -> Self {
         Self {
             compressor_type: CompressorType::NLayers,
             num_layers: 5,
             num_memory_tokens: 8,
             compression_rate: 16,
-            projector: true,
+            readout: Readout::Pooled,
+            projector: false,
             rerank: false,
-            memory_norm: false,
-            soft_tokens: false,
-            pooled_segments: false,
+        }
+    }
+
+    /// The generator layers that the memory vectors skip: they enter its residual stream
+    /// after this layer (0: at its input).
+    pub fn memory_layer(&self) -> usize {
+        match (self.compressor_type, self.readout) {
+            (CompressorType::NLayers, Readout::Pooled) => self.num_layers,
+            _ => 0,
+        }
+    }
+
+    /// Memory vectors of a chunk of `document_tokens` tokens: one per R tokens when pooled
+    /// (a short last chunk gets fewer), always L with memory tokens.
+    pub fn vectors_for(&self, document_tokens: usize) -> usize {
+        match self.readout {
+            Readout::Pooled => document_tokens.div_ceil(self.compression_rate).max(1),
+            Readout::MemoryTokens => self.num_memory_tokens,
         }
     }
 
@@ -105,12 +162,6 @@ impl CompressorConfig {
                 "--num-layers {} is out of range: the generator has {generator_layers} layers",
                 self.num_layers
             ));
-        }
-        if self.pooled_segments && self.compressor_type != CompressorType::NLayers {
-            return Err(
-                "--pooled-segments needs the n_layers compressor (it pools generator embeddings)"
-                    .into(),
-            );
         }
         if !(1..=256).contains(&self.num_memory_tokens) {
             return Err(format!(
@@ -190,30 +241,64 @@ impl RerankHead {
 
 /// What the compressor makes of a question's chunks.
 pub struct Compressed {
-    /// `[chunks × L, generator width]`, in chunk order.
+    /// `[Σ vectors, generator width]`, in chunk order.
     pub memory: Tensor<2>,
+    /// How many of those rows each chunk has, in order.
+    pub chunk_vectors: Vec<usize>,
     /// The reranking head's score of each chunk `[chunks]`, when the compressor has one.
     pub scores: Option<Tensor<1>>,
+}
+
+/// One chunk's compressor input: the embeddings `[1, n, backbone width]` of `[query; chunk]`
+/// (with the encoder's `[SEP]` after it) and where the chunk's tokens lie in it.
+pub struct ChunkInput {
+    pub embeds: Tensor<3>,
+    pub document: Range<usize>,
 }
 
 #[derive(Module, Debug)]
 pub struct Compressor {
     pub backbone: Backbone,
-    /// Learned memory-token embeddings `[L, backbone width]`.
-    pub memory: Param<Tensor<2>>,
+    /// OSCAR's learned memory-token embeddings `[L, backbone width]` (memory-token readout
+    /// only).
+    pub memory: Option<Param<Tensor<2>>>,
     pub projector: Option<Projector>,
     pub rerank: Option<RerankHead>,
-    pub memory_norm: Option<RmsNorm>,
-    pub soft_tokens: Option<SoftTokens>,
-    /// R when memory vectors get their segment's mean token embedding added (0: not). A
-    /// setting, not a weight.
-    pub pooled_segments: usize,
+    /// L: the most memory vectors a chunk gets. A setting, not a weight.
+    pub max_vectors: usize,
+    /// R of the pooled readout (memory vector j pools document tokens jR..(j+1)R); 0 with
+    /// memory tokens. A setting, not a weight.
+    pub pool_rate: usize,
+    /// Generator layers the memory vectors skip (see [`CompressorConfig::memory_layer`]).
+    /// A setting, not a weight.
+    pub memory_layer: usize,
     /// At answering time, keep only the chunks of this many best-scored documents (0: all;
     /// needs the reranking head). A setting, not a weight.
     pub keep_top: usize,
 }
 
 impl Compressor {
+    fn new(
+        config: &CompressorConfig,
+        backbone: Backbone,
+        d: usize,
+        projector: Option<Projector>,
+        device: &Device,
+    ) -> Self {
+        let pooled = config.readout == Readout::Pooled;
+        Self {
+            backbone,
+            memory: (!pooled)
+                .then(|| Param::from_tensor(memory_init(config.num_memory_tokens, d, device))),
+            projector,
+            rerank: config.rerank.then(|| RerankHead::new(d, device)),
+            max_vectors: config.num_memory_tokens,
+            pool_rate: if pooled { config.compression_rate } else { 0 },
+            memory_layer: config.memory_layer(),
+            keep_top: 0,
+        }
+    }
+
     /// A compressor whose backbone is a copy of `generator`'s first `config.num_layers` layers.
     pub fn from_generator(config: &CompressorConfig, generator: &Llama, device: &Device) -> Self {
         // A copy with its own tensors and parameter ids: the generator's layers stay frozen
@@ -223,23 +308,12 @@ impl Compressor {
             .map(|b| b.clone().map(&mut FreshCopy))
             .collect();
         let d = generator.hidden_size();
-        Self {
-            backbone: Backbone::Decoder(DecoderStack {
-                layers,
-                rope: generator.rope.clone(),
-            }),
-            memory: Param::from_tensor(memory_init(config.num_memory_tokens, d, device)),
-            projector: config.projector.then(|| Projector::new(d, d, device)),
-            rerank: config.rerank.then(|| RerankHead::new(d, device)),
-            memory_norm: config.memory_norm.then(|| memory_norm(generator, device)),
-            soft_tokens: config.soft_tokens.then(|| SoftTokens::new(generator)),
-            pooled_segments: if config.pooled_segments {
-                config.compression_rate
-            } else {
-                0
-            },
-            keep_top: 0,
-        }
+        let backbone = Backbone::Decoder(DecoderStack {
+            layers,
+            rope: generator.rope.clone(),
+        });
+        let projector = config.projector.then(|| Projector::new(d, d, device));
+        Self::new(config, backbone, d, projector, device)
     }
 
     /// An encoder compressor over `encoder` with a projector to `generator`'s width.
@@ -249,43 +323,48 @@ impl Compressor {
         generator: &Llama,
         device: &Device,
     ) -> Self {
-        let generator_width = generator.hidden_size();
         let d = encoder.hidden_size();
-        Self {
-            backbone: Backbone::Encoder(encoder),
-            memory: Param::from_tensor(memory_init(config.num_memory_tokens, d, device)),
-            projector: Some(Projector::new(d, generator_width, device)),
-            rerank: config.rerank.then(|| RerankHead::new(d, device)),
-            memory_norm: config.memory_norm.then(|| memory_norm(generator, device)),
-            soft_tokens: config.soft_tokens.then(|| SoftTokens::new(generator)),
-            pooled_segments: 0,
-            keep_top: 0,
+        let projector = Some(Projector::new(d, generator.hidden_size(), device));
+        Self::new(config, Backbone::Encoder(encoder), d, projector, device)
+    }
+
+    /// Memory vectors of a chunk of `document_tokens` tokens ([`CompressorConfig::vectors_for`]).
+    pub fn vectors_for(&self, document_tokens: usize) -> usize {
+        match self.pool_rate {
+            0 => self.max_vectors,
+            r => document_tokens.div_ceil(r).max(1),
         }
     }
 
-    pub fn num_memory_tokens(&self) -> usize {
-        self.memory.dims()[0]
+    fn device(&self) -> Device {
+        match &self.backbone {
+            Backbone::Decoder(stack) => stack.rope.device(),
+            Backbone::Encoder(bert) => bert.embeddings.word.weight.device(),
+        }
     }
 
-    /// Input token embeddings `[1, n_i, backbone width]` of each chunk's `[query; chunk]` ->
-    /// the chunks' memory vectors, in order: `[chunks × L, generator width]`. For the
-    /// `n_layers` backbone the embeddings come from the generator's (frozen) table; for the
-    /// encoder, from the encoder's own word embeddings.
-    ///
-    /// Chunks of similar length run as one batch (see [`Compressor::padded_batch`]); grouping
-    /// by length keeps the padding small (one batch for all ten documents of a HotpotQA
-    /// question spent 40 % of its rows on padding).
-    pub fn compress(&self, chunks: Vec<Tensor<3>>) -> Tensor<2> {
+    /// The chunks' memory vectors, in order: `[Σ vectors, generator width]`. For the
+    /// `n_layers` backbone the input embeddings come from the generator's (frozen) table; for
+    /// the encoder, from the encoder's own word embeddings.
+    pub fn compress(&self, chunks: Vec<ChunkInput>) -> Tensor<2> {
         self.compress_scored(chunks).memory
     }
 
     /// [`Compressor::compress`], with the reranking head's score of each chunk when the
     /// compressor has one.
-    pub fn compress_scored(&self, chunks: Vec<Tensor<3>>) -> Compressed {
-        let lens: Vec<usize> = chunks.iter().map(|t| t.dims()[1]).collect();
+    ///
+    /// Chunks of similar length run as one batch (see [`Compressor::padded_batch`]); grouping
+    /// by length keeps the padding small (one batch for all ten documents of a HotpotQA
+    /// question spent 40 % of its rows on padding).
+    pub fn compress_scored(&self, chunks: Vec<ChunkInput>) -> Compressed {
+        let lens: Vec<usize> = chunks.iter().map(|c| c.embeds.dims()[1]).collect();
+        let chunk_vectors: Vec<usize> = chunks
+            .iter()
+            .map(|c| self.vectors_for(c.document.len()))
+            .collect();
         let mut order: Vec<usize> = (0..chunks.len()).collect();
         order.sort_by_key(|&i| lens[i]);
-        let mut chunks: Vec<Option<Tensor<3>>> = chunks.into_iter().map(Some).collect();
+        let mut chunks: Vec<Option<ChunkInput>> = chunks.into_iter().map(Some).collect();
         let mut states: Vec<Option<ChunkStates>> = vec![None; chunks.len()];
         let mut rest = order.as_slice();
         while let Some(&first) = rest.first() {
@@ -312,41 +391,46 @@ impl Compressor {
             })
             .unzip();
         let memory_states = Tensor::cat(memory_states, 0);
-        let mut memory = match &self.projector {
+        let memory = match &self.projector {
             Some(p) => p.forward(memory_states),
             None => memory_states,
         };
-        if let Some(norm) = &self.memory_norm {
-            memory = norm.forward(memory);
-        }
         let scores = self.rerank.as_ref().map(|head| {
             let rr: Vec<Tensor<2>> = rr_states.into_iter().map(|r| r.expect("RR")).collect();
             head.score(Tensor::cat(rr, 0))
         });
-        Compressed { memory, scores }
+        Compressed {
+            memory,
+            chunk_vectors,
+            scores,
+        }
     }
 
-    /// The hidden states at the memory tokens (and at `RR`) of each chunk, run as one batch of
-    /// rows `[query; chunk; MEM_1..MEM_L; RR; padding]`: padding after them leaves them where
-    /// a lone chunk would have them (causal layers never see it; the encoder masks it), so a
-    /// batch gives a lone chunk's states. `RR` comes after the memory tokens, so that in the
-    /// decoder it sees them and they do not see it.
-    fn padded_batch(&self, chunks: Vec<Tensor<3>>) -> Vec<ChunkStates> {
-        let l = self.num_memory_tokens();
-        let mut tail = vec![self.memory.val().unsqueeze::<3>()];
+    /// The memory states (and the `RR` state) of each chunk, run as one batch of rows
+    /// `[query; chunk; MEM_1..MEM_L (memory tokens only); RR; padding]`: padding after them
+    /// leaves them where a lone chunk would have them (causal layers never see it; the
+    /// encoder masks it), so a batch gives a lone chunk's states. `RR` comes last, so that in
+    /// the decoder it sees the chunk and the memory tokens and they do not see it.
+    fn padded_batch(&self, chunks: Vec<ChunkInput>) -> Vec<ChunkStates> {
+        let device = self.device();
+        let mut tail = Vec::new();
+        if let Some(memory) = &self.memory {
+            tail.push(memory.val().unsqueeze::<3>());
+        }
         if let Some(head) = &self.rerank {
             tail.push(head.token.val().unsqueeze::<3>());
         }
-        let tail = Tensor::cat(tail, 1); // [1, L (+ 1), d]
-        let t = tail.dims()[1];
-        let lens: Vec<usize> = chunks.iter().map(|t| t.dims()[1]).collect();
+        let tail = (!tail.is_empty()).then(|| Tensor::cat(tail, 1)); // [1, L and/or 1, d]
+        let t = tail.as_ref().map_or(0, |t| t.dims()[1]);
+        let lens: Vec<usize> = chunks.iter().map(|c| c.embeds.dims()[1]).collect();
+        let documents: Vec<Range<usize>> = chunks.iter().map(|c| c.document.clone()).collect();
         let width = lens.iter().max().copied().unwrap_or(0) + t;
-        let device = self.memory.device();
         let rows: Vec<Tensor<3>> = chunks
             .into_iter()
-            .map(|tokens| {
-                let [_, n, d] = tokens.dims();
-                let mut parts = vec![tokens, tail.clone()];
+            .map(|c| {
+                let [_, n, d] = c.embeds.dims();
+                let mut parts = vec![c.embeds];
+                parts.extend(tail.clone());
                 if n + t < width {
                     parts.push(Tensor::zeros([1, width - n - t, d], &device));
                 }
@@ -374,17 +458,43 @@ impl Compressor {
                 bert.forward_word_embeds(x, mask)
             }
         };
-        lens.iter()
+        let memory: Vec<Tensor<2>> = match self.pool_rate {
+            0 => {
+                let l = self.max_vectors;
+                lens.iter()
+                    .enumerate()
+                    .map(|(i, &n)| {
+                        hidden
+                            .clone()
+                            .slice([i..i + 1, n..n + l, 0..d])
+                            .reshape([l, d])
+                    })
+                    .collect()
+            }
+            r => {
+                let pooled = segment_means(hidden.clone(), &documents, r);
+                let mut start = 0;
+                documents
+                    .iter()
+                    .map(|doc| {
+                        let v = self.vectors_for(doc.len());
+                        start += v;
+                        pooled.clone().slice([start - v..start, 0..d])
+                    })
+                    .collect()
+            }
+        };
+        let rr_at = self.memory.as_ref().map_or(0, |_| self.max_vectors);
+        memory
+            .into_iter()
+            .zip(&lens)
             .enumerate()
-            .map(|(i, &n)| ChunkStates {
-                memory: hidden
-                    .clone()
-                    .slice([i..i + 1, n..n + l, 0..d])
-                    .reshape([l, d]),
-                rr: (t > l).then(|| {
+            .map(|(i, (memory, &n))| ChunkStates {
+                memory,
+                rr: self.rerank.as_ref().map(|_| {
                     hidden
                         .clone()
-                        .slice([i..i + 1, n + l..n + l + 1, 0..d])
+                        .slice([i..i + 1, n + rr_at..n + rr_at + 1, 0..d])
                         .reshape([1, d])
                 }),
             })
@@ -400,7 +510,34 @@ impl Compressor {
     }
 }
 
-/// One chunk's backbone states: `[L, d]` at the memory tokens, `[1, d]` at `RR`.
+/// The means of `hidden` `[batch, width, d]` over segments of `r` positions of each row's
+/// `documents[i]` (a shorter last segment is averaged over what it has), rows in order:
+/// `[Σ segments, d]`. One product with a matrix of averaging weights, so that the gradient
+/// of every state is one pass.
+fn segment_means(hidden: Tensor<3>, documents: &[Range<usize>], r: usize) -> Tensor<2> {
+    let [batch, width, d] = hidden.dims();
+    let segments: usize = documents
+        .iter()
+        .map(|doc| doc.len().div_ceil(r).max(1))
+        .sum();
+    let mut weights = vec![0.0f32; segments * batch * width];
+    let mut row = 0;
+    for (i, doc) in documents.iter().enumerate() {
+        for seg in (doc.start..doc.end.max(doc.start + 1)).step_by(r) {
+            let end = (seg + r).min(doc.end.max(doc.start + 1));
+            for t in seg..end {
+                weights[row * batch * width + i * width + t] = 1.0 / (end - seg) as f32;
+            }
+            row += 1;
+        }
+    }
+    let device = hidden.device();
+    let weights =
+        Tensor::<2>::from_data(TensorData::new(weights, [segments, batch * width]), &device);
+    weights.matmul(hidden.reshape([batch * width, d]))
+}
+
+/// One chunk's backbone states: `[vectors, d]` for its memory, `[1, d]` at `RR`.
 #[derive(Clone)]
 struct ChunkStates {
     memory: Tensor<2>,
@@ -415,47 +552,6 @@ impl ModuleMapper for FreshCopy {
         // browser's WebGPU could not do synchronously.
         Param::from_tensor(param.val())
     }
-}
-
-/// Memory vectors read out as soft tokens: each becomes the mean of the generator's token
-/// embeddings under the distribution `softmax(norm(h) · Eᵀ)`, the generator's own output
-/// head applied to the compressor's state (a logit lens; SmolLM2 ties its head to its
-/// embeddings E). The untrained generator ignores the compressor's raw states (its loss is
-/// the same without them); a mixture of its own token embeddings it reads as text.
-#[derive(Module, Debug)]
-pub struct SoftTokens {
-    /// Starts as the generator's final norm and trains with the compressor.
-    pub norm: RmsNorm,
-}
-
-impl SoftTokens {
-    fn new(generator: &Llama) -> Self {
-        Self {
-            norm: generator.norm.clone().map(&mut FreshCopy),
-        }
-    }
-
-    /// `[n, d]` states and the generator's embeddings `[vocab, d]` -> `[n, d]` soft tokens.
-    pub fn forward(&self, states: Tensor<2>, embeddings: Tensor<2>) -> Tensor<2> {
-        let logits = self
-            .norm
-            .forward(states)
-            .matmul(embeddings.clone().transpose());
-        softmax(logits, 1).matmul(embeddings)
-    }
-}
-
-/// An RMS norm whose gain starts at the RMS of `generator`'s token embeddings. The backbone's
-/// hidden states at the memory tokens are 10-40x longer than token embeddings, so the
-/// generator's residual stream at the memory positions stays what the compressor wrote
-/// through all its layers instead of evolving as a token's would. Computed on the device
-/// (no read), so that the browser can build it too.
-fn memory_norm(generator: &Llama, device: &Device) -> RmsNorm {
-    let d = generator.hidden_size();
-    let mut norm = RmsNormConfig::new(d).init(device);
-    let rms = generator.embed_tokens.weight.val().square().mean().sqrt();
-    norm.gamma = Param::from_tensor(Tensor::ones([d], device) * rms.expand([d]));
-    norm
 }
 
 /// Memory tokens start as small random vectors (the scale of token embeddings).

@@ -1,6 +1,6 @@
 //! Greedy and sampled decoding with a KV cache and stop tokens.
 
-use crate::llama::{KvCache, Llama};
+use crate::llama::{KvCache, Llama, PromptInput};
 use burn::prelude::*;
 use burn::tensor::ExecutionError;
 use rand::rngs::StdRng;
@@ -187,13 +187,13 @@ pub async fn continue_from(
     Ok(out)
 }
 
-/// Continues several prompts at once, given as input embeddings `[1, n_i, hidden]` of
-/// different lengths (token embeddings, or compressed prompts): left-padded into one batch
-/// with the padding masked. RoPE depends only on the distance between positions, so a padded
-/// row answers as it would alone. Each row stops at its own stop token; returns each row's ids.
+/// Continues several prompts at once, given as generator inputs of different lengths (token
+/// embeddings, or compressed prompts): left-padded into one batch with the padding masked.
+/// RoPE depends only on the distance between positions, so a padded row answers as it would
+/// alone. Each row stops at its own stop token; returns each row's ids.
 pub async fn generate_batch(
     model: &Llama,
-    prompts: Vec<Tensor<3>>,
+    prompts: Vec<PromptInput>,
     stop_ids: &[u32],
     config: &GenerationConfig,
 ) -> Result<Vec<Vec<u32>>, ExecutionError> {
@@ -201,17 +201,10 @@ pub async fn generate_batch(
     if batch == 0 {
         return Ok(Vec::new());
     }
-    let device = prompts[0].device();
-    let lens: Vec<usize> = prompts.iter().map(|p| p.dims()[1]).collect();
+    let device = prompts[0].embeds.device();
+    let lens: Vec<usize> = prompts.iter().map(PromptInput::len).collect();
     let n = lens.iter().copied().max().unwrap_or(0);
-    let hidden = model.hidden_size();
-    let rows = prompts
-        .into_iter()
-        .map(|p| match n - p.dims()[1] {
-            0 => p,
-            pad => Tensor::cat(vec![Tensor::zeros([1, pad, hidden], &device), p], 1),
-        })
-        .collect();
+    let (x, inserted) = PromptInput::stack(prompts, n, true);
     let is_pad = |b: usize, k: usize| k < n - lens[b];
     // Real queries never see padding keys; padding queries may (they are never read, and a
     // row with every key masked could give NaN on some backends).
@@ -222,8 +215,9 @@ pub async fn generate_batch(
         Tensor::<4, Bool>::from_data(TensorData::new(values, [batch, 1, q, k]), &device)
     };
     let mut cache = KvCache::new(model.layers.len());
-    let h = model.forward_embeds(
-        Tensor::cat(rows, 0),
+    let h = model.forward_input(
+        x,
+        inserted,
         &mut cache,
         Some(mask(prefill_mask, n, n)),
         |_, _| {},

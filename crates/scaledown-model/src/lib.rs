@@ -20,6 +20,8 @@ mod oscar_tests;
 #[cfg(test)]
 mod pretraining_tests;
 #[cfg(test)]
+mod readout_tests;
+#[cfg(test)]
 mod rerank_tests;
 
 pub use burn;

@@ -6,9 +6,9 @@
 //! documents' text where the vectors are.
 
 use crate::bert::Bert;
-use crate::compressor::{Compressed, Compressor, CompressorConfig, CompressorType};
+use crate::compressor::{ChunkInput, Compressed, Compressor, CompressorConfig, CompressorType};
 use crate::generation::{GenerationConfig, PrefixCache, continue_from, generate_batch};
-use crate::llama::{KvCache, Llama};
+use crate::llama::{Inserted, KvCache, Llama, PromptInput};
 use crate::tokenizer::{SMOLLM2_SYSTEM_PROMPT, Tokenizer};
 use crate::training::TrainExample;
 use crate::weights::WeightError;
@@ -102,6 +102,8 @@ pub struct Encoded {
     pub chunks: Vec<Vec<u32>>,
     /// Length of the query before each chunk's document tokens.
     pub query_tokens: usize,
+    /// Tokens after each chunk's document tokens (the encoder's `[SEP]`).
+    pub tail_tokens: usize,
     /// Generator ids before and after the memory vectors.
     pub prefix: Vec<u32>,
     pub suffix: Vec<u32>,
@@ -112,6 +114,20 @@ pub struct Encoded {
 }
 
 impl Encoded {
+    /// Where each chunk's document tokens lie in its compressor input.
+    pub fn document_ranges(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        self.chunks
+            .iter()
+            .map(|c| self.query_tokens..c.len().saturating_sub(self.tail_tokens))
+    }
+
+    /// How many memory vectors `config`'s compressor makes of this input's chunks.
+    pub fn memory_vectors(&self, config: &CompressorConfig) -> usize {
+        self.document_ranges()
+            .map(|doc| config.vectors_for(doc.len()))
+            .sum()
+    }
+
     /// The first chunk of each document (None for a document without tokens): the chunk
     /// whose reranking score stands for the document, as it holds the title and opening.
     pub fn first_chunks(&self, documents: usize) -> Vec<Option<usize>> {
@@ -132,6 +148,7 @@ impl Encoded {
         Self {
             chunks: vec![],
             query_tokens: 0,
+            tail_tokens: 0,
             prefix: prompt,
             suffix: vec![],
             document_tokens: 0,
@@ -217,6 +234,7 @@ impl OscarTokenizers {
         Ok(Encoded {
             chunks,
             query_tokens: query.len(),
+            tail_tokens: tail.len(),
             prefix: gen_tok.encode(&chat_prefix())?,
             suffix: gen_tok.encode(&chat_suffix(question))?,
             document_tokens,
@@ -265,79 +283,40 @@ impl Oscar {
             let d = self.generator.hidden_size();
             let none = || Compressed {
                 memory: Tensor::zeros([0, d], &device),
+                chunk_vectors: vec![],
                 scores: None,
             };
             return encoded.iter().map(|_| none()).collect();
         }
-        let tokens = encoded
+        let inputs = encoded
             .iter()
-            .flat_map(|e| &e.chunks)
-            .map(|ids| {
-                self.compressor
-                    .embed(&self.generator, ids_tensor(ids, &device))
+            .flat_map(|e| e.chunks.iter().zip(e.document_ranges()))
+            .map(|(ids, document)| ChunkInput {
+                embeds: self
+                    .compressor
+                    .embed(&self.generator, ids_tensor(ids, &device)),
+                document,
             })
             .collect();
-        let mut all = self.compressor.compress_scored(tokens);
-        if let Some(soft) = &self.compressor.soft_tokens {
-            let embeddings = self.generator.embed_tokens.weight.val();
-            all.memory = soft.forward(all.memory, embeddings);
-        }
-        if self.compressor.pooled_segments > 0 {
-            all.memory = all.memory + self.segment_means(encoded);
-        }
+        let all = self.compressor.compress_scored(inputs);
         let [_, d] = all.memory.dims();
-        let l = self.compressor.num_memory_tokens();
-        let mut start = 0;
+        let (mut chunk, mut row) = (0, 0);
         encoded
             .iter()
             .map(|e| {
-                let end = start + e.chunks.len();
+                let n = e.chunks.len();
+                let chunk_vectors = all.chunk_vectors[chunk..chunk + n].to_vec();
+                let rows: usize = chunk_vectors.iter().sum();
                 let one = Compressed {
-                    memory: all.memory.clone().slice([start * l..end * l, 0..d]),
-                    scores: all.scores.clone().map(|s| s.slice(start..end)),
+                    memory: all.memory.clone().slice([row..row + rows, 0..d]),
+                    chunk_vectors,
+                    scores: all.scores.clone().map(|s| s.slice(chunk..chunk + n)),
                 };
-                start = end;
+                chunk += n;
+                row += rows;
                 one
             })
             .collect()
-    }
-
-    /// For each memory vector of `encoded`'s chunks, in order, the mean generator embedding of
-    /// the R document tokens it stands for (zero for a segment past the chunk's end):
-    /// `[chunks × L, width]`. The untrained generator attends to token embeddings, while it
-    /// ignores the compressor's states (its loss is the same without them).
-    fn segment_means(&self, encoded: &[&Encoded]) -> Tensor<2> {
-        let device = self.device();
-        let (l, r) = (
-            self.compressor.num_memory_tokens(),
-            self.compressor.pooled_segments,
-        );
-        let d = self.generator.hidden_size();
-        let rows: Vec<Tensor<2>> = encoded
-            .iter()
-            .flat_map(|e| e.chunks.iter().map(|ids| &ids[e.query_tokens..]))
-            .map(|piece| {
-                let mut padded = piece.to_vec();
-                padded.resize(l * r, 0);
-                let weights: Vec<f32> = (0..l * r)
-                    .map(|t| {
-                        let j = t / r;
-                        let n = piece.len().saturating_sub(j * r).min(r);
-                        if t < piece.len() { 1.0 / n as f32 } else { 0.0 }
-                    })
-                    .collect();
-                let w = Tensor::<1>::from_data(TensorData::new(weights, [l * r]), &device);
-                let embedded = self
-                    .generator
-                    .embed(ids_tensor(&padded, &device))
-                    .reshape([l * r, d]);
-                (embedded * w.unsqueeze_dim::<2>(1))
-                    .reshape([l, r, d])
-                    .sum_dim(1)
-                    .reshape([l, d])
-            })
-            .collect();
-        Tensor::cat(rows, 0)
     }
 
     /// The reranking head's score of each document `[documents]` (its first chunk's), or None
@@ -362,25 +341,56 @@ impl Oscar {
         ))
     }
 
-    /// The generator's input embeddings `[1, n, width]`: prefix, `memory` (the question's
-    /// memory vectors), suffix, then `continuation` (teacher-forced answer tokens) when given.
+    /// The generator's input `[1, n, width]`: prefix, `memory` (the question's memory
+    /// vectors, entering after the compressor's memory layer), suffix, then `continuation`
+    /// (teacher-forced answer tokens) when given.
     fn prompt_around(
         &self,
         encoded: &Encoded,
         memory: Tensor<2>,
         continuation: &[u32],
-    ) -> Tensor<3> {
-        let device = self.device();
+    ) -> PromptInput {
         let rest = [encoded.suffix.as_slice(), continuation].concat();
-        let mut parts = vec![self.generator.embed(ids_tensor(&encoded.prefix, &device))];
+        self.prompt_of(&encoded.prefix, memory, &rest)
+    }
+
+    /// `before` ids, `memory` `[m, width]`, `after` ids as the generator's input: zeros at
+    /// the memory positions in the embeddings, the memory in `inserted`.
+    fn prompt_of(&self, before: &[u32], memory: Tensor<2>, after: &[u32]) -> PromptInput {
+        let device = self.device();
+        let d = self.generator.hidden_size();
+        let m = memory.dims()[0];
+        let embed = |ids: &[u32]| self.generator.embed(ids_tensor(ids, &device));
+        let mut embeds = Vec::new();
+        let mut values = Vec::new();
+        if !before.is_empty() {
+            embeds.push(embed(before));
+            values.push(Tensor::zeros([1, before.len(), d], &device));
+        }
         // An input without chunks (`Encoded::full_text`) has no memory vectors.
-        if memory.dims()[0] > 0 {
-            parts.push(memory.unsqueeze::<3>());
+        if m > 0 {
+            embeds.push(Tensor::zeros([1, m, d], &device));
+            values.push(memory.unsqueeze::<3>());
         }
-        if !rest.is_empty() {
-            parts.push(self.generator.embed(ids_tensor(&rest, &device)));
+        if !after.is_empty() {
+            embeds.push(embed(after));
+            values.push(Tensor::zeros([1, after.len(), d], &device));
         }
-        Tensor::cat(parts, 1)
+        let embeds = Tensor::cat(embeds, 1);
+        if m == 0 {
+            return PromptInput::tokens(embeds);
+        }
+        let slots = (0..before.len() + m + after.len())
+            .map(|t| (before.len()..before.len() + m).contains(&t))
+            .collect();
+        PromptInput {
+            embeds,
+            inserted: Some(Inserted {
+                layer: self.compressor.memory_layer,
+                values: Tensor::cat(values, 1),
+                slots,
+            }),
+        }
     }
 
     /// Cross-entropy of each answer (ids, ending with `<|im_end|>`) after its compressed
@@ -427,27 +437,21 @@ impl Oscar {
                 rerank.push((scores - target).square().sum());
             }
         }
-        let prompts: Vec<Tensor<3>> = compressed
+        let prompts: Vec<PromptInput> = compressed
             .into_iter()
             .zip(examples)
             .map(|(c, ex)| {
                 self.prompt_around(&ex.encoded, c.memory, &ex.answer[..ex.answer.len() - 1])
             })
             .collect();
-        let lens: Vec<usize> = prompts.iter().map(|p| p.dims()[1]).collect();
+        let lens: Vec<usize> = prompts.iter().map(PromptInput::len).collect();
         let n = lens.iter().copied().max().unwrap_or(0);
         let d = self.generator.hidden_size();
-        let padded = prompts
-            .into_iter()
-            .map(|p| match n - p.dims()[1] {
-                0 => p,
-                pad => Tensor::cat(vec![p, Tensor::zeros([1, pad, d], &device)], 1),
-            })
-            .collect();
+        let (x, inserted) = PromptInput::stack(prompts, n, false);
         let mut cache = KvCache::new(self.generator.layers.len());
-        let hidden =
-            self.generator
-                .forward_embeds(Tensor::cat(padded, 0), &mut cache, None, |_, _| {});
+        let hidden = self
+            .generator
+            .forward_input(x, inserted, &mut cache, None, |_, _| {});
         // Position t predicts token t + 1: the last `a` positions of a prompt predict its answer.
         let rows = examples
             .iter()
@@ -534,14 +538,18 @@ impl Oscar {
         };
         let scores = read_f32s(scores).await?;
         let kept = top_documents(encoded, &scores, keep);
-        let l = self.compressor.num_memory_tokens();
-        let rows: Vec<i64> = encoded
+        let mut start = 0;
+        let mut rows: Vec<i64> = Vec::new();
+        for (d, &v) in encoded
             .chunk_documents
             .iter()
-            .enumerate()
-            .filter(|(_, d)| kept.contains(d))
-            .flat_map(|(c, _)| (c * l..(c + 1) * l).map(|r| r as i64))
-            .collect();
+            .zip(&compressed.chunk_vectors)
+        {
+            if kept.contains(d) {
+                rows.extend((start..start + v).map(|r| r as i64));
+            }
+            start += v;
+        }
         let n = rows.len();
         let device = self.device();
         let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &device);
@@ -576,9 +584,13 @@ impl Oscar {
     ) -> Result<Tensor<2>, ExecutionError> {
         let prompt = self.prompt_around(encoded, self.answer_memory(encoded).await?, continuation);
         let mut cache = KvCache::new(self.generator.layers.len());
-        let hidden = self
-            .generator
-            .forward_embeds(prompt, &mut cache, None, |_, _| {});
+        let hidden = self.generator.forward_input(
+            prompt.embeds,
+            prompt.inserted,
+            &mut cache,
+            None,
+            |_, _| {},
+        );
         let [_, n, d] = hidden.dims();
         let a = continuation.len() + 1;
         let logits = self.generator.logits(hidden.slice([0..1, n - a..n, 0..d]));
@@ -596,16 +608,14 @@ impl Oscar {
     ) -> Result<Vec<u32>, ExecutionError> {
         let device = self.device();
         let (mut cache, rest) = prefix.start(&self.generator, &encoded.prefix);
-        let mut parts = Vec::new();
-        if !rest.is_empty() {
-            parts.push(self.generator.embed(ids_tensor(rest, &device)));
-        }
-        parts.push(self.answer_memory(encoded).await?.unsqueeze::<3>());
-        parts.push(self.generator.embed(ids_tensor(&encoded.suffix, &device)));
-        let x = Tensor::cat(parts, 1);
-        let hidden = self
-            .generator
-            .forward_embeds(x, &mut cache, None, |_, _| {});
+        let prompt = self.prompt_of(rest, self.answer_memory(encoded).await?, &encoded.suffix);
+        let hidden = self.generator.forward_input(
+            prompt.embeds,
+            prompt.inserted,
+            &mut cache,
+            None,
+            |_, _| {},
+        );
         let [_, n, d] = hidden.dims();
         let logits = self
             .generator

@@ -3,7 +3,7 @@
 
 use crate::bert::BertConfig;
 use crate::checkpoint::{load_trainable, trainable_to_safetensors};
-use crate::compressor::{Compressor, CompressorConfig, CompressorType};
+use crate::compressor::{Compressor, CompressorConfig, CompressorType, Readout};
 use crate::generation::GenerationConfig;
 use crate::llama::LlamaConfig;
 use crate::oscar::{Encoded, Oscar};
@@ -12,7 +12,7 @@ use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::read_sync;
 
-fn config(compressor_type: CompressorType) -> CompressorConfig {
+pub(crate) fn config(compressor_type: CompressorType) -> CompressorConfig {
     CompressorConfig {
         compressor_type,
         num_layers: 1,
@@ -20,9 +20,7 @@ fn config(compressor_type: CompressorType) -> CompressorConfig {
         compression_rate: 4,
         projector: true,
         rerank: false,
-        memory_norm: false,
-        soft_tokens: false,
-        pooled_segments: false,
+        readout: Readout::MemoryTokens,
     }
 }
 
@@ -35,9 +33,14 @@ pub(crate) fn tiny_oscar(compressor_type: CompressorType, seed: u64) -> Oscar {
 
 /// Random compressor, memory tokens, projector and LoRA factors over `generator`.
 fn oscar_over(generator: crate::llama::Llama, compressor_type: CompressorType) -> Oscar {
+    oscar_with(generator, &config(compressor_type))
+}
+
+/// A random compressor of `cfg` and LoRA factors over `generator`.
+pub(crate) fn oscar_with(generator: crate::llama::Llama, cfg: &CompressorConfig) -> Oscar {
     let device = Device::flex();
-    let cfg = config(compressor_type);
-    let compressor = match compressor_type {
+    let cfg = cfg.clone();
+    let compressor = match cfg.compressor_type {
         CompressorType::NLayers => Compressor::from_generator(&cfg, &generator, &device),
         CompressorType::Encoder => {
             let bert = BertConfig::tiny(40).init(&device);
@@ -54,6 +57,7 @@ pub(crate) fn example() -> TrainExample {
     TrainExample {
         encoded: Encoded {
             query_tokens: 0,
+            tail_tokens: 0,
             chunks: vec![vec![1, 2, 3, 4, 5, 6], vec![1, 2, 7, 8]],
             prefix: vec![10, 11],
             suffix: vec![12, 13, 14],
@@ -66,7 +70,7 @@ pub(crate) fn example() -> TrainExample {
     }
 }
 
-fn settings(steps: usize) -> TrainSettings {
+pub(crate) fn settings(steps: usize) -> TrainSettings {
     TrainSettings {
         compressor_lr: 3e-3,
         memory_lr: 3e-3,
@@ -80,7 +84,7 @@ fn settings(steps: usize) -> TrainSettings {
     }
 }
 
-fn loss_of(model: &Oscar, ex: &TrainExample) -> f32 {
+pub(crate) fn loss_of(model: &Oscar, ex: &TrainExample) -> f32 {
     model.valid().answer_loss(&[ex]).into_scalar::<f32>()
 }
 
@@ -114,7 +118,7 @@ fn memory_tokens_and_projector_follow_their_own_learning_rate() {
         }
         crate::compressor::Backbone::Encoder(_) => unreachable!("n_layers"),
     };
-    let memory = |m: &Oscar| flat(m.compressor.memory.val());
+    let memory = |m: &Oscar| flat(m.compressor.memory.as_ref().unwrap().val());
     let projector = |m: &Oscar| flat(m.compressor.projector.as_ref().unwrap().fc1.weight.val());
     for (compressor_lr, memory_lr) in [(0.0, 3e-3), (3e-3, 0.0)] {
         let model = tiny_oscar(CompressorType::NLayers, 5).train();
@@ -205,10 +209,11 @@ fn checkpoint_round_trip_and_refusals() {
 #[test]
 fn a_nan_loss_stops_the_step_and_keeps_the_model() {
     let mut model = tiny_oscar(CompressorType::NLayers, 4);
-    let l = model.compressor.num_memory_tokens();
+    let l = model.compressor.max_vectors;
     let d = model.generator.hidden_size();
-    model.compressor.memory = model.compressor.memory.map(|m| m.mul_scalar(f32::NAN));
-    assert_eq!(model.compressor.memory.dims(), [l, d]);
+    let memory = model.compressor.memory.take().unwrap();
+    model.compressor.memory = Some(memory.map(|m| m.mul_scalar(f32::NAN)));
+    assert_eq!(model.compressor.memory.as_ref().unwrap().dims(), [l, d]);
     let mut trainer = Trainer::new(settings(5));
     let (_, result) = read_sync(trainer.step(model.train(), &[&example()]));
     assert!(
@@ -267,6 +272,8 @@ fn full_text_examples_fine_tune_the_generator_alone() {
     let memory = |m: &Oscar| -> Vec<f32> {
         m.compressor
             .memory
+            .as_ref()
+            .unwrap()
             .val()
             .inner()
             .to_data()
@@ -467,7 +474,7 @@ fn a_padded_batch_answers_as_each_question_alone() {
     let prompts: [&[u32]; 3] = [&[5, 6, 7], &[8], &[9, 10, 11, 12, 13, 14]];
     let embeds = prompts
         .iter()
-        .map(|p| g.embed(crate::oscar::ids_tensor(p, &device)))
+        .map(|p| crate::llama::PromptInput::tokens(g.embed(crate::oscar::ids_tensor(p, &device))))
         .collect();
     let batched = read_sync(generate_batch(g, embeds, &[], &config)).unwrap();
     for (b, p) in batched.iter().zip(prompts) {
@@ -476,93 +483,4 @@ fn a_padded_batch_answers_as_each_question_alone() {
             &read_sync(generate(g, p, &[], &config, &device)).unwrap()
         );
     }
-}
-
-#[test]
-fn the_memory_norm_brings_memory_vectors_to_the_token_embeddings_scale() {
-    let device = Device::flex();
-    device.seed(4);
-    let generator = LlamaConfig::tiny(40).init(&device);
-    let rms = |t: Tensor<2>| t.square().mean().sqrt().into_scalar::<f32>();
-    let embeddings = rms(generator.embed_tokens.weight.val());
-    let cfg = CompressorConfig {
-        memory_norm: true,
-        ..config(CompressorType::NLayers)
-    };
-    let compressor = Compressor::from_generator(&cfg, &generator, &device);
-    let model = Oscar {
-        compressor,
-        generator: generator.no_grad(),
-    }
-    .train();
-    let memory = model.valid().memory_vectors(&example().encoded);
-    assert_eq!(memory.dims(), [4, 64]);
-    let got = rms(memory);
-    assert!(
-        (got - embeddings).abs() < 1e-3 * embeddings,
-        "{got} vs {embeddings}"
-    );
-    // Its gain is a trained weight, so a checkpoint carries it.
-    let bytes = trainable_to_safetensors(&model);
-    let names = String::from_utf8_lossy(&bytes);
-    assert!(names.contains("compressor.memory_norm.gamma"));
-}
-
-#[test]
-fn pooled_segments_add_each_segments_mean_token_embedding() {
-    let device = Device::flex();
-    device.seed(6);
-    let generator = LlamaConfig::tiny(40).init(&device);
-    let cfg = |pooled_segments| CompressorConfig {
-        pooled_segments,
-        ..config(CompressorType::NLayers)
-    };
-    let with = Compressor::from_generator(&cfg(true), &generator, &device);
-    // The same compressor weights without the pooling.
-    let without = Compressor {
-        pooled_segments: 0,
-        ..with.clone()
-    };
-    let oscar = |compressor| Oscar {
-        compressor,
-        generator: generator.clone(),
-    };
-    // Query of 2 tokens, then 6 document tokens: segments of 4 (rate 4) hold 4 and 2 of them;
-    // the second chunk has 1 document token, so its second segment is empty.
-    let encoded = Encoded {
-        chunks: vec![vec![1, 2, 3, 4, 5, 6, 7, 8], vec![1, 2, 9]],
-        query_tokens: 2,
-        prefix: vec![10],
-        suffix: vec![11],
-        document_tokens: 7,
-        chunk_documents: vec![0, 0],
-    };
-    let added = oscar(with).memory_vectors(&encoded) - oscar(without).memory_vectors(&encoded);
-    let mean = |ids: &[i64]| {
-        let n = ids.len();
-        let t = Tensor::<1, Int>::from_data(TensorData::new(ids.to_vec(), [n]), &device);
-        generator.embed_tokens.weight.val().select(0, t).mean_dim(0)
-    };
-    let expected = Tensor::cat(
-        vec![
-            mean(&[3, 4, 5, 6]),
-            mean(&[7, 8]),
-            mean(&[9]),
-            Tensor::zeros([1, 64], &device),
-        ],
-        0,
-    );
-    let err = (added - expected).abs().max().into_scalar::<f32>();
-    assert!(err < 1e-5, "{err}");
-    assert!(cfg(true).validate(2).is_ok());
-    let encoder = CompressorConfig {
-        compressor_type: CompressorType::Encoder,
-        ..cfg(true)
-    };
-    assert!(
-        encoder
-            .validate(2)
-            .unwrap_err()
-            .contains("--pooled-segments")
-    );
 }

@@ -1,7 +1,7 @@
 //! Pretraining on a tiny random OSCAR: each objective builds the examples it promises, and
 //! training on them lowers their loss.
 
-use crate::compressor::{Compressor, CompressorConfig, CompressorType};
+use crate::compressor::{Compressor, CompressorConfig, CompressorType, Readout};
 use crate::llama::LlamaConfig;
 use crate::oscar::{Oscar, OscarTokenizers};
 use crate::pretraining::{
@@ -34,9 +34,7 @@ fn config() -> CompressorConfig {
         compression_rate: 4,
         projector: true,
         rerank: false,
-        memory_norm: false,
-        soft_tokens: false,
-        pooled_segments: false,
+        readout: Readout::MemoryTokens,
     }
 }
 
@@ -114,13 +112,13 @@ fn each_objective_lowers_its_loss() {
 /// Documents of random words that only the memory can tell apart: after auto-encoding
 /// training, a document is restated better from its own memory than from another's (the
 /// gradient reaches the compressor through the generator, and the generator learns to read it),
-/// with the projector's memory vectors and with soft tokens.
+/// with OSCAR's memory tokens and with pooled states entering after the compressor's layer.
 #[test]
 fn auto_encoding_teaches_the_generator_to_read_its_memory() {
     auto_encoding_opens_the_memory_gap(config());
     auto_encoding_opens_the_memory_gap(CompressorConfig {
+        readout: Readout::Pooled,
         projector: false,
-        soft_tokens: true,
         ..config()
     });
 }

@@ -1,7 +1,7 @@
 //! OSCAR's reranking head on a tiny random config: the reranking loss moves the scores
 //! toward the teacher's order, and answers that keep the top documents read only theirs.
 
-use crate::compressor::{CompressorConfig, CompressorType};
+use crate::compressor::{CompressorConfig, CompressorType, Readout};
 use crate::generation::GenerationConfig;
 use crate::llama::{Llama, LlamaConfig};
 use crate::oscar::{Encoded, LoraSettings, Oscar};
@@ -26,9 +26,7 @@ fn reranking_oscar_over(generator: Llama) -> Oscar {
         compression_rate: 4,
         projector: true,
         rerank: true,
-        memory_norm: false,
-        soft_tokens: false,
-        pooled_segments: false,
+        readout: Readout::MemoryTokens,
     };
     let lora = LoraSettings {
         rank: 4,
@@ -41,6 +39,7 @@ fn reranking_oscar_over(generator: Llama) -> Oscar {
 fn encoded(documents: usize) -> Encoded {
     Encoded {
         query_tokens: 0,
+        tail_tokens: 0,
         chunks: (0..documents)
             .map(|d| vec![1, 2, 5 + (d as u32 * 3) % 30, 6 + d as u32, 9])
             .collect(),

@@ -253,25 +253,21 @@ fn grad_sq_sum(model: &Oscar, grads_c: &GradientsParams, grads_g: &GradientsPara
     v.sum.unwrap_or_else(|| Tensor::zeros([1], &device))
 }
 
-/// Moves the gradients of the memory tokens, projector, reranking head and memory norm out of
+/// Moves the gradients of the memory tokens, projector and reranking head out of
 /// `grads`.
 fn take_memory_grads(compressor: &Compressor, grads: &mut GradientsParams) -> GradientsParams {
     let mut taken = Take {
         from: grads,
         to: GradientsParams::new(),
     };
-    taken.visit_float(&compressor.memory);
+    if let Some(memory) = &compressor.memory {
+        taken.visit_float(memory);
+    }
     if let Some(projector) = &compressor.projector {
         projector.visit(&mut taken);
     }
     if let Some(head) = &compressor.rerank {
         head.visit(&mut taken);
-    }
-    if let Some(norm) = &compressor.memory_norm {
-        norm.visit(&mut taken);
-    }
-    if let Some(soft) = &compressor.soft_tokens {
-        soft.visit(&mut taken);
     }
     taken.to
 }

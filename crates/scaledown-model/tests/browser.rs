@@ -5,7 +5,7 @@
 
 use burn::module::Module;
 use burn::prelude::*;
-use scaledown_model::compressor::{CompressorConfig, CompressorType};
+use scaledown_model::compressor::{CompressorConfig, CompressorType, Readout};
 use scaledown_model::generation::{GenerationConfig, generate, read_floats};
 use scaledown_model::llama::{KvCache, LlamaConfig};
 use scaledown_model::oscar::{Encoded, LoraSettings, Oscar};
@@ -60,9 +60,7 @@ async fn webgpu_matches_the_cpu_backend_generates_and_trains() {
         compression_rate: 4,
         projector: true,
         rerank: false,
-        memory_norm: false,
-        soft_tokens: false,
-        pooled_segments: false,
+        readout: Readout::MemoryTokens,
     };
     let lora = LoraSettings {
         rank: 4,
@@ -72,6 +70,7 @@ async fn webgpu_matches_the_cpu_backend_generates_and_trains() {
     let example = TrainExample {
         encoded: Encoded {
             query_tokens: 0,
+            tail_tokens: 0,
             chunks: vec![vec![5, 6, 7, 8, 9, 10, 11, 12, 13], vec![5, 6, 14, 15]],
             prefix: vec![1, 2, 3],
             suffix: vec![4, 5],

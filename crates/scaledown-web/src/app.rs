@@ -276,7 +276,7 @@ fn show_model(p: &Playground) {
     dom::set_text(
         "compression",
         &format!(
-            "{} memory vectors per {}-token chunk: rate {}",
+            "up to {} memory vectors per {}-token chunk: rate {}",
             c.num_memory_tokens,
             c.chunk_tokens(),
             c.compression_rate

@@ -7,7 +7,7 @@ use scaledown_data::schema::Example;
 use scaledown_model::bert::bert_from_safetensors;
 use scaledown_model::burn::prelude::*;
 use scaledown_model::checkpoint::{OscarSetup, load_trainable};
-use scaledown_model::compressor::{CompressorConfig, CompressorType};
+use scaledown_model::compressor::{CompressorConfig, CompressorType, Readout};
 use scaledown_model::generation::{GenerationConfig, generate};
 use scaledown_model::llama::{Llama, LlamaConfig, llama_from_gguf};
 use scaledown_model::oscar::{
@@ -22,7 +22,7 @@ use web_time::Instant;
 /// Words in the tiny model's vocabulary (besides the prompt template's).
 pub const TINY_VOCAB: usize = 3000;
 
-/// The tiny model: a 2-layer generator, a 1-layer compressor copy, 4 memory tokens per
+/// The tiny model: a 2-layer generator, a 1-layer compressor copy, up to 4 pooled memory vectors per
 /// 64-token chunk (rate 16), LoRA rank 4.
 pub fn tiny_compressor() -> CompressorConfig {
     CompressorConfig {
@@ -30,11 +30,9 @@ pub fn tiny_compressor() -> CompressorConfig {
         num_layers: 1,
         num_memory_tokens: 4,
         compression_rate: 16,
+        readout: Readout::Pooled,
         projector: false,
         rerank: false,
-        memory_norm: false,
-        soft_tokens: false,
-        pooled_segments: false,
     }
 }
 
@@ -159,8 +157,8 @@ impl Playground {
             model,
             base_generator: generator,
             description: format!(
-                "tiny random model: 2 layers, width 64, {} words; compressor: 1 layer, {} \
-                 memory tokens per {}-token chunk",
+                "tiny random model: 2 layers, width 64, {} words; compressor: 1 layer, up to \
+                 {} memory vectors per {}-token chunk",
                 tokenizer.vocab_size(),
                 config.num_memory_tokens,
                 config.chunk_tokens()
@@ -242,12 +240,13 @@ impl Playground {
             model,
             base_generator: generator,
             description: format!(
-                "generator: {} layers, width {}; {} {} compressor, {} memory tokens per \
+                "generator: {} layers, width {}; {} {} compressor, {} readout, up to {} memory vectors per \
                  {}-token chunk",
                 gen_config.num_hidden_layers,
                 gen_config.hidden_size,
                 checkpoint,
                 config.compressor_type,
+                config.readout,
                 config.num_memory_tokens,
                 config.chunk_tokens()
             ),
@@ -448,7 +447,7 @@ impl Playground {
             .encode(&self.config, question, &Self::documents(&ex))
             .map_err(err)?;
         let answer = self.answer_compressed(model, &ex).await?;
-        let vectors = encoded.chunks.len() * self.config.num_memory_tokens;
+        let vectors = encoded.memory_vectors(&self.config);
         Ok(Compressed {
             document_tokens: encoded.document_tokens,
             chunks: encoded.chunks.len(),
@@ -520,10 +519,10 @@ mod tests {
         assert_eq!(c.document_tokens, 80);
         assert_eq!(
             (c.chunks, c.vectors),
-            (2, 8),
-            "64-token chunks, 4 vectors each"
+            (2, 5),
+            "64-token chunks, one pooled vector per 16 tokens"
         );
-        assert_eq!(c.rate, 10.0);
+        assert_eq!(c.rate, 16.0);
         assert!(read_sync(p.compress_text(&model, "q", " ")).is_err());
     }
 

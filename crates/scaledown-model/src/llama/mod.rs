@@ -2,6 +2,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod input;
 pub mod load;
 pub mod lora;
 pub mod model;
@@ -9,6 +10,7 @@ pub mod rope;
 
 pub use cache::KvCache;
 pub use config::LlamaConfig;
+pub use input::{Inserted, PromptInput};
 pub use load::{llama_from_gguf, llama_from_safetensors};
 pub use model::Llama;
 

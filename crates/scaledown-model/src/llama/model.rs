@@ -2,6 +2,7 @@
 
 use super::cache::KvCache;
 use super::config::LlamaConfig;
+use super::input::Inserted;
 use super::lora::Projection;
 use super::rope::Rope;
 use burn::nn::{
@@ -296,20 +297,63 @@ impl Llama {
         x: Tensor<3>,
         cache: &mut KvCache,
         mask: Option<Tensor<4, Bool>>,
+        observe: impl FnMut(usize, &Tensor<3>),
+    ) -> Tensor<3> {
+        self.forward_input(x, None, cache, mask, observe)
+    }
+
+    /// [`Llama::forward_embeds`] with vectors that enter the residual stream after layer
+    /// `inserted.layer` instead of at the input (`x` is zero at their positions). The layers
+    /// below never see those positions, in this pass or in later ones over `cache`; the
+    /// layers from `inserted.layer` on read them as any other position.
+    /// - x: `[batch, seq, hidden]`; mask: `[batch, 1, seq, past + seq]`, true where a key must
+    ///   not be seen (padding).
+    pub fn forward_input(
+        &self,
+        x: Tensor<3>,
+        inserted: Option<Inserted>,
+        cache: &mut KvCache,
+        mask: Option<Tensor<4, Bool>>,
         mut observe: impl FnMut(usize, &Tensor<3>),
     ) -> Tensor<3> {
         // Read once: the cache grows layer by layer during this pass.
         let start = cache.len();
-        let end = start + x.dims()[1];
+        let [batch, seq, _] = x.dims();
+        let end = start + seq;
         assert!(
             end <= self.rope.max_len(),
             "sequence of {end} tokens exceeds the context length {}",
             self.rope.max_len()
         );
-        observe(0, &x);
-        let mut h = x;
+        let device = x.device();
+        let (mut h, late) = match inserted {
+            Some(ins) if ins.layer == 0 => (x + ins.values, None),
+            Some(ins) => (x, Some(ins)),
+            None => (x, None),
+        };
+        let below = cache.late_mask(
+            batch,
+            seq,
+            late.as_ref().map(|l| (l.layer, l.slots.as_slice())),
+            &device,
+        );
+        let below = below.map(|(layer, late_keys)| {
+            let m = match &mask {
+                Some(m) => m.clone().bool_or(late_keys),
+                None => late_keys,
+            };
+            (layer, m)
+        });
+        observe(0, &h);
         for (i, block) in self.layers.iter().enumerate() {
-            h = block.forward(h, &self.rope, start, i, cache, mask.clone());
+            if let Some(l) = late.as_ref().filter(|l| l.layer == i) {
+                h = h * l.keep(batch, seq, &device) + l.values.clone();
+            }
+            let m = match &below {
+                Some((layer, m)) if i < *layer => Some(m.clone()),
+                _ => mask.clone(),
+            };
+            h = block.forward(h, &self.rope, start, i, cache, m);
             observe(i + 1, &h);
         }
         self.norm.forward(h)

@@ -36,6 +36,10 @@ impl Rope {
         }
     }
 
+    pub fn device(&self) -> Device {
+        self.cos.device()
+    }
+
     pub fn max_len(&self) -> usize {
         self.cos.dims()[0]
     }

@@ -1,0 +1,229 @@
+//! The pooled readout on tiny random configs: what a memory vector is, where it enters the
+//! generator, and that batching, caching, training and checkpoints keep it.
+
+use crate::checkpoint::{load_trainable, trainable_to_safetensors};
+use crate::compressor::{Backbone, CompressorConfig, CompressorType, Readout};
+use crate::generation::{GenerationConfig, PrefixCache, argmax};
+use crate::llama::{Inserted, KvCache, LlamaConfig};
+use crate::oscar::{Encoded, Oscar, ids_tensor};
+use crate::oscar_tests::{config, example, loss_of, oscar_with, settings};
+use crate::training::Trainer;
+use burn::prelude::*;
+use burn::tensor::read_sync;
+
+fn pooled(compressor_type: CompressorType) -> CompressorConfig {
+    CompressorConfig {
+        readout: Readout::Pooled,
+        projector: compressor_type == CompressorType::Encoder,
+        ..config(compressor_type)
+    }
+}
+
+fn tiny_pooled(compressor_type: CompressorType, seed: u64) -> Oscar {
+    let device = Device::flex();
+    device.seed(seed);
+    oscar_with(
+        LlamaConfig::tiny(40).init(&device),
+        &pooled(compressor_type),
+    )
+}
+
+fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+    (a - b).abs().max().into_scalar()
+}
+
+#[test]
+fn a_pooled_vector_is_the_mean_of_its_segments_layer_k_states() {
+    let model = tiny_pooled(CompressorType::NLayers, 2).for_inference();
+    assert_eq!(model.compressor.memory_layer, 1, "after the copied layer");
+    assert!(model.compressor.memory.is_none() && model.compressor.projector.is_none());
+    // A query of 2 tokens, then 6 document tokens: segments of 4 (rate 4) hold 4 and 2.
+    let encoded = Encoded {
+        chunks: vec![vec![1, 2, 3, 4, 5, 6, 7, 8]],
+        query_tokens: 2,
+        chunk_documents: vec![0],
+        ..example().encoded
+    };
+    let memory = model.memory_vectors(&encoded);
+    assert_eq!(
+        memory.dims(),
+        [2, 64],
+        "one vector per 4 tokens, a short last one"
+    );
+    assert_eq!(encoded.memory_vectors(&pooled(CompressorType::NLayers)), 2);
+    let Backbone::Decoder(stack) = &model.compressor.backbone else {
+        unreachable!("n_layers")
+    };
+    let device = Device::flex();
+    let x = model
+        .generator
+        .embed(ids_tensor(&encoded.chunks[0], &device));
+    let states = stack.layers[0].forward(x, &stack.rope, 0, 0, &mut KvCache::new(1), None);
+    let mean = |r: std::ops::Range<usize>| {
+        states
+            .clone()
+            .slice([0..1, r, 0..64])
+            .mean_dim(1)
+            .reshape([1, 64])
+    };
+    let expected = Tensor::cat(vec![mean(2..6), mean(6..8)], 0);
+    let err = max_diff(memory, expected);
+    assert!(err < 1e-5, "{err}");
+}
+
+#[test]
+fn pooled_chunks_in_one_padded_batch_equal_chunks_alone() {
+    for compressor_type in [CompressorType::NLayers, CompressorType::Encoder] {
+        let model = tiny_pooled(compressor_type, 3).for_inference();
+        let encoded = Encoded {
+            chunks: vec![vec![1, 2, 3, 4, 5, 6], vec![1, 2, 7], vec![9, 8, 7, 6, 5]],
+            query_tokens: 1,
+            chunk_documents: vec![0, 0, 1],
+            ..example().encoded
+        };
+        let batched = model.memory_vectors(&encoded);
+        let alone: Vec<Tensor<2>> = encoded
+            .chunks
+            .iter()
+            .map(|ids| {
+                let one = Encoded {
+                    chunks: vec![ids.clone()],
+                    chunk_documents: vec![0],
+                    ..encoded.clone()
+                };
+                model.memory_vectors(&one)
+            })
+            .collect();
+        // 5, 2 and 4 document tokens at rate 4: 2 + 1 + 1 vectors.
+        assert_eq!(batched.dims(), [4, model.generator.hidden_size()]);
+        let diff = max_diff(batched, Tensor::cat(alone, 0));
+        assert!(diff < 1e-5, "{compressor_type}: batched differs by {diff}");
+    }
+}
+
+/// The generator's first k layers never see the memory positions: whatever the embeddings
+/// hold there, every output is the same; the memory itself changes what follows it.
+#[test]
+fn memory_positions_skip_the_generators_first_k_layers() {
+    let device = Device::flex();
+    device.seed(8);
+    let g = LlamaConfig::tiny(40).init(&device);
+    let (before, m, after) = (3, 2, 4);
+    let n = before + m + after;
+    let slots: Vec<bool> = (0..n).map(|t| (before..before + m).contains(&t)).collect();
+    let tokens = g.embed(ids_tensor(&[5, 6, 7, 0, 0, 8, 9, 10, 11], &device));
+    let keep = Tensor::<1>::from_data(
+        TensorData::new(
+            slots
+                .iter()
+                .map(|&s| if s { 0.0f32 } else { 1.0 })
+                .collect(),
+            [n],
+        ),
+        &device,
+    )
+    .reshape([1, n, 1]);
+    let tokens = tokens * keep.clone();
+    let values = |seed| {
+        device.seed(seed);
+        Tensor::<3>::random(
+            [1, n, 64],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        ) * (keep.clone().neg() + 1.0)
+    };
+    let run = |x: Tensor<3>, memory: Tensor<3>, layer: usize| {
+        let inserted = Inserted {
+            layer,
+            values: memory,
+            slots: slots.clone(),
+        };
+        g.forward_input(x, Some(inserted), &mut KvCache::new(2), None, |_, _| {})
+    };
+    let garbage = Tensor::<3>::random(
+        [1, n, 64],
+        burn::tensor::Distribution::Normal(0.0, 5.0),
+        &device,
+    ) * (keep.clone().neg() + 1.0);
+    let real = run(tokens.clone(), values(1), 1);
+    let with_garbage = run(tokens.clone() + garbage.clone(), values(1), 1);
+    let err = max_diff(real.clone(), with_garbage);
+    assert!(
+        err < 1e-5,
+        "layer 1 saw the memory positions' inputs: {err}"
+    );
+    // At the input (layer 0) the same garbage would be read.
+    let at_input = run(tokens.clone(), values(1), 0);
+    assert!(max_diff(at_input, run(tokens.clone() + garbage, values(1), 0)) > 1e-3);
+    // Other memory, other outputs after it; the prefix does not see it.
+    let other = run(tokens, values(2), 1);
+    let tail = |t: Tensor<3>| t.slice([0..1, before + m..n, 0..64]);
+    let head = |t: Tensor<3>| t.slice([0..1, 0..before, 0..64]);
+    assert!(max_diff(tail(real.clone()), tail(other.clone())) > 1e-3);
+    assert!(max_diff(head(real), head(other)) < 1e-6);
+}
+
+/// Greedy answers decoded with the KV cache (the memory positions have placeholder keys in
+/// the first k layers, hidden from every later token) equal the argmax of one uncached pass
+/// over the prompt and the answer; after a cached prefix and in a padded batch too.
+#[test]
+fn cached_pooled_generation_equals_uncached() {
+    let model = tiny_pooled(CompressorType::NLayers, 5).for_inference();
+    let device = Device::flex();
+    let config = GenerationConfig {
+        max_new_tokens: 6,
+        ..Default::default()
+    };
+    let questions: Vec<Encoded> = [1usize, 2, 3]
+        .iter()
+        .map(|&chunks| Encoded {
+            chunks: (0..chunks)
+                .map(|c| vec![1, 2, 3 + c as u32, 9, 4, 5])
+                .collect(),
+            chunk_documents: (0..chunks).collect(),
+            ..example().encoded
+        })
+        .collect();
+    let prefix = PrefixCache::new(&model.generator, &questions[0].prefix, &device);
+    let mut alone = Vec::new();
+    for e in &questions {
+        let cached = read_sync(model.answer(e, &[], &config)).unwrap();
+        let logits = read_sync(model.answer_logits(e, &cached)).unwrap();
+        let rows: Vec<f32> = logits.into_data().iter::<f32>().collect();
+        let uncached: Vec<u32> = rows.chunks(40).take(cached.len()).map(argmax).collect();
+        assert_eq!(cached, uncached);
+        let after_prefix = read_sync(model.answer_after(&prefix, e, &[], &config)).unwrap();
+        assert_eq!(after_prefix, cached);
+        alone.push(cached);
+    }
+    let batched = read_sync(model.answer_batch(&questions, &[], &config)).unwrap();
+    assert_eq!(batched, alone);
+}
+
+#[test]
+fn the_pooled_readout_trains_and_reloads() {
+    for compressor_type in [CompressorType::NLayers, CompressorType::Encoder] {
+        let device = Device::flex();
+        device.seed(1);
+        let generator = LlamaConfig::tiny(40).init(&device);
+        let cfg = pooled(compressor_type);
+        let mut model = oscar_with(generator.clone(), &cfg).train();
+        let ex = example();
+        let before = loss_of(&model, &ex);
+        let mut trainer = Trainer::new(settings(40));
+        for _ in 0..40 {
+            let (m, stats) = read_sync(trainer.step(model, &[&ex, &ex]));
+            model = m;
+            stats.unwrap();
+        }
+        let after = loss_of(&model, &ex);
+        assert!(
+            after < 0.5 * before,
+            "{compressor_type}: {before} -> {after}"
+        );
+        let bytes = trainable_to_safetensors(&model);
+        let reloaded = load_trainable(oscar_with(generator, &cfg), &bytes).unwrap();
+        let again = loss_of(&reloaded, &ex);
+        assert!((after - again).abs() < 1e-5, "{after} vs {again}");
+    }
+}
