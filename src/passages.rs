@@ -17,8 +17,8 @@ pub fn read(path: &Path) -> Result<Vec<String>> {
 }
 
 /// The documents of `path` (given with `flag`): JSON Lines (`.jsonl`/`.json`) with a `text`
-/// or `context` string or a KILT-style `paragraphs` list (titled by `wikipedia_title` or
-/// `title`), or plain text with passages separated by blank lines (untitled). A malformed
+/// or `context` string, HotpotQA's `context` paragraphs, or a KILT-style `paragraphs` list
+/// (titled by `wikipedia_title` or `title`), or plain text with passages separated by blank lines (untitled). A malformed
 /// line is an error that names the file and the line.
 pub fn read_documents(path: &Path, flag: &str) -> Result<Vec<Document>> {
     let text = std::fs::read_to_string(path)
@@ -70,6 +70,10 @@ fn line_documents(v: &Value) -> Result<Vec<Document>> {
     {
         return Ok(vec![titled(t)]);
     }
+    if let Some(context) = v.get("context").filter(|c| !c.is_string()) {
+        // HotpotQA's paragraphs, each with its own title.
+        return scaledown_data::sources::hotpot_documents(context).map_err(anyhow::Error::msg);
+    }
     match v.get("paragraphs").and_then(Value::as_array) {
         Some(ps) => ps
             .iter()
@@ -113,6 +117,17 @@ mod tests {
             "{\"context\": \"c1\"}\n\n{\"wikipedia_title\": \"Paris\", \"paragraphs\": [\"p1\", \"p2\"]}\n",
         );
         assert_eq!(read(&p).unwrap(), ["c1", "Paris\np1", "Paris\np2"]);
+        let p = write(
+            "hotpot.jsonl",
+            "{\"question\": \"q\", \"context\": [[\"Rhine\", [\"A river.\", \" Long.\"]], [\"Empty\", []]]}\n",
+        );
+        assert_eq!(read(&p).unwrap(), ["Rhine\nA river. Long."]);
+        let p = write("bad_hotpot.jsonl", "{\"context\": [[1, []]]}\n");
+        let e = format!("{:#}", read(&p).unwrap_err());
+        assert!(
+            e.contains("bad_hotpot.jsonl line 1") && e.contains("title"),
+            "{e}"
+        );
         let p = write("c.jsonl", "{\"text\": \"ok\"}\n{\"text\": \n");
         let e = format!("{:#}", read(&p).unwrap_err());
         assert!(

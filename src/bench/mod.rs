@@ -10,7 +10,6 @@ use anyhow::{Result, bail};
 use scaledown_data::Dataset;
 use scaledown_model::bert::Bert;
 use scaledown_model::burn::prelude::*;
-use scaledown_model::compressor::CompressorConfig;
 use scaledown_model::oscar::OscarTokenizers;
 use scaledown_model::tokenizer::Tokenizer;
 use serde_json::{Value, json};
@@ -255,8 +254,8 @@ pub fn run(
         let load = json!({
             "op": "load", "generator": generator, "minilm": minilm_dir,
             "random_weights": o.random_weights, "device": o.pytorch_device,
-            "threads": o.threads, "num_layers": CompressorConfig::oscar().num_layers,
-            "memory_tokens": CompressorConfig::oscar().num_memory_tokens,
+            "threads": o.threads, "num_layers": work::bench_compressor().num_layers,
+            "memory_tokens": work::bench_compressor().num_memory_tokens,
             "lora_rank": work::LORA.rank, "lora_alpha": work::LORA.alpha,
         });
         pytorch::PyTorch::start(py, o.threads, load)

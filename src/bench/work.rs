@@ -6,7 +6,7 @@ use scaledown_data::{Dataset, Example, parse_source};
 use scaledown_model::bert::Bert;
 use scaledown_model::burn::prelude::*;
 use scaledown_model::burn::tensor::read_sync;
-use scaledown_model::compressor::CompressorConfig;
+use scaledown_model::compressor::{CompressorConfig, Readout};
 use scaledown_model::generation::{
     GenerationConfig, PrefixCache, argmax, generate_after, generate_batch,
 };
@@ -120,7 +120,7 @@ pub fn answer_work(
     tokens: usize,
     batched: bool,
 ) -> Result<(Work, Work)> {
-    let config = CompressorConfig::oscar();
+    let config = bench_compressor();
     let mut prompts = Vec::new();
     let mut queries = Vec::new();
     for ex in examples {
@@ -143,9 +143,19 @@ pub fn answer_work(
     ))
 }
 
+/// The compressor that both sides run: OSCAR's memory-token readout, which the PyTorch worker
+/// implements (its twin of the pooled readout, the CLI's default, is still to be written).
+pub fn bench_compressor() -> CompressorConfig {
+    CompressorConfig {
+        readout: Readout::MemoryTokens,
+        projector: true,
+        ..CompressorConfig::oscar()
+    }
+}
+
 /// A training batch of real questions with their gold answers.
 pub fn train_work(tokenizers: &OscarTokenizers, examples: &[Example]) -> Result<Work> {
-    let config = CompressorConfig::oscar();
+    let config = bench_compressor();
     let batch = examples
         .iter()
         .map(|ex| {
@@ -205,7 +215,7 @@ impl Ours {
         minilm: Option<Bert>,
         device: &Device,
     ) -> Result<Self> {
-        let config = CompressorConfig::oscar();
+        let config = bench_compressor();
         let oscar =
             Oscar::assemble(&config, generator.clone(), None, None, device)?.for_inference();
         let training =

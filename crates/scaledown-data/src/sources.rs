@@ -257,12 +257,12 @@ fn squad_official(file: &str, doc: &Value) -> Result<Parsed, DataError> {
     finish(Dataset::Squad, file, parsed)
 }
 
-/// Official/shared `context: [[title, [sentences]]]` or HF `context: {title: [], sentences: [[]]}`.
-fn hotpot_row(row: &Value) -> Result<Example, String> {
-    let id = string(row, "_id").or_else(|_| string(row, "id"))?;
+/// The paragraphs of a HotpotQA `context`, in either layout (see [`hotpot_row`]), each titled;
+/// empty ones left out.
+pub fn hotpot_documents(context: &Value) -> Result<Vec<Document>, String> {
     let mut documents = Vec::new();
-    match row.get("context") {
-        Some(Value::Array(pairs)) => {
+    match context {
+        Value::Array(pairs) => {
             for p in pairs {
                 let title = p
                     .get(0)
@@ -275,7 +275,7 @@ fn hotpot_row(row: &Value) -> Result<Example, String> {
                 });
             }
         }
-        Some(Value::Object(o)) => {
+        Value::Object(o) => {
             let titles = strings(o.get("title").unwrap_or(&Value::Null), "context.title")?;
             let sentences = o
                 .get("sentences")
@@ -288,9 +288,16 @@ fn hotpot_row(row: &Value) -> Result<Example, String> {
                 });
             }
         }
-        _ => return Err("missing field `context`".into()),
+        _ => return Err("`context` is neither a list of [title, sentences] nor an object".into()),
     }
     documents.retain(|d| !d.text.is_empty());
+    Ok(documents)
+}
+
+/// Official/shared `context: [[title, [sentences]]]` or HF `context: {title: [], sentences: [[]]}`.
+fn hotpot_row(row: &Value) -> Result<Example, String> {
+    let id = string(row, "_id").or_else(|_| string(row, "id"))?;
+    let documents = hotpot_documents(row.get("context").ok_or("missing field `context`")?)?;
     Ok(Example {
         id,
         dataset: Dataset::HotpotQa.name().into(),
