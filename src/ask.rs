@@ -131,7 +131,7 @@ pub fn ask(a: AskArgs) -> Result<()> {
     eprintln!(
         "({} document tokens -> {} memory vectors, {:.0} ms)",
         encoded.document_tokens,
-        encoded.chunks.len() * setup.compressor.num_memory_tokens,
+        encoded.memory_vectors(&setup.compressor),
         start.elapsed().as_secs_f64() * 1000.0
     );
     Ok(())

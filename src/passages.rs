@@ -10,10 +10,35 @@ use std::path::Path;
 
 /// Passages of `path` for pretraining, each with its title first as documents are.
 pub fn read(path: &Path) -> Result<Vec<String>> {
-    Ok(read_documents(path, "--pretrain-data")?
+    Ok(read_outside(path, &[])?.0)
+}
+
+/// [`read`] without the passages of `held_out`'s articles (a document of theirs with the same
+/// title, or the same text when untitled), so that pretraining never sees an eval article;
+/// with how many passages were left out.
+pub fn read_outside(path: &Path, held_out: &[Example]) -> Result<(Vec<String>, usize)> {
+    let documents = held_out.iter().flat_map(|e| &e.documents);
+    let titles: HashSet<&str> = documents
+        .clone()
+        .filter(|d| !d.title.trim().is_empty())
+        .map(|d| d.title.as_str())
+        .collect();
+    let texts: HashSet<&str> = documents.map(|d| d.text.trim()).collect();
+    let all = read_documents(path, "--pretrain-data")?;
+    let total = all.len();
+    let kept: Vec<String> = all
         .iter()
+        .filter(|d| !titles.contains(d.title.as_str()) && !texts.contains(d.text.trim()))
         .map(|d| scaledown_model::oscar::document_text(&d.title, &d.text))
-        .collect())
+        .collect();
+    if kept.is_empty() {
+        bail!(
+            "--pretrain-data {}: every passage belongs to an eval article",
+            path.display()
+        );
+    }
+    let left_out = total - kept.len();
+    Ok((kept, left_out))
 }
 
 /// The documents of `path` (given with `flag`): JSON Lines (`.jsonl`/`.json`) with a `text`
@@ -140,6 +165,36 @@ mod tests {
             e.contains("d.jsonl line 1") && e.contains("no `text`"),
             "{e}"
         );
+        // Passages of held-out articles are left out, by title or by text.
+        let p = write(
+            "f.jsonl",
+            "{\"title\": \"Rhine\", \"text\": \"r\"}\n{\"text\": \"held\"}\n{\"title\": \"Oslo\", \"text\": \"o\"}\n",
+        );
+        let eval = Example {
+            id: "e".into(),
+            dataset: "squad".into(),
+            question: "q".into(),
+            documents: vec![
+                Document {
+                    title: "Rhine".into(),
+                    text: "other".into(),
+                },
+                Document {
+                    title: String::new(),
+                    text: "held".into(),
+                },
+            ],
+            answers: vec!["a".into()],
+            supporting_titles: vec![],
+            teacher_answer: None,
+        };
+        assert_eq!(
+            read_outside(&p, &[eval.clone()]).unwrap(),
+            (vec!["Oslo\no".to_string()], 2)
+        );
+        let p = write("g.jsonl", "{\"title\": \"Rhine\", \"text\": \"r\"}\n");
+        let e = format!("{:#}", read_outside(&p, &[eval]).unwrap_err());
+        assert!(e.contains("eval article"), "{e}");
         let p = write("e.txt", "\n\n");
         assert!(format!("{:#}", read(&p).unwrap_err()).contains("no passages"));
     }

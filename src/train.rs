@@ -68,7 +68,7 @@ pub struct TrainArgs {
     /// Generator layers in the n_layers compressor.
     #[arg(long, alias = "num_layers", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub num_layers: u32,
-    /// Memory tokens (vectors) per chunk: L.
+    /// Memory vectors per chunk: L (the pooled readout gives a short last chunk fewer).
     #[arg(long, alias = "num_memory_tokens", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub num_memory_tokens: u32,
     /// Document tokens per memory vector: R. Chunks hold L×R tokens.
@@ -102,9 +102,10 @@ pub struct TrainArgs {
     /// --batch-size passages.
     #[arg(long, default_value_t = 0)]
     pub pretrain_steps: u32,
-    /// Passages for pretraining: JSON Lines with a `text`, `context` or KILT `paragraphs`
-    /// field, or plain text with passages separated by blank lines (default: the documents of
-    /// the training examples, so that no eval article is seen).
+    /// Passages for pretraining: JSON Lines with a `text` or `context` string, HotpotQA's
+    /// `context` paragraphs or a KILT `paragraphs` field, or plain text with passages separated
+    /// by blank lines; passages of the eval examples' articles are left out (default: the
+    /// documents of the training examples).
     #[arg(long, value_name = "PATH")]
     pub pretrain_data: Option<PathBuf>,
     /// Pretraining objective: auto-encode (restate the compressed chunk), continue (write
@@ -286,7 +287,9 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         .eval_data
         .clone()
         .unwrap_or_else(|| prepare::eval_path(&a.train_data));
-    let mut eval = load_examples(&eval_file)?;
+    // All of the eval file's articles stay out of pretraining, also those not evaluated.
+    let held_out = load_examples(&eval_file)?;
+    let mut eval = held_out.clone();
     eval.truncate(a.max_eval_examples as usize);
 
     let generator = a
@@ -480,6 +483,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         tokenizers: &tokenizers,
         checkpoints: &checkpoints,
         compressor_lr,
+        held_out: &held_out,
     };
     model = pretrain.run(model, &train, &eval, &mut state)?;
 
@@ -707,6 +711,8 @@ struct Pretraining<'a> {
     tokenizers: &'a OscarTokenizers,
     checkpoints: &'a Path,
     compressor_lr: f64,
+    /// The whole eval file, whose articles pretraining must not see.
+    held_out: &'a [Example],
 }
 
 impl Pretraining<'_> {
@@ -725,7 +731,16 @@ impl Pretraining<'_> {
             return Ok(model);
         }
         let passages = match &a.pretrain_data {
-            Some(path) => passages::read(path)?,
+            Some(path) => {
+                let (kept, left_out) = passages::read_outside(path, self.held_out)?;
+                if left_out > 0 {
+                    println!(
+                        "pretraining: {left_out} passages of {} belong to eval articles and are left out",
+                        path.display()
+                    );
+                }
+                kept
+            }
             None => passages::of_examples(train),
         };
         let mut examples = Vec::new();
@@ -756,6 +771,7 @@ impl Pretraining<'_> {
         bar.set_position(state.pretrain_step as u64);
         let started = Instant::now();
         let seconds_before = state.pretrain_seconds;
+        let first_step = state.pretrain_step;
         while state.pretrain_step < total {
             let batch_examples = batch_at(&examples, state.pretrain_step, batch, a.seed);
             let (m, result) = read_sync(trainer.step(model, &batch_examples));
@@ -771,11 +787,23 @@ impl Pretraining<'_> {
                 .pretrain_losses
                 .push((state.pretrain_step, stats.loss));
             state.pretrain_seconds = seconds_before + started.elapsed().as_secs_f64();
-            bar.set_message(format!("pretraining loss {:.3}", stats.loss));
+            // Windows (pretraining examples) per second over this session's steps.
+            let windows_per_second = ((state.pretrain_step - first_step) * batch) as f64
+                / started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!(
+                "pretraining loss {:.3}, {windows_per_second:.2} windows/s",
+                stats.loss
+            ));
             bar.inc(1);
             let n = state.pretrain_step;
             if n.is_multiple_of(a.logging_steps as usize) || n == total {
-                bar.suspend(|| println!("pretraining step {n}/{total} loss {:.4}", stats.loss));
+                bar.suspend(|| {
+                    println!(
+                        "pretraining step {n}/{total} ({} windows) loss {:.4}, {windows_per_second:.2} windows/s",
+                        n * batch,
+                        stats.loss
+                    )
+                });
             }
             if a.eval_steps > 0 && n.is_multiple_of(a.eval_steps as usize) && n < total {
                 bar.suspend(|| self.probe(&model, &probe, state));

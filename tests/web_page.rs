@@ -512,7 +512,11 @@ fn the_page_answers_with_smollm2_and_a_checkpoint_fetched_by_url() {
     driver.wait_for(&["compressed"], Duration::from_secs(600));
     let answering = started.elapsed();
     let result = driver.text("own-result");
-    assert!(result.contains("8 memory vectors"), "{result}");
+    let vectors = format!(
+        "{} memory vectors",
+        encoded.memory_vectors(&setup.compressor)
+    );
+    assert!(result.contains(&vectors), "{vectors} in {result}");
     let (_, answer) = result
         .rsplit_once("): ")
         .unwrap_or_else(|| panic!("no answer in {result}"));
