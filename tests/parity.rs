@@ -158,3 +158,77 @@ fn smollm2_matches_pytorch_on_wgpu() {
 fn minilm_matches_pytorch_on_wgpu() {
     check_minilm(&Device::wgpu(Default::default()), 1e-4);
 }
+
+/// The pooled readout on wgpu (the browser's backend, here on llvmpipe): the memory vectors,
+/// their insertion after the compressor's layer (memory positions masked in the layers below,
+/// also in the KV cache while decoding) and the greedy answer agree with Flex.
+#[test]
+fn the_pooled_readout_answers_alike_on_wgpu_and_flex() {
+    use scaledown_model::burn::module::Module;
+    use scaledown_model::compressor::{CompressorConfig, CompressorType, Readout};
+    use scaledown_model::llama::LlamaConfig;
+    use scaledown_model::oscar::{Encoded, Oscar};
+    let flex = Device::flex();
+    flex.seed(3);
+    let config = CompressorConfig {
+        compressor_type: CompressorType::NLayers,
+        num_layers: 1,
+        num_memory_tokens: 2,
+        compression_rate: 4,
+        readout: Readout::Pooled,
+        projector: false,
+        rerank: false,
+    };
+    let generator = LlamaConfig::tiny(40).init(&flex);
+    let model = Oscar::assemble(&config, generator, None, None, &flex)
+        .unwrap()
+        .for_inference();
+    let gpu = Device::wgpu(Default::default());
+    let on_gpu = model.clone().to_device(&gpu);
+    let encoded = Encoded {
+        chunks: vec![vec![1, 2, 3, 4, 5, 6, 7], vec![1, 2, 8, 9]],
+        query_tokens: 2,
+        tail_tokens: 0,
+        prefix: vec![10, 11],
+        suffix: vec![12, 13],
+        document_tokens: 7,
+        chunk_documents: vec![0, 1],
+    };
+    let values = |t: Tensor<2>| t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+    let memory = (
+        values(model.memory_vectors(&encoded)),
+        values(on_gpu.memory_vectors(&encoded)),
+    );
+    assert_eq!(memory.0.len(), 3 * 64, "2 + 1 pooled vectors");
+    let diff = memory
+        .0
+        .iter()
+        .zip(&memory.1)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(diff < 1e-4, "memory vectors differ by {diff}");
+    let cfg = GenerationConfig {
+        max_new_tokens: 6,
+        ..Default::default()
+    };
+    let a = read_sync(model.answer(&encoded, &[], &cfg)).unwrap();
+    let logits = values(read_sync(on_gpu.answer_logits(&encoded, &a)).unwrap());
+    let cpu_logits = values(read_sync(model.answer_logits(&encoded, &a)).unwrap());
+    let diff = logits
+        .iter()
+        .zip(&cpu_logits)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    assert!(diff < 1e-3, "logits differ by {diff}");
+    // The cached decoding on wgpu picks, at every step, a token that Flex scores within the
+    // rounding noise of its best one (so that a near-tie may go either way).
+    let b = read_sync(on_gpu.answer(&encoded, &[], &cfg)).unwrap();
+    let rows = values(read_sync(model.answer_logits(&encoded, &b)).unwrap());
+    for (t, row) in rows.chunks(40).take(b.len()).enumerate() {
+        let best = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        assert!(
+            best - row[b[t] as usize] < 1e-3,
+            "step {t}: {b:?} vs Flex's {a:?}"
+        );
+    }
+}
