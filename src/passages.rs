@@ -189,7 +189,7 @@ mod tests {
             teacher_answer: None,
         };
         assert_eq!(
-            read_outside(&p, &[eval.clone()]).unwrap(),
+            read_outside(&p, std::slice::from_ref(&eval)).unwrap(),
             (vec!["Oslo\no".to_string()], 2)
         );
         let p = write("g.jsonl", "{\"title\": \"Rhine\", \"text\": \"r\"}\n");

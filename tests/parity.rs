@@ -194,7 +194,12 @@ fn the_pooled_readout_answers_alike_on_wgpu_and_flex() {
         document_tokens: 7,
         chunk_documents: vec![0, 1],
     };
-    let values = |t: Tensor<2>| t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+    let values = |t: Tensor<2>| {
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap()
+    };
     let memory = (
         values(model.memory_vectors(&encoded)),
         values(on_gpu.memory_vectors(&encoded)),
