@@ -72,17 +72,26 @@ fn windows_give_auto_encoding_and_continuation_examples() {
 fn each_objective_lowers_its_loss() {
     let tok = tokenizers();
     let device = Device::flex();
-    for objectives in [Objectives::AutoEncode, Objectives::Continue] {
+    let pooled = CompressorConfig {
+        readout: Readout::Pooled,
+        projector: false,
+        ..config()
+    };
+    let readouts = [config(), pooled];
+    for (objectives, config) in [Objectives::AutoEncode, Objectives::Continue]
+        .into_iter()
+        .flat_map(|o| readouts.iter().map(move |c| (o, c)))
+    {
         device.seed(3);
         let vocab = tok.generator.vocab_size();
         let generator = LlamaConfig::tiny(vocab).init(&device);
-        let compressor = Compressor::from_generator(&config(), &generator, &device);
+        let compressor = Compressor::from_generator(config, &generator, &device);
         let mut model = Oscar {
             compressor,
             generator: generator.no_grad().with_lora(4, 8.0),
         }
         .train();
-        let examples = passage_examples(&tok, &config(), PASSAGE, objectives).unwrap();
+        let examples = passage_examples(&tok, config, PASSAGE, objectives).unwrap();
         let batch: Vec<&TrainExample> = examples.iter().collect();
         let before = mean_loss(&model, &examples);
         let mut trainer = Trainer::new(TrainSettings {
@@ -104,7 +113,8 @@ fn each_objective_lowers_its_loss() {
         let after = mean_loss(&model, &examples);
         assert!(
             after < 0.5 * before,
-            "{objectives}: loss {before} -> {after}"
+            "{objectives}, {}: loss {before} -> {after}",
+            config.readout
         );
     }
 }
