@@ -584,13 +584,7 @@ impl Oscar {
     ) -> Result<Tensor<2>, ExecutionError> {
         let prompt = self.prompt_around(encoded, self.answer_memory(encoded).await?, continuation);
         let mut cache = KvCache::new(self.generator.layers.len());
-        let hidden = self.generator.forward_input(
-            prompt.embeds,
-            prompt.inserted,
-            &mut cache,
-            None,
-            |_, _| {},
-        );
+        let hidden = self.generator.forward_prompt(prompt, &mut cache);
         let [_, n, d] = hidden.dims();
         let a = continuation.len() + 1;
         let logits = self.generator.logits(hidden.slice([0..1, n - a..n, 0..d]));
@@ -609,13 +603,7 @@ impl Oscar {
         let device = self.device();
         let (mut cache, rest) = prefix.start(&self.generator, &encoded.prefix);
         let prompt = self.prompt_of(rest, self.answer_memory(encoded).await?, &encoded.suffix);
-        let hidden = self.generator.forward_input(
-            prompt.embeds,
-            prompt.inserted,
-            &mut cache,
-            None,
-            |_, _| {},
-        );
+        let hidden = self.generator.forward_prompt(prompt, &mut cache);
         let [_, n, d] = hidden.dims();
         let logits = self
             .generator

@@ -2,7 +2,7 @@
 
 use super::cache::KvCache;
 use super::config::LlamaConfig;
-use super::input::Inserted;
+use super::input::{Inserted, PromptInput};
 use super::lora::Projection;
 use super::rope::Rope;
 use burn::nn::{
@@ -357,6 +357,11 @@ impl Llama {
             observe(i + 1, &h);
         }
         self.norm.forward(h)
+    }
+
+    /// One prompt's final-normed hidden states `[1, n, hidden]`, continuing `cache`.
+    pub fn forward_prompt(&self, prompt: PromptInput, cache: &mut KvCache) -> Tensor<3> {
+        self.forward_input(prompt.embeds, prompt.inserted, cache, None, |_, _| {})
     }
 
     /// Hidden states `[batch, seq, hidden]` -> logits `[batch, seq, vocab]`.
