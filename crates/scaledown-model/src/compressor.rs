@@ -343,15 +343,10 @@ impl Compressor {
         }
     }
 
-    /// The chunks' memory vectors, in order: `[Σ vectors, generator width]`. For the
-    /// `n_layers` backbone the input embeddings come from the generator's (frozen) table; for
-    /// the encoder, from the encoder's own word embeddings.
-    pub fn compress(&self, chunks: Vec<ChunkInput>) -> Tensor<2> {
-        self.compress_scored(chunks).memory
-    }
-
-    /// [`Compressor::compress`], with the reranking head's score of each chunk when the
-    /// compressor has one.
+    /// The chunks' memory vectors, in order (`[Σ vectors, generator width]`), with the
+    /// reranking head's score of each chunk when the compressor has one. For the `n_layers`
+    /// backbone the input embeddings come from the generator's (frozen) table; for the
+    /// encoder, from the encoder's own word embeddings.
     ///
     /// Chunks of similar length run as one batch (see [`Compressor::padded_batch`]); grouping
     /// by length keeps the padding small (one batch for all ten documents of a HotpotQA
