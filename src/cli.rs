@@ -41,6 +41,12 @@ pub enum Command {
     Prepare(crate::prepare::PrepareArgs),
     /// Train the OSCAR compressor, with evaluation before/after, report, plots and checkpoints.
     Train(Box<crate::train::TrainArgs>),
+    /// Pretrain the compressor alone (auto-encoding and continuation on unlabelled passages)
+    /// and write its scaling curve: the held-out memory gap and held-out QA against windows
+    /// seen, every --eval-steps (`pretraining_curve.json`, `scaling_curve.png`). Continue a
+    /// stopped run with --resume; `train --resume` in the same --output-dir then trains
+    /// question answering from the pretrained checkpoint.
+    Pretrain(Box<crate::train::TrainArgs>),
     /// Evaluate a trained checkpoint on a prepared file.
     Eval(crate::ask::EvalArgs),
     /// Answer a question from documents with a trained checkpoint.
@@ -198,6 +204,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench_cmd(&dir, args),
         Command::Prepare(args) => crate::prepare::run(args),
         Command::Train(args) => crate::train::run(&dir, *args),
+        Command::Pretrain(args) => crate::train::pretrain(&dir, *args),
         Command::Eval(args) => crate::ask::eval(args),
         Command::Ask(args) => crate::ask::ask(args),
     }

@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use scaledown_data::{Document, Example};
 use serde_json::Value;
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Passages of `path` for pretraining, each with its title first as documents are.
 pub fn read(path: &Path) -> Result<Vec<String>> {
@@ -38,6 +38,19 @@ pub fn read_outside(path: &Path, held_out: &[Example]) -> Result<(Vec<String>, u
         );
     }
     let left_out = total - kept.len();
+    Ok((kept, left_out))
+}
+
+/// [`read_outside`] over several files, each distinct passage once (SQuAD's files repeat a
+/// paragraph for each of its questions).
+pub fn read_all_outside(paths: &[PathBuf], held_out: &[Example]) -> Result<(Vec<String>, usize)> {
+    let mut seen = HashSet::new();
+    let (mut kept, mut left_out) = (Vec::new(), 0);
+    for path in paths {
+        let (passages, out) = read_outside(path, held_out)?;
+        left_out += out;
+        kept.extend(passages.into_iter().filter(|p| seen.insert(p.clone())));
+    }
     Ok((kept, left_out))
 }
 

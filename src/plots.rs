@@ -3,9 +3,10 @@
 //! compressor was pretrained.
 
 use crate::evaluate::EvalRun;
-use crate::train::{MemoryGap, Report, TrainState};
+use crate::train::{PretrainProbe, Report, TrainState};
 use anyhow::{Result, anyhow};
 use plotters::prelude::*;
+use scaledown_data::Scores;
 use std::path::Path;
 use std::sync::Once;
 
@@ -449,7 +450,7 @@ fn pretraining_curve(path: &Path, training: &TrainState) -> Result<()> {
     let root = BitMapBackend::new(path, (700, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(err(path))?;
     let gap = &training.pretrain_memory_gap;
-    let curve = |label, color, of: fn(&MemoryGap) -> f32| Curve {
+    let curve = |label, color, of: fn(&PretrainProbe) -> f32| Curve {
         label,
         points: gap.iter().map(|g| (g.step as f64, of(g) as f64)).collect(),
         color,
@@ -466,5 +467,120 @@ fn pretraining_curve(path: &Path, training: &TrainState) -> Result<()> {
     )
     .map_err(err(path))?;
     root.present().map_err(err(path))?;
+    Ok(())
+}
+
+/// The scaling curve of pretraining, against windows seen (log scale): on the left the memory
+/// gap (held-out auto-encoding loss from another passage's memory minus from its own) and,
+/// when questions were probed, the same for the gold answers (memory use); on the right the
+/// held-out questions' F1 and match. The values before pretraining are the flat lines.
+pub fn scaling_curve(path: &Path, probes: &[PretrainProbe]) -> Result<()> {
+    fonts();
+    let e = err(path);
+    let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(&e)?;
+    let (left, right) = root.split_horizontally(600);
+    let gap = |p: &PretrainProbe| (p.other - p.own) as f64;
+    let answer_gap = |p: &PretrainProbe| {
+        p.qa.as_ref()
+            .map(|q| (q.memory_use.other_documents_loss - q.memory_use.own_documents_loss) as f64)
+    };
+    let gaps: [(&str, RGBColor, Vec<(usize, f64)>); 2] = [
+        (
+            "passage auto-encoding",
+            AFTER,
+            probes.iter().map(|p| (p.windows, gap(p))).collect(),
+        ),
+        (
+            "QA gold answer (memory use)",
+            CEILING,
+            probes
+                .iter()
+                .filter_map(|p| Some((p.windows, answer_gap(p)?)))
+                .collect(),
+        ),
+    ];
+    let drawing = |m: String| anyhow!("drawing {}: {m}", path.display());
+    log_chart(&left, "Held-out memory gap", "nats (other − own)", &gaps).map_err(drawing)?;
+    let score = |of: fn(&Scores) -> f64| -> Vec<(usize, f64)> {
+        probes
+            .iter()
+            .filter_map(|p| Some((p.windows, 100.0 * of(&p.qa.as_ref()?.scores))))
+            .collect()
+    };
+    let qa = [
+        ("F1", AFTER, score(|s| s.f1)),
+        ("match", BASELINE, score(|s| s.match_accuracy)),
+    ];
+    log_chart(&right, "Held-out QA, before QA training", "score (%)", &qa).map_err(drawing)?;
+    root.present().map_err(&e)?;
+    Ok(())
+}
+
+/// Lines of (windows, value) on a log-scale x axis; each line's value at 0 windows, which a
+/// log axis cannot show, is drawn flat across the chart.
+fn log_chart(
+    area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+    caption: &str,
+    y_desc: &str,
+    lines: &[(&str, RGBColor, Vec<(usize, f64)>)],
+) -> std::result::Result<(), String> {
+    let fail = |e: DrawingAreaErrorKind<_>| format!("{e:?}");
+    let xs = || {
+        lines
+            .iter()
+            .flat_map(|l| l.2.iter().map(|p| p.0).filter(|&w| w > 0))
+    };
+    let x_min = xs().min().unwrap_or(1) as f64 / 1.5;
+    let x_max = (xs().max().unwrap_or(10) as f64 * 1.5).max(x_min * 10.0);
+    let ys = || lines.iter().flat_map(|l| l.2.iter().map(|p| p.1));
+    let y_min = ys().fold(0.0, f64::min);
+    let y_max = ys().fold(0.1, f64::max) * 1.15;
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(55)
+        .build_cartesian_2d((x_min..x_max).log_scale(), y_min..y_max)
+        .map_err(fail)?;
+    chart
+        .configure_mesh()
+        .x_desc("windows seen (log scale)")
+        .y_desc(y_desc)
+        .draw()
+        .map_err(fail)?;
+    for (label, color, points) in lines {
+        let color = *color;
+        let trained: Vec<(f64, f64)> = points
+            .iter()
+            .filter(|p| p.0 > 0)
+            .map(|&(w, v)| (w as f64, v))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(trained.clone(), color.stroke_width(3)))
+            .map_err(fail)?
+            .label(*label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(3))
+            });
+        chart
+            .draw_series(trained.iter().map(|&p| Circle::new(p, 4, color.filled())))
+            .map_err(fail)?;
+        if let Some(&(_, start)) = points.iter().find(|p| p.0 == 0) {
+            chart
+                .draw_series(LineSeries::new(
+                    [(x_min, start), (x_max, start)],
+                    color.mix(0.5).stroke_width(1),
+                ))
+                .map_err(fail)?;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(fail)?;
     Ok(())
 }

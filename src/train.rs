@@ -14,7 +14,7 @@ use scaledown_model::burn::module::Module;
 use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::compressor::{CompressorConfig, CompressorType, Readout};
 use scaledown_model::oscar::{Oscar, OscarTokenizers};
-use scaledown_model::pretraining::{self, Objectives};
+use scaledown_model::pretraining::{self, PretrainingSet, Reconstruction};
 use scaledown_model::training::{TrainExample, TrainSettings, Trainer};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -102,16 +102,25 @@ pub struct TrainArgs {
     /// --batch-size passages.
     #[arg(long, default_value_t = 0)]
     pub pretrain_steps: u32,
-    /// Passages for pretraining: JSON Lines with a `text` or `context` string, HotpotQA's
-    /// `context` paragraphs or a KILT `paragraphs` field, or plain text with passages separated
-    /// by blank lines; passages of the eval examples' articles are left out (default: the
-    /// documents of the training examples).
+    /// Passages for pretraining (repeat the flag for several files): JSON Lines with a `text`
+    /// or `context` string, HotpotQA's `context` paragraphs or a KILT `paragraphs` field, or
+    /// plain text with passages separated by blank lines; repeated passages count once, and
+    /// passages of the eval file's articles are left out (default: the documents of the
+    /// training examples).
     #[arg(long, value_name = "PATH")]
-    pub pretrain_data: Option<PathBuf>,
-    /// Pretraining objective: auto-encode (restate the compressed chunk), continue (write
-    /// the text after it) or both (alternating).
-    #[arg(long, default_value = "both")]
-    pub pretrain_objective: Objectives,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub pretrain_data: Vec<PathBuf>,
+    /// Share of pretraining examples that auto-encode (restate the compressed window); the
+    /// rest continue it (write the text after it). A fraction or a percentage: 1 is
+    /// auto-encoding only, 0 continuation only.
+    #[arg(long, default_value = "0.5", value_name = "SHARE")]
+    #[serde(default = "half_reconstruction")]
+    pub pretrain_reconstruction: Reconstruction,
+    /// Stop pretraining after this many minutes (over all resumed sessions), checkpointing
+    /// and probing there; the learning-rate schedule still spans --pretrain-steps.
+    #[arg(long, value_name = "MINUTES", value_parser = minutes)]
+    #[serde(default)]
+    pub pretrain_minutes: Option<f64>,
     /// Print the loss every K steps.
     #[arg(long, alias = "logging_steps", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub logging_steps: u32,
@@ -173,6 +182,33 @@ pub struct TrainArgs {
     pub backend: BackendKind,
 }
 
+fn minutes(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 1e6 => Ok(v),
+        _ => Err(format!("`{s}` is not a number of minutes in (0, 1000000]")),
+    }
+}
+
+/// Reports written before --pretrain-data could repeat hold one path or null.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Paths {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+    }
+    Ok(match Option::<Paths>::deserialize(d)? {
+        None => vec![],
+        Some(Paths::One(p)) => vec![p],
+        Some(Paths::Many(ps)) => ps,
+    })
+}
+
+/// Reports written before `--pretrain-reconstruction` existed alternated the objectives.
+fn half_reconstruction() -> Reconstruction {
+    Reconstruction { permille: 500 }
+}
+
 /// Reports written before `--readout` existed trained memory tokens.
 fn memory_tokens() -> Readout {
     Readout::MemoryTokens
@@ -182,15 +218,29 @@ fn default_backend() -> BackendKind {
     BackendKind::Flex
 }
 
-/// Whether the generator reads the memory after `step` pretraining steps: the auto-encoding
-/// loss of held-out passages after their own memory and after another passage's
-/// ([`pretraining::memory_gap`]). Pretraining has done its job when `own` falls clearly
-/// below `other`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct MemoryGap {
+/// One probe of pretraining after `step` steps (`windows` examples, `seconds` of training):
+/// the memory gap, i.e. the auto-encoding loss of held-out passages after their own memory
+/// (`own`) and after another passage's (`other`, [`pretraining::memory_gap`]), and held-out
+/// question answering from the compressed documents (`qa`). Pretraining has done its job when
+/// `own` falls clearly below `other`, and `qa` says what that buys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PretrainProbe {
     pub step: usize,
+    #[serde(default)]
+    pub windows: usize,
+    #[serde(default)]
+    pub seconds: f64,
     pub own: f32,
     pub other: f32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qa: Option<QaProbe>,
+}
+
+/// Held-out questions answered by the model under pretraining, before any QA training.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QaProbe {
+    pub scores: Scores,
+    pub memory_use: evaluate::MemoryUse,
 }
 
 /// One evaluation during training.
@@ -220,7 +270,7 @@ pub struct TrainState {
     pub pretrain_seconds: f64,
     /// The auto-encoding memory gap during pretraining, on passages of the eval examples.
     #[serde(default)]
-    pub pretrain_memory_gap: Vec<MemoryGap>,
+    pub pretrain_memory_gap: Vec<PretrainProbe>,
     /// [`evaluate::MemoryUse`] of the untrained model.
     #[serde(default)]
     pub memory_use_before: Option<evaluate::MemoryUse>,
@@ -271,7 +321,24 @@ pub struct Report {
     pub stopped: Option<String>,
 }
 
-pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
+/// What both stages of a run start from: the data, the model (fresh or resumed) and its state.
+struct Run {
+    device: scaledown_model::burn::prelude::Device,
+    out: PathBuf,
+    train: Vec<Example>,
+    /// The evaluated examples (at most --max-eval-examples).
+    eval: Vec<Example>,
+    /// The whole eval file, whose articles pretraining must not see.
+    held_out: Vec<Example>,
+    setup: OscarSetup,
+    checkpoints: PathBuf,
+    loaded: checkpoint::Loaded,
+    state: TrainState,
+    compressor_lr: f64,
+}
+
+/// Checks the flags, reads the data and builds the model, or loads it with `--resume`.
+fn start(models_dir: &Path, a: &TrainArgs) -> Result<Run> {
     let compressor_type: CompressorType = a
         .compressor_type
         .parse()
@@ -358,7 +425,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
             checkpoints.display()
         );
     }
-    let (loaded, mut state) = match &resume_from {
+    let (loaded, state) = match &resume_from {
         Some((step, dir)) => {
             println!("resuming from {} (step {step})", dir.display());
             let (saved_setup, loaded) = checkpoint::load(dir, &device)?;
@@ -374,6 +441,78 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         }
         None => (checkpoint::build(&setup, &device)?, TrainState::default()),
     };
+    let compressor_lr = a.compressor_learning_rate.unwrap_or(match compressor_type {
+        CompressorType::NLayers => 5e-5,
+        CompressorType::Encoder => 1e-4,
+    });
+    Ok(Run {
+        device,
+        out,
+        train,
+        eval,
+        held_out,
+        setup,
+        checkpoints,
+        loaded,
+        state,
+        compressor_lr,
+    })
+}
+
+/// `scaledown pretrain`: the pretraining stage alone, probed every --eval-steps, with its
+/// scaling curve (memory gap and held-out QA against windows seen) in
+/// `pretraining_curve.json` and `scaling_curve.png`.
+pub fn pretrain(models_dir: &Path, a: TrainArgs) -> Result<()> {
+    if a.pretrain_steps == 0 {
+        bail!("--pretrain-steps: give the pretraining budget in steps of --batch-size windows");
+    }
+    let Run {
+        out,
+        train,
+        eval,
+        held_out,
+        setup,
+        checkpoints,
+        loaded,
+        mut state,
+        compressor_lr,
+        ..
+    } = start(models_dir, &a)?;
+    let pretrain = Pretraining {
+        args: &a,
+        setup: &setup,
+        tokenizers: &loaded.tokenizers,
+        out: &out,
+        checkpoints: &checkpoints,
+        compressor_lr,
+        held_out: &held_out,
+        probe_qa: true,
+    };
+    pretrain.run(loaded.oscar.train(), &train, &eval, &mut state)?;
+    println!(
+        "pretrained {} steps ({} windows) in {:.0} s; curve in {}, checkpoint in {}",
+        state.pretrain_step,
+        state.pretrain_step * a.batch_size as usize,
+        state.pretrain_seconds,
+        out.join("scaling_curve.png").display(),
+        checkpoints.join("pretrained").display()
+    );
+    Ok(())
+}
+
+pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
+    let Run {
+        device,
+        out,
+        train,
+        eval,
+        held_out,
+        setup,
+        checkpoints,
+        loaded,
+        mut state,
+        compressor_lr,
+    } = start(models_dir, &a)?;
     let checkpoint::Loaded {
         oscar,
         base_generator,
@@ -472,18 +611,16 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
     }
     drop(before_model);
 
-    let compressor_lr = a.compressor_learning_rate.unwrap_or(match compressor_type {
-        CompressorType::NLayers => 5e-5,
-        CompressorType::Encoder => 1e-4,
-    });
     let mut model = oscar.train();
     let pretrain = Pretraining {
         args: &a,
         setup: &setup,
         tokenizers: &tokenizers,
+        out: &out,
         checkpoints: &checkpoints,
         compressor_lr,
         held_out: &held_out,
+        probe_qa: false,
     };
     model = pretrain.run(model, &train, &eval, &mut state)?;
 
@@ -704,15 +841,20 @@ fn cached_run(path: &Path, f: impl FnOnce() -> Result<EvalRun>) -> Result<EvalRu
 }
 
 /// The pretraining stage: its own step count, schedule, loss curve and checkpoints
-/// (`pretrain-K`, then `pretrained`), resumed like question answering.
+/// (`pretrain-K`, then `pretrained`), resumed like question answering, and its scaling curve
+/// (a [`PretrainProbe`] every --eval-steps) in `pretraining_curve.json` and `scaling_curve.png`.
 struct Pretraining<'a> {
     args: &'a TrainArgs,
     setup: &'a OscarSetup,
     tokenizers: &'a OscarTokenizers,
+    out: &'a Path,
     checkpoints: &'a Path,
     compressor_lr: f64,
     /// The whole eval file, whose articles pretraining must not see.
     held_out: &'a [Example],
+    /// Whether each probe also answers the held-out questions (`scaledown pretrain`; `train`
+    /// evaluates them after question answering instead).
+    probe_qa: bool,
 }
 
 impl Pretraining<'_> {
@@ -726,44 +868,45 @@ impl Pretraining<'_> {
         let a = self.args;
         let total = a.pretrain_steps as usize;
         state.pretrain_total = total;
+        let budget = a.pretrain_minutes.map(|m| m * 60.0);
+        let out_of_time = |state: &TrainState| budget.is_some_and(|b| state.pretrain_seconds >= b);
         // Pretraining comes first; a run resumed in question answering does not go back.
-        if state.pretrain_step >= total || state.step > 0 {
+        if state.pretrain_step >= total || state.step > 0 || out_of_time(state) {
             return Ok(model);
         }
-        let passages = match &a.pretrain_data {
-            Some(path) => {
-                let (kept, left_out) = passages::read_outside(path, self.held_out)?;
+        let passages = match a.pretrain_data.is_empty() {
+            true => passages::of_examples(train),
+            false => {
+                let (kept, left_out) = passages::read_all_outside(&a.pretrain_data, self.held_out)?;
                 if left_out > 0 {
                     println!(
-                        "pretraining: {left_out} passages of {} belong to eval articles and are left out",
-                        path.display()
+                        "pretraining: {left_out} passages of --pretrain-data belong to eval articles and are left out"
                     );
                 }
                 kept
             }
-            None => passages::of_examples(train),
         };
-        let mut examples = Vec::new();
+        let mut set = PretrainingSet::default();
         for p in &passages {
-            examples.extend(pretraining::passage_examples(
-                self.tokenizers,
-                &self.setup.compressor,
-                p,
-                a.pretrain_objective,
-            )?);
+            set.add_passage(self.tokenizers, &self.setup.compressor, p)?;
         }
-        if examples.is_empty() {
-            bail!("--pretrain-steps: the passages are too short for any pretraining example");
+        let share = a.pretrain_reconstruction;
+        if let Some(objective) = set.missing(share) {
+            bail!(
+                "--pretrain-reconstruction {}: the passages give no {objective} example",
+                share.permille as f64 / 1000.0
+            );
         }
         println!(
-            "pretraining ({}): {} passages, {} examples, {total} steps",
-            a.pretrain_objective,
+            "pretraining ({share}): {} passages, {} auto-encoding and {} continuation windows, {total} steps of {}",
             passages.len(),
-            examples.len()
+            set.auto_encoding.len(),
+            set.continuation.len(),
+            a.batch_size
         );
         let probe = self.probe_examples(eval)?;
         if state.pretrain_step == 0 && state.pretrain_memory_gap.is_empty() {
-            self.probe(&model, &probe, state);
+            self.probe(&model, &probe, eval, state)?;
         }
         let batch = a.batch_size as usize;
         let mut trainer = trainer_for(a, self.compressor_lr, total, state.pretrain_step);
@@ -772,8 +915,8 @@ impl Pretraining<'_> {
         let started = Instant::now();
         let seconds_before = state.pretrain_seconds;
         let first_step = state.pretrain_step;
-        while state.pretrain_step < total {
-            let batch_examples = batch_at(&examples, state.pretrain_step, batch, a.seed);
+        while state.pretrain_step < total && !out_of_time(state) {
+            let batch_examples = set.batch(state.pretrain_step, batch, share, a.seed);
             let (m, result) = read_sync(trainer.step(model, &batch_examples));
             model = m;
             let stats = result.map_err(|e| {
@@ -806,14 +949,22 @@ impl Pretraining<'_> {
                 });
             }
             if a.eval_steps > 0 && n.is_multiple_of(a.eval_steps as usize) && n < total {
-                bar.suspend(|| self.probe(&model, &probe, state));
+                bar.suspend(|| self.probe(&model, &probe, eval, state))?;
                 let dir = self.checkpoints.join(format!("pretrain-{n}"));
                 checkpoint::save(&dir, self.setup, &model, state)?;
                 checkpoint::prune(self.checkpoints, "pretrain-", 1);
             }
         }
         bar.finish_and_clear();
-        self.probe(&model, &probe, state);
+        if out_of_time(state) && state.pretrain_step < total {
+            println!(
+                "pretraining: --pretrain-minutes reached after {} of {total} steps",
+                state.pretrain_step
+            );
+        }
+        if state.pretrain_memory_gap.last().map(|p| p.step) != Some(state.pretrain_step) {
+            self.probe(&model, &probe, eval, state)?;
+        }
         checkpoint::save(
             &self.checkpoints.join("pretrained"),
             self.setup,
@@ -840,14 +991,23 @@ impl Pretraining<'_> {
             .collect()
     }
 
-    /// Measures and prints the memory gap now and adds it to `state`.
-    fn probe(&self, model: &Oscar, probe: &[TrainExample], state: &mut TrainState) {
+    /// Measures and prints the memory gap and held-out QA now, adds them to `state`, and
+    /// rewrites the scaling curve.
+    fn probe(
+        &self,
+        model: &Oscar,
+        probe: &[TrainExample],
+        eval: &[Example],
+        state: &mut TrainState,
+    ) -> Result<()> {
         if probe.len() < 2 {
-            return;
+            return Ok(());
         }
+        let a = self.args;
         let bar = progress::bar(2 * probe.len() as u64, "memory gap");
+        let answering = answering(model, a.keep_top);
         let (own, other) =
-            pretraining::memory_gap(&model.valid(), probe, |k| bar.set_position(k as u64));
+            pretraining::memory_gap(&answering, probe, |k| bar.set_position(k as u64));
         bar.finish_and_clear();
         let step = state.pretrain_step;
         println!(
@@ -855,10 +1015,65 @@ impl Pretraining<'_> {
              {other:.3} with another passage's ({} passages)",
             probe.len()
         );
-        state
-            .pretrain_memory_gap
-            .push(MemoryGap { step, own, other });
+        let qa = match self.probe_qa {
+            true => Some(self.answer_held_out(&answering, eval, step)?),
+            false => None,
+        };
+        state.pretrain_memory_gap.push(PretrainProbe {
+            step,
+            windows: step * a.batch_size as usize,
+            seconds: state.pretrain_seconds,
+            own,
+            other,
+            qa,
+        });
+        let curve = ScalingCurve {
+            command: a,
+            setup: self.setup,
+            probes: &state.pretrain_memory_gap,
+        };
+        write_atomic(
+            &self.out.join("pretraining_curve.json"),
+            serde_json::to_string_pretty(&curve)?.as_bytes(),
+        )?;
+        plots::scaling_curve(
+            &self.out.join("scaling_curve.png"),
+            &state.pretrain_memory_gap,
+        )
     }
+}
+
+impl Pretraining<'_> {
+    /// The held-out questions answered from their compressed documents, and the memory use.
+    fn answer_held_out(&self, answering: &Oscar, eval: &[Example], step: usize) -> Result<QaProbe> {
+        let compressor = &self.setup.compressor;
+        let run = evaluate::compressed(
+            answering,
+            self.tokenizers,
+            compressor,
+            eval,
+            self.args.max_new_tokens as usize,
+            self.args.eval_batch_size as usize,
+            "held-out QA",
+        )?;
+        let memory_use = evaluate::memory_use(answering, self.tokenizers, compressor, eval)?;
+        println!(
+            "pretraining step {step}: held-out QA {}\n  memory use: {memory_use}",
+            describe(&run)
+        );
+        Ok(QaProbe {
+            scores: run.scores,
+            memory_use,
+        })
+    }
+}
+
+/// `pretraining_curve.json`: the recipe and its probes so far.
+#[derive(Serialize)]
+struct ScalingCurve<'a> {
+    command: &'a TrainArgs,
+    setup: &'a OscarSetup,
+    probes: &'a [PretrainProbe],
 }
 
 /// Eval passages whose auto-encoding loss gauges the memory during pretraining.

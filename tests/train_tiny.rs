@@ -136,6 +136,11 @@ impl Setup {
 
     /// `train` on the tiny model; `extra` flags replace the defaults of the same name.
     fn train(&self, out: &str, extra: &[&str]) -> Output {
+        self.command("train", out, extra)
+    }
+
+    /// `scaledown <command>` (train or pretrain) with the tiny defaults.
+    fn command(&self, command: &str, out: &str, extra: &[&str]) -> Output {
         let (data, generator, out) = (self.p("train.json"), self.p("gen"), self.p(out));
         let defaults = [
             ("--train-data", data.as_str()),
@@ -151,7 +156,7 @@ impl Setup {
             ("--logging-steps", "5"),
             ("--num-epochs", "100"),
         ];
-        let mut args = vec!["train"];
+        let mut args = vec![command];
         for (flag, value) in defaults {
             if !extra.contains(&flag) {
                 args.extend([flag, value]);
@@ -505,7 +510,10 @@ fn pretraining_lowers_its_loss_reloads_and_resumes() {
         s.train(out, &args)
     };
     let log = ok(&pretrain("pt", "30", &[]));
-    assert!(log.contains("pretraining (both): 6 passages"), "{log}");
+    assert!(
+        log.contains("pretraining (50 % reconstruction): 6 passages"),
+        "{log}"
+    );
     let out = s.dir.join("pt");
     let report = read_json(&out.join("metrics_report.json"));
     let losses: Vec<f64> = report["training"]["pretrain_losses"]
@@ -566,6 +574,87 @@ fn pretraining_lowers_its_loss_reloads_and_resumes() {
     std::fs::write(&bad, "{\"text\": \"the cat is red .\"}\n{\"text\": \n").unwrap();
     let o = s.train("pt3", &["--pretrain-data", &bad, "--pretrain-steps", "2"]);
     fails_with(&o, &["bad.jsonl line 2", "not JSON"]);
+}
+
+/// `scaledown pretrain`: pretraining alone, its probes (memory gap and held-out QA) in the
+/// scaling curve, the objectives mixed as asked, and a budget in minutes that ends it early.
+#[test]
+fn pretrain_writes_the_scaling_curve_and_keeps_its_budget() {
+    let s = Setup::new();
+    let corpus = write_corpus(&s);
+    let base = ["--pretrain-data", corpus.as_str(), "--eval-steps", "4"];
+    let run = |out: &str, extra: &[&str]| {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        s.command("pretrain", out, &args)
+    };
+    let log = ok(&run(
+        "curve",
+        &["--pretrain-steps", "8", "--pretrain-reconstruction", "0.25"],
+    ));
+    assert!(log.contains("pretraining (25 % reconstruction)"), "{log}");
+    let out = s.dir.join("curve");
+    let curve = read_json(&out.join("pretraining_curve.json"));
+    let probes = curve["probes"].as_array().unwrap();
+    let windows: Vec<u64> = probes
+        .iter()
+        .map(|p| p["windows"].as_u64().unwrap())
+        .collect();
+    assert_eq!(windows, [0, 16, 32], "{log}");
+    for p in probes {
+        let qa = &p["qa"];
+        let f1 = qa["scores"]["f1"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&f1), "{p}");
+        assert!(qa["memory_use"]["own_documents_loss"].as_f64().unwrap() > 0.0);
+        assert!(p["own"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(curve["command"]["pretrain_reconstruction"]["permille"], 250);
+    let png = std::fs::read(out.join("scaling_curve.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000);
+    assert!(
+        out.join("checkpoints/pretrained/trainable.safetensors")
+            .exists()
+    );
+    // No question answering: no QA training, no report.
+    assert!(!out.join("metrics_report.json").exists());
+    // Continuing the run for 4 more steps adds a probe, and `train --resume` goes on from
+    // the pretrained compressor to question answering.
+    ok(&run("curve", &["--pretrain-steps", "12", "--resume"]));
+    let curve = read_json(&out.join("pretraining_curve.json"));
+    assert_eq!(curve["probes"].as_array().unwrap().len(), 4);
+    let log = ok(&s.train(
+        "curve",
+        &[
+            "--pretrain-data",
+            corpus.as_str(),
+            "--pretrain-steps",
+            "12",
+            "--max-steps",
+            "2",
+            "--resume",
+        ],
+    ));
+    assert!(!log.contains("pretraining step"), "{log}");
+    let report = read_json(&out.join("metrics_report.json"));
+    assert_eq!(report["training"]["step"], 2);
+    assert_eq!(report["training"]["pretrain_step"], 12);
+
+    // A budget of 1/100,000 of a minute ends pretraining after its first step.
+    let log = ok(&run(
+        "budget",
+        &["--pretrain-steps", "50", "--pretrain-minutes", "0.00001"],
+    ));
+    assert!(
+        log.contains("--pretrain-minutes reached after 1 of 50 steps"),
+        "{log}"
+    );
+    // Continuation only needs windows with text after them; the flag is checked.
+    let o = run(
+        "bad",
+        &["--pretrain-steps", "2", "--pretrain-reconstruction", "1.5"],
+    );
+    fails_with(&o, &["--pretrain-reconstruction", "1.5"]);
+    let o = s.command("pretrain", "none", &["--eval-steps", "4"]);
+    fails_with(&o, &["--pretrain-steps"]);
 }
 
 /// A HotpotQA-like question with three documents, the second one supporting.

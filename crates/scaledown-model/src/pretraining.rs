@@ -20,97 +20,138 @@ pub const CONTINUE_INSTRUCTION: &str = "Continue the background text.";
 pub const CONTINUATION_TOKENS: usize = 64;
 const MIN_CONTINUATION: usize = 8;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Objective {
-    AutoEncode,
-    Continue,
+/// The pretraining examples of a run, one pool per objective, mixed step by step in the
+/// proportion the run asks for (ARC-Encoder found 20-50 % reconstruction best).
+#[derive(Default)]
+pub struct PretrainingSet {
+    /// Restate the compressed window.
+    pub auto_encoding: Vec<TrainExample>,
+    /// Write the text after the compressed window.
+    pub continuation: Vec<TrainExample>,
 }
 
-/// Which objectives a pretraining run uses; `Both` alternates them example by example.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Objectives {
-    AutoEncode,
-    Continue,
-    Both,
-}
-
-impl FromStr for Objectives {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto-encode" => Ok(Self::AutoEncode),
-            "continue" => Ok(Self::Continue),
-            "both" => Ok(Self::Both),
-            other => Err(format!(
-                "unknown pretraining objective `{other}` (auto-encode, continue or both)"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for Objectives {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::AutoEncode => "auto-encode",
-            Self::Continue => "continue",
-            Self::Both => "both",
-        })
-    }
-}
-
-impl Objectives {
-    fn includes(self, o: Objective) -> bool {
-        matches!(
-            (self, o),
-            (Self::Both, _)
-                | (Self::AutoEncode, Objective::AutoEncode)
-                | (Self::Continue, Objective::Continue)
-        )
-    }
-}
-
-/// The pretraining examples of one passage: one per window of `config.chunk_tokens()`
-/// generator tokens, for each objective in `objectives` that the window allows (a
-/// continuation needs text after the window).
-pub fn passage_examples(
-    tokenizers: &OscarTokenizers,
-    config: &CompressorConfig,
-    passage: &str,
-    objectives: Objectives,
-) -> Result<Vec<TrainExample>, WeightError> {
-    let tok = &tokenizers.generator;
-    let ids = tok.encode(passage.trim())?;
-    let window = config.chunk_tokens();
-    let mut out = Vec::new();
-    let mut start = 0;
-    while ids.len() - start >= MIN_CONTINUATION {
-        let end = (start + window).min(ids.len());
-        let chunk = tok.decode(&ids[start..end], true);
-        if objectives.includes(Objective::AutoEncode) {
-            out.push(example(
+impl PretrainingSet {
+    /// Adds a passage's examples: one auto-encoding example per window of
+    /// `config.chunk_tokens()` generator tokens, and a continuation example for each window
+    /// with at least `MIN_CONTINUATION` tokens after it.
+    pub fn add_passage(
+        &mut self,
+        tokenizers: &OscarTokenizers,
+        config: &CompressorConfig,
+        passage: &str,
+    ) -> Result<(), WeightError> {
+        let tok = &tokenizers.generator;
+        let ids = tok.encode(passage.trim())?;
+        let window = config.chunk_tokens();
+        let mut start = 0;
+        while ids.len() - start >= MIN_CONTINUATION {
+            let end = (start + window).min(ids.len());
+            let chunk = tok.decode(&ids[start..end], true);
+            self.auto_encoding.push(example(
                 tokenizers,
                 config,
                 AUTO_ENCODE_INSTRUCTION,
                 &chunk,
                 &chunk,
             )?);
+            let rest = &ids[end..(end + CONTINUATION_TOKENS).min(ids.len())];
+            if rest.len() >= MIN_CONTINUATION {
+                let target = tok.decode(rest, true);
+                self.continuation.push(example(
+                    tokenizers,
+                    config,
+                    CONTINUE_INSTRUCTION,
+                    &chunk,
+                    &target,
+                )?);
+            }
+            start = end;
         }
-        let rest = &ids[end..(end + CONTINUATION_TOKENS).min(ids.len())];
-        if objectives.includes(Objective::Continue) && rest.len() >= MIN_CONTINUATION {
-            let target = tok.decode(rest, true);
-            out.push(example(
-                tokenizers,
-                config,
-                CONTINUE_INSTRUCTION,
-                &chunk,
-                &target,
-            )?);
-        }
-        start = end;
+        Ok(())
     }
-    Ok(out)
+
+    /// The objective that `share` asks for but no passage gave an example of, if any.
+    pub fn missing(&self, share: Reconstruction) -> Option<&'static str> {
+        if share.permille > 0 && self.auto_encoding.is_empty() {
+            Some("auto-encoding")
+        } else if share.permille < 1000 && self.continuation.is_empty() {
+            Some("continuation (no window has text after it)")
+        } else {
+            None
+        }
+    }
+
+    /// The examples of optimiser step `step`, `batch` of them. Slot k of the run
+    /// (k = step·batch + i) auto-encodes when ⌊(k+1)·share⌋ > ⌊k·share⌋, so any stretch of
+    /// slots holds `share` of reconstruction, evenly spread; each pool is read in its own
+    /// seeded shuffled order, epoch after epoch, so a window comes back only once its pool
+    /// is used up. Slots of an empty pool ([`Self::missing`]) are left out.
+    pub fn batch(
+        &self,
+        step: usize,
+        batch: usize,
+        share: Reconstruction,
+        seed: u64,
+    ) -> Vec<&TrainExample> {
+        let s = share.permille as usize;
+        (step * batch..(step + 1) * batch)
+            .filter_map(|k| {
+                let (pool, j, salt) = match (k + 1) * s / 1000 > k * s / 1000 {
+                    true => (&self.auto_encoding, k * s / 1000, 0),
+                    false => (&self.continuation, k - k * s / 1000, 1 << 32),
+                };
+                (!pool.is_empty()).then(|| {
+                    let epoch = (j / pool.len()) as u64;
+                    &pool[shuffled(pool.len(), seed ^ salt, epoch)[j % pool.len()]]
+                })
+            })
+            .collect()
+    }
+}
+
+/// `0..n` in the seeded order of `epoch`.
+fn shuffled(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    use rand::{SeedableRng, seq::SliceRandom};
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(epoch));
+    order.shuffle(&mut rng);
+    order
+}
+
+/// The share of pretraining examples that auto-encode (the rest continue), in per mille so
+/// that the mix is exact and the same on every machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Reconstruction {
+    pub permille: u16,
+}
+
+impl Reconstruction {
+    pub const ALL: Self = Self { permille: 1000 };
+}
+
+impl FromStr for Reconstruction {
+    type Err = String;
+    /// A fraction (`0.2`) or a percentage (`20%`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (number, scale) = match s.strip_suffix('%') {
+            Some(p) => (p, 10.0),
+            None => (s, 1000.0),
+        };
+        match number.trim().parse::<f64>() {
+            Ok(v) if (0.0..=1000.0 / scale).contains(&v) => Ok(Self {
+                permille: (v * scale).round() as u16,
+            }),
+            _ => Err(format!(
+                "`{s}` is not a share of reconstruction: a fraction in [0, 1] or a percentage"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Reconstruction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} % reconstruction", self.permille as f64 / 10.0)
+    }
 }
 
 /// The auto-encoding example of a passage's first window, however short the passage.

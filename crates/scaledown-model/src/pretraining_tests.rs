@@ -5,7 +5,7 @@ use crate::compressor::{Compressor, CompressorConfig, CompressorType, Readout};
 use crate::llama::LlamaConfig;
 use crate::oscar::{Oscar, OscarTokenizers};
 use crate::pretraining::{
-    AUTO_ENCODE_INSTRUCTION, CONTINUE_INSTRUCTION, Objectives, memory_gap, passage_examples,
+    AUTO_ENCODE_INSTRUCTION, CONTINUE_INSTRUCTION, PretrainingSet, Reconstruction, memory_gap,
 };
 use crate::tokenizer::{Tokenizer, word_level_json, words_of};
 use crate::training::{TrainExample, TrainSettings, Trainer};
@@ -47,12 +47,21 @@ fn mean_loss(model: &Oscar, examples: &[TrainExample]) -> f32 {
     sum / examples.len() as f32
 }
 
+fn set_of(tok: &OscarTokenizers, config: &CompressorConfig, passages: &[&str]) -> PretrainingSet {
+    let mut set = PretrainingSet::default();
+    for p in passages {
+        set.add_passage(tok, config, p).unwrap();
+    }
+    set
+}
+
 #[test]
 fn windows_give_auto_encoding_and_continuation_examples() {
     let tok = tokenizers();
     let n = tok.generator.encode(PASSAGE).unwrap().len();
     assert_eq!(n, 25);
-    let auto = passage_examples(&tok, &config(), PASSAGE, Objectives::AutoEncode).unwrap();
+    let set = set_of(&tok, &config(), &[PASSAGE]);
+    let auto = &set.auto_encoding;
     // Windows of 8 tokens: 0..8, 8..16, 16..24; the 1-token tail is too short.
     assert_eq!(auto.len(), 3);
     // Auto-encoding: the target is the window itself, then <|im_end|>.
@@ -61,11 +70,42 @@ fn windows_give_auto_encoding_and_continuation_examples() {
     assert_eq!(auto[1].encoded.chunks.len(), 1);
     assert!(auto[1].encoded.chunks[0].ends_with(&ids[8..16]));
     // Continuation: the text after the window (the last window has only 1 token after it).
-    let cont = passage_examples(&tok, &config(), PASSAGE, Objectives::Continue).unwrap();
+    let cont = &set.continuation;
     assert_eq!(cont.len(), 2);
     assert_eq!(&cont[0].answer[..cont[0].answer.len() - 1], &ids[8..25]);
-    let both = passage_examples(&tok, &config(), PASSAGE, Objectives::Both).unwrap();
-    assert_eq!(both.len(), 5);
+}
+
+#[test]
+fn reconstruction_share_mixes_the_objectives_exactly() {
+    let tok = tokenizers();
+    // 20 passages of 3 windows: 60 auto-encoding and 40 continuation examples.
+    let set = set_of(&tok, &config(), &[PASSAGE; 20]);
+    assert_eq!((set.auto_encoding.len(), set.continuation.len()), (60, 40));
+    let is_auto = |e: &TrainExample| set.auto_encoding.iter().any(|a| std::ptr::eq(a, e));
+    for (share, autos_in_100) in [("0.2", 20), ("50%", 50), ("1", 100), ("0", 0)] {
+        let share: Reconstruction = share.parse().unwrap();
+        let drawn: Vec<&TrainExample> = (0..25).flat_map(|s| set.batch(s, 4, share, 9)).collect();
+        assert_eq!(drawn.len(), 100);
+        assert_eq!(
+            drawn.iter().filter(|e| is_auto(e)).count(),
+            autos_in_100,
+            "{share}"
+        );
+        // Every window of a pool is drawn once before any comes back.
+        let first: Vec<&TrainExample> = drawn.iter().copied().filter(|e| is_auto(e)).collect();
+        let distinct = first
+            .iter()
+            .take(60)
+            .map(|e| *e as *const _)
+            .collect::<std::collections::HashSet<_>>();
+        assert_eq!(distinct.len(), first.len().min(60), "{share}");
+    }
+    assert!("1.5".parse::<Reconstruction>().is_err());
+    assert!("-1%".parse::<Reconstruction>().is_err());
+    assert_eq!(set.missing(Reconstruction::ALL), None);
+    let short = set_of(&tok, &config(), &["red fox runs past the old mill and"]);
+    assert_eq!(short.missing(Reconstruction::ALL), None);
+    assert!(short.missing("0.5".parse().unwrap()).is_some());
 }
 
 #[test]
@@ -78,7 +118,7 @@ fn each_objective_lowers_its_loss() {
         ..config()
     };
     let readouts = [config(), pooled];
-    for (objectives, config) in [Objectives::AutoEncode, Objectives::Continue]
+    for (objective, config) in [true, false]
         .into_iter()
         .flat_map(|o| readouts.iter().map(move |c| (o, c)))
     {
@@ -91,7 +131,11 @@ fn each_objective_lowers_its_loss() {
             generator: generator.no_grad().with_lora(4, 8.0),
         }
         .train();
-        let examples = passage_examples(&tok, config, PASSAGE, objectives).unwrap();
+        let set = set_of(&tok, config, &[PASSAGE]);
+        let examples = match objective {
+            true => set.auto_encoding,
+            false => set.continuation,
+        };
         let batch: Vec<&TrainExample> = examples.iter().collect();
         let before = mean_loss(&model, &examples);
         let mut trainer = Trainer::new(TrainSettings {
@@ -113,7 +157,7 @@ fn each_objective_lowers_its_loss() {
         let after = mean_loss(&model, &examples);
         assert!(
             after < 0.5 * before,
-            "{objectives}, {}: loss {before} -> {after}",
+            "auto-encoding {objective}, {}: loss {before} -> {after}",
             config.readout
         );
     }
@@ -163,10 +207,8 @@ fn auto_encoding_opens_the_memory_gap(config: CompressorConfig) {
         generator: generator.no_grad().with_lora(4, 8.0),
     }
     .train();
-    let examples: Vec<TrainExample> = documents
-        .iter()
-        .flat_map(|d| passage_examples(&tok, &config, d, Objectives::AutoEncode).unwrap())
-        .collect();
+    let refs: Vec<&str> = documents.iter().map(String::as_str).collect();
+    let examples = set_of(&tok, &config, &refs).auto_encoding;
     let (own, other) = memory_gap(&model.valid(), &examples, |_| {});
     assert!((own - other).abs() < 0.1, "untrained: {own} vs {other}");
     let steps = 200;
