@@ -485,32 +485,34 @@ pub fn scaling_curve(path: &Path, probes: &[PretrainProbe]) -> Result<()> {
         p.qa.as_ref()
             .map(|q| (q.memory_use.other_documents_loss - q.memory_use.own_documents_loss) as f64)
     };
-    let gaps: [(&str, RGBColor, Vec<(usize, f64)>); 2] = [
-        (
-            "passage auto-encoding",
-            AFTER,
-            probes.iter().map(|p| (p.windows, gap(p))).collect(),
-        ),
-        (
-            "QA gold answer (memory use)",
-            CEILING,
-            probes
+    let gaps = [
+        Curve {
+            label: "passage auto-encoding",
+            color: AFTER,
+            points: probes.iter().map(|p| (p.windows as f64, gap(p))).collect(),
+        },
+        Curve {
+            label: "QA gold answer (memory use)",
+            color: CEILING,
+            points: probes
                 .iter()
-                .filter_map(|p| Some((p.windows, answer_gap(p)?)))
+                .filter_map(|p| Some((p.windows as f64, answer_gap(p)?)))
                 .collect(),
-        ),
+        },
     ];
     let drawing = |m: String| anyhow!("drawing {}: {m}", path.display());
     log_chart(&left, "Held-out memory gap", "nats (other − own)", &gaps).map_err(drawing)?;
-    let score = |of: fn(&Scores) -> f64| -> Vec<(usize, f64)> {
-        probes
+    let score = |label, color, of: fn(&Scores) -> f64| Curve {
+        label,
+        color,
+        points: probes
             .iter()
-            .filter_map(|p| Some((p.windows, 100.0 * of(&p.qa.as_ref()?.scores))))
-            .collect()
+            .filter_map(|p| Some((p.windows as f64, 100.0 * of(&p.qa.as_ref()?.scores))))
+            .collect(),
     };
     let qa = [
-        ("F1", AFTER, score(|s| s.f1)),
-        ("match", BASELINE, score(|s| s.match_accuracy)),
+        score("F1", AFTER, |s| s.f1),
+        score("match", BASELINE, |s| s.match_accuracy),
     ];
     log_chart(&right, "Held-out QA, before QA training", "score (%)", &qa).map_err(drawing)?;
     root.present().map_err(&e)?;
@@ -523,17 +525,17 @@ fn log_chart(
     area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
     caption: &str,
     y_desc: &str,
-    lines: &[(&str, RGBColor, Vec<(usize, f64)>)],
+    lines: &[Curve],
 ) -> std::result::Result<(), String> {
     let fail = |e: DrawingAreaErrorKind<_>| format!("{e:?}");
     let xs = || {
         lines
             .iter()
-            .flat_map(|l| l.2.iter().map(|p| p.0).filter(|&w| w > 0))
+            .flat_map(|l| l.points.iter().map(|p| p.0).filter(|&w| w > 0.0))
     };
-    let x_min = xs().min().unwrap_or(1) as f64 / 1.5;
-    let x_max = (xs().max().unwrap_or(10) as f64 * 1.5).max(x_min * 10.0);
-    let ys = || lines.iter().flat_map(|l| l.2.iter().map(|p| p.1));
+    let x_min = xs().reduce(f64::min).unwrap_or(1.0) / 1.5;
+    let x_max = (xs().reduce(f64::max).unwrap_or(10.0) * 1.5).max(x_min * 10.0);
+    let ys = || lines.iter().flat_map(|l| l.points.iter().map(|p| p.1));
     let y_min = ys().fold(0.0, f64::min);
     let y_max = ys().fold(0.1, f64::max) * 1.15;
     let mut chart = ChartBuilder::on(area)
@@ -549,24 +551,20 @@ fn log_chart(
         .y_desc(y_desc)
         .draw()
         .map_err(fail)?;
-    for (label, color, points) in lines {
-        let color = *color;
-        let trained: Vec<(f64, f64)> = points
-            .iter()
-            .filter(|p| p.0 > 0)
-            .map(|&(w, v)| (w as f64, v))
-            .collect();
+    for line in lines {
+        let color = line.color;
+        let trained: Vec<(f64, f64)> = line.points.iter().copied().filter(|p| p.0 > 0.0).collect();
         chart
             .draw_series(LineSeries::new(trained.clone(), color.stroke_width(3)))
             .map_err(fail)?
-            .label(*label)
+            .label(line.label)
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(3))
             });
         chart
             .draw_series(trained.iter().map(|&p| Circle::new(p, 4, color.filled())))
             .map_err(fail)?;
-        if let Some(&(_, start)) = points.iter().find(|p| p.0 == 0) {
+        if let Some(&(_, start)) = line.points.iter().find(|p| p.0 == 0.0) {
             chart
                 .draw_series(LineSeries::new(
                     [(x_min, start), (x_max, start)],
