@@ -547,7 +547,8 @@ fn log_chart(
         .map_err(fail)?;
     chart
         .configure_mesh()
-        .x_desc("windows seen (log scale)")
+        .x_desc("windows seen (log scale); flat lines: before pretraining")
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .y_desc(y_desc)
         .draw()
         .map_err(fail)?;

@@ -428,7 +428,7 @@ fn start(models_dir: &Path, a: &TrainArgs) -> Result<Run> {
     let (loaded, state) = match &resume_from {
         Some((step, dir)) => {
             println!("resuming from {} (step {step})", dir.display());
-            let (saved_setup, loaded) = checkpoint::load(dir, &device)?;
+            let (saved_setup, mut loaded) = checkpoint::load(dir, &device)?;
             if saved_setup.compressor != setup.compressor {
                 bail!(
                     "--resume: {} was trained with another compressor configuration",
@@ -437,6 +437,25 @@ fn start(models_dir: &Path, a: &TrainArgs) -> Result<Run> {
             }
             let state: TrainState = serde_json::from_str(&read_text(&dir.join("state.json"))?)
                 .with_context(|| format!("{}/state.json", dir.display()))?;
+            match (saved_setup.lora_rank, setup.lora_rank) {
+                (x, y) if x == y => {}
+                // Pretrained with the generator frozen, question answering with LoRA: the
+                // pretrained compressor goes on, the generator gets fresh adapters.
+                (None, Some(rank)) if state.step == 0 => {
+                    println!(
+                        "resuming a frozen-generator run with fresh LoRA (r {rank}) on the generator"
+                    );
+                    loaded.oscar.generator = loaded.oscar.generator.with_lora(rank, LORA_ALPHA);
+                }
+                _ => bail!(
+                    "--resume: {} was trained with --generator-training {}",
+                    dir.display(),
+                    match saved_setup.lora_rank {
+                        Some(_) => "lora",
+                        None => "frozen",
+                    }
+                ),
+            }
             (loaded, state)
         }
         None => (checkpoint::build(&setup, &device)?, TrainState::default()),

@@ -638,6 +638,45 @@ fn pretrain_writes_the_scaling_curve_and_keeps_its_budget() {
     assert_eq!(report["training"]["step"], 2);
     assert_eq!(report["training"]["pretrain_step"], 12);
 
+    // A LoRA run does not resume as a frozen one.
+    let o = run(
+        "curve",
+        &[
+            "--pretrain-steps",
+            "16",
+            "--resume",
+            "--generator-training",
+            "frozen",
+        ],
+    );
+    fails_with(&o, &["--generator-training lora"]);
+    // Pretrained with the generator frozen, question answering gets fresh LoRA factors.
+    ok(&run(
+        "frozen",
+        &["--pretrain-steps", "4", "--generator-training", "frozen"],
+    ));
+    let log = ok(&s.train(
+        "frozen",
+        &[
+            "--pretrain-data",
+            corpus.as_str(),
+            "--pretrain-steps",
+            "4",
+            "--max-steps",
+            "1",
+            "--resume",
+        ],
+    ));
+    assert!(log.contains("fresh LoRA (r 16)"), "{log}");
+    let bytes =
+        std::fs::read(s.dir.join("frozen/checkpoints/final/trainable.safetensors")).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert!(
+        tensors.names().iter().any(|n| n.contains("lora")),
+        "{:?}",
+        tensors.names()
+    );
+
     // A budget of 1/100,000 of a minute ends pretraining after its first step.
     let log = ok(&run(
         "budget",
