@@ -899,7 +899,7 @@ impl Pretraining<'_> {
                 let (kept, left_out) = passages::read_all_outside(&a.pretrain_data, self.held_out)?;
                 if left_out > 0 {
                     println!(
-                        "pretraining: {left_out} passages of --pretrain-data belong to eval articles and are left out"
+                        "pretraining: {left_out} entries of --pretrain-data (repeats counted) belong to eval articles and are left out"
                     );
                 }
                 kept
