@@ -3,5 +3,6 @@
 set -euo pipefail
 venv="${1:-$HOME/.cache/scaledown/venv}"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install -q torch transformers accelerate gguf numpy
+# The versions the bench was last run with (transformers renames its KV-cache arguments).
+"$venv/bin/pip" install -q torch==2.15.0 transformers==5.24.0 accelerate gguf numpy
 echo "$venv/bin/python"

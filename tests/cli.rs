@@ -218,7 +218,8 @@ fn bench_measures_every_work_item_and_goes_on_without_pytorch() {
         [
             "prefill 16 tokens",
             "decode 2 tokens",
-            "training step, batch 4 (SQuAD)",
+            "training step, LoRA, batch 4 (SQuAD)",
+            "pretraining step, frozen generator, batch 4 windows",
             "MiniLM, batch 1 x 128 tokens",
             "MiniLM, batch 8 x 128 tokens",
             "answer SQuAD, 1 document, uncompressed",
@@ -273,12 +274,12 @@ fn bench_with_random_weights_needs_only_configs_and_tokenizers() {
     let report = json(&out);
     assert_eq!(report["random_weights"], true);
     let rows = report["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 13, "{rows:?}");
+    assert_eq!(rows.len(), 14, "{rows:?}");
     for r in rows {
         let median = r["ours"]["median"].as_f64().unwrap();
         assert!(median.is_finite() && median > 0.0, "{r}");
     }
-    let batched: Vec<(&str, &str)> = rows[9..]
+    let batched: Vec<(&str, &str)> = rows[10..]
         .iter()
         .map(|r| (r["work"].as_str().unwrap(), r["unit"].as_str().unwrap()))
         .collect();

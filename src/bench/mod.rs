@@ -164,8 +164,13 @@ fn data_items(
     let squad = work::questions(dir, Dataset::Squad, "squad_dev.jsonl", most.max(4))?;
     let hotpot = work::questions(dir, Dataset::HotpotQa, "hotpotqa_dev.jsonl", o.queries)?;
     items.push(Item {
-        name: "training step, batch 4 (SQuAD)".into(),
+        name: "training step, LoRA, batch 4 (SQuAD)".into(),
         work: work::train_work(tokenizers, &squad[..4])?,
+        unit: Unit::Ms,
+    });
+    items.push(Item {
+        name: "pretraining step, frozen generator, batch 4 windows".into(),
+        work: work::pretrain_work(tokenizers, &squad, 4)?,
         unit: Unit::Ms,
     });
     if let Some(tok) = minilm {
@@ -255,7 +260,7 @@ pub fn run(
             "op": "load", "generator": generator, "minilm": minilm_dir,
             "random_weights": o.random_weights, "device": o.pytorch_device,
             "threads": o.threads, "num_layers": work::bench_compressor().num_layers,
-            "memory_tokens": work::bench_compressor().num_memory_tokens,
+            "compression_rate": work::bench_compressor().compression_rate,
             "lora_rank": work::LORA.rank, "lora_alpha": work::LORA.alpha,
         });
         pytorch::PyTorch::start(py, o.threads, load)

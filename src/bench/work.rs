@@ -6,12 +6,13 @@ use scaledown_data::{Dataset, Example, parse_source};
 use scaledown_model::bert::Bert;
 use scaledown_model::burn::prelude::*;
 use scaledown_model::burn::tensor::read_sync;
-use scaledown_model::compressor::{CompressorConfig, Readout};
+use scaledown_model::compressor::CompressorConfig;
 use scaledown_model::generation::{
     GenerationConfig, PrefixCache, argmax, generate_after, generate_batch,
 };
 use scaledown_model::llama::{KvCache, Llama, PromptInput};
 use scaledown_model::oscar::{Encoded, LoraSettings, Oscar, OscarTokenizers};
+use scaledown_model::pretraining::PretrainingSet;
 use scaledown_model::tokenizer::{Tokenizer, chat_prompt};
 use scaledown_model::training::{TrainExample, TrainSettings, Trainer};
 use serde_json::{Value, json};
@@ -43,14 +44,30 @@ pub enum Work {
         tokens: usize,
         batched: bool,
     },
-    /// One optimisation step over the batch (compressor, memory tokens, projector, LoRA).
-    TrainStep(Vec<TrainExample>),
+    /// One optimisation step over the batch: the compressor and the generator's LoRA
+    /// (question answering), or the compressor alone over the frozen generator (pretraining).
+    TrainStep {
+        batch: Vec<TrainExample>,
+        generator: Trained,
+    },
     /// MiniLM sentence embeddings of a batch of equal-length inputs.
     Encode(Vec<Vec<u32>>),
 }
 
+/// What a training step updates besides the compressor.
+#[derive(Clone, Copy)]
+pub enum Trained {
+    /// LoRA factors on the generator (question answering).
+    Lora,
+    /// Nothing: the generator is frozen (pretraining).
+    Frozen,
+}
+
 fn encoded_json(e: &Encoded) -> Value {
-    json!({"prefix": e.prefix, "chunks": e.chunks, "suffix": e.suffix})
+    json!({
+        "prefix": e.prefix, "chunks": e.chunks, "query_tokens": e.query_tokens,
+        "suffix": e.suffix,
+    })
 }
 
 impl Work {
@@ -79,8 +96,12 @@ impl Work {
                 "queries": queries.iter().map(encoded_json).collect::<Vec<_>>(),
                 "tokens": tokens,
             }),
-            Work::TrainStep(batch) => json!({
+            Work::TrainStep { batch, generator } => json!({
                 "kind": "train_step",
+                "generator": match generator {
+                    Trained::Lora => "lora",
+                    Trained::Frozen => "frozen",
+                },
                 "examples": batch.iter().map(|ex| {
                     let mut v = encoded_json(&ex.encoded);
                     v["answer"] = json!(ex.answer);
@@ -143,14 +164,10 @@ pub fn answer_work(
     ))
 }
 
-/// The compressor that both sides run: OSCAR's memory-token readout, which the PyTorch worker
-/// implements (its twin of the pooled readout, the CLI's default, is still to be written).
+/// The compressor that both sides run: the CLI's default, the pooled layer-5 readout at rate
+/// 16 (bench/pytorch_bench.py's `Pooled` is its twin).
 pub fn bench_compressor() -> CompressorConfig {
-    CompressorConfig {
-        readout: Readout::MemoryTokens,
-        projector: true,
-        ..CompressorConfig::oscar()
-    }
+    CompressorConfig::oscar()
 }
 
 /// A training batch of real questions with their gold answers.
@@ -167,7 +184,36 @@ pub fn train_work(tokenizers: &OscarTokenizers, examples: &[Example]) -> Result<
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(Work::TrainStep(batch))
+    Ok(Work::TrainStep {
+        batch,
+        generator: Trained::Lora,
+    })
+}
+
+/// A pretraining batch: `n` auto-encoding windows of the questions' passages, the fullest
+/// first (128 tokens with real weights).
+pub fn pretrain_work(tokenizers: &OscarTokenizers, examples: &[Example], n: usize) -> Result<Work> {
+    let config = bench_compressor();
+    let mut set = PretrainingSet::default();
+    for ex in examples {
+        for document in documents_of(ex) {
+            set.add_passage(tokenizers, &config, &document)?;
+        }
+    }
+    let mut windows = set.auto_encoding;
+    if windows.len() < n {
+        bail!(
+            "{} pretraining windows among the questions' passages, {n} needed",
+            windows.len()
+        );
+    }
+    // Stable: equally full windows keep the passages' order.
+    windows.sort_by_key(|ex| std::cmp::Reverse(ex.encoded.document_tokens));
+    windows.truncate(n);
+    Ok(Work::TrainStep {
+        batch: windows,
+        generator: Trained::Frozen,
+    })
 }
 
 /// `batch` MiniLM inputs of exactly `len` tokens (`[CLS] text… [SEP]`) from the documents.
@@ -202,9 +248,12 @@ pub struct Ours {
     generator: Llama,
     prefix: PrefixCache,
     oscar: Oscar,
-    /// Taken out for each step (the optimizer consumes and returns it).
+    /// The question-answering model (LoRA) and the pretraining one (frozen generator), each
+    /// with its trainer; taken out for each step (the optimizer consumes and returns it).
     training: Option<Oscar>,
     trainer: Trainer,
+    pretraining: Option<Oscar>,
+    pretrainer: Trainer,
     minilm: Option<Bert>,
 }
 
@@ -220,7 +269,8 @@ impl Ours {
             Oscar::assemble(&config, generator.clone(), None, None, device)?.for_inference();
         let training =
             Oscar::assemble(&config, generator.clone(), None, Some(LORA), device)?.train();
-        let trainer = Trainer::new(TrainSettings {
+        let pretraining = Oscar::assemble(&config, generator.clone(), None, None, device)?.train();
+        let settings = TrainSettings {
             compressor_lr: 5e-5,
             memory_lr: 5e-5,
             generator_lr: 1e-4,
@@ -230,6 +280,11 @@ impl Ours {
             max_grad_norm: 1.0,
             rerank_weight: 0.05,
             distill_weight: 0.0,
+        };
+        let trainer = Trainer::new(settings.clone());
+        let pretrainer = Trainer::new(TrainSettings {
+            compressor_lr: 1e-4,
+            ..settings
         });
         let prefix = PrefixCache::new(&generator, &tokenizers.shared_prefix()?, device);
         Ok(Self {
@@ -239,6 +294,8 @@ impl Ours {
             oscar,
             training: Some(training),
             trainer,
+            pretraining: Some(pretraining),
+            pretrainer,
             minilm,
         })
     }
@@ -328,14 +385,17 @@ impl Ours {
             } => {
                 read_sync(self.oscar.answer_batch(queries, &[], &greedy(*tokens)))?;
             }
-            Work::TrainStep(batch) => {
-                let model = self
-                    .training
+            Work::TrainStep { batch, generator } => {
+                let (slot, trainer) = match generator {
+                    Trained::Lora => (&mut self.training, &mut self.trainer),
+                    Trained::Frozen => (&mut self.pretraining, &mut self.pretrainer),
+                };
+                let model = slot
                     .take()
                     .expect("the training model is back after each step");
                 let refs: Vec<&TrainExample> = batch.iter().collect();
-                let (model, stats) = read_sync(self.trainer.step(model, &refs));
-                self.training = Some(model);
+                let (model, stats) = read_sync(trainer.step(model, &refs));
+                *slot = Some(model);
                 stats?;
             }
             Work::Encode(batch) => {
