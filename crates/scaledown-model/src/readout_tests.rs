@@ -163,6 +163,66 @@ fn memory_positions_skip_the_generators_first_k_layers() {
     assert!(max_diff(head(real), head(other)) < 1e-6);
 }
 
+/// At rate 1 the memory is every document token's layer-k state, which the untrained
+/// compressor (a copy of the generator's first k layers) computes as the generator would: with
+/// nothing before the document, the generator's states at the memory positions are then the
+/// full text's at the document's tokens, through RoPE positions that run on through the slots.
+/// (The tokens after the memory differ: the generator's first k layers never see the memory.)
+#[test]
+fn at_rate_1_the_memory_positions_carry_the_full_texts_states() {
+    let device = Device::flex();
+    device.seed(11);
+    let config = CompressorConfig {
+        compression_rate: 1,
+        num_memory_tokens: 6,
+        ..pooled(CompressorType::NLayers)
+    };
+    let model = oscar_with(LlamaConfig::tiny(40).init(&device), &config).for_inference();
+    let (document, after) = (vec![3u32, 9, 4, 17, 25, 6], vec![12u32, 13, 14]);
+    let n = document.len();
+    let encoded = Encoded {
+        chunks: vec![document.clone()],
+        chunk_documents: vec![0],
+        ..example().encoded
+    };
+    let memory = model.memory_vectors(&encoded);
+    assert_eq!(memory.dims(), [n, 64]);
+    let g = &model.generator;
+    let zeros = |len: usize| Tensor::<3>::zeros([1, len, 64], &device);
+    let x = Tensor::cat(vec![zeros(n), g.embed(ids_tensor(&after, &device))], 1);
+    let inserted = Inserted {
+        layer: model.compressor.memory_layer,
+        values: Tensor::cat(vec![memory.unsqueeze::<3>(), zeros(after.len())], 1),
+        slots: (0..n + after.len()).map(|t| t < n).collect(),
+    };
+    let layers = g.layers.len();
+    let compressed = g.forward_input(
+        x,
+        Some(inserted),
+        &mut KvCache::new(layers),
+        None,
+        |_, _| {},
+    );
+    let full_ids = [document.as_slice(), after.as_slice()].concat();
+    let full = g.forward_embeds(
+        g.embed(ids_tensor(&full_ids, &device)),
+        &mut KvCache::new(layers),
+        None,
+        |_, _| {},
+    );
+    let at = |t: Tensor<3>, r: std::ops::Range<usize>| t.slice([0..1, r, 0..64]);
+    let err = max_diff(at(compressed.clone(), 0..n), at(full.clone(), 0..n));
+    assert!(
+        err < 1e-4,
+        "memory positions differ from the full text by {err}"
+    );
+    let tail = max_diff(at(compressed, n..n + 3), at(full, n..n + 3));
+    assert!(
+        tail > 1e-3,
+        "the tokens after the memory read it only above layer k"
+    );
+}
+
 /// Greedy answers decoded with the KV cache (the memory positions have placeholder keys in
 /// the first k layers, hidden from every later token) equal the argmax of one uncached pass
 /// over the prompt and the answer; after a cached prefix and in a padded batch too.
