@@ -118,12 +118,10 @@ class Pooled:
             h = layer_call(layer, h, masks[id(key)], pe, pos, cache)
         return h
 
-    def memory_vectors(self, chunks, query_tokens):
-        """`[Σ vectors, d]` in chunk order; chunks within 25 % of a group's shortest run as
-        one right-padded batch, as scaledown groups them. `query_tokens`: the length of the
-        query before each chunk's document tokens (one for all chunks, or one per chunk)."""
-        if isinstance(query_tokens, int):
-            query_tokens = [query_tokens] * len(chunks)
+    def chunk_memory(self, chunks, query_tokens):
+        """Each chunk's memory vectors `[vectors, d]`, in chunk order; chunks within 25 % of a
+        group's shortest run as one right-padded batch, as scaledown groups them.
+        `query_tokens[i]`: the length of the query before chunk i's document tokens."""
         order = sorted(range(len(chunks)), key=lambda i: len(chunks[i]))
         states = [None] * len(chunks)
         i = 0
@@ -144,7 +142,11 @@ class Pooled:
                 states[g] = torch.stack([doc[s:s + self.rate].mean(0)
                                          for s in range(0, len(doc), self.rate)])
             i = j
-        return torch.cat(states, 0)
+        return states
+
+    def memory_vectors(self, q):
+        """One query's memory `[Σ vectors, d]`."""
+        return torch.cat(self.chunk_memory(q["chunks"], [q["query_tokens"]] * len(q["chunks"])))
 
     def prompt(self, q, memory, continuation=()):
         """Embeddings `[1, n, d]` (zeros at the memory slots), the memory values at the slots
@@ -290,15 +292,13 @@ class Worker:
                     greedy(self.generator, w["tokens"], input_ids=torch.tensor([q["ids"]]))
             elif kind == "answer_compressed":
                 for q in w["queries"]:
-                    memory = self.oscar.memory_vectors(q["chunks"], q["query_tokens"])
-                    self.oscar.greedy(w["tokens"], [self.oscar.prompt(q, memory)])
+                    self.oscar.greedy(w["tokens"], [self.oscar.prompt(q, self.oscar.memory_vectors(q))])
             elif kind == "answer_batch":
                 embed = self.generator.model.embed_tokens
                 prompts = [embed(torch.tensor([q["ids"]])) for q in w["queries"]]
                 greedy_batch(self.generator, w["tokens"], prompts)
             elif kind == "answer_compressed_batch":
-                prompts = [self.oscar.prompt(q, self.oscar.memory_vectors(q["chunks"], q["query_tokens"]))
-                           for q in w["queries"]]
+                prompts = [self.oscar.prompt(q, self.oscar.memory_vectors(q)) for q in w["queries"]]
                 self.oscar.greedy(w["tokens"], prompts)
             elif kind == "encode":
                 ids = torch.tensor(w["batch"])
@@ -318,13 +318,11 @@ class Worker:
         t, params, optims = self.training[generator]
         sync()
         start = time.perf_counter()
-        memory = t.memory_vectors([c for ex in examples for c in ex["chunks"]],
-                                  [ex["query_tokens"] for ex in examples for _ in ex["chunks"]])
-        prompts, offset = [], 0
-        for ex in examples:
-            rows = sum(-(-(len(c) - ex["query_tokens"]) // t.rate) for c in ex["chunks"])
-            prompts.append(t.prompt(ex, memory[offset:offset + rows], ex["answer"][:-1]))
-            offset += rows
+        # All chunks of the batch in the compressor's length groups, as scaledown runs them.
+        memory = iter(t.chunk_memory([c for ex in examples for c in ex["chunks"]],
+                                     [ex["query_tokens"] for ex in examples for _ in ex["chunks"]]))
+        prompts = [t.prompt(ex, torch.cat([next(memory) for _ in ex["chunks"]]), ex["answer"][:-1])
+                   for ex in examples]
         hidden, _, _ = t.forward(prompts, left_pad=False)
         answers = [ex["answer"] for ex in examples]
         rows = torch.cat([hidden[i, p[0].shape[1] - len(a):p[0].shape[1]]

@@ -248,13 +248,31 @@ pub struct Ours {
     generator: Llama,
     prefix: PrefixCache,
     oscar: Oscar,
-    /// The question-answering model (LoRA) and the pretraining one (frozen generator), each
-    /// with its trainer; taken out for each step (the optimizer consumes and returns it).
-    training: Option<Oscar>,
-    trainer: Trainer,
-    pretraining: Option<Oscar>,
-    pretrainer: Trainer,
+    /// Question answering (LoRA) and pretraining (frozen generator).
+    training: Training,
+    pretraining: Training,
     minilm: Option<Bert>,
+}
+
+/// A model in training with its trainer.
+struct Training {
+    /// Taken out for each step (the optimizer consumes and returns it).
+    model: Option<Oscar>,
+    trainer: Trainer,
+}
+
+impl Training {
+    fn step(&mut self, batch: &[TrainExample]) -> Result<()> {
+        let model = self
+            .model
+            .take()
+            .expect("the training model is back after each step");
+        let refs: Vec<&TrainExample> = batch.iter().collect();
+        let (model, stats) = read_sync(self.trainer.step(model, &refs));
+        self.model = Some(model);
+        stats?;
+        Ok(())
+    }
 }
 
 impl Ours {
@@ -281,10 +299,9 @@ impl Ours {
             rerank_weight: 0.05,
             distill_weight: 0.0,
         };
-        let trainer = Trainer::new(settings.clone());
         let pretrainer = Trainer::new(TrainSettings {
             compressor_lr: 1e-4,
-            ..settings
+            ..settings.clone()
         });
         let prefix = PrefixCache::new(&generator, &tokenizers.shared_prefix()?, device);
         Ok(Self {
@@ -292,10 +309,14 @@ impl Ours {
             generator,
             prefix,
             oscar,
-            training: Some(training),
-            trainer,
-            pretraining: Some(pretraining),
-            pretrainer,
+            training: Training {
+                model: Some(training),
+                trainer: Trainer::new(settings),
+            },
+            pretraining: Training {
+                model: Some(pretraining),
+                trainer: pretrainer,
+            },
             minilm,
         })
     }
@@ -385,19 +406,10 @@ impl Ours {
             } => {
                 read_sync(self.oscar.answer_batch(queries, &[], &greedy(*tokens)))?;
             }
-            Work::TrainStep { batch, generator } => {
-                let (slot, trainer) = match generator {
-                    Trained::Lora => (&mut self.training, &mut self.trainer),
-                    Trained::Frozen => (&mut self.pretraining, &mut self.pretrainer),
-                };
-                let model = slot
-                    .take()
-                    .expect("the training model is back after each step");
-                let refs: Vec<&TrainExample> = batch.iter().collect();
-                let (model, stats) = read_sync(trainer.step(model, &refs));
-                *slot = Some(model);
-                stats?;
-            }
+            Work::TrainStep { batch, generator } => match generator {
+                Trained::Lora => self.training.step(batch)?,
+                Trained::Frozen => self.pretraining.step(batch)?,
+            },
             Work::Encode(batch) => {
                 let bert = self
                     .minilm

@@ -344,7 +344,7 @@ impl Oscar {
     /// The generator's input `[1, n, width]`: prefix, `memory` (the question's memory
     /// vectors, entering after the compressor's memory layer), suffix, then `continuation`
     /// (teacher-forced answer tokens) when given.
-    fn prompt_around(
+    pub(crate) fn prompt_around(
         &self,
         encoded: &Encoded,
         memory: Tensor<2>,

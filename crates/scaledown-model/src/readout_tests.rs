@@ -180,29 +180,20 @@ fn at_rate_1_the_memory_positions_carry_the_full_texts_states() {
     let model = oscar_with(LlamaConfig::tiny(40).init(&device), &config).for_inference();
     let (document, after) = (vec![3u32, 9, 4, 17, 25, 6], vec![12u32, 13, 14]);
     let n = document.len();
+    // Nothing before the memory, so that the compressor's positions are the generator's.
     let encoded = Encoded {
         chunks: vec![document.clone()],
         chunk_documents: vec![0],
+        prefix: vec![],
+        suffix: after.clone(),
         ..example().encoded
     };
     let memory = model.memory_vectors(&encoded);
     assert_eq!(memory.dims(), [n, 64]);
     let g = &model.generator;
-    let zeros = |len: usize| Tensor::<3>::zeros([1, len, 64], &device);
-    let x = Tensor::cat(vec![zeros(n), g.embed(ids_tensor(&after, &device))], 1);
-    let inserted = Inserted {
-        layer: model.compressor.memory_layer,
-        values: Tensor::cat(vec![memory.unsqueeze::<3>(), zeros(after.len())], 1),
-        slots: (0..n + after.len()).map(|t| t < n).collect(),
-    };
     let layers = g.layers.len();
-    let compressed = g.forward_input(
-        x,
-        Some(inserted),
-        &mut KvCache::new(layers),
-        None,
-        |_, _| {},
-    );
+    let prompt = model.prompt_around(&encoded, memory, &[]);
+    let compressed = g.forward_prompt(prompt, &mut KvCache::new(layers));
     let full_ids = [document.as_slice(), after.as_slice()].concat();
     let full = g.forward_embeds(
         g.embed(ids_tensor(&full_ids, &device)),
