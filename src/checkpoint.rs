@@ -1,14 +1,16 @@
 //! Checkpoint folders: `setup.json` (how to rebuild the model: compressor shapes, generator
 //! and encoder files, LoRA), `trainable.safetensors` (compressor, memory tokens, projector, LoRA
-//! factors) and `state.json` (training progress, for `--resume`). A checkpoint is written into
-//! a temporary folder and renamed into place, so a crash never leaves half of one.
+//! factors), `state.json` (training progress, for `--resume`) and `manifest.json` (each
+//! file's SHA-256 and size, written last). A checkpoint is written into a temporary folder and
+//! renamed into place, so a crash never leaves half of one; a file damaged later is refused
+//! when read, by name.
 
 use crate::fsutil::{read_text, write_atomic};
 use crate::models;
 use anyhow::{Context, Result, bail};
 
 use scaledown_model::burn::prelude::*;
-use scaledown_model::checkpoint::{load_trainable, trainable_to_safetensors};
+use scaledown_model::checkpoint::{Manifest, load_trainable, trainable_to_safetensors};
 use scaledown_model::compressor::CompressorType;
 use scaledown_model::llama::Llama;
 use scaledown_model::oscar::{LoraSettings, Oscar, OscarTokenizers};
@@ -39,8 +41,8 @@ pub fn build(setup: &OscarSetup, device: &Device) -> Result<Loaded> {
                 .encoder
                 .as_ref()
                 .context("the encoder compressor needs an encoder")?;
-            let (bert, tok) = models::load_encoder(path, device)?;
-            (Some(bert), Some(tok))
+            let (encoder, tok) = models::load_compressor_encoder(path, device)?;
+            (Some(encoder), Some(tok))
         }
     };
     let base_generator = g.model.clone();
@@ -61,8 +63,41 @@ pub fn build(setup: &OscarSetup, device: &Device) -> Result<Loaded> {
 
 pub fn read_setup(dir: &Path) -> Result<OscarSetup> {
     let path = dir.join("setup.json");
-    serde_json::from_str(&read_text(&path)?)
+    serde_json::from_slice(&read_checked(dir, "setup.json")?)
         .with_context(|| format!("{}: not a checkpoint setup", path.display()))
+}
+
+/// The checkpoint's `manifest.json`; None for a folder written before manifests existed.
+fn manifest(dir: &Path) -> Result<Option<Manifest>> {
+    let path = dir.join(Manifest::FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    Manifest::from_json(&read_text(&path)?)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))
+}
+
+/// The bytes of `dir/name`, refused (naming the file) when they are not what the
+/// checkpoint's manifest records.
+pub fn read_checked(dir: &Path, name: &str) -> Result<Vec<u8>> {
+    let bytes = crate::fsutil::read(&dir.join(name))?;
+    if let Some(m) = manifest(dir)? {
+        m.check(name, &bytes)
+            .map_err(|e| anyhow::anyhow!("checkpoint {} is damaged: {e}", dir.display()))?;
+    }
+    Ok(bytes)
+}
+
+/// Every file of the checkpoint against its manifest (a folder without one passes).
+pub fn verify(dir: &Path) -> Result<()> {
+    let Some(m) = manifest(dir)? else {
+        return Ok(());
+    };
+    for name in m.files.keys() {
+        read_checked(dir, name)?;
+    }
+    Ok(())
 }
 
 /// Rebuilds a checkpoint's model: the setup's files plus its trained tensors.
@@ -76,7 +111,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<(OscarSetup, Loaded)> {
     let setup = read_setup(dir)?;
     let mut loaded = build(&setup, device)?;
     let path = dir.join("trainable.safetensors");
-    let bytes = crate::fsutil::read(&path)?;
+    let bytes = read_checked(dir, "trainable.safetensors")?;
     loaded.oscar = load_trainable(loaded.oscar, &bytes)
         .with_context(|| format!("loading {}", path.display()))?;
     Ok((setup, loaded))
@@ -93,17 +128,18 @@ pub fn save(dir: &Path, setup: &OscarSetup, model: &Oscar, state: &impl Serializ
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let write = || -> Result<()> {
+        let files = [
+            ("setup.json", serde_json::to_vec_pretty(setup)?),
+            ("trainable.safetensors", trainable_to_safetensors(model)),
+            ("state.json", serde_json::to_vec_pretty(state)?),
+        ];
+        for (name, bytes) in &files {
+            write_atomic(&tmp.join(name), bytes)?;
+        }
+        let manifest = Manifest::of(files.iter().map(|(n, b)| (*n, b.as_slice())));
         write_atomic(
-            &tmp.join("setup.json"),
-            serde_json::to_string_pretty(setup)?.as_bytes(),
-        )?;
-        write_atomic(
-            &tmp.join("trainable.safetensors"),
-            &trainable_to_safetensors(model),
-        )?;
-        write_atomic(
-            &tmp.join("state.json"),
-            serde_json::to_string_pretty(state)?.as_bytes(),
+            &tmp.join(Manifest::FILE),
+            &serde_json::to_vec_pretty(&manifest)?,
         )?;
         Ok(())
     };
@@ -121,12 +157,30 @@ pub fn save(dir: &Path, setup: &OscarSetup, model: &Oscar, state: &impl Serializ
     Ok(())
 }
 
-/// The checkpoint that got furthest under `checkpoints/` (`pretrain-K`, `pretrained`,
+/// The intact checkpoint that got furthest under `checkpoints/` (`pretrain-K`, `pretrained`,
 /// `step-K` and `final` folders), by the pretraining and training steps their `state.json`
-/// records: (training step, folder).
+/// records: (training step, folder). A newer one whose files do not match its manifest is
+/// passed over, and said so.
 pub fn latest(checkpoints: &Path) -> Option<(usize, PathBuf)> {
-    std::fs::read_dir(checkpoints)
-        .ok()?
+    let mut found = candidates(checkpoints);
+    found.sort_by_key(|(k, _)| std::cmp::Reverse(*k));
+    found
+        .into_iter()
+        .find_map(|((_, step), dir)| match verify(&dir) {
+            Ok(()) => Some((step, dir)),
+            Err(e) => {
+                println!("--resume: passing over {}: {e:#}", dir.display());
+                None
+            }
+        })
+}
+
+/// Checkpoint folders under `checkpoints/` with their (pretraining step, training step).
+fn candidates(checkpoints: &Path) -> Vec<((usize, usize), PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(checkpoints) else {
+        return vec![];
+    };
+    entries
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().to_string();
@@ -146,8 +200,7 @@ pub fn latest(checkpoints: &Path) -> Option<(usize, PathBuf)> {
                 .exists()
                 .then_some(((pretrain_step, step), dir))
         })
-        .max_by_key(|(k, _)| *k)
-        .map(|((_, step), dir)| (step, dir))
+        .collect()
 }
 
 /// Keeps the newest `keep` folders named `{prefix}K`.

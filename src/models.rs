@@ -3,6 +3,7 @@
 use anyhow::{Context, Result, bail};
 use scaledown_model::bert::{Bert, BertConfig, bert_from_safetensors};
 use scaledown_model::burn::prelude::Device;
+use scaledown_model::encoder::Encoder;
 use scaledown_model::llama::{Llama, LlamaConfig, llama_from_gguf, llama_from_safetensors};
 use scaledown_model::tokenizer::Tokenizer;
 use scaledown_model::weights::gguf::GgufFile;
@@ -191,6 +192,27 @@ pub fn load_encoder(dir: &Path, device: &Device) -> Result<(Bert, Tokenizer)> {
         .with_context(|| format!("loading {}", dir.display()))?;
     let tokenizer = folder_tokenizer(dir)?;
     Ok((model, tokenizer))
+}
+
+/// The encoder compressor's backbone and its tokenizer, from a Hugging Face folder: BERT or
+/// ModernBERT, as its `config.json` says.
+pub fn load_compressor_encoder(dir: &Path, device: &Device) -> Result<(Encoder, Tokenizer)> {
+    let config = read_text(&dir.join("config.json"))?;
+    let weights = read(&dir.join("model.safetensors"))?;
+    let model = Encoder::from_safetensors(&config, &weights, device)
+        .with_context(|| format!("loading {}", dir.display()))?;
+    let tokenizer = folder_tokenizer(dir)?;
+    Ok((model, tokenizer))
+}
+
+/// The `model_type` of a Hugging Face folder's `config.json` (`bert` when it names none, or
+/// when the file cannot be read: loading it says why later).
+pub fn encoder_architecture(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["model_type"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "bert".into())
 }
 
 fn find_gguf(dir: &Path) -> Result<Option<PathBuf>> {

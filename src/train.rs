@@ -61,8 +61,9 @@ pub struct TrainArgs {
     /// Evaluation examples (default: `<stem>_eval.json` beside --train-data).
     #[arg(long, alias = "eval_data")]
     pub eval_data: Option<PathBuf>,
-    /// n_layers (a copy of the generator's first N layers) or encoder (MiniLM + MLP projector;
-    /// `modernbert` selects it too).
+    /// n_layers (a copy of the generator's first N layers) or encoder (the --encoder folder,
+    /// BERT or ModernBERT as its config.json says, + MLP projector; `modernbert` and `bert`
+    /// select it too).
     #[arg(long, alias = "compressor_type", default_value = "n_layers")]
     pub compressor_type: String,
     /// Generator layers in the n_layers compressor.
@@ -174,7 +175,8 @@ pub struct TrainArgs {
     /// Generator GGUF file or Hugging Face folder (default: SmolLM2-135M-Instruct).
     #[arg(long)]
     pub generator: Option<PathBuf>,
-    /// Encoder folder for the encoder compressor (default: all-MiniLM-L6-v2).
+    /// Encoder folder for the encoder compressor: config.json, model.safetensors and
+    /// tokenizer.json of a BERT or ModernBERT (default: all-MiniLM-L6-v2).
     #[arg(long)]
     pub encoder: Option<PathBuf>,
     #[arg(long, default_value = "flex")]
@@ -368,11 +370,15 @@ fn start(models_dir: &Path, a: &TrainArgs) -> Result<Run> {
             .clone()
             .unwrap_or_else(|| models::default_encoder(models_dir))
     });
-    if a.compressor_type == "modernbert" {
-        println!(
-            "compressor type `modernbert`: using the encoder compressor with {} (ModernBERT weights are not shipped)",
-            encoder.as_ref().expect("encoder").display()
-        );
+    if let Some(dir) = &encoder {
+        let architecture = models::encoder_architecture(dir);
+        if a.compressor_type == "modernbert" && architecture != "modernbert" {
+            println!(
+                "compressor type `modernbert`: {} holds a {architecture} encoder, which runs \
+                 (ModernBERT weights are not shipped: give a ModernBERT folder with --encoder)",
+                dir.display()
+            );
+        }
     }
     for p in std::iter::once(&generator).chain(encoder.iter()) {
         if !p.exists() {
@@ -435,8 +441,9 @@ fn start(models_dir: &Path, a: &TrainArgs) -> Result<Run> {
                     dir.display()
                 );
             }
-            let state: TrainState = serde_json::from_str(&read_text(&dir.join("state.json"))?)
-                .with_context(|| format!("{}/state.json", dir.display()))?;
+            let state: TrainState =
+                serde_json::from_slice(&checkpoint::read_checked(dir, "state.json")?)
+                    .with_context(|| format!("{}/state.json", dir.display()))?;
             match (saved_setup.lora_rank, setup.lora_rank) {
                 (x, y) if x == y => {}
                 // Pretrained with the generator frozen, question answering with LoRA: the

@@ -342,6 +342,64 @@ fn an_interrupted_training_resumes_from_its_last_checkpoint() {
     fails_with(&o, &["another compressor configuration"]);
 }
 
+/// Every checkpoint carries a manifest (each file's SHA-256 and size): `eval` refuses a
+/// checkpoint whose tensors were damaged on disk, naming the file, and `--resume` passes over
+/// damaged checkpoints to the newest intact one and says so.
+#[test]
+fn a_damaged_checkpoint_is_refused_and_resume_falls_back() {
+    let s = Setup::new();
+    ok(&s.train("run", &["--max-steps", "15", "--eval-steps", "5"]));
+    let checkpoints = s.dir.join("run/checkpoints");
+    let manifest = read_json(&checkpoints.join("final/manifest.json"));
+    for f in ["setup.json", "trainable.safetensors", "state.json"] {
+        let entry = &manifest["files"][f];
+        let len = std::fs::metadata(checkpoints.join("final").join(f))
+            .unwrap()
+            .len();
+        assert_eq!(entry["bytes"].as_u64(), Some(len), "{f}");
+        assert_eq!(entry["sha256"].as_str().map(str::len), Some(64), "{f}");
+    }
+    let tensors = |c: &str| checkpoints.join(c).join("trainable.safetensors");
+    let mut bytes = std::fs::read(tensors("final")).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01; // one bit, in the tensor data
+    std::fs::write(tensors("final"), &bytes).unwrap();
+    let o = scaledown(&[
+        "eval",
+        "--checkpoint",
+        &checkpoints.join("final").display().to_string(),
+        "--eval-data",
+        &s.p("train_eval.json"),
+    ]);
+    fails_with(&o, &["final", "trainable.safetensors", "SHA-256"]);
+    // step-10 truncated as well: resuming passes over both and goes on from step 5.
+    let bytes = std::fs::read(tensors("step-10")).unwrap();
+    std::fs::write(tensors("step-10"), &bytes[..bytes.len() - 100]).unwrap();
+    let log = ok(&s.train(
+        "run",
+        &["--max-steps", "15", "--eval-steps", "5", "--resume"],
+    ));
+    for needle in [
+        "passing over",
+        "SHA-256",
+        "truncated",
+        "resuming from",
+        "step 5",
+    ] {
+        assert!(log.contains(needle), "`{needle}` not in: {log}");
+    }
+    // The run wrote a new, intact final checkpoint.
+    ok(&scaledown(&[
+        "eval",
+        "--checkpoint",
+        &checkpoints.join("final").display().to_string(),
+        "--eval-data",
+        &s.p("train_eval.json"),
+        "--output",
+        &s.p("again.json"),
+    ]));
+}
+
 #[test]
 fn bad_input_is_named() {
     let s = Setup::new();
@@ -918,4 +976,87 @@ fn teacher_labels_from_prepare_are_used_and_only_the_rest_generated() {
         .map(|k| k.split(' ').next().unwrap())
         .collect();
     assert_eq!(ids, ["q5", "q6", "q7"], "only the unlabelled examples");
+}
+
+/// A ModernBERT folder (the model crate's random parity fixture, with a word-level tokenizer
+/// that adds `[CLS]` and `[SEP]` as ModernBERT's does) as the encoder compressor's backbone:
+/// `--compressor-type modernbert` trains it, the loss falls, and `eval` reloads the checkpoint
+/// to the same scores.
+#[test]
+fn a_modernbert_folder_trains_as_the_encoder_compressor() {
+    let s = Setup::new();
+    let encoder = s.dir.join("modernbert");
+    std::fs::create_dir_all(&encoder).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/scaledown-model/tests/fixtures/modernbert_tiny");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture.join(f), encoder.join(f)).unwrap();
+    }
+    let mut tokenizer: serde_json::Value = serde_json::from_str(&tokenizer_json()).unwrap();
+    let vocab = tokenizer["model"]["vocab"].as_object_mut().unwrap();
+    let (cls, sep) = (vocab.len(), vocab.len() + 1);
+    vocab.insert("[CLS]".into(), cls.into());
+    vocab.insert("[SEP]".into(), sep.into());
+    let added = tokenizer["added_tokens"].as_array_mut().unwrap();
+    for (id, content) in [(cls, "[CLS]"), (sep, "[SEP]")] {
+        added.push(
+            serde_json::json!({"id": id, "content": content, "single_word": false,
+            "lstrip": false, "rstrip": false, "normalized": false, "special": true}),
+        );
+    }
+    tokenizer["post_processor"] = serde_json::json!({
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}},
+                   {"Sequence": {"id": "A", "type_id": 0}},
+                   {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {
+            "[CLS]": {"id": "[CLS]", "ids": [cls], "tokens": ["[CLS]"]},
+            "[SEP]": {"id": "[SEP]", "ids": [sep], "tokens": ["[SEP]"]}
+        }
+    });
+    std::fs::write(encoder.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+
+    let encoder = encoder.display().to_string();
+    let flags = [
+        "--compressor-type",
+        "modernbert",
+        "--encoder",
+        encoder.as_str(),
+        "--max-steps",
+        "40",
+    ];
+    let log = ok(&s.train("mb", &flags));
+    assert!(
+        !log.contains("holds a"),
+        "a ModernBERT folder runs as given: {log}"
+    );
+    let out = s.dir.join("mb");
+    let report = read_json(&out.join("metrics_report.json"));
+    let losses: Vec<f64> = report["training"]["losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l[1].as_f64().unwrap())
+        .collect();
+    let head: f64 = losses[..5].iter().sum::<f64>() / 5.0;
+    let tail: f64 = losses[losses.len() - 5..].iter().sum::<f64>() / 5.0;
+    assert!(tail < 0.7 * head, "loss {head} -> {tail}");
+    let eval_out = s.p("mb_eval.json");
+    ok(&scaledown(&[
+        "eval",
+        "--checkpoint",
+        &out.join("checkpoints/final").display().to_string(),
+        "--eval-data",
+        &s.p("train_eval.json"),
+        "--output",
+        &eval_out,
+    ]));
+    let answers = |v: &serde_json::Value| -> Vec<serde_json::Value> {
+        let list = v["predictions"].as_array().expect("predictions");
+        list.iter().map(|p| p["prediction"].clone()).collect()
+    };
+    let after = read_json(&out.join("after_training_results.json"));
+    let again = read_json(Path::new(&eval_out));
+    assert_eq!(answers(&after), answers(&again["compressed"]));
 }

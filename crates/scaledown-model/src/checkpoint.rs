@@ -159,3 +159,105 @@ pub fn load_trainable<M: Module>(module: M, bytes: &[u8]) -> Result<M, WeightErr
     }
     Ok(module)
 }
+
+/// `manifest.json` of a checkpoint folder: every other file's SHA-256 and size, written last,
+/// so that a folder whose bytes changed on disk is refused instead of answering from garbage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub files: BTreeMap<String, FileDigest>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileDigest {
+    /// Lower-case hex.
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+impl FileDigest {
+    pub fn of(bytes: &[u8]) -> Self {
+        use sha2::Digest;
+        let hash = sha2::Sha256::digest(bytes);
+        Self {
+            sha256: hash.iter().map(|b| format!("{b:02x}")).collect(),
+            bytes: bytes.len() as u64,
+        }
+    }
+}
+
+impl Manifest {
+    pub const FILE: &'static str = "manifest.json";
+
+    /// The manifest of `(file name, contents)` pairs.
+    pub fn of<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Self {
+        Self {
+            files: files
+                .into_iter()
+                .map(|(name, bytes)| (name.to_string(), FileDigest::of(bytes)))
+                .collect(),
+        }
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        serde_json::from_str(text).map_err(|e| format!("{}: {e}", Self::FILE))
+    }
+
+    /// Whether `bytes` are the contents the manifest records for `name`; the error says what
+    /// differs.
+    pub fn check(&self, name: &str, bytes: &[u8]) -> Result<(), String> {
+        let Some(want) = self.files.get(name) else {
+            return Err(format!("{name} is not listed in {}", Self::FILE));
+        };
+        if want.bytes != bytes.len() as u64 {
+            return Err(format!(
+                "{name} is {} bytes, {} records {} (truncated or replaced)",
+                bytes.len(),
+                Self::FILE,
+                want.bytes
+            ));
+        }
+        if FileDigest::of(bytes).sha256 != want.sha256 {
+            return Err(format!(
+                "{name} does not match its SHA-256 in {} (damaged on disk)",
+                Self::FILE
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod manifest_tests {
+    use super::*;
+
+    #[test]
+    fn a_manifest_accepts_its_files_and_names_what_changed() {
+        let (setup, weights) = (b"{\"a\": 1}".as_slice(), vec![7u8; 1000]);
+        let m = Manifest::of([
+            ("setup.json", setup),
+            ("trainable.safetensors", &weights[..]),
+        ]);
+        // The SHA-256 of the empty string, as a known value.
+        assert_eq!(
+            FileDigest::of(b"").sha256,
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        let m = Manifest::from_json(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert!(m.check("setup.json", setup).is_ok());
+        assert!(m.check("trainable.safetensors", &weights).is_ok());
+        let mut flipped = weights.clone();
+        flipped[500] ^= 1;
+        let e = m.check("trainable.safetensors", &flipped).unwrap_err();
+        assert!(
+            e.contains("trainable.safetensors") && e.contains("SHA-256"),
+            "{e}"
+        );
+        let e = m
+            .check("trainable.safetensors", &weights[..999])
+            .unwrap_err();
+        assert!(e.contains("999 bytes") && e.contains("1000"), "{e}");
+        let e = m.check("state.json", b"{}").unwrap_err();
+        assert!(e.contains("not listed"), "{e}");
+        assert!(Manifest::from_json("{\"files\": 3}").is_err());
+    }
+}

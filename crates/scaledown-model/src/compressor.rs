@@ -8,7 +8,7 @@
 //! - memory tokens (OSCAR's): the backbone reads `[query; chunk; MEM_1..MEM_L]` and the
 //!   states at the L memory tokens, projected, enter at the generator's input.
 
-use crate::bert::Bert;
+use crate::encoder::Encoder;
 use crate::llama::model::Block;
 use crate::llama::rope::Rope;
 use crate::llama::{KvCache, Llama};
@@ -27,7 +27,7 @@ use std::str::FromStr;
 pub enum CompressorType {
     /// A trainable copy of the generator's first N layers.
     NLayers,
-    /// A separate encoder (MiniLM, any BERT checkpoint).
+    /// A separate bidirectional encoder: BERT (MiniLM, shipped) or ModernBERT.
     Encoder,
 }
 
@@ -36,7 +36,8 @@ impl FromStr for CompressorType {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "n_layers" | "n-layers" => Ok(Self::NLayers),
-            // The seed tool's ModernBERT choice maps to the encoder compressor we ship.
+            // The architecture comes from the encoder's config.json: `modernbert` (the seed
+            // tool's name) and `bert` are the same compressor over their folders.
             "encoder" | "modernbert" | "bert" => Ok(Self::Encoder),
             other => Err(format!(
                 "unknown compressor type `{other}` (n_layers, encoder, modernbert)"
@@ -190,7 +191,7 @@ pub struct DecoderStack {
 #[allow(clippy::large_enum_variant)] // one per compressor, built once
 pub enum Backbone {
     Decoder(DecoderStack),
-    Encoder(Bert),
+    Encoder(Encoder),
 }
 
 /// Backbone width -> generator width.
@@ -319,7 +320,7 @@ impl Compressor {
     /// An encoder compressor over `encoder` with a projector to `generator`'s width.
     pub fn from_encoder(
         config: &CompressorConfig,
-        encoder: Bert,
+        encoder: Encoder,
         generator: &Llama,
         device: &Device,
     ) -> Self {
@@ -339,7 +340,7 @@ impl Compressor {
     fn device(&self) -> Device {
         match &self.backbone {
             Backbone::Decoder(stack) => stack.rope.device(),
-            Backbone::Encoder(bert) => bert.embeddings.word.weight.device(),
+            Backbone::Encoder(encoder) => encoder.device(),
         }
     }
 
@@ -443,14 +444,14 @@ impl Compressor {
                 }
                 h
             }
-            Backbone::Encoder(bert) => {
+            Backbone::Encoder(encoder) => {
                 let seen: Vec<i64> = lens
                     .iter()
                     .flat_map(|&n| (0..width).map(move |j| (j < n + t) as i64))
                     .collect();
                 let mask =
                     Tensor::<2, Int>::from_data(TensorData::new(seen, [batch, width]), &device);
-                bert.forward_word_embeds(x, mask)
+                encoder.forward_word_embeds(x, mask)
             }
         };
         let memory: Vec<Tensor<2>> = match self.pool_rate {
@@ -500,7 +501,7 @@ impl Compressor {
     pub fn embed(&self, generator: &Llama, ids: Tensor<2, Int>) -> Tensor<3> {
         match &self.backbone {
             Backbone::Decoder(_) => generator.embed(ids),
-            Backbone::Encoder(bert) => bert.embeddings.word.forward(ids),
+            Backbone::Encoder(encoder) => encoder.embed(ids),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! ScaleDown's model crate: SmolLM2 (Llama) and MiniLM (BERT) in Burn, loaded from the bytes
+//! ScaleDown's model crate: SmolLM2 (Llama), MiniLM (BERT) and ModernBERT in Burn, loaded from the bytes
 //! of their published files, with tokenizers and generation. No file-system or network code,
 //! so that it builds for `wasm32-unknown-unknown` too.
 
@@ -7,8 +7,10 @@ pub mod bert;
 pub mod checkpoint;
 pub mod compressor;
 pub mod distillation;
+pub mod encoder;
 pub mod generation;
 pub mod llama;
+pub mod modernbert;
 pub mod oscar;
 pub mod pretraining;
 pub mod tokenizer;

@@ -5,8 +5,8 @@
 //! doc n>\nQuestion: q<|im_end|>\n<|im_start|>assistant\n`; the uncompressed baseline has the
 //! documents' text where the vectors are.
 
-use crate::bert::Bert;
 use crate::compressor::{ChunkInput, Compressed, Compressor, CompressorConfig, CompressorType};
+use crate::encoder::Encoder;
 use crate::generation::{GenerationConfig, PrefixCache, continue_from, generate_batch};
 use crate::llama::{Inserted, KvCache, Llama, PromptInput};
 use crate::tokenizer::{SMOLLM2_SYSTEM_PROMPT, Tokenizer};
@@ -40,7 +40,7 @@ impl Oscar {
     pub fn assemble(
         config: &CompressorConfig,
         generator: Llama,
-        encoder: Option<Bert>,
+        encoder: Option<Encoder>,
         lora: Option<LoraSettings>,
         device: &Device,
     ) -> Result<Self, WeightError> {
@@ -49,8 +49,8 @@ impl Oscar {
             .map_err(WeightError::Config)?;
         let compressor = match (config.compressor_type, encoder) {
             (CompressorType::NLayers, _) => Compressor::from_generator(config, &generator, device),
-            (CompressorType::Encoder, Some(bert)) => {
-                let room = bert.max_positions();
+            (CompressorType::Encoder, Some(encoder)) => {
+                let room = encoder.max_positions();
                 let needed = config.chunk_tokens() + config.num_memory_tokens + MAX_QUERY_TOKENS;
                 if needed > room {
                     return Err(WeightError::Config(format!(
@@ -60,7 +60,7 @@ impl Oscar {
                         config.num_memory_tokens
                     )));
                 }
-                Compressor::from_encoder(config, bert, &generator, device)
+                Compressor::from_encoder(config, encoder, &generator, device)
             }
             (CompressorType::Encoder, None) => {
                 return Err(WeightError::Config(

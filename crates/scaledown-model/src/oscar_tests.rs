@@ -4,6 +4,7 @@
 use crate::bert::BertConfig;
 use crate::checkpoint::{load_trainable, trainable_to_safetensors};
 use crate::compressor::{Compressor, CompressorConfig, CompressorType, Readout};
+use crate::encoder::Encoder;
 use crate::generation::GenerationConfig;
 use crate::llama::LlamaConfig;
 use crate::oscar::{Encoded, Oscar};
@@ -36,16 +37,24 @@ fn oscar_over(generator: crate::llama::Llama, compressor_type: CompressorType) -
     oscar_with(generator, &config(compressor_type))
 }
 
-/// A random compressor of `cfg` and LoRA factors over `generator`.
+/// A random compressor of `cfg` (a tiny BERT for the encoder) and LoRA factors over
+/// `generator`.
 pub(crate) fn oscar_with(generator: crate::llama::Llama, cfg: &CompressorConfig) -> Oscar {
+    let bert = Encoder::Bert(BertConfig::tiny(40).init(&Device::flex()));
+    oscar_with_encoder(generator, cfg, bert)
+}
+
+/// [`oscar_with`] over a given encoder (used when `cfg` is an encoder compressor).
+pub(crate) fn oscar_with_encoder(
+    generator: crate::llama::Llama,
+    cfg: &CompressorConfig,
+    encoder: Encoder,
+) -> Oscar {
     let device = Device::flex();
     let cfg = cfg.clone();
     let compressor = match cfg.compressor_type {
         CompressorType::NLayers => Compressor::from_generator(&cfg, &generator, &device),
-        CompressorType::Encoder => {
-            let bert = BertConfig::tiny(40).init(&device);
-            Compressor::from_encoder(&cfg, bert, &generator, &device)
-        }
+        CompressorType::Encoder => Compressor::from_encoder(&cfg, encoder, &generator, &device),
     };
     Oscar {
         compressor,

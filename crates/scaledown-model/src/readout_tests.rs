@@ -3,10 +3,12 @@
 
 use crate::checkpoint::{load_trainable, trainable_to_safetensors};
 use crate::compressor::{Backbone, CompressorConfig, CompressorType, Readout};
+use crate::encoder::Encoder;
 use crate::generation::{GenerationConfig, PrefixCache, argmax};
 use crate::llama::{Inserted, KvCache, LlamaConfig};
+use crate::modernbert::ModernBertConfig;
 use crate::oscar::{Encoded, Oscar, ids_tensor};
-use crate::oscar_tests::{config, example, loss_of, oscar_with, settings};
+use crate::oscar_tests::{config, example, loss_of, oscar_with, oscar_with_encoder, settings};
 use crate::training::Trainer;
 use burn::prelude::*;
 use burn::tensor::read_sync;
@@ -277,4 +279,61 @@ fn the_pooled_readout_trains_and_reloads() {
         let again = loss_of(&reloaded, &ex);
         assert!((after - again).abs() < 1e-5, "{after} vs {again}");
     }
+}
+
+/// ModernBERT behind the same encoder compressor (a local window shorter than the chunks):
+/// a chunk's memory in a padded batch equals the lone chunk's, training lowers the loss, and
+/// a checkpoint reloads the trained model.
+#[test]
+fn a_modernbert_encoder_batches_trains_and_reloads() {
+    let device = Device::flex();
+    device.seed(6);
+    let generator = LlamaConfig::tiny(40).init(&device);
+    let cfg = pooled(CompressorType::Encoder);
+    let encoder = || Encoder::ModernBert(ModernBertConfig::tiny(40).init(&device));
+    let model = oscar_with_encoder(generator.clone(), &cfg, encoder());
+    let encoded = Encoded {
+        chunks: vec![
+            vec![1, 2, 3, 4, 5, 6, 7, 8, 9],
+            vec![1, 2, 7],
+            vec![9, 8, 7, 6, 5],
+        ],
+        query_tokens: 1,
+        chunk_documents: vec![0, 0, 1],
+        ..example().encoded
+    };
+    let inference = model.clone().for_inference();
+    let batched = inference.memory_vectors(&encoded);
+    let alone: Vec<Tensor<2>> = encoded
+        .chunks
+        .iter()
+        .map(|ids| {
+            let one = Encoded {
+                chunks: vec![ids.clone()],
+                chunk_documents: vec![0],
+                ..encoded.clone()
+            };
+            inference.memory_vectors(&one)
+        })
+        .collect();
+    // 8, 2 and 4 document tokens at rate 4: 2 + 1 + 1 vectors.
+    assert_eq!(batched.dims(), [4, inference.generator.hidden_size()]);
+    let diff = max_diff(batched, Tensor::cat(alone, 0));
+    assert!(diff < 1e-5, "batched differs by {diff}");
+
+    let mut model = model.train();
+    let ex = example();
+    let before = loss_of(&model, &ex);
+    let mut trainer = Trainer::new(settings(40));
+    for _ in 0..40 {
+        let (m, stats) = read_sync(trainer.step(model, &[&ex, &ex]));
+        model = m;
+        stats.unwrap();
+    }
+    let after = loss_of(&model, &ex);
+    assert!(after < 0.5 * before, "{before} -> {after}");
+    let bytes = trainable_to_safetensors(&model);
+    let reloaded = load_trainable(oscar_with_encoder(generator, &cfg, encoder()), &bytes).unwrap();
+    let again = loss_of(&reloaded, &ex);
+    assert!((after - again).abs() < 1e-5, "{after} vs {again}");
 }

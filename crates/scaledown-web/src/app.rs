@@ -322,12 +322,13 @@ async fn load_real_model(state: Shared) -> Result<(), String> {
             n if n.ends_with(".gguf") => files.gguf = dom::read_file(&file).await?,
             "setup.json" => files.setup = Some(dom::read_text(&file).await?),
             "trainable.safetensors" => files.trainable = Some(dom::read_file(&file).await?),
+            "manifest.json" => files.manifest = Some(dom::read_text(&file).await?),
             "config.json" => encoder.0 = Some(dom::read_text(&file).await?),
             "model.safetensors" => encoder.1 = Some(dom::read_file(&file).await?),
             "tokenizer.json" => encoder.2 = Some(dom::read_file(&file).await?),
             other => {
                 return Err(format!(
-                    "{other}: not a model file (a .gguf, setup.json, trainable.safetensors, or \
+                    "{other}: not a model file (a .gguf, setup.json, trainable.safetensors, manifest.json, or \
                      an encoder's config.json, model.safetensors, tokenizer.json)"
                 ));
             }
@@ -345,6 +346,12 @@ async fn load_real_model(state: Shared) -> Result<(), String> {
         files.setup = Some(dom::fetch_text(&format!("{checkpoint_url}/setup.json")).await?);
         files.trainable =
             Some(dom::fetch_bytes(&format!("{checkpoint_url}/trainable.safetensors")).await?);
+        // Checkpoints written before manifests have none: only a missing one is passed over.
+        files.manifest = match dom::fetch_text(&format!("{checkpoint_url}/manifest.json")).await {
+            Ok(text) => Some(text),
+            Err(e) if e.contains("HTTP 404") => None,
+            Err(e) => return Err(e),
+        };
     }
     if files.gguf.is_empty() {
         return Err("choose the generator's .gguf file (or give its URL)".into());

@@ -4,10 +4,10 @@
 
 use scaledown_data::metrics::Scores;
 use scaledown_data::schema::Example;
-use scaledown_model::bert::bert_from_safetensors;
 use scaledown_model::burn::prelude::*;
-use scaledown_model::checkpoint::{OscarSetup, load_trainable};
+use scaledown_model::checkpoint::{Manifest, OscarSetup, load_trainable};
 use scaledown_model::compressor::{CompressorConfig, CompressorType, Readout};
+use scaledown_model::encoder::Encoder;
 use scaledown_model::generation::{GenerationConfig, generate};
 use scaledown_model::llama::{Llama, LlamaConfig, llama_from_gguf};
 use scaledown_model::oscar::{
@@ -44,6 +44,8 @@ pub struct ModelFiles {
     /// A checkpoint of `scaledown train`: `setup.json` and `trainable.safetensors`.
     pub setup: Option<String>,
     pub trainable: Option<Vec<u8>>,
+    /// The checkpoint's `manifest.json`, when given: setup and tensors must match it.
+    pub manifest: Option<String>,
     /// The encoder of an `encoder` checkpoint: `config.json`, `model.safetensors`,
     /// `tokenizer.json`.
     pub encoder: Option<(String, Vec<u8>, Vec<u8>)>,
@@ -175,6 +177,15 @@ impl Playground {
     /// SmolLM2 from its GGUF, with a checkpoint of `scaledown train` when given (otherwise a
     /// fresh compressor of the CLI's defaults). The file bytes are dropped once loaded.
     pub fn from_files(files: ModelFiles, device: &Device) -> Result<Self, String> {
+        if let Some(text) = &files.manifest {
+            let manifest = Manifest::from_json(text)?;
+            if let Some(setup) = &files.setup {
+                manifest.check("setup.json", setup.as_bytes())?;
+            }
+            if let Some(bytes) = &files.trainable {
+                manifest.check("trainable.safetensors", bytes)?;
+            }
+        }
         let (gen_config, generator) =
             llama_from_gguf(&files.gguf, device).map_err(|e| format!("GGUF: {e}"))?;
         let tokenizer = GgufFile::parse(&files.gguf)
@@ -208,11 +219,11 @@ impl Playground {
         };
         let (encoder, encoder_tokenizer) = match (config.compressor_type, files.encoder) {
             (CompressorType::Encoder, Some((config_json, weights, tokenizer_json))) => {
-                let (_, bert) = bert_from_safetensors(&config_json, &weights, device)
+                let encoder = Encoder::from_safetensors(&config_json, &weights, device)
                     .map_err(|e| format!("encoder model.safetensors: {e}"))?;
                 let tok = Tokenizer::from_json(&tokenizer_json)
                     .map_err(|e| format!("encoder tokenizer.json: {e}"))?;
-                (Some(bert), Some(tok))
+                (Some(encoder), Some(tok))
             }
             (CompressorType::Encoder, None) => {
                 return Err(
@@ -535,5 +546,31 @@ mod tests {
         };
         let e = Playground::from_files(garbage, &device).err().unwrap();
         assert!(e.starts_with("GGUF"), "{e}");
+    }
+
+    /// A checkpoint whose tensors do not match its manifest is refused, naming the file.
+    #[test]
+    fn a_damaged_checkpoint_is_refused_by_its_manifest() {
+        let device = Device::flex();
+        let setup = "{}".to_string();
+        let trainable = vec![7u8; 4096];
+        let manifest = Manifest::of([
+            ("setup.json", setup.as_bytes()),
+            ("trainable.safetensors", &trainable[..]),
+        ]);
+        let mut damaged = trainable.clone();
+        *damaged.last_mut().unwrap() ^= 0x40;
+        let files = ModelFiles {
+            gguf: b"not read: the manifest is checked first".to_vec(),
+            setup: Some(setup),
+            trainable: Some(damaged),
+            manifest: Some(serde_json::to_string(&manifest).unwrap()),
+            ..Default::default()
+        };
+        let e = Playground::from_files(files, &device).err().unwrap();
+        assert!(
+            e.contains("trainable.safetensors") && e.contains("SHA-256"),
+            "{e}"
+        );
     }
 }
