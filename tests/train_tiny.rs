@@ -989,9 +989,34 @@ fn a_modernbert_folder_trains_as_the_encoder_compressor() {
     std::fs::create_dir_all(&encoder).unwrap();
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("crates/scaledown-model/tests/fixtures/modernbert_tiny");
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture.join(f), encoder.join(f)).unwrap();
-    }
+    std::fs::copy(fixture.join("config.json"), encoder.join("config.json")).unwrap();
+    // The fixture keeps its weights as JSON (name -> shape, values): written as safetensors.
+    let weights: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture.join("weights.json")).unwrap()).unwrap();
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = weights
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, t)| {
+            let shape: Vec<usize> = serde_json::from_value(t["shape"].clone()).unwrap();
+            let values: Vec<f32> = serde_json::from_value(t["values"].clone()).unwrap();
+            (
+                name.clone(),
+                shape,
+                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views = tensors.iter().map(|(name, shape, bytes)| {
+        let view =
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes);
+        (name.clone(), view.unwrap())
+    });
+    std::fs::write(
+        encoder.join("model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
     let mut tokenizer: serde_json::Value = serde_json::from_str(&tokenizer_json()).unwrap();
     let vocab = tokenizer["model"]["vocab"].as_object_mut().unwrap();
     let (cls, sep) = (vocab.len(), vocab.len() + 1);

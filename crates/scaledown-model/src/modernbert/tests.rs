@@ -1,5 +1,8 @@
 use super::*;
 use burn::prelude::*;
+use safetensors::Dtype;
+use safetensors::tensor::TensorView;
+use std::collections::BTreeMap;
 
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -8,6 +11,28 @@ const FIXTURE: &str = concat!(
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!("{FIXTURE}/{name}")).expect("fixture (see make.py beside it)")
+}
+
+/// The fixture's weights (`weights.json`: name -> shape and values) as safetensors bytes.
+fn fixture_safetensors() -> Vec<u8> {
+    let weights: BTreeMap<String, (Vec<usize>, Vec<u8>)> =
+        serde_json::from_slice::<serde_json::Value>(&fixture("weights.json"))
+            .expect("weights.json")
+            .as_object()
+            .expect("an object")
+            .iter()
+            .map(|(name, t)| {
+                let shape: Vec<usize> = serde_json::from_value(t["shape"].clone()).unwrap();
+                let values: Vec<f32> = serde_json::from_value(t["values"].clone()).unwrap();
+                let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                (name.clone(), (shape, bytes))
+            })
+            .collect();
+    let views = weights.iter().map(|(name, (shape, bytes))| {
+        let view = TensorView::new(Dtype::F32, shape.clone(), bytes).unwrap();
+        (name.clone(), view)
+    });
+    safetensors::serialize(views, None).unwrap()
 }
 
 fn int_tensor(rows: &[Vec<i64>], device: &Device) -> Tensor<2, Int> {
@@ -22,7 +47,7 @@ fn int_tensor(rows: &[Vec<i64>], device: &Device) -> Tensor<2, Int> {
 fn matches_transformers() {
     let device = Device::flex();
     let config = String::from_utf8(fixture("config.json")).unwrap();
-    let (c, model) = modernbert_from_safetensors(&config, &fixture("model.safetensors"), &device)
+    let (c, model) = modernbert_from_safetensors(&config, &fixture_safetensors(), &device)
         .expect("load the fixture");
     assert_eq!(
         c.layers,
