@@ -3,7 +3,7 @@
 use super::config::BertConfig;
 use super::model::{Bert, BertEmbeddings, BertLayer};
 use crate::weights::safetensors::SafetensorsFile;
-use crate::weights::{WeightError, WeightSource, load, to_tensor};
+use crate::weights::{WeightError, WeightSource, linear, load};
 use burn::module::Param;
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
@@ -38,21 +38,7 @@ pub fn bert_from_safetensors(
         Ok(norm)
     };
     let lin = |n: &str, out: usize, inp: usize| -> Result<Linear, WeightError> {
-        let wname = name(&format!("{n}.weight"));
-        let w = src.tensor(&wname)?;
-        if w.shape != [out, inp] {
-            return Err(WeightError::Shape {
-                name: wname,
-                found: w.shape,
-                expected: vec![out, inp],
-            });
-        }
-        let w = to_tensor(&wname, w.transposed(), [inp, out], device)?;
-        let b = load(&src, &name(&format!("{n}.bias")), [out], device)?;
-        Ok(Linear {
-            weight: Param::from_tensor(w),
-            bias: Some(Param::from_tensor(b)),
-        })
+        linear(&src, &name(n), [out, inp], true, device)
     };
     let emb = |n: &str, rows: usize| -> Result<Embedding, WeightError> {
         Ok(Embedding {

@@ -4,7 +4,7 @@
 use super::config::ModernBertConfig;
 use super::model::{ModernBert, ModernBertLayer};
 use crate::weights::safetensors::SafetensorsFile;
-use crate::weights::{WeightError, WeightSource, load, to_tensor};
+use crate::weights::{WeightError, WeightSource, linear, load};
 use burn::module::Param;
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
@@ -38,23 +38,7 @@ pub fn modernbert_from_safetensors(
         Ok(norm)
     };
     let lin = |n: &str, out: usize, inp: usize, bias: bool| -> Result<Linear, WeightError> {
-        let wname = name(&format!("{n}.weight"));
-        let w = src.tensor(&wname)?;
-        if w.shape != [out, inp] {
-            return Err(WeightError::Shape {
-                name: wname,
-                found: w.shape,
-                expected: vec![out, inp],
-            });
-        }
-        let w = to_tensor(&wname, w.transposed(), [inp, out], device)?;
-        let b = bias
-            .then(|| load(&src, &name(&format!("{n}.bias")), [out], device))
-            .transpose()?;
-        Ok(Linear {
-            weight: Param::from_tensor(w),
-            bias: b.map(Param::from_tensor),
-        })
+        linear(&src, &name(n), [out, inp], bias, device)
     };
 
     let mut layers = Vec::with_capacity(c.num_hidden_layers);

@@ -95,3 +95,32 @@ impl WeightSource for gguf::GgufFile<'_> {
         self.tensor_info(name).is_some()
     }
 }
+
+/// A Hugging Face `nn.Linear` `name` (`{name}.weight` stored `[out, in]`, and `{name}.bias`
+/// when `bias`) as Burn's `Linear`, which multiplies by `[in, out]`.
+pub fn linear(
+    src: &dyn WeightSource,
+    name: &str,
+    [out, inp]: [usize; 2],
+    bias: bool,
+    device: &Device,
+) -> Result<burn::nn::Linear, WeightError> {
+    use burn::module::Param;
+    let wname = format!("{name}.weight");
+    let w = src.tensor(&wname)?;
+    if w.shape != [out, inp] {
+        return Err(WeightError::Shape {
+            name: wname,
+            found: w.shape,
+            expected: vec![out, inp],
+        });
+    }
+    let weight = to_tensor(&wname, w.transposed(), [inp, out], device)?;
+    let bias = bias
+        .then(|| load(src, &format!("{name}.bias"), [out], device))
+        .transpose()?;
+    Ok(burn::nn::Linear {
+        weight: Param::from_tensor(weight),
+        bias: bias.map(Param::from_tensor),
+    })
+}
