@@ -118,23 +118,37 @@ pub fn load(dir: &Path, device: &Device) -> Result<(OscarSetup, Loaded)> {
 }
 
 /// Writes `dir` (e.g. `checkpoints/step-50`) atomically: a hidden temporary folder, renamed.
-pub fn save(dir: &Path, setup: &OscarSetup, model: &Oscar, state: &impl Serialize) -> Result<()> {
+/// `optimizer` (AdamW's moments, [`Trainer::optimizer_state`]) goes in checkpoints that a run
+/// may continue from, so that the resumed steps equal the uninterrupted ones.
+///
+/// [`Trainer::optimizer_state`]: scaledown_model::training::Trainer::optimizer_state
+pub fn save(
+    dir: &Path,
+    setup: &OscarSetup,
+    model: &Oscar,
+    state: &impl Serialize,
+    optimizer: Option<Vec<u8>>,
+) -> Result<()> {
     let parent = dir.parent().context("checkpoint folder has no parent")?;
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let name = dir
         .file_name()
         .context("checkpoint folder has no name")?
         .to_string_lossy();
+    remove_leftovers(parent, &name);
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
     let write = || -> Result<()> {
-        let files = [
+        let mut files = vec![
             ("setup.json", serde_json::to_vec_pretty(setup)?),
             ("trainable.safetensors", trainable_to_safetensors(model)),
             ("state.json", serde_json::to_vec_pretty(state)?),
         ];
+        if let Some(bytes) = optimizer {
+            files.push((OPTIMIZER_FILE, bytes));
+        }
         for (name, bytes) in &files {
             write_atomic(&tmp.join(name), bytes)?;
+            test_pause();
         }
         let manifest = Manifest::of(files.iter().map(|(n, b)| (*n, b.as_slice())));
         write_atomic(
@@ -145,7 +159,10 @@ pub fn save(dir: &Path, setup: &OscarSetup, model: &Oscar, state: &impl Serializ
     };
     if let Err(e) = write() {
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
+        return Err(e.context(format!(
+            "checkpoint {} was not written (earlier checkpoints are kept)",
+            dir.display()
+        )));
     }
     let old = parent.join(format!(".{name}.old-{}", std::process::id()));
     if dir.exists() {
@@ -155,6 +172,44 @@ pub fn save(dir: &Path, setup: &OscarSetup, model: &Oscar, state: &impl Serializ
         .with_context(|| format!("moving checkpoint into {}", dir.display()))?;
     let _ = std::fs::remove_dir_all(&old);
     Ok(())
+}
+
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+/// The optimiser state of a checkpoint, checked against its manifest; None when it has none.
+pub fn read_optimizer(dir: &Path) -> Result<Option<Vec<u8>>> {
+    match dir.join(OPTIMIZER_FILE).exists() {
+        true => read_checked(dir, OPTIMIZER_FILE).map(Some),
+        false => Ok(None),
+    }
+}
+
+/// Temporary folders of `name` left by a process killed while writing it (a replaced copy
+/// only once `name` itself is back: until then it is the last good one).
+fn remove_leftovers(parent: &Path, name: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let mut prefixes = vec![format!(".{name}.tmp-")];
+    if parent.join(name).exists() {
+        prefixes.push(format!(".{name}.old-"));
+    }
+    for e in entries.filter_map(|e| e.ok()) {
+        let file = e.file_name().to_string_lossy().to_string();
+        if prefixes.iter().any(|p| file.starts_with(p.as_str())) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Tests set `SCALEDOWN_TEST_CHECKPOINT_PAUSE_MS` to kill a run while it writes a checkpoint.
+fn test_pause() {
+    if let Some(ms) = std::env::var("SCALEDOWN_TEST_CHECKPOINT_PAUSE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
 }
 
 /// The intact checkpoint that got furthest under `checkpoints/` (`pretrain-K`, `pretrained`,

@@ -4,7 +4,6 @@
 use crate::evaluate::documents_of;
 use anyhow::{Context, Result, bail};
 use scaledown_data::{Document, Example};
-use serde_json::Value;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -54,74 +53,17 @@ pub fn read_all_outside(paths: &[PathBuf], held_out: &[Example]) -> Result<(Vec<
     Ok((kept, left_out))
 }
 
-/// The documents of `path` (given with `flag`): JSON Lines (`.jsonl`/`.json`) with a `text`
-/// or `context` string, HotpotQA's `context` paragraphs, or a KILT-style `paragraphs` list
-/// (titled by `wikipedia_title` or `title`), or plain text with passages separated by blank lines (untitled). A malformed
-/// line is an error that names the file and the line.
+/// The documents of corpus file `path` (given with `flag`): see [`scaledown_data::corpus`];
+/// `.jsonl`/`.json` files are JSON Lines, others plain text.
 pub fn read_documents(path: &Path, flag: &str) -> Result<Vec<Document>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading {flag} {}", path.display()))?;
-    let is_json = matches!(
+    let json_lines = matches!(
         path.extension().and_then(|e| e.to_str()),
         Some("jsonl" | "json")
     );
-    let documents = if is_json {
-        let mut out = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let at = || format!("{} line {}", path.display(), i + 1);
-            let v: Value =
-                serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
-            out.extend(line_documents(&v).with_context(at)?);
-        }
-        out
-    } else {
-        text.split("\n\n")
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(|p| Document {
-                title: String::new(),
-                text: p.to_string(),
-            })
-            .collect()
-    };
-    if documents.is_empty() {
-        bail!("{flag} {}: no passages", path.display());
-    }
-    Ok(documents)
-}
-
-fn line_documents(v: &Value) -> Result<Vec<Document>> {
-    let title = ["wikipedia_title", "title"]
-        .iter()
-        .find_map(|k| v.get(k).and_then(Value::as_str))
-        .unwrap_or("");
-    let titled = |text: &str| Document {
-        title: title.to_string(),
-        text: text.to_string(),
-    };
-    if let Some(t) = ["text", "context"]
-        .iter()
-        .find_map(|k| v.get(k).and_then(Value::as_str))
-    {
-        return Ok(vec![titled(t)]);
-    }
-    if let Some(context) = v.get("context").filter(|c| !c.is_string()) {
-        // HotpotQA's paragraphs, each with its own title.
-        return scaledown_data::sources::hotpot_documents(context).map_err(anyhow::Error::msg);
-    }
-    match v.get("paragraphs").and_then(Value::as_array) {
-        Some(ps) => ps
-            .iter()
-            .map(|p| match p.as_str() {
-                Some(s) => Ok(titled(s)),
-                None => bail!("`paragraphs` holds a non-string"),
-            })
-            .collect(),
-        None => bail!("no `text`, `context` or `paragraphs` field"),
-    }
+    let file = format!("{flag} {}", path.display());
+    Ok(scaledown_data::parse_corpus(&file, &text, json_lines)?)
 }
 
 /// The distinct documents of `examples`, in first-seen order.
@@ -163,19 +105,19 @@ mod tests {
         let p = write("bad_hotpot.jsonl", "{\"context\": [[1, []]]}\n");
         let e = format!("{:#}", read(&p).unwrap_err());
         assert!(
-            e.contains("bad_hotpot.jsonl line 1") && e.contains("title"),
+            e.contains("bad_hotpot.jsonl: line 1") && e.contains("title"),
             "{e}"
         );
         let p = write("c.jsonl", "{\"text\": \"ok\"}\n{\"text\": \n");
         let e = format!("{:#}", read(&p).unwrap_err());
         assert!(
-            e.contains("c.jsonl line 2") && e.contains("not JSON"),
+            e.contains("c.jsonl: line 2") && e.contains("not JSON"),
             "{e}"
         );
         let p = write("d.jsonl", "{\"question\": \"q\"}\n");
         let e = format!("{:#}", read(&p).unwrap_err());
         assert!(
-            e.contains("d.jsonl line 1") && e.contains("no `text`"),
+            e.contains("d.jsonl: line 1") && e.contains("no `text`"),
             "{e}"
         );
         // Passages of held-out articles are left out, by title or by text.

@@ -12,6 +12,7 @@ use scaledown_data::{Example, Scores, parse_examples};
 use scaledown_model::backend::BackendKind;
 use scaledown_model::burn::module::Module;
 use scaledown_model::burn::tensor::read_sync;
+use scaledown_model::checkpoint::with_path_param_ids;
 use scaledown_model::compressor::{CompressorConfig, CompressorType, Readout};
 use scaledown_model::oscar::{Oscar, OscarTokenizers};
 use scaledown_model::pretraining::{self, PretrainingSet, Reconstruction};
@@ -337,6 +338,8 @@ struct Run {
     loaded: checkpoint::Loaded,
     state: TrainState,
     compressor_lr: f64,
+    /// AdamW's state in the checkpoint resumed from, if it has one.
+    resumed_optimizer: Option<Vec<u8>>,
 }
 
 /// Checks the flags, reads the data and builds the model, or loads it with `--resume`.
@@ -431,7 +434,7 @@ fn start(models_dir: &Path, a: &TrainArgs) -> Result<Run> {
             checkpoints.display()
         );
     }
-    let (loaded, state) = match &resume_from {
+    let (mut loaded, state) = match &resume_from {
         Some((step, dir)) => {
             println!("resuming from {} (step {step})", dir.display());
             let (saved_setup, mut loaded) = checkpoint::load(dir, &device)?;
@@ -467,6 +470,13 @@ fn start(models_dir: &Path, a: &TrainArgs) -> Result<Run> {
         }
         None => (checkpoint::build(&setup, &device)?, TrainState::default()),
     };
+    // The optimiser state finds its parameters by id: ids from their module paths are the
+    // same in every process.
+    loaded.oscar = with_path_param_ids(loaded.oscar);
+    let resumed_optimizer = match &resume_from {
+        Some((_, dir)) => checkpoint::read_optimizer(dir)?,
+        None => None,
+    };
     let compressor_lr = a.compressor_learning_rate.unwrap_or(match compressor_type {
         CompressorType::NLayers => 5e-5,
         CompressorType::Encoder => 1e-4,
@@ -482,6 +492,7 @@ fn start(models_dir: &Path, a: &TrainArgs) -> Result<Run> {
         loaded,
         state,
         compressor_lr,
+        resumed_optimizer,
     })
 }
 
@@ -502,6 +513,7 @@ pub fn pretrain(models_dir: &Path, a: TrainArgs) -> Result<()> {
         loaded,
         mut state,
         compressor_lr,
+        resumed_optimizer,
         ..
     } = start(models_dir, &a)?;
     let pretrain = Pretraining {
@@ -513,6 +525,7 @@ pub fn pretrain(models_dir: &Path, a: TrainArgs) -> Result<()> {
         compressor_lr,
         held_out: &held_out,
         probe_qa: true,
+        resumed_optimizer: resumed_optimizer.as_deref(),
     };
     pretrain.run(loaded.oscar.train(), &train, &eval, &mut state)?;
     println!(
@@ -538,6 +551,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         loaded,
         mut state,
         compressor_lr,
+        resumed_optimizer,
     } = start(models_dir, &a)?;
     let checkpoint::Loaded {
         oscar,
@@ -647,6 +661,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         compressor_lr,
         held_out: &held_out,
         probe_qa: false,
+        resumed_optimizer: resumed_optimizer.as_deref(),
     };
     model = pretrain.run(model, &train, &eval, &mut state)?;
 
@@ -657,6 +672,9 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         (per_epoch * a.num_epochs as usize).min(a.max_steps.map_or(usize::MAX, |m| m as usize));
     state.total_steps = total;
     let mut trainer = trainer_for(&a, compressor_lr, total, state.step);
+    if state.step > 0 {
+        resume_optimizer(&mut trainer, resumed_optimizer.as_deref())?;
+    }
     let mut stopped = None;
     let bar = progress::bar(total as u64, "training");
     bar.set_position(state.step as u64);
@@ -714,6 +732,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
                 &setup,
                 &model,
                 &state,
+                Some(optimizer_state(&trainer)?),
             )?;
             checkpoint::prune(&checkpoints, "step-", 2);
         }
@@ -739,7 +758,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         scores: after.scores,
     });
     if stopped.is_none() {
-        checkpoint::save(&checkpoints.join("final"), &setup, &model, &state)?;
+        checkpoint::save(&checkpoints.join("final"), &setup, &model, &state, None)?;
     }
     write_atomic(
         &out.join("after_training_results.json"),
@@ -881,6 +900,8 @@ struct Pretraining<'a> {
     /// Whether each probe also answers the held-out questions (`scaledown pretrain`; `train`
     /// evaluates them after question answering instead).
     probe_qa: bool,
+    /// AdamW's state in the checkpoint resumed from, if it has one.
+    resumed_optimizer: Option<&'a [u8]>,
 }
 
 impl Pretraining<'_> {
@@ -936,6 +957,9 @@ impl Pretraining<'_> {
         }
         let batch = a.batch_size as usize;
         let mut trainer = trainer_for(a, self.compressor_lr, total, state.pretrain_step);
+        if state.pretrain_step > 0 {
+            resume_optimizer(&mut trainer, self.resumed_optimizer)?;
+        }
         let bar = progress::bar(total as u64, "pretraining");
         bar.set_position(state.pretrain_step as u64);
         let started = Instant::now();
@@ -977,7 +1001,13 @@ impl Pretraining<'_> {
             if a.eval_steps > 0 && n.is_multiple_of(a.eval_steps as usize) && n < total {
                 bar.suspend(|| self.probe(&model, &probe, eval, state))?;
                 let dir = self.checkpoints.join(format!("pretrain-{n}"));
-                checkpoint::save(&dir, self.setup, &model, state)?;
+                checkpoint::save(
+                    &dir,
+                    self.setup,
+                    &model,
+                    state,
+                    Some(optimizer_state(&trainer)?),
+                )?;
                 checkpoint::prune(self.checkpoints, "pretrain-", 1);
             }
         }
@@ -991,11 +1021,17 @@ impl Pretraining<'_> {
         if state.pretrain_memory_gap.last().map(|p| p.step) != Some(state.pretrain_step) {
             self.probe(&model, &probe, eval, state)?;
         }
+        // Stopped by --pretrain-minutes, pretraining may go on from here: keep its moments.
+        let optimizer = match state.pretrain_step < total {
+            true => Some(optimizer_state(&trainer)?),
+            false => None,
+        };
         checkpoint::save(
             &self.checkpoints.join("pretrained"),
             self.setup,
             &model,
             state,
+            optimizer,
         )?;
         checkpoint::prune(self.checkpoints, "pretrain-", 0);
         Ok(model)
@@ -1120,6 +1156,26 @@ pub(crate) fn trainer_for(a: &TrainArgs, compressor_lr: f64, total: usize, done:
     });
     trainer.step = done;
     trainer
+}
+
+fn optimizer_state(trainer: &Trainer) -> Result<Vec<u8>> {
+    trainer.optimizer_state().map_err(anyhow::Error::msg)
+}
+
+/// Continues AdamW's moments from the checkpoint resumed (older checkpoints have none: the
+/// moments then start again from zero and the run is no longer step-for-step the same).
+fn resume_optimizer(trainer: &mut Trainer, state: Option<&[u8]>) -> Result<()> {
+    match state {
+        Some(bytes) => trainer
+            .load_optimizer_state(bytes)
+            .map_err(|e| anyhow::anyhow!("--resume: {}: {e}", checkpoint::OPTIMIZER_FILE)),
+        None => {
+            println!(
+                "--resume: the checkpoint holds no optimizer state; AdamW's moments start again"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// The examples of optimiser step `step`: epochs in a seeded shuffled order, `batch` at a time.

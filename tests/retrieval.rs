@@ -157,7 +157,7 @@ fn a_broken_corpus_line_is_named_and_nothing_is_written() {
     ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("kilt.jsonl line 2"), "{err}");
+    assert!(err.contains("kilt.jsonl: line 2"), "{err}");
     assert!(!out.exists() && !dir.path().join("train_eval.json").exists());
 }
 

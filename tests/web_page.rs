@@ -448,6 +448,7 @@ fn the_page_answers_with_smollm2_and_a_checkpoint_fetched_by_url() {
         &setup,
         &loaded.oscar,
         &json!({"step": 0}),
+        None,
     )
     .unwrap();
     let document = "The Amazon river flows through Brazil, Peru and Colombia. It carries more \

@@ -2,11 +2,13 @@
 //! official dataset formats, the leakage-free train/eval split, and the QA metrics.
 //! No Burn and no file system: callers pass text, so it builds for wasm32 as well.
 
+pub mod corpus;
 pub mod metrics;
 pub mod schema;
 pub mod sources;
 pub mod split;
 
+pub use corpus::parse_corpus;
 pub use metrics::{
     Scores, exact_match, match_accuracy, ndcg_at, normalize_answer, recall_at, rouge_l, token_f1,
 };

@@ -5,7 +5,7 @@
 use crate::compressor::CompressorConfig;
 use crate::weights::safetensors::SafetensorsFile;
 use crate::weights::{WeightError, WeightSource};
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::prelude::*;
 use safetensors::tensor::TensorView;
 use serde::{Deserialize, Serialize};
@@ -158,6 +158,44 @@ pub fn load_trainable<M: Module>(module: M, bytes: &[u8]) -> Result<M, WeightErr
         )));
     }
     Ok(module)
+}
+
+/// Gives every float parameter of `module` an id derived from its module path (FNV-1a), so
+/// that an optimiser's state, which Burn keys by parameter id, finds its parameters again in
+/// another process (`--resume`). Burn draws ids at random when a module is built; parameters
+/// that shared an id (tied weights) still share one.
+pub fn with_path_param_ids<M: Module>(module: M) -> M {
+    module.map(&mut PathIds {
+        path: Path::default(),
+        given: BTreeMap::new(),
+    })
+}
+
+struct PathIds {
+    path: Path,
+    /// Old id → new id, so that a parameter met at two paths keeps one id.
+    given: BTreeMap<u64, u64>,
+}
+
+impl ModuleMapper for PathIds {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, tensor, mapper) = param.consume();
+        let path = self.path.joined();
+        let new = *self.given.entry(id.val()).or_insert_with(|| fnv1a(&path));
+        Param::from_mapped_value(ParamId::from(new), tensor, mapper)
+    }
+}
+
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// `manifest.json` of a checkpoint folder: every other file's SHA-256 and size, written last,

@@ -87,6 +87,69 @@ impl Trainer {
         }
     }
 
+    /// The optimisers' state (AdamW moments and step counts of the compressor, the memory
+    /// parts and the LoRA factors) as one safetensors file of three burnpack records, so that
+    /// a resumed run takes the same steps as an uninterrupted one. The records key parameters
+    /// by id: give the model path-derived ids first ([`crate::checkpoint::with_path_param_ids`]).
+    pub fn optimizer_state(&self) -> Result<Vec<u8>, String> {
+        let records = self
+            .optimizers()
+            .map(|(name, optim)| optim.into_bytes().map(|b| (name, b.to_vec())))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("optimizer state: {e:?}"))?;
+        let views = records
+            .iter()
+            .map(|(name, bytes)| {
+                let view = safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::U8,
+                    vec![bytes.len()],
+                    bytes,
+                )
+                .map_err(|e| e.to_string())?;
+                Ok((name.to_string(), view))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        safetensors::serialize(views, None).map_err(|e| e.to_string())
+    }
+
+    /// Restores what [`Self::optimizer_state`] wrote. Parameters the records do not know
+    /// start with fresh moments; bytes that are not such a file are refused.
+    pub fn load_optimizer_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let file = safetensors::SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
+        let mut loaded = Vec::new();
+        for (name, optim) in self.optimizers() {
+            let view = file
+                .tensor(name)
+                .map_err(|_| format!("no `{name}` record"))?;
+            let record = burn::tensor::Bytes::from_bytes_vec(view.data().to_vec());
+            let fresh = optim.clone();
+            // Burn's record reader expects its own format and panics on some foreign bytes.
+            let restored =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fresh.from_bytes(record)))
+                    .map_err(|_| format!("`{name}` is not an optimizer record"))?
+                    .map_err(|e| format!("`{name}`: {e:?}"))?;
+            loaded.push(restored);
+        }
+        let mut loaded = loaded.into_iter();
+        for optim in [
+            &mut self.compressor_optim,
+            &mut self.memory_optim,
+            &mut self.generator_optim,
+        ] {
+            *optim = loaded.next().expect("three records");
+        }
+        Ok(())
+    }
+
+    fn optimizers(&self) -> impl Iterator<Item = (&'static str, &ModuleOptimizer)> {
+        [
+            ("compressor", &self.compressor_optim),
+            ("memory", &self.memory_optim),
+            ("generator", &self.generator_optim),
+        ]
+        .into_iter()
+    }
+
     /// Linear warm-up to 1 over `warmup_steps`, then linear decay to 0 at `total_steps`.
     pub fn lr_factor(&self, step: usize) -> f64 {
         let s = &self.settings;

@@ -323,6 +323,9 @@ async fn load_real_model(state: Shared) -> Result<(), String> {
             "setup.json" => files.setup = Some(dom::read_text(&file).await?),
             "trainable.safetensors" => files.trainable = Some(dom::read_file(&file).await?),
             "manifest.json" => files.manifest = Some(dom::read_text(&file).await?),
+            // Training state for `--resume` (AdamW's moments, state.json): answering needs
+            // neither, so a whole checkpoint folder can be chosen.
+            "optimizer.safetensors" | "state.json" => {}
             "config.json" => encoder.0 = Some(dom::read_text(&file).await?),
             "model.safetensors" => encoder.1 = Some(dom::read_file(&file).await?),
             "tokenizer.json" => encoder.2 = Some(dom::read_file(&file).await?),

@@ -1,0 +1,343 @@
+//! Runs that are interrupted end where uninterrupted ones do: training and pretraining killed
+//! with SIGKILL at random steps and while a checkpoint is being written, then resumed, give
+//! bit-equal losses and metrics on the CPU backend; a disk that fills up stops a run with a
+//! message naming the checkpoint, keeps the last good one, and the run resumes once there is
+//! room.
+
+mod tiny;
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tiny::*;
+
+/// Where a run is killed.
+#[derive(Debug, Clone, Copy)]
+enum Kill {
+    /// Once the log line `{prefix} {step}/` is out, i.e. somewhere in the step after it.
+    AfterStep(&'static str, usize),
+    /// While a checkpoint folder is half written (each file's write is followed by a pause).
+    InCheckpoint,
+}
+
+/// Runs `scaledown` with `args` and SIGKILLs it at `kill`; panics if it ends before.
+fn run_killed(args: &[String], checkpoints: &Path, kill: Kill) {
+    let pause = match kill {
+        Kill::InCheckpoint => "400",
+        Kill::AfterStep(..) => "0",
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_scaledown"))
+        .args(args)
+        .env("SCALEDOWN_TEST_CHECKPOINT_PAUSE_MS", pause)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run scaledown");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let started = Instant::now();
+    let mut log = vec![];
+    let hit = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "{kill:?} not reached:\n{}",
+            log.join("\n")
+        );
+        if let Kill::InCheckpoint = kill
+            && half_written(checkpoints)
+        {
+            break true;
+        }
+        match rx.recv_timeout(Duration::from_millis(10)) {
+            Ok(line) => {
+                let done = matches!(kill, Kill::AfterStep(prefix, n)
+                    if line.starts_with(&format!("{prefix} {n}/")));
+                log.push(line);
+                if done {
+                    break true;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break false,
+        }
+    };
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        hit && status.signal() == Some(9),
+        "the run ended ({status}) before {kill:?}:\n{}",
+        log.join("\n")
+    );
+}
+
+/// Whether a checkpoint is being written: a temporary folder that already holds its tensors.
+fn half_written(checkpoints: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(checkpoints) else {
+        return false;
+    };
+    entries.filter_map(|e| e.ok()).any(|e| {
+        e.file_name().to_string_lossy().contains(".tmp-")
+            && e.path().join("trainable.safetensors").exists()
+    })
+}
+
+/// Steps drawn from a fixed seed (`SCALEDOWN_TEST_SEED` overrides it), so a failure repeats.
+fn draw(seed: &mut u64, range: std::ops::RangeInclusive<usize>) -> usize {
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    range.start() + (*seed >> 33) as usize % (range.end() - range.start() + 1)
+}
+
+fn test_seed() -> u64 {
+    std::env::var("SCALEDOWN_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2026)
+}
+
+/// What must come out the same: the loss of every step, the evaluations and the answers.
+fn outcome(out: &Path) -> Value {
+    let report = read_json(&out.join("metrics_report.json"));
+    let after = read_json(&out.join("after_training_results.json"));
+    serde_json::json!({
+        "losses": report["training"]["losses"],
+        "evals": report["training"]["evals"],
+        "after": report["after"]["scores"],
+        "memory_use_after": report["memory_use_after"],
+        "answers": after["predictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["prediction"].clone())
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// 12 steps, checkpoints after steps 3, 6 and 9.
+const QA: [&str; 6] = [
+    "--max-steps",
+    "12",
+    "--eval-steps",
+    "3",
+    "--logging-steps",
+    "1",
+];
+
+#[test]
+fn training_killed_three_times_ends_as_an_uninterrupted_run() {
+    let s = Setup::new();
+    ok(&s.train("through", &QA));
+    let expected = outcome(&s.dir.join("through"));
+    assert_eq!(expected["losses"].as_array().unwrap().len(), 12);
+
+    let mut seed = test_seed();
+    let args = s.args("train", "killed", &[&QA[..], &["--resume"]].concat());
+    let checkpoints = s.dir.join("killed/checkpoints");
+    // Before or after the first checkpoint (step 3), then while the next one is written, then
+    // after the one before it (a kill in the middle of writing step 6 resumes from step 3).
+    let first = draw(&mut seed, 1..=5);
+    let third = draw(&mut seed, 7..=11);
+    for kill in [
+        Kill::AfterStep("step", first),
+        Kill::InCheckpoint,
+        Kill::AfterStep("step", third),
+    ] {
+        run_killed(&args, &checkpoints, kill);
+        // What a kill leaves is never taken for a checkpoint.
+        for e in std::fs::read_dir(&checkpoints).into_iter().flatten() {
+            let name = e.unwrap().file_name().to_string_lossy().to_string();
+            assert!(
+                name.starts_with('.') || name.starts_with("step-"),
+                "{kill:?} left {name}"
+            );
+        }
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let log = ok(&scaledown(&args));
+    assert!(log.contains("resuming from"), "{log}");
+    assert!(!log.contains("no optimizer state"), "{log}");
+    assert_eq!(
+        outcome(&s.dir.join("killed")),
+        expected,
+        "kills after steps {first}, in a checkpoint and after {third} (seed {})",
+        test_seed()
+    );
+    // The half-written folder of the kill in a checkpoint is gone once that checkpoint is
+    // written again.
+    let left: Vec<String> = std::fs::read_dir(&checkpoints)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn pretraining_killed_three_times_ends_as_an_uninterrupted_run() {
+    let s = Setup::new();
+    let corpus = write_corpus(&s);
+    let flags = [
+        "--pretrain-data",
+        corpus.as_str(),
+        "--pretrain-steps",
+        "12",
+        "--eval-steps",
+        "3",
+        "--logging-steps",
+        "1",
+        "--resume",
+    ];
+    ok(&s.command("pretrain", "through", &flags[..8]));
+    let state = |out: &str| {
+        let state = read_json(&s.dir.join(out).join("checkpoints/pretrained/state.json"));
+        // Each probe's figures, without its wall-clock time.
+        let mut probes = state["pretrain_memory_gap"].clone();
+        for p in probes.as_array_mut().unwrap() {
+            p.as_object_mut().unwrap().remove("seconds");
+        }
+        serde_json::json!({"losses": state["pretrain_losses"], "memory_gap": probes})
+    };
+    let expected = state("through");
+    assert_eq!(expected["losses"].as_array().unwrap().len(), 12);
+
+    let mut seed = test_seed() + 1;
+    let args = s.args("pretrain", "killed", &flags);
+    let checkpoints = s.dir.join("killed/checkpoints");
+    let first = draw(&mut seed, 1..=5);
+    let third = draw(&mut seed, 7..=11);
+    for kill in [
+        Kill::AfterStep("pretraining step", first),
+        Kill::InCheckpoint,
+        Kill::AfterStep("pretraining step", third),
+    ] {
+        run_killed(&args, &checkpoints, kill);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&scaledown(&args));
+    assert_eq!(
+        state("killed"),
+        expected,
+        "kills after pretraining steps {first}, in a checkpoint and after {third}"
+    );
+}
+
+/// Sum of the file sizes under `dir`, each rounded up to a 4 KiB page as tmpfs counts them.
+fn pages(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let meta = e.metadata().unwrap();
+        total += match meta.is_dir() {
+            true => pages(&e.path()),
+            false => meta.len().div_ceil(4096) * 4096,
+        };
+    }
+    total
+}
+
+/// A disk that fills up while checkpoint step-9 is written: the run stops with a message that
+/// names it, step-3 and step-6 stay intact (`eval` reads them), and once there is room
+/// `--resume` goes on from step-6 to the losses of a run that had room all along.
+#[test]
+fn a_full_disk_stops_the_run_keeps_the_last_checkpoint_and_resumes_with_room() {
+    let s = Setup::new();
+    ok(&s.train("through", &QA));
+    let through = s.dir.join("through");
+    let expected = outcome(&through)["losses"].clone();
+    // Room for what is written before step 9 (results, two checkpoints) and half of step-9.
+    let checkpoint = pages(&through.join("checkpoints/step-9"));
+    let results: u64 = ["baseline_results.json", "before_training_results.json"]
+        .iter()
+        .map(|f| {
+            std::fs::metadata(through.join(f))
+                .unwrap()
+                .len()
+                .div_ceil(4096)
+                * 4096
+        })
+        .sum();
+    let size_kib = (results + 2 * checkpoint + checkpoint / 2) / 1024;
+
+    let disk = s.dir.join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    let args = s.args("train", "disk/run", &[&QA[..], &["--resume"]].concat());
+    let quoted: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_scaledown").to_string())
+        .chain(args)
+        .map(|a| format!("'{a}'"))
+        .collect();
+    let command = quoted.join(" ");
+    let (disk_s, dir_s) = (disk.display(), s.dir.display());
+    // One mount namespace for both runs: the small tmpfs, then the same one with room.
+    let script = format!(
+        "set -u
+         mount -t tmpfs -o size={size_kib}k tmpfs '{disk_s}' || exit 90
+         {command} > '{dir_s}/full.log' 2>&1; echo $? > '{dir_s}/full.rc'
+         cp -r '{disk_s}/run' '{dir_s}/after_full'
+         mount -o remount,size=64m '{disk_s}' || exit 91
+         {command} > '{dir_s}/room.log' 2>&1; echo $? > '{dir_s}/room.rc'
+         cp -r '{disk_s}/run' '{dir_s}/after_room'"
+    );
+    // Unprivileged where user namespaces are allowed, else as root.
+    let ran = [
+        &["--user", "--map-root-user", "--mount"][..],
+        &["--mount"][..],
+    ]
+    .iter()
+    .any(|ns| {
+        Command::new("unshare")
+            .args(*ns)
+            .args(["sh", "-c", &script])
+            .status()
+            .is_ok_and(|st| st.success())
+    });
+    assert!(
+        ran,
+        "this test mounts a small tmpfs in a mount namespace (`unshare --user --map-root-user \
+         --mount`, or `unshare --mount` as root): neither works here"
+    );
+    let read = |f: &str| std::fs::read_to_string(s.dir.join(f)).unwrap();
+    let full = read("full.log");
+    assert_ne!(read("full.rc").trim(), "0", "{full}");
+    for needle in [
+        "checkpoints/step-9 was not written (earlier checkpoints are kept)",
+        "No space left on device",
+    ] {
+        assert!(full.contains(needle), "`{needle}` not in:\n{full}");
+    }
+    assert!(!full.contains("panicked"), "{full}");
+    let kept = s.dir.join("after_full/checkpoints");
+    let names: Vec<String> = std::fs::read_dir(&kept)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(
+        names.iter().all(|n| n == "step-3" || n == "step-6"),
+        "{names:?}"
+    );
+    for step in ["step-3", "step-6"] {
+        let dir = kept.join(step).display().to_string();
+        ok(&scaledown(&[
+            "eval",
+            "--checkpoint",
+            &dir,
+            "--eval-data",
+            &s.p("train_eval.json"),
+        ]));
+    }
+    let room = read("room.log");
+    assert_eq!(read("room.rc").trim(), "0", "{room}");
+    assert!(
+        room.contains("resuming from") && room.contains("step-6"),
+        "{room}"
+    );
+    assert_eq!(outcome(&s.dir.join("after_room"))["losses"], expected);
+}
