@@ -6,6 +6,7 @@ use scaledown_model::burn::prelude::Device;
 use scaledown_model::encoder::Encoder;
 use scaledown_model::llama::{Llama, LlamaConfig, llama_from_gguf, llama_from_safetensors};
 use scaledown_model::tokenizer::Tokenizer;
+use scaledown_model::weights::WeightError;
 use scaledown_model::weights::gguf::GgufFile;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -144,8 +145,8 @@ pub fn load_generator(path: &Path, device: &Device) -> Result<Generator> {
     }
     let config = read_text(&path.join("config.json"))?;
     let weights = read(&path.join("model.safetensors"))?;
-    let (config, model) = llama_from_safetensors(&config, &weights, device)
-        .with_context(|| format!("loading {}", path.display()))?;
+    let (config, model) =
+        llama_from_safetensors(&config, &weights, device).map_err(|e| named(path, e))?;
     let tokenizer = folder_tokenizer(path)?;
     Ok(Generator {
         config,
@@ -178,6 +179,16 @@ pub fn random_encoder(dir: &Path, device: &Device) -> Result<(Bert, Tokenizer)> 
     Ok((config.init(device), tokenizer))
 }
 
+/// A Hugging Face folder's loading error, with the file it is about: `config.json` for a
+/// bad config, else `model.safetensors`.
+fn named(dir: &Path, e: WeightError) -> anyhow::Error {
+    let file = match e {
+        WeightError::Config(_) => "config.json",
+        _ => "model.safetensors",
+    };
+    anyhow::Error::new(e).context(format!("loading {}", dir.join(file).display()))
+}
+
 /// The `tokenizer.json` of a Hugging Face folder.
 fn folder_tokenizer(dir: &Path) -> Result<Tokenizer> {
     Tokenizer::from_json(&read(&dir.join("tokenizer.json"))?)
@@ -188,8 +199,7 @@ fn folder_tokenizer(dir: &Path) -> Result<Tokenizer> {
 pub fn load_encoder(dir: &Path, device: &Device) -> Result<(Bert, Tokenizer)> {
     let config = read_text(&dir.join("config.json"))?;
     let weights = read(&dir.join("model.safetensors"))?;
-    let (_, model) = bert_from_safetensors(&config, &weights, device)
-        .with_context(|| format!("loading {}", dir.display()))?;
+    let (_, model) = bert_from_safetensors(&config, &weights, device).map_err(|e| named(dir, e))?;
     let tokenizer = folder_tokenizer(dir)?;
     Ok((model, tokenizer))
 }
@@ -199,8 +209,7 @@ pub fn load_encoder(dir: &Path, device: &Device) -> Result<(Bert, Tokenizer)> {
 pub fn load_compressor_encoder(dir: &Path, device: &Device) -> Result<(Encoder, Tokenizer)> {
     let config = read_text(&dir.join("config.json"))?;
     let weights = read(&dir.join("model.safetensors"))?;
-    let model = Encoder::from_safetensors(&config, &weights, device)
-        .with_context(|| format!("loading {}", dir.display()))?;
+    let model = Encoder::from_safetensors(&config, &weights, device).map_err(|e| named(dir, e))?;
     let tokenizer = folder_tokenizer(dir)?;
     Ok((model, tokenizer))
 }

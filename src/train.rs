@@ -338,8 +338,8 @@ struct Run {
     loaded: checkpoint::Loaded,
     state: TrainState,
     compressor_lr: f64,
-    /// AdamW's state in the checkpoint resumed from, if it has one.
-    resumed_optimizer: Option<Vec<u8>>,
+    /// AdamW's state in the checkpoint resumed from, if it has one: (file, bytes).
+    resumed_optimizer: Option<(PathBuf, Vec<u8>)>,
 }
 
 /// Checks the flags, reads the data and builds the model, or loads it with `--resume`.
@@ -474,7 +474,8 @@ fn start(models_dir: &Path, a: &TrainArgs) -> Result<Run> {
     // same in every process.
     loaded.oscar = with_path_param_ids(loaded.oscar);
     let resumed_optimizer = match &resume_from {
-        Some((_, dir)) => checkpoint::read_optimizer(dir)?,
+        Some((_, dir)) => checkpoint::read_optimizer(dir)?
+            .map(|bytes| (dir.join(checkpoint::OPTIMIZER_FILE), bytes)),
         None => None,
     };
     let compressor_lr = a.compressor_learning_rate.unwrap_or(match compressor_type {
@@ -525,7 +526,7 @@ pub fn pretrain(models_dir: &Path, a: TrainArgs) -> Result<()> {
         compressor_lr,
         held_out: &held_out,
         probe_qa: true,
-        resumed_optimizer: resumed_optimizer.as_deref(),
+        resumed_optimizer: resumed_optimizer.as_ref(),
     };
     pretrain.run(loaded.oscar.train(), &train, &eval, &mut state)?;
     println!(
@@ -661,7 +662,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         compressor_lr,
         held_out: &held_out,
         probe_qa: false,
-        resumed_optimizer: resumed_optimizer.as_deref(),
+        resumed_optimizer: resumed_optimizer.as_ref(),
     };
     model = pretrain.run(model, &train, &eval, &mut state)?;
 
@@ -673,7 +674,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
     state.total_steps = total;
     let mut trainer = trainer_for(&a, compressor_lr, total, state.step);
     if state.step > 0 {
-        resume_optimizer(&mut trainer, resumed_optimizer.as_deref())?;
+        resume_optimizer(&mut trainer, resumed_optimizer.as_ref())?;
     }
     let mut stopped = None;
     let bar = progress::bar(total as u64, "training");
@@ -900,8 +901,8 @@ struct Pretraining<'a> {
     /// Whether each probe also answers the held-out questions (`scaledown pretrain`; `train`
     /// evaluates them after question answering instead).
     probe_qa: bool,
-    /// AdamW's state in the checkpoint resumed from, if it has one.
-    resumed_optimizer: Option<&'a [u8]>,
+    /// AdamW's state in the checkpoint resumed from, if it has one: (file, bytes).
+    resumed_optimizer: Option<&'a (PathBuf, Vec<u8>)>,
 }
 
 impl Pretraining<'_> {
@@ -1164,11 +1165,11 @@ fn optimizer_state(trainer: &Trainer) -> Result<Vec<u8>> {
 
 /// Continues AdamW's moments from the checkpoint resumed (older checkpoints have none: the
 /// moments then start again from zero and the run is no longer step-for-step the same).
-fn resume_optimizer(trainer: &mut Trainer, state: Option<&[u8]>) -> Result<()> {
+fn resume_optimizer(trainer: &mut Trainer, state: Option<&(PathBuf, Vec<u8>)>) -> Result<()> {
     match state {
-        Some(bytes) => trainer
+        Some((file, bytes)) => trainer
             .load_optimizer_state(bytes)
-            .map_err(|e| anyhow::anyhow!("--resume: {}: {e}", checkpoint::OPTIMIZER_FILE)),
+            .map_err(|e| anyhow::anyhow!("--resume: {}: {e}", file.display())),
         None => {
             println!(
                 "--resume: the checkpoint holds no optimizer state; AdamW's moments start again"

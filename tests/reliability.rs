@@ -341,3 +341,341 @@ fn a_full_disk_stops_the_run_keeps_the_last_checkpoint_and_resumes_with_room() {
     );
     assert_eq!(outcome(&s.dir.join("after_room"))["losses"], expected);
 }
+
+/// One bad-input case: the command, the file it is given, and what the message must say.
+struct Case {
+    what: &'static str,
+    args: Vec<String>,
+    /// Every one must be in the message (the file's name first).
+    needles: Vec<String>,
+}
+
+/// Truncated, hostile and wrong-format models, tokenizers, datasets, corpora and checkpoints:
+/// every command exits with an error (not a signal) whose message names the file and what is
+/// wrong, never a panic, under a 4 GiB address-space limit (a parser that allocated what a
+/// header claims would abort). Run with `--nocapture` for the table of messages.
+#[test]
+fn hostile_files_are_refused_by_name_within_bounded_memory() {
+    let s = Setup::new();
+    let dir = &s.dir;
+    let write = |name: &str, bytes: &[u8]| -> String {
+        let p = dir.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, bytes).unwrap();
+        p.display().to_string()
+    };
+    // Model folders: the tiny generator with one file replaced.
+    let model_with = |name: &str, file: &str, bytes: &[u8]| -> String {
+        let folder = dir.join(name);
+        std::fs::create_dir_all(&folder).unwrap();
+        for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+            std::fs::copy(dir.join("gen").join(f), folder.join(f)).unwrap();
+        }
+        std::fs::write(folder.join(file), bytes).unwrap();
+        folder.display().to_string()
+    };
+    let weights = std::fs::read(dir.join("gen/model.safetensors")).unwrap();
+    let mut config: Value = read_json(&dir.join("gen/config.json"));
+    config["num_hidden_layers"] = 100_000_000.into();
+    let mut huge_header = (1u64 << 60).to_le_bytes().to_vec();
+    huge_header.extend_from_slice(b"{}");
+    let gguf = |n_tensors: u64, n_kv: u64, rest: &[u8]| -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(n_tensors.to_le_bytes());
+        b.extend(n_kv.to_le_bytes());
+        b.extend_from_slice(rest);
+        b
+    };
+    let generate = |model: &str| -> Vec<String> {
+        [
+            "generate",
+            "--prompt",
+            "the cat",
+            "--max-new-tokens",
+            "2",
+            "--model",
+            model,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let n = |v: &[&str]| -> Vec<String> { v.iter().map(|x| x.to_string()).collect() };
+    let mut cases = vec![
+        Case {
+            what: "model.safetensors cut in half",
+            args: generate(&model_with(
+                "half",
+                "model.safetensors",
+                &weights[..weights.len() / 2],
+            )),
+            needles: n(&["model.safetensors"]),
+        },
+        Case {
+            what: "model.safetensors whose header claims 2^60 bytes",
+            args: generate(&model_with("claims", "model.safetensors", &huge_header)),
+            needles: n(&["model.safetensors"]),
+        },
+        Case {
+            what: "config.json that is not JSON",
+            args: generate(&model_with("config", "config.json", b"{\"hidden_size\": ")),
+            needles: n(&["config.json"]),
+        },
+        Case {
+            what: "config.json claiming 10^8 layers",
+            args: generate(&model_with(
+                "layers",
+                "config.json",
+                config.to_string().as_bytes(),
+            )),
+            needles: n(&["config.json", "out of range"]),
+        },
+        Case {
+            what: "tokenizer.json of the wrong shape",
+            args: generate(&model_with("tok", "tokenizer.json", b"[1, 2, 3]")),
+            needles: n(&["tokenizer.json"]),
+        },
+        Case {
+            what: "GGUF claiming 2^60 tensors",
+            args: generate(&write("tensors.gguf", &gguf(1 << 60, 0, &[]))),
+            needles: n(&["tensors.gguf"]),
+        },
+        Case {
+            what: "GGUF with a 2^62-byte key",
+            args: generate(&write("key.gguf", &gguf(0, 1, &(1u64 << 62).to_le_bytes()))),
+            needles: n(&["key.gguf"]),
+        },
+        Case {
+            what: "a text file named .gguf",
+            args: generate(&write("text.gguf", b"not a model\n")),
+            needles: n(&["text.gguf"]),
+        },
+    ];
+    // Datasets for `prepare` and `train`.
+    let prepare = |dataset: &str, file: &str| -> Vec<String> {
+        let out = dir.join("prepared.json").display().to_string();
+        [
+            "prepare",
+            "--dataset",
+            dataset,
+            "--source",
+            file,
+            "--output-file",
+            &out,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let train_on = |file: &str| -> Vec<String> {
+        s.args(
+            "train",
+            "bad_run",
+            &["--train-data", file, "--eval-data", &s.p("train_eval.json")],
+        )
+    };
+    let pretrain_on = |file: &str| -> Vec<String> {
+        s.args(
+            "pretrain",
+            "bad_pre",
+            &["--pretrain-data", file, "--pretrain-steps", "2"],
+        )
+    };
+    cases.extend([
+        Case {
+            what: "SQuAD file cut mid-JSON",
+            args: prepare(
+                "squad",
+                &write(
+                    "squad_cut.json",
+                    b"{\"version\": \"v2.0\", \"data\": [{\"title\"",
+                ),
+            ),
+            needles: n(&["squad_cut.json"]),
+        },
+        Case {
+            what: "HotpotQA row whose context is a number",
+            args: prepare(
+                "hotpot_qa",
+                &write(
+                    "hotpot.jsonl",
+                    b"{\"question\": \"q\", \"answer\": \"a\", \"context\": 5}\n",
+                ),
+            ),
+            needles: n(&["hotpot.jsonl", "line 1"]),
+        },
+        Case {
+            what: "TriviaQA file of binary bytes",
+            args: prepare(
+                "trivia_qa",
+                &write("trivia.json", &[0xff, 0xfe, 0x00, 0x81, 0x9f]),
+            ),
+            needles: n(&["trivia.json"]),
+        },
+        Case {
+            what: "prepared file with a wrong type",
+            args: train_on(&write(
+                "wrong.json",
+                b"[{\"id\": 1, \"question\": [], \"documents\": 3, \"answers\": []}]",
+            )),
+            needles: n(&["wrong.json"]),
+        },
+        Case {
+            what: "corpus line that is not JSON",
+            args: pretrain_on(&write(
+                "corpus.jsonl",
+                b"{\"text\": \"the cat is red .\"}\n{\"text\n",
+            )),
+            needles: n(&["corpus.jsonl", "line 2", "not JSON"]),
+        },
+        Case {
+            what: "corpus of binary bytes",
+            args: pretrain_on(&write("corpus.txt", &[0xc3, 0x28, 0xa0, 0xa1])),
+            needles: n(&["corpus.txt"]),
+        },
+    ]);
+    // Checkpoints: a trained one, then copies with one file damaged.
+    ok(&s.train("ckpt", &["--max-steps", "2", "--eval-steps", "1"]));
+    let step = dir.join("ckpt/checkpoints/step-1");
+    let damaged_copy = |name: &str, file: &str, bytes: &[u8], fix_manifest: bool| -> String {
+        let to = dir.join("ckpt/checkpoints").join(name);
+        std::fs::create_dir_all(&to).unwrap();
+        for e in std::fs::read_dir(&step).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+        std::fs::write(to.join(file), bytes).unwrap();
+        if fix_manifest {
+            // As if written so: the manifest agrees with the hostile file.
+            let mut m = read_json(&to.join("manifest.json"));
+            let digest = scaledown_model::checkpoint::FileDigest::of(bytes);
+            m["files"][file] = serde_json::to_value(digest).unwrap();
+            std::fs::write(to.join("manifest.json"), m.to_string()).unwrap();
+        }
+        to.display().to_string()
+    };
+    let eval = |checkpoint: &str| -> Vec<String> {
+        n(&[
+            "eval",
+            "--checkpoint",
+            checkpoint,
+            "--eval-data",
+            &s.p("train_eval.json"),
+        ])
+    };
+    let trainable = std::fs::read(step.join("trainable.safetensors")).unwrap();
+    let mut flipped = trainable.clone();
+    let at = flipped.len() - 10;
+    flipped[at] ^= 0x40;
+    cases.extend([
+        Case {
+            what: "checkpoint tensors with one bit flipped",
+            args: eval(&damaged_copy(
+                "flipped",
+                "trainable.safetensors",
+                &flipped,
+                false,
+            )),
+            needles: n(&["trainable.safetensors", "SHA-256"]),
+        },
+        Case {
+            what: "checkpoint tensors truncated",
+            args: eval(&damaged_copy(
+                "cut",
+                "trainable.safetensors",
+                &trainable[..100],
+                false,
+            )),
+            needles: n(&["trainable.safetensors", "truncated"]),
+        },
+        Case {
+            what: "hostile setup.json that its manifest lists",
+            args: eval(&damaged_copy(
+                "setup",
+                "setup.json",
+                b"{\"compressor\": 7}",
+                true,
+            )),
+            needles: n(&["setup.json"]),
+        },
+        Case {
+            what: "hostile tensors that the manifest lists",
+            args: eval(&damaged_copy(
+                "shapes",
+                "trainable.safetensors",
+                &huge_header,
+                true,
+            )),
+            needles: n(&["trainable.safetensors"]),
+        },
+        Case {
+            what: "manifest.json that is not JSON",
+            args: eval(&damaged_copy(
+                "manifest",
+                "manifest.json",
+                b"{\"files\": ",
+                false,
+            )),
+            needles: n(&["manifest.json"]),
+        },
+    ]);
+    // The optimizer state of the newest checkpoint, hostile but listed: --resume names it.
+    ok(&s.train("resumed", &["--max-steps", "2", "--eval-steps", "1"]));
+    let step = dir.join("resumed/checkpoints/step-1");
+    std::fs::remove_dir_all(dir.join("resumed/checkpoints/final")).unwrap();
+    std::fs::write(step.join("optimizer.safetensors"), &huge_header).unwrap();
+    let mut m = read_json(&step.join("manifest.json"));
+    m["files"]["optimizer.safetensors"] =
+        serde_json::to_value(scaledown_model::checkpoint::FileDigest::of(&huge_header)).unwrap();
+    std::fs::write(step.join("manifest.json"), m.to_string()).unwrap();
+    cases.push(Case {
+        what: "hostile optimizer state that the manifest lists (--resume)",
+        args: s.args(
+            "train",
+            "resumed",
+            &["--max-steps", "3", "--eval-steps", "1", "--resume"],
+        ),
+        needles: n(&["optimizer.safetensors"]),
+    });
+
+    let mut table = vec![
+        "| input | command | message |".to_string(),
+        "|---|---|---|".into(),
+    ];
+    for case in &cases {
+        let script = format!(
+            "ulimit -v 4194304; exec {} \"$@\"",
+            env!("CARGO_BIN_EXE_scaledown")
+        );
+        let o = Command::new("sh")
+            .args(["-c", &script, "scaledown"])
+            .args(&case.args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(
+            o.status.code().is_some_and(|c| c != 0),
+            "{}: expected an error exit, got {} ({err})",
+            case.what,
+            o.status
+        );
+        assert!(!err.contains("panicked"), "{}: {err}", case.what);
+        for needle in &case.needles {
+            assert!(
+                err.contains(needle.as_str()),
+                "{}: `{needle}` not in: {err}",
+                case.what
+            );
+        }
+        let message = err
+            .lines()
+            .find(|l| l.starts_with("error"))
+            .unwrap_or_default()
+            .replace(&dir.display().to_string(), "…")
+            .replace('|', "\\|");
+        table.push(format!(
+            "| {} | `{}` | {message} |",
+            case.what, case.args[0]
+        ));
+    }
+    println!("{}", table.join("\n"));
+}
