@@ -56,6 +56,11 @@ fn real_models_train_evaluate_and_reload() {
         "2",
         "--max-new-tokens",
         "12",
+        // Rate 16: 8 vectors per 128-token chunk, so the compressed prompts are short.
+        "--compression-rate",
+        "16",
+        "--num-memory-tokens",
+        "8",
     ];
     let (nl, enc) = (p("nl"), p("enc"));
     let mut args = vec![
