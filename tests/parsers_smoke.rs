@@ -24,8 +24,12 @@ use scaledown_model::weights::safetensors::SafetensorsFile;
 /// Mutated copies of a seed per parser.
 const MUTANTS: usize = 3000;
 
-/// Inputs that once crashed a parser (none found so far), by target.
-const REGRESSIONS: &[(&str, &[u8])] = &[];
+/// Inputs that once crashed a parser, by target: found by `scripts/fuzz.sh`.
+const REGRESSIONS: &[(&str, &[u8])] = &[(
+    // tokenizers 0.22 `expect`s on a decoder section that does not parse (2026-12-03).
+    "tokenizer",
+    include_bytes!("regressions/tokenizer_decoder_panics.json"),
+)];
 
 struct Rng(u64);
 
@@ -168,6 +172,9 @@ fn gguf_and_safetensors_readers_never_panic() {
 fn tokenizer_dataset_and_corpus_readers_never_panic() {
     let words = ["the", "cat", "is", "red", "?", "."];
     let tokenizer = scaledown_model::tokenizer::word_level_json(words).into_bytes();
+    let crash = include_bytes!("regressions/tokenizer_decoder_panics.json");
+    let refused = Tokenizer::from_json(crash).err().map(|e| e.to_string());
+    assert!(refused.is_some_and(|e| e.contains("tokenizer.json")));
     smoke("tokenizer", &[tokenizer], |b| {
         if let Ok(t) = Tokenizer::from_json(b)
             && let Ok(ids) = t.encode("the cat is red ?")

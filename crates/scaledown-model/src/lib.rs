@@ -9,6 +9,7 @@ pub mod compressor;
 pub mod distillation;
 pub mod encoder;
 pub mod generation;
+mod guard;
 pub mod llama;
 pub mod modernbert;
 pub mod oscar;

@@ -23,7 +23,12 @@ impl Tokenizer {
     /// From the text of a `tokenizer.json`. Padding and truncation presets are removed: callers
     /// decide both.
     pub fn from_json(bytes: &[u8]) -> Result<Self, WeightError> {
-        let mut inner = tokenizers::Tokenizer::from_bytes(bytes)
+        // The tokenizers crate panics on some malformed sections (a decoder whose JSON does
+        // not parse, found by fuzzing): such a file is refused like any other bad one.
+        let mut inner = crate::guard::catch_quietly(|| tokenizers::Tokenizer::from_bytes(bytes))
+            .ok_or_else(|| {
+                WeightError::Format("tokenizer.json: malformed (its reader panicked)".into())
+            })?
             .map_err(|e| WeightError::Format(format!("tokenizer.json: {e}")))?;
         inner.with_padding(None);
         inner

@@ -124,14 +124,9 @@ impl Trainer {
             let record = burn::tensor::Bytes::from_bytes_vec(view.data().to_vec());
             let fresh = optim.clone();
             // Burn's record reader expects its own format and panics on some foreign bytes
-            // (a tensor without a parameter id): that panic becomes this error, unprinted.
-            let hook = std::panic::take_hook();
-            std::panic::set_hook(Box::new(|_| {}));
-            let caught =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fresh.from_bytes(record)));
-            std::panic::set_hook(hook);
-            let restored = caught
-                .map_err(|_| format!("`{name}` is not an optimizer record"))?
+            // (a tensor without a parameter id): that panic becomes this error.
+            let restored = crate::guard::catch_quietly(|| fresh.from_bytes(record))
+                .ok_or_else(|| format!("`{name}` is not an optimizer record"))?
                 .map_err(|e| format!("`{name}`: {e:?}"))?;
             loaded.push(restored);
         }
