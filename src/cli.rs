@@ -53,6 +53,13 @@ pub enum Command {
     Ask(crate::ask::AskArgs),
     /// Time SmolLM2 prefill and decode here and in PyTorch, and print the ratios.
     Bench(BenchArgs),
+    /// Serve a checkpoint over HTTP for RAG pipelines: POST /v1/answer, an OpenAI-compatible
+    /// POST /v1/chat/completions (documents in `documents`), /health, /v1/models, /metrics;
+    /// concurrent requests are answered in dynamic batches.
+    Serve(Box<crate::serve::ServeArgs>),
+    /// Load-test a running `scaledown serve`: queries/s and latency at each concurrency, or
+    /// --hostile N malformed bodies between valid ones.
+    Load(crate::serve::load::LoadArgs),
 }
 
 #[derive(Args)]
@@ -207,6 +214,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Pretrain(args) => crate::train::pretrain(&dir, *args),
         Command::Eval(args) => crate::ask::eval(args),
         Command::Ask(args) => crate::ask::ask(args),
+        Command::Serve(args) => crate::serve::serve(&dir, *args),
+        Command::Load(args) => crate::serve::load::load(args),
     }
 }
 

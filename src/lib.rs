@@ -13,5 +13,6 @@ pub mod plots;
 pub mod prepare;
 pub mod progress;
 pub mod retrieval;
+pub mod serve;
 pub mod teacher;
 pub mod train;

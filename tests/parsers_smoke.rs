@@ -265,7 +265,7 @@ fn checkpoint_files_are_refused_never_panic() {
     let (trained, stats) = read_sync(trainer.step(model.clone().train(), &[&example]));
     stats.unwrap();
     let weights = trainable_to_safetensors(&trained);
-    smoke("trainable", &[weights.clone()], |b| {
+    smoke("trainable", std::slice::from_ref(&weights), |b| {
         let _ = load_trainable(model.clone(), b);
     });
     // Burn's record reader sits behind `catch_unwind` in `load_optimizer_state`: a panic

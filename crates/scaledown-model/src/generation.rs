@@ -197,6 +197,18 @@ pub async fn generate_batch(
     stop_ids: &[u32],
     config: &GenerationConfig,
 ) -> Result<Vec<Vec<u32>>, ExecutionError> {
+    generate_batch_streaming(model, prompts, stop_ids, config, |_, _| {}).await
+}
+
+/// [`generate_batch`], calling `on_token(row, id)` as each row's token is picked (a server
+/// streams them); a row's calls end with its stop token or at `max_new_tokens`.
+pub async fn generate_batch_streaming(
+    model: &Llama,
+    prompts: Vec<PromptInput>,
+    stop_ids: &[u32],
+    config: &GenerationConfig,
+    mut on_token: impl FnMut(usize, u32),
+) -> Result<Vec<Vec<u32>>, ExecutionError> {
     let batch = prompts.len();
     if batch == 0 {
         return Ok(Vec::new());
@@ -235,6 +247,7 @@ pub async fn generate_batch(
         for b in 0..batch {
             if !done[b] {
                 let id = samplers[b].next(&values[b * vocab..(b + 1) * vocab]);
+                on_token(b, id);
                 out[b].push(id);
                 done[b] = stop_ids.contains(&id);
             }

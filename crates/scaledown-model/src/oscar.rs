@@ -7,7 +7,7 @@
 
 use crate::compressor::{ChunkInput, Compressed, Compressor, CompressorConfig, CompressorType};
 use crate::encoder::Encoder;
-use crate::generation::{GenerationConfig, PrefixCache, continue_from, generate_batch};
+use crate::generation::{GenerationConfig, PrefixCache, continue_from, generate_batch_streaming};
 use crate::llama::{Inserted, KvCache, Llama, PromptInput};
 use crate::tokenizer::{SMOLLM2_SYSTEM_PROMPT, Tokenizer};
 use crate::training::TrainExample;
@@ -507,18 +507,30 @@ impl Oscar {
         self.answer_after(&empty, encoded, stop_ids, config).await
     }
 
-    /// Answers several questions at once ([`generate_batch`]): ids per question.
+    /// Answers several questions at once ([`generate_batch`](crate::generation::generate_batch)): ids per question.
     pub async fn answer_batch(
         &self,
         encoded: &[Encoded],
         stop_ids: &[u32],
         config: &GenerationConfig,
     ) -> Result<Vec<Vec<u32>>, ExecutionError> {
+        self.answer_batch_streaming(encoded, stop_ids, config, |_, _| {})
+            .await
+    }
+
+    /// [`Self::answer_batch`], calling `on_token(question, id)` as each token is picked.
+    pub async fn answer_batch_streaming(
+        &self,
+        encoded: &[Encoded],
+        stop_ids: &[u32],
+        config: &GenerationConfig,
+        on_token: impl FnMut(usize, u32),
+    ) -> Result<Vec<Vec<u32>>, ExecutionError> {
         let mut prompts = Vec::with_capacity(encoded.len());
         for e in encoded {
             prompts.push(self.prompt_around(e, self.answer_memory(e).await?, &[]));
         }
-        generate_batch(&self.generator, prompts, stop_ids, config).await
+        generate_batch_streaming(&self.generator, prompts, stop_ids, config, on_token).await
     }
 
     /// The memory vectors an answer reads: all chunks', or, with [`Compressor::keep_top`] set and a

@@ -1,0 +1,346 @@
+//! `scaledown serve` on the tiny model: answers, batching equal to one-at-a-time answers,
+//! OpenAI-shaped requests and streams, every error path, and a clean stop on SIGTERM.
+
+mod tiny;
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use tiny::{Setup, ok};
+
+struct Server {
+    child: Child,
+    url: String,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_scaledown"))
+            .arg("serve")
+            .args(["--port", "0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start scaledown serve");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in: {line}"))
+            .to_string();
+        Server { child, url, stdout }
+    }
+
+    fn agent() -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into()
+    }
+
+    /// (status, body) of a POST of raw bytes.
+    fn post_raw(&self, path: &str, body: &[u8]) -> (u16, String) {
+        let mut r = Self::agent()
+            .post(format!("{}{path}", self.url))
+            .send(body)
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.body_mut().read_to_string().unwrap())
+    }
+
+    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let (status, text) = self.post_raw(path, body.to_string().as_bytes());
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        let mut r = Self::agent()
+            .get(format!("{}{path}", self.url))
+            .call()
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.body_mut().read_to_string().unwrap())
+    }
+
+    /// SIGTERM, then the exit status and the rest of stdout.
+    fn stop(mut self) -> (bool, String) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).unwrap();
+        (self.child.wait().unwrap().success(), rest)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn question(i: usize) -> Value {
+    let ex = tiny::example(i);
+    json!({"question": ex["question"], "documents": ex["documents"], "max_new_tokens": 4})
+}
+
+fn error_of(status: u16, body: &Value, want: u16, needle: &str) {
+    assert_eq!(status, want, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(needle), "`{needle}` not in {body}");
+    assert!(body["error"]["type"].is_string(), "{body}");
+}
+
+#[test]
+fn serve_answers_batches_streams_refuses_bad_input_and_stops_cleanly() {
+    let s = Setup::new();
+    ok(&s.train("run", &["--max-steps", "3"]));
+    let checkpoint = s.p("run/checkpoints/final");
+    let server = Server::start(&[
+        "--checkpoint",
+        &checkpoint,
+        "--max-batch",
+        "8",
+        "--max-wait-ms",
+        "300",
+        "--max-documents",
+        "3",
+        "--max-document-tokens",
+        "40",
+        "--max-new-tokens-limit",
+        "16",
+        "--max-body-bytes",
+        "4096",
+    ]);
+
+    let (status, health) = server.get("/health");
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&health).unwrap()["compressor"],
+        true
+    );
+    assert!(server.get("/v1/models").1.contains("\"object\":\"list\""));
+
+    // One at a time, then the same questions all at once: the same answers, in batches.
+    let sequential: Vec<Value> = (0..6)
+        .map(|i| {
+            let (status, body) = server.post("/v1/answer", &question(i));
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["compressed"], true);
+            assert!(body["memory_vectors"].as_u64().unwrap() > 0, "{body}");
+            assert!(body["document_tokens"].as_u64().unwrap() > 0, "{body}");
+            body
+        })
+        .collect();
+    let concurrent: Vec<Value> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..6)
+            .map(|i| {
+                let server = &server;
+                scope.spawn(move || server.post("/v1/answer", &question(i)).1)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (a, b) in sequential.iter().zip(&concurrent) {
+        assert_eq!(a["answer"], b["answer"], "batched answer differs");
+    }
+    let metrics = server.get("/metrics").1;
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} not in {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        value("scaledown_batch_size_sum") > value("scaledown_batch_size_count"),
+        "no batch held more than one request:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("scaledown_requests_total{endpoint=\"/v1/answer\",status=\"200\"} 12")
+    );
+    assert!(value("process_resident_memory_bytes") > 0.0);
+
+    // The full text on request.
+    let mut full = question(0);
+    full["compressed"] = json!(false);
+    let (status, body) = server.post("/v1/answer", &full);
+    assert_eq!(
+        (status, &body["compressed"], &body["memory_vectors"]),
+        (200, &json!(false), &json!(0))
+    );
+
+    // OpenAI's chat shape, plain and streamed: the stream's pieces make the same answer.
+    let ex = tiny::example(1);
+    let chat = json!({"model": "anything", "messages": [{"role": "system", "content": "be brief"},
+        {"role": "user", "content": ex["question"]}], "documents": ex["documents"],
+        "max_tokens": 4, "temperature": 0, "user": "ignored"});
+    let (status, body) = server.post("/v1/chat/completions", &chat);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "chat.completion");
+    let content = body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(content, sequential[1]["answer"].as_str().unwrap());
+    assert!(body["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
+    let mut streamed = chat.clone();
+    streamed["stream"] = json!(true);
+    let (status, text) = server.post_raw("/v1/chat/completions", streamed.to_string().as_bytes());
+    assert_eq!(status, 200);
+    let events: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let joined: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(joined.trim(), content);
+    assert!(chunks.last().unwrap()["choices"][0]["finish_reason"].is_string());
+
+    // Bad input: a 4xx naming the field, never a crash.
+    let cases: Vec<(&[u8], u16, &str)> = vec![
+        (b"{\"question\": ", 400, "question: EOF while parsing"),
+        (b"", 400, "empty"),
+        (b"{\"question\": 5}", 400, "question: invalid type"),
+        (
+            b"{\"question\": \"q\", \"documnets\": []}",
+            400,
+            "unknown field `documnets`",
+        ),
+        (
+            b"{\"question\": \"  \", \"documents\": [\"x\"]}",
+            400,
+            "question: empty",
+        ),
+        (
+            b"{\"question\": \"q\", \"documents\": [\"a\", \"b\", \"c\", \"d\"]}",
+            400,
+            "at most 3",
+        ),
+        (
+            b"{\"question\": \"q\", \"documents\": [\"\"]}",
+            400,
+            "documents[0]: empty",
+        ),
+        (
+            b"{\"question\": \"q\", \"max_new_tokens\": 17}",
+            400,
+            "max_new_tokens: 17",
+        ),
+        (
+            b"{\"question\": \"q\", \"max_new_tokens\": 99999999999999999999}",
+            400,
+            "max_new_tokens",
+        ),
+        (b"{\"question\": \"\xff\"}", 400, "UTF-8"),
+        (
+            b"{\"question\": \"q\", \"documents\": [{\"title\": 1}]}",
+            400,
+            "documents[0]",
+        ),
+    ];
+    for (body, want, needle) in cases {
+        let (status, text) = server.post_raw("/v1/answer", body);
+        error_of(
+            status,
+            &serde_json::from_str(&text).unwrap_or(Value::Null),
+            want,
+            needle,
+        );
+    }
+    let long = "the cat is red . ".repeat(20);
+    let (status, body) = server.post("/v1/answer", &json!({"question": "q", "documents": [long]}));
+    error_of(status, &body, 400, "documents[0]: 100 tokens, at most 40");
+    let huge = format!("{{\"question\": \"{}\"}}", "a".repeat(10_000));
+    let (status, text) = server.post_raw("/v1/answer", huge.as_bytes());
+    error_of(
+        status,
+        &serde_json::from_str(&text).unwrap(),
+        413,
+        "--max-body-bytes",
+    );
+    for (bad, needle) in [
+        (json!({"messages": []}), "messages: empty"),
+        (
+            json!({"messages": [{"role": "user", "content": "q"}], "n": 2}),
+            "n: 2",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "q"}], "stop": ["."]}),
+            "stop",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "q"}], "temperature": 3}),
+            "temperature",
+        ),
+        (
+            json!({"messages": [{"role": "assistant", "content": "q"}]}),
+            "no user message",
+        ),
+        (json!({"messages": "hi"}), "messages: invalid type"),
+    ] {
+        let (status, body) = server.post("/v1/chat/completions", &bad);
+        error_of(status, &body, 400, needle);
+    }
+    let (status, text) = server.get("/v1/nothing");
+    error_of(
+        status,
+        &serde_json::from_str(&text).unwrap(),
+        404,
+        "no such endpoint",
+    );
+    let (status, text) = server.get("/v1/answer");
+    error_of(
+        status,
+        &serde_json::from_str(&text).unwrap(),
+        405,
+        "wrong method",
+    );
+    // Still answering after all that.
+    assert_eq!(
+        server.post("/v1/answer", &question(2)).1["answer"],
+        sequential[2]["answer"]
+    );
+
+    let (clean, rest) = server.stop();
+    assert!(clean, "SIGTERM should end the server with status 0");
+    assert!(rest.contains("stopped"), "{rest}");
+}
+
+#[test]
+fn without_a_checkpoint_it_serves_the_full_text_only() {
+    let s = Setup::new();
+    let server = Server::start(&["--generator", &s.p("gen")]);
+    let (status, body) = server.post("/v1/answer", &question(0));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["compressed"], false);
+    let mut asked = question(0);
+    asked["compressed"] = json!(true);
+    let (status, body) = server.post("/v1/answer", &asked);
+    error_of(status, &body, 400, "without --checkpoint");
+    let (status, body) = server.post(
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "what color is the cat ?"}], "max_tokens": 3}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body["choices"][0]["message"]["content"].is_string());
+    assert!(server.stop().0);
+}
