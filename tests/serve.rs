@@ -16,7 +16,12 @@ struct Server {
 
 impl Server {
     fn start(args: &[&str]) -> Self {
+        Self::start_with(args, &[])
+    }
+
+    fn start_with(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_scaledown"))
+            .envs(env.iter().copied())
             .arg("serve")
             .args(["--port", "0"])
             .args(args)
@@ -342,5 +347,50 @@ fn without_a_checkpoint_it_serves_the_full_text_only() {
     );
     assert_eq!(status, 200, "{body}");
     assert!(body["choices"][0]["message"]["content"].is_string());
+    assert!(server.stop().0);
+}
+
+#[test]
+fn a_full_queue_gets_503_and_a_slow_answer_504() {
+    let s = Setup::new();
+    // The model thread sleeps 1.5 s before each batch; requests give up after 1 s.
+    let server = Server::start_with(
+        &[
+            "--generator",
+            &s.p("gen"),
+            "--max-queue",
+            "1",
+            "--timeout-s",
+            "1",
+        ],
+        &[("SCALEDOWN_TEST_SERVE_DELAY_MS", "1500")],
+    );
+    let statuses: Vec<(u16, Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let server = &server;
+                scope.spawn(move || {
+                    std::thread::sleep(std::time::Duration::from_millis(100 * i));
+                    server.post("/v1/answer", &question(i as usize))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let count = |code: u16| statuses.iter().filter(|(s, _)| *s == code).count();
+    assert!(
+        count(503) >= 1,
+        "no request found the queue full: {statuses:?}"
+    );
+    assert!(count(504) >= 1, "no request timed out: {statuses:?}");
+    assert_eq!(count(503) + count(504), 4, "{statuses:?}");
+    for (status, body) in &statuses {
+        let needle = if *status == 503 {
+            "queue is full"
+        } else {
+            "--timeout-s"
+        };
+        error_of(*status, body, *status, needle);
+    }
     assert!(server.stop().0);
 }

@@ -72,7 +72,15 @@ impl Queue {
 
 /// The model thread: runs until every [`Queue`] is dropped and the queue is empty.
 pub fn work(engine: Engine, jobs: Receiver<Job>, batching: Batching, metrics: Arc<Metrics>) {
+    // Test hook: a slow model, so that tests can fill the queue and pass a timeout.
+    let delay = std::env::var("SCALEDOWN_TEST_SERVE_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis);
     while let Ok(first) = jobs.recv() {
+        if let Some(d) = delay {
+            std::thread::sleep(d);
+        }
         let mut taken = vec![first];
         let until = Instant::now() + batching.max_wait;
         while taken.len() < batching.max_batch {
