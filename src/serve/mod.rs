@@ -103,7 +103,7 @@ impl Outcome {
             compressed: p.compressed(),
             document_tokens: p.document_tokens,
             memory_vectors: p.memory_vectors(app.prompter.compressor.as_ref()),
-            ms: openai::elapsed_ms(self.started),
+            ms: self.started.elapsed().as_secs_f64() * 1000.0,
         })
     }
 }
@@ -399,27 +399,24 @@ async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) 
         let query = openai::query_of(&r, app.prompter.default_new_tokens)?;
         let (events, outcome) = app.submit(query, r.stream, started)?;
         if r.stream {
+            // A stream records its request in the metrics itself, when it ends.
             return Ok(openai::stream(app.clone(), events, outcome));
         }
         let done = finished(events, &outcome).await?;
-        Ok::<_, ApiError>(openai::completion(&app, &outcome, &done))
+        let response = openai::completion(&app, &outcome, &done);
+        app.metrics
+            .request(openai::ENDPOINT, 200, started.elapsed().as_secs_f64());
+        Ok::<_, ApiError>(response)
     }
     .await;
-    let streaming = result.as_ref().is_ok_and(|r| {
-        r.headers()
-            .get(axum::http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
-    });
-    let response = result.unwrap_or_else(IntoResponse::into_response);
-    // A stream records itself when it ends.
-    if !streaming {
+    result.unwrap_or_else(|e| {
         app.metrics.request(
             openai::ENDPOINT,
-            response.status().as_u16(),
+            e.status.as_u16(),
             started.elapsed().as_secs_f64(),
         );
-    }
-    response
+        e.into_response()
+    })
 }
 
 async fn health(State(app): State<Arc<App>>) -> Response {

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 pub const ENDPOINT: &str = "/v1/chat/completions";
@@ -190,9 +190,4 @@ pub fn stream(app: Arc<App>, events: UnboundedReceiver<Event>, outcome: Outcome)
 
 fn error_data(message: &str, kind: &str) -> String {
     json!({"error": {"message": message, "type": kind}}).to_string()
-}
-
-/// Unused fields of [`Outcome`] aside, the time since arrival.
-pub fn elapsed_ms(started: Instant) -> f64 {
-    started.elapsed().as_secs_f64() * 1000.0
 }
