@@ -49,6 +49,14 @@ step "models"
 step "tests (release)"
 cargo test --release --workspace
 
+step "the OpenAI Python client against scaledown serve"
+# A venv of its own outside the clone (reused), with the client pinned.
+venv="$HOME/.cache/scaledown/venv-openai"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -c 'import openai, sys; sys.exit(openai.__version__ != "3.60.0")' 2>/dev/null \
+  || "$venv/bin/pip" install -q openai==3.60.0
+SCALEDOWN_PYTHON="$venv/bin/python" cargo test --release --test serve -- --ignored
+
 step "web page (trunk build)"
 if [ -f ../shared/data/squad_dev.jsonl ]; then source=(--source ../shared/data/squad_dev.jsonl); else source=(); fi
 "$CARGO_TARGET_DIR/release/scaledown" prepare --dataset squad --num-examples 200 "${source[@]}" \

@@ -1,97 +1,12 @@
 //! `scaledown serve` on the tiny model: answers, batching equal to one-at-a-time answers,
 //! OpenAI-shaped requests and streams, every error path, and a clean stop on SIGTERM.
 
+mod common;
 mod tiny;
 
+use common::server::Server;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
 use tiny::{Setup, ok};
-
-struct Server {
-    child: Child,
-    url: String,
-    stdout: BufReader<std::process::ChildStdout>,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Self {
-        Self::start_with(args, &[])
-    }
-
-    fn start_with(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_scaledown"))
-            .envs(env.iter().copied())
-            .arg("serve")
-            .args(["--port", "0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start scaledown serve");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no address in: {line}"))
-            .to_string();
-        Server { child, url, stdout }
-    }
-
-    fn agent() -> ureq::Agent {
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into()
-    }
-
-    /// (status, body) of a POST of raw bytes.
-    fn post_raw(&self, path: &str, body: &[u8]) -> (u16, String) {
-        let mut r = Self::agent()
-            .post(format!("{}{path}", self.url))
-            .send(body)
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.body_mut().read_to_string().unwrap())
-    }
-
-    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let (status, text) = self.post_raw(path, body.to_string().as_bytes());
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        let mut r = Self::agent()
-            .get(format!("{}{path}", self.url))
-            .call()
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.body_mut().read_to_string().unwrap())
-    }
-
-    /// SIGTERM, then the exit status and the rest of stdout.
-    fn stop(mut self) -> (bool, String) {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let mut rest = String::new();
-        self.stdout.read_to_string(&mut rest).unwrap();
-        (self.child.wait().unwrap().success(), rest)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
 
 fn question(i: usize) -> Value {
     let ex = tiny::example(i);
@@ -319,6 +234,14 @@ fn serve_answers_batches_streams_refuses_bad_input_and_stops_cleanly() {
         405,
         "wrong method",
     );
+    // The refusals are counted, the early 413 (before any handler ran) too.
+    let metrics = server.get("/metrics").1;
+    for counted in [
+        "scaledown_requests_total{endpoint=\"/v1/answer\",status=\"413\"} 1",
+        "scaledown_requests_total{endpoint=\"/v1/chat/completions\",status=\"400\"} 6",
+    ] {
+        assert!(metrics.contains(counted), "`{counted}` not in:\n{metrics}");
+    }
     // Still answering after all that.
     assert_eq!(
         server.post("/v1/answer", &question(2)).1["answer"],
@@ -392,5 +315,69 @@ fn a_full_queue_gets_503_and_a_slow_answer_504() {
         };
         error_of(*status, body, *status, needle);
     }
+    assert!(server.stop().0);
+}
+
+/// The OpenAI Python client pointed at the server, unchanged apart from
+/// `extra_body={"documents": [...]}`: listing models, a plain and a streamed chat completion,
+/// and a refused request. Needs a Python with `openai` (`$SCALEDOWN_PYTHON`, else `python3`);
+/// `scripts/test.sh` makes one and runs this test.
+#[test]
+#[ignore = "needs a Python with the openai package; scripts/test.sh runs it"]
+fn the_openai_python_client_works_unchanged() {
+    let python = std::env::var("SCALEDOWN_PYTHON").unwrap_or_else(|_| "python3".into());
+    let s = Setup::new();
+    ok(&s.train("run", &["--max-steps", "1"]));
+    let server = Server::start(&["--checkpoint", &s.p("run/checkpoints/final")]);
+    let ex = tiny::example(1);
+    let (asked, document) = (
+        ex["question"].as_str().unwrap(),
+        ex["documents"][0]["text"].as_str().unwrap(),
+    );
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/openai_client.py"
+    );
+    let out = std::process::Command::new(&python)
+        .args([script, &server.url, asked, document])
+        .output()
+        .unwrap_or_else(|e| panic!("running {python}: {e}"));
+    assert!(
+        out.status.success(),
+        "the OpenAI client failed (is `openai` installed for {python}? pip install openai):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).expect("the script's JSON");
+    // The same question through the server's own JSON gives the same answer.
+    let (status, body) = server.post(
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": asked}], "max_tokens": 4,
+                "documents": [{"title": "doc", "text": document}]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(got["answer"], answer, "{got}");
+    let pieces: Vec<&str> = got["pieces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(pieces.len() > 1, "{got}");
+    assert_eq!(pieces.concat(), answer, "{got}");
+    assert!(got["finish_reason"].is_string(), "{got}");
+    assert_eq!(got["stream_finish_reason"], got["finish_reason"], "{got}");
+    assert!(
+        got["usage"]["completion_tokens"].as_u64().unwrap() >= 1,
+        "{got}"
+    );
+    assert_eq!(got["refused"]["status"], 400, "{got}");
+    assert!(
+        got["refused"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("messages: empty"),
+        "{got}"
+    );
     assert!(server.stop().0);
 }

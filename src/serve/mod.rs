@@ -212,6 +212,7 @@ pub fn serve(models_dir: &Path, a: ServeArgs) -> Result<()> {
 }
 
 pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
+    let counts = app.metrics.clone();
     Router::new()
         .route("/v1/answer", post(answer))
         .route(openai::ENDPOINT, post(chat))
@@ -230,8 +231,9 @@ pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
         })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(
-            move |request: axum::extract::Request, next: axum::middleware::Next| async move {
-                refuse_declared_oversize(request, next, max_body_bytes).await
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let counts = counts.clone();
+                async move { refuse_declared_oversize(request, next, max_body_bytes, &counts).await }
             },
         ))
         .with_state(app)
@@ -243,6 +245,7 @@ async fn refuse_declared_oversize(
     request: axum::extract::Request,
     next: axum::middleware::Next,
     max_body_bytes: usize,
+    metrics: &Metrics,
 ) -> Response {
     let declared = request
         .headers()
@@ -250,6 +253,14 @@ async fn refuse_declared_oversize(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max_body_bytes as u64) {
+        // Known endpoints by name, anything else under one label (a client's paths must not
+        // grow the metrics without bound).
+        let path = request.uri().path();
+        let endpoint = match path {
+            "/v1/answer" | openai::ENDPOINT => path,
+            _ => "other",
+        };
+        metrics.request(endpoint, 413, 0.0);
         return ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "invalid_request_error",

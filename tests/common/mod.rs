@@ -1,6 +1,8 @@
 //! Paths shared by the integration tests: the models folder and ../shared.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::path::PathBuf;
 
 /// `$SCALEDOWN_SHARED`, else `../shared` beside the repository.
