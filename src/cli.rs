@@ -97,12 +97,17 @@ pub struct BenchArgs {
     /// end-to-end measurements; without it only prefill and decode are measured.
     #[arg(long, value_name = "DIR", default_value = "../shared/data")]
     pub data_dir: PathBuf,
-    /// Python with torch, transformers, accelerate and gguf (bench/setup.sh makes one).
+    /// Python with torch, transformers, accelerate and gguf for PyTorch, and llama-cpp-python
+    /// for llama.cpp (bench/setup.sh makes one).
     #[arg(long, env = "SCALEDOWN_PYTHON", default_value = "python3")]
     pub python: String,
-    /// Measure only this project.
+    /// Measure without PyTorch.
     #[arg(long)]
     pub no_pytorch: bool,
+    /// Measure without llama.cpp (which runs the generator's GGUF file: not with
+    /// --random-weights).
+    #[arg(long)]
+    pub no_llama_cpp: bool,
     /// Only the measurements whose name contains this text (case-insensitive), e.g. `training`.
     #[arg(long, value_name = "TEXT")]
     pub only: Option<String>,
@@ -349,7 +354,8 @@ fn bench_cmd(dir: &std::path::Path, a: BenchArgs) -> Result<()> {
         random_weights: a.random_weights,
         pytorch_device: a.pytorch_device,
         data_dir,
-        python: (!a.no_pytorch).then_some(a.python),
+        python: (!a.no_pytorch).then(|| a.python.clone()),
+        llama_cpp_python: (!a.no_llama_cpp).then_some(a.python),
         json: a.run.json,
         only: a.only,
     };

@@ -197,7 +197,7 @@ const SHORT_BENCH: [&str; 10] = [
 ];
 
 #[test]
-fn bench_measures_every_work_item_and_goes_on_without_pytorch() {
+fn bench_measures_every_work_item_and_goes_on_without_pytorch_or_llama_cpp() {
     models_dir();
     let data = shared_dir().join("data");
     let mut args = vec!["bench"];
@@ -205,11 +205,13 @@ fn bench_measures_every_work_item_and_goes_on_without_pytorch() {
     args.extend(["--data-dir", data.to_str().unwrap()]);
     args.extend(["--python", "/nonexistent/python", "--json"]);
     let out = scaledown(&args);
-    assert!(
-        stderr(&out).contains("measuring this project only"),
-        "{}",
-        stderr(&out)
-    );
+    for side in ["PyTorch", "llama.cpp"] {
+        assert!(
+            stderr(&out).contains(&format!("measuring without {side}")),
+            "{}",
+            stderr(&out)
+        );
+    }
     let report = json(&out);
     let rows = report["rows"].as_array().unwrap();
     let names: Vec<&str> = rows.iter().map(|r| r["work"].as_str().unwrap()).collect();
@@ -233,7 +235,7 @@ fn bench_measures_every_work_item_and_goes_on_without_pytorch() {
     for r in rows {
         let median = r["ours"]["median"].as_f64().unwrap();
         assert!(median.is_finite() && median > 0.0, "{r}");
-        assert!(r["pytorch"].is_null());
+        assert!(r["pytorch"].is_null() && r["llama_cpp"].is_null(), "{r}");
     }
     assert!(report["peak_rss_mb"]["ours"].as_f64().unwrap() > 100.0);
 }
@@ -269,7 +271,7 @@ fn bench_with_random_weights_needs_only_configs_and_tokenizers() {
         "--data-dir",
         data.to_str().unwrap(),
     ]);
-    args.extend(["--no-pytorch", "--json"]);
+    args.extend(["--no-pytorch", "--no-llama-cpp", "--json"]);
     let out = scaledown(&args);
     let report = json(&out);
     assert_eq!(report["random_weights"], true);
@@ -302,6 +304,7 @@ fn bench_with_random_weights_needs_only_configs_and_tokenizers() {
         "--model",
         generator.to_str().unwrap(),
         "--no-pytorch",
+        "--no-llama-cpp",
     ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("config.json"), "{}", stderr(&o));

@@ -1,9 +1,10 @@
-//! `scaledown bench`: the same work in this project and in PyTorch (transformers, float32,
-//! the same thread count), measured in one invocation and printed as ratios. Single runs
-//! alternate between the two sides, so that a busy machine slows both alike.
+//! `scaledown bench`: the same work in this project, in PyTorch (transformers, float32) and
+//! in llama.cpp (the same GGUF, its quantized kernels), at the same thread count, measured in
+//! one invocation and printed as ratios. Single runs alternate between the sides, so that a
+//! busy machine slows them alike.
 
-mod pytorch;
 mod work;
+mod worker;
 
 use crate::models;
 use anyhow::{Result, bail};
@@ -15,6 +16,7 @@ use scaledown_model::tokenizer::Tokenizer;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use work::{Ours, Work};
+use worker::{Side, Worker};
 
 pub struct BenchOptions {
     pub runs: usize,
@@ -35,6 +37,8 @@ pub struct BenchOptions {
     pub data_dir: Option<PathBuf>,
     /// Python with torch + transformers + gguf; None skips PyTorch.
     pub python: Option<String>,
+    /// Python with llama-cpp-python; None skips llama.cpp.
+    pub llama_cpp_python: Option<String>,
     pub json: bool,
     /// Keep only the measurements whose name contains this (case-insensitive).
     pub only: Option<String>,
@@ -59,11 +63,12 @@ struct Item {
     unit: Unit,
 }
 
-/// One measured item: our runs and, when PyTorch ran, theirs.
+/// One measured item: our runs and, per other side (in the order of the workers), theirs
+/// when that side ran it.
 struct Row<'a> {
     item: &'a Item,
     ours: Stat,
-    theirs: Option<Stat>,
+    others: Vec<Option<Stat>>,
 }
 
 #[derive(Clone, Copy)]
@@ -255,7 +260,8 @@ pub fn run(
     };
     let items = items(o, &tokenizers, minilm.as_ref().map(|m| &m.1))?;
     let mut ours = Ours::new(g.model, &tokenizers, minilm.map(|m| m.0), device)?;
-    let mut torch = o.python.as_ref().and_then(|py| {
+    let mut workers = Vec::new();
+    if let Some(py) = &o.python {
         let load = json!({
             "op": "load", "generator": generator, "minilm": minilm_dir,
             "random_weights": o.random_weights, "device": o.pytorch_device,
@@ -263,10 +269,36 @@ pub fn run(
             "compression_rate": work::bench_compressor().compression_rate,
             "lora_rank": work::LORA.rank, "lora_alpha": work::LORA.alpha,
         });
-        pytorch::PyTorch::start(py, o.threads, load)
-            .map_err(|e| eprintln!("warning: {e:#}; measuring this project only"))
-            .ok()
-    });
+        match Worker::start(Side::PyTorch, py, o.threads, load) {
+            Ok(w) => workers.push(w),
+            Err(e) => eprintln!("warning: {e:#}; measuring without PyTorch"),
+        }
+    }
+    if let Some(py) = &o.llama_cpp_python {
+        let gguf = generator.extension().is_some_and(|e| e == "gguf");
+        if o.random_weights || !gguf {
+            eprintln!(
+                "warning: llama.cpp needs the generator's GGUF file with its weights; measuring without it"
+            );
+        } else {
+            let load = json!({"op": "load", "generator": generator, "threads": o.threads});
+            match Worker::start(Side::LlamaCpp, py, o.threads, load) {
+                Ok(w) => workers.push(w),
+                Err(e) => eprintln!("warning: {e:#}; measuring without llama.cpp"),
+            }
+        }
+    }
+    let sides: Vec<String> = workers
+        .iter()
+        .map(|w| {
+            let on = if w.side == Side::PyTorch {
+                format!(" on {}", o.pytorch_device)
+            } else {
+                String::new()
+            };
+            format!(", {} {}{on}", w.side.name(), w.version)
+        })
+        .collect();
     eprintln!(
         "SmolLM2-135M ({}{}), backend {backend}, {} threads, median of {} runs after a warm-up{}",
         generator.display(),
@@ -277,68 +309,79 @@ pub fn run(
         },
         o.threads,
         o.runs,
-        torch
-            .as_ref()
-            .map(|t| format!(", PyTorch {} on {}", t.version, o.pytorch_device))
-            .unwrap_or_default()
+        sides.concat()
     );
 
     let bar = crate::progress::bar((items.len() * (o.runs + 1)) as u64, "bench");
     let mut rows = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let key = i.to_string();
-        let mut theirs_ok = torch.as_mut().map(|t| t.prepare(&key, item.work.to_json()));
+        // Per worker: whether it runs this item (false: not its work, or it failed).
+        let mut runs_it: Vec<bool> = workers
+            .iter_mut()
+            .map(|w| match w.prepare(&key, item.work.to_json()) {
+                Ok(yes) => yes,
+                Err(e) => {
+                    bar.suspend(|| eprintln!("warning: {}: {e:#}", item.name));
+                    false
+                }
+            })
+            .collect();
         let mut ours_s = Vec::new();
-        let mut theirs_s = Vec::new();
+        let mut others_s = vec![Vec::new(); workers.len()];
         for r in 0..=o.runs {
             let a = ours.run(&item.work)?;
-            let b = match (&mut torch, &theirs_ok) {
-                (Some(t), Some(Ok(()))) => match t.run(&key) {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        eprintln!("warning: {}: {e:#}", item.name);
-                        theirs_ok = Some(Err(e));
-                        None
-                    }
-                },
-                _ => None,
-            };
             if r > 0 {
                 ours_s.push(item.unit.value(a));
-                theirs_s.extend(b.map(|s| item.unit.value(s)));
+            }
+            for (w, worker) in workers.iter_mut().enumerate() {
+                if !runs_it[w] {
+                    continue;
+                }
+                match worker.run(&key) {
+                    Ok(s) if r > 0 => others_s[w].push(item.unit.value(s)),
+                    Ok(_) => {}
+                    Err(e) => {
+                        bar.suspend(|| eprintln!("warning: {}: {e:#}", item.name));
+                        runs_it[w] = false;
+                    }
+                }
             }
             bar.inc(1);
         }
-        let theirs = (theirs_s.len() == o.runs).then(|| stat(theirs_s));
+        let others: Vec<Option<Stat>> = others_s
+            .into_iter()
+            .map(|v| (v.len() == o.runs).then(|| stat(v)))
+            .collect();
         let ours = stat(ours_s);
         // A line per measurement as it ends, so that a run cut short still tells something.
         bar.suspend(|| {
             let (name, unit) = (&item.name, item.unit.suffix());
-            match theirs {
-                Some(t) => eprintln!("{name}: {:.1} {unit}, PyTorch {:.1}", ours.median, t.median),
-                None => eprintln!("{name}: {:.1} {unit}", ours.median),
-            }
+            let theirs: String = workers
+                .iter()
+                .zip(&others)
+                .filter_map(|(w, s)| s.map(|s| format!(", {} {:.1}", w.side.name(), s.median)))
+                .collect();
+            eprintln!("{name}: {:.1} {unit}{theirs}", ours.median);
         });
-        rows.push(Row { item, ours, theirs });
+        rows.push(Row { item, ours, others });
     }
     bar.finish_and_clear();
     let ours_peak = peak_rss_mb();
-    let theirs_peak = torch.as_mut().and_then(|t| t.peak_rss_mb());
-    report(
-        &rows,
-        ours_peak,
-        theirs_peak,
-        o,
-        torch.as_ref().map(|t| t.version.as_str()),
-    )
+    let peaks: Vec<Option<f64>> = workers.iter_mut().map(|w| w.peak_rss_mb()).collect();
+    let sides: Vec<(Side, &str)> = workers
+        .iter()
+        .map(|w| (w.side, w.version.as_str()))
+        .collect();
+    report(&rows, ours_peak, &peaks, o, &sides)
 }
 
 fn report(
     rows: &[Row],
     ours_peak: Option<f64>,
-    theirs_peak: Option<f64>,
+    peaks: &[Option<f64>],
     o: &BenchOptions,
-    torch_version: Option<&str>,
+    sides: &[(Side, &str)],
 ) -> Result<()> {
     let fmt = |s: &Stat, unit: Unit| {
         format!(
@@ -349,68 +392,120 @@ fn report(
             s.max
         )
     };
-    // Compressed vs uncompressed on each side: the row pairs of the answer measurements.
-    let speedup = |i: usize, side: fn(&Row) -> Option<f64>| {
+    // The uncompressed row that a compressed answer row pairs with.
+    let full_of = |i: usize| {
         let full_name = rows[i].item.name.replace("compressed x16", "uncompressed");
-        let full = rows[..i].iter().rfind(|r| r.item.name == full_name)?;
-        Some(rows[i].item.unit.ratio(side(&rows[i])?, side(full)?))
+        rows[..i].iter().rfind(|r| r.item.name == full_name)
     };
     if o.json {
         let json_rows: Vec<Value> = rows
             .iter()
-            .map(|Row { item, ours, theirs }| {
-                json!({
-                    "work": item.name, "unit": item.unit.suffix(),
-                    "ours": {"median": ours.median, "min": ours.min, "max": ours.max},
-                    "pytorch": theirs.map(|t| json!({"median": t.median, "min": t.min, "max": t.max})),
-                    "ratio": theirs.map(|t| item.unit.ratio(ours.median, t.median)),
-                })
+            .enumerate()
+            .map(|(i, row)| {
+                let mut v = json!({
+                    "work": row.item.name, "unit": row.item.unit.suffix(),
+                    "ours": {"median": row.ours.median, "min": row.ours.min, "max": row.ours.max},
+                });
+                for ((side, _), s) in sides.iter().zip(&row.others) {
+                    v[side.key()] =
+                        json!(s.map(|t| json!({"median": t.median, "min": t.min, "max": t.max})));
+                    v[format!("ratio_{}", side.key())] =
+                        json!(s.map(|t| row.item.unit.ratio(row.ours.median, t.median)));
+                }
+                // Our compressed answer against each side's full-text answer.
+                if row.item.name.ends_with("compressed x16")
+                    && let Some(full) = full_of(i)
+                {
+                    for ((side, _), s) in sides.iter().zip(&full.others) {
+                        v[format!("compressed_vs_{}_full_text", side.key())] =
+                            json!(s.map(|t| row.item.unit.ratio(row.ours.median, t.median)));
+                    }
+                }
+                v
             })
             .collect();
+        let mut peak = json!({"ours": ours_peak});
+        let mut versions = json!({});
+        for ((side, version), p) in sides.iter().zip(peaks) {
+            peak[side.key()] = json!(p);
+            versions[side.key()] = json!(version);
+        }
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({
-                "threads": o.threads, "runs": o.runs, "pytorch": torch_version,
+                "threads": o.threads, "runs": o.runs, "versions": versions,
                 "pytorch_device": o.pytorch_device, "random_weights": o.random_weights,
-                "rows": json_rows,
-                "peak_rss_mb": {"ours": ours_peak, "pytorch": theirs_peak},
+                "rows": json_rows, "peak_rss_mb": peak,
             }))?
         );
         return Ok(());
     }
-    println!(
-        "| work | scaledown median [min, max] | PyTorch median [min, max] | speed ratio (x faster than PyTorch) |"
-    );
-    println!("|---|---|---|---|");
-    for (i, Row { item, ours, theirs }) in rows.iter().enumerate() {
-        let (t, ratio) = match theirs {
-            Some(t) => (
-                fmt(t, item.unit),
-                format!("{:.2}x", item.unit.ratio(ours.median, t.median)),
-            ),
-            None => ("-".into(), "-".into()),
-        };
+    let mut header = "| work | scaledown median [min, max] |".to_string();
+    let mut rule = "|---|---|".to_string();
+    for (side, _) in sides {
+        let name = side.name();
+        header += &format!(" {name} median [min, max] | x faster than {name} |");
+        rule += "---|---|";
+    }
+    println!("{header}\n{rule}");
+    let cells = |row: &Row| -> String {
+        row.others
+            .iter()
+            .map(|s| match s {
+                Some(t) => format!(
+                    " {} | {:.2}x |",
+                    fmt(t, row.item.unit),
+                    row.item.unit.ratio(row.ours.median, t.median)
+                ),
+                None => " - | - |".into(),
+            })
+            .collect()
+    };
+    let show = |v: Option<f64>| v.map(|v| format!("{v:.2}x")).unwrap_or("-".into());
+    for (i, row) in rows.iter().enumerate() {
         println!(
-            "| {} | {} | {t} | {ratio} |",
-            item.name,
-            fmt(ours, item.unit)
+            "| {} | {} |{}",
+            row.item.name,
+            fmt(&row.ours, row.item.unit),
+            cells(row)
         );
-        if item.name.ends_with("compressed x16") {
-            let ours_up = speedup(i, |r| Some(r.ours.median));
-            let theirs_up = speedup(i, |r| r.theirs.map(|s| s.median));
-            let show = |v: Option<f64>| v.map(|v| format!("{v:.2}x")).unwrap_or("-".into());
+        if row.item.name.ends_with("compressed x16")
+            && let Some(full) = full_of(i)
+        {
+            let unit = row.item.unit;
+            // Each side's own compressed speed-up, then ours against each side's full text.
+            let own: String = row
+                .others
+                .iter()
+                .zip(&full.others)
+                .map(|(c, f)| match (c, f) {
+                    (Some(c), Some(f)) => {
+                        format!(" {} | |", show(Some(unit.ratio(c.median, f.median))))
+                    }
+                    _ => " - | |".into(),
+                })
+                .collect();
             println!(
-                "| ↳ compressed speed-up (uncompressed / compressed) | {} | {} | |",
-                show(ours_up),
-                show(theirs_up)
+                "| ↳ compressed speed-up (uncompressed / compressed) | {} |{own}",
+                show(Some(unit.ratio(row.ours.median, full.ours.median)))
             );
+            for ((side, _), f) in sides.iter().zip(&full.others) {
+                if let Some(f) = f {
+                    println!(
+                        "| ↳ our compressed answer vs {}'s full-text answer | {} x faster |{}",
+                        side.name(),
+                        show(Some(unit.ratio(row.ours.median, f.median))),
+                        " | |".repeat(sides.len())
+                    );
+                }
+            }
         }
     }
     let mb = |v: Option<f64>| v.map(|m| format!("{m:.0} MB")).unwrap_or("-".into());
+    let peak_cells: String = peaks.iter().map(|p| format!(" {} | |", mb(*p))).collect();
     println!(
-        "| peak memory (RSS, whole run) | {} | {} | |",
-        mb(ours_peak),
-        mb(theirs_peak)
+        "| peak memory (RSS, whole run) | {} |{peak_cells}",
+        mb(ours_peak)
     );
     Ok(())
 }
