@@ -37,6 +37,14 @@ pub struct Timing {
     pub queries_per_second: f64,
 }
 
+/// The value at quantile `p` (0..=1) of ascending `sorted` (the nearest rank; 0 when empty).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
 impl Timing {
     pub fn of(ms: &[f64]) -> Self {
         if ms.is_empty() {
@@ -44,7 +52,7 @@ impl Timing {
         }
         let mut sorted = ms.to_vec();
         sorted.sort_by(f64::total_cmp);
-        let pct = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
+        let pct = |p: f64| percentile(&sorted, p);
         let mean = ms.iter().sum::<f64>() / ms.len() as f64;
         Self {
             mean_ms: mean,

@@ -4,6 +4,7 @@
 //! valid ones and checks that each bad one gets a 4xx, each valid one its answer, and that the
 //! server's memory comes back.
 
+use crate::evaluate::percentile;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use scaledown_data::{Example, parse_examples};
@@ -98,13 +99,6 @@ pub struct LevelResult {
     pub p99_ms: f64,
     /// The server's own time per request (`ms` in its answers), median.
     pub server_p50_ms: f64,
-}
-
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 /// `requests` POSTs from `concurrency` threads.
