@@ -8,9 +8,11 @@ quantized CPU kernels, the same thread count), as a worker with pytorch_bench.py
     {"op": "peak"}                              -> {"peak_rss_mb": MB}
 
 It runs what a llama.cpp user runs, the full text: prefill {ids}, decode {prompt, tokens}
-(times the decode steps only) and answer {queries: [{ids}], tokens} (exactly `tokens` greedy
-tokens per question, one question at a time, reusing the KV cache of the prompt prefix that
-the questions share, as llama-server does). Compressed answers, batches, training and MiniLM
+(times the decode steps only) and answer {queries: [{ids}], tokens, shared_prefix} (exactly
+`tokens` greedy tokens per question, one question at a time, reusing the KV cache of the
+first `shared_prefix` tokens, the system turn that scaledown also computes once; not more:
+questions on the same passage would otherwise reuse the passage's cache, which the
+compressed side does not get). Compressed answers, batches, training and MiniLM
 are not llama.cpp's work: prepare answers ok false and scaledown leaves the cell empty.
 """
 import json
@@ -38,13 +40,13 @@ class Worker:
         self.work = {}
         return {"llama_cpp": llama_cpp.__version__}
 
-    def eval_from_cache(self, ids):
-        """Evaluates `ids`, keeping the cached positions they share with the last prompt
-        (at least the last token is evaluated, for its logits)."""
+    def eval_from_cache(self, ids, shared_prefix):
+        """Evaluates `ids`, keeping the cached positions of its first `shared_prefix` tokens
+        where the last prompt had the same ones."""
         llm = self.llm
         cached = llm.input_ids[:llm.n_tokens]
         same = 0
-        for a, b in zip(cached, ids[:-1]):
+        for a, b in zip(cached, ids[:min(shared_prefix, len(ids) - 1)]):
             if a != b:
                 break
             same += 1
@@ -71,7 +73,7 @@ class Worker:
                 nxt = self.next_token()
         elif kind == "answer":
             for q in w["queries"]:
-                self.eval_from_cache(q["ids"])
+                self.eval_from_cache(q["ids"], w.get("shared_prefix", 0))
                 nxt = self.next_token()
                 for _ in range(w["tokens"] - 1):
                     llm.eval([nxt])

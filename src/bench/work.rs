@@ -37,6 +37,9 @@ pub enum Work {
         prompts: Vec<Vec<u32>>,
         tokens: usize,
         batched: bool,
+        /// Leading tokens that every prompt shares (the chat's system turn), whose KV cache
+        /// this side computes once; llama.cpp may reuse its cache that far and no further.
+        shared_prefix: usize,
     },
     /// The same from the compressed prompt.
     AnswerCompressed {
@@ -82,10 +85,12 @@ impl Work {
                 prompts,
                 tokens,
                 batched,
+                shared_prefix,
             } => json!({
                 "kind": if *batched { "answer_batch" } else { "answer" },
                 "queries": prompts.iter().map(|ids| json!({"ids": ids})).collect::<Vec<_>>(),
                 "tokens": tokens,
+                "shared_prefix": shared_prefix,
             }),
             Work::AnswerCompressed {
                 queries,
@@ -150,11 +155,18 @@ pub fn answer_work(
         prompts.push(tokenizers.generator.encode(&chat_prompt(&user))?);
         queries.push(tokenizers.encode(&config, &ex.question, &documents)?);
     }
+    let prefix = tokenizers.shared_prefix()?;
+    let shared_prefix = if prompts.iter().all(|p| p.starts_with(&prefix)) {
+        prefix.len()
+    } else {
+        0
+    };
     Ok((
         Work::Answer {
             prompts,
             tokens,
             batched,
+            shared_prefix,
         },
         Work::AnswerCompressed {
             queries,
@@ -357,6 +369,7 @@ impl Ours {
                 prompts,
                 tokens,
                 batched: false,
+                ..
             } => {
                 for ids in prompts {
                     read_sync(generate_after(
@@ -373,6 +386,7 @@ impl Ours {
                 prompts,
                 tokens,
                 batched: true,
+                ..
             } => {
                 let embeds = prompts
                     .iter()
