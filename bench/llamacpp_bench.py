@@ -54,7 +54,10 @@ class Worker:
         llm.eval(ids[same:])
 
     def next_token(self):
-        return int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+        """Greedy: the argmax of the last evaluated position's logits (llama-cpp-python keeps
+        no `scores` without logits_all, so they are read from the context)."""
+        logits = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.llm.n_vocab(),))
+        return int(np.argmax(logits))
 
     def run(self, w):
         kind = w["kind"]
