@@ -492,7 +492,7 @@ fn report(
             for ((side, _), f) in sides.iter().zip(&full.others) {
                 if let Some(f) = f {
                     println!(
-                        "| ↳ our compressed answer vs {}'s full-text answer | {} x faster |{}",
+                        "| ↳ our compressed answer vs {}'s full-text answer (x faster) | {} |{}",
                         side.name(),
                         show(Some(unit.ratio(row.ours.median, f.median))),
                         " | |".repeat(sides.len())
