@@ -1,11 +1,8 @@
 #!/usr/bin/env python3
 """llama.cpp side of `scaledown bench`: the same GGUF file through llama-cpp-python (its
-quantized CPU kernels, the same thread count), as a worker with pytorch_bench.py's protocol.
+quantized CPU kernels, the same thread count), as a worker of worker_protocol.py's protocol.
 
     {"op": "load", "generator": GGUF, "threads": N, "n_ctx": 4096}  -> {"llama_cpp": VERSION}
-    {"op": "prepare", "key": K, "work": {...}}  -> {"ok": true} or {"ok": false, "reason": ...}
-    {"op": "run", "key": K}                     -> {"seconds": S}
-    {"op": "peak"}                              -> {"peak_rss_mb": MB}
 
 It runs what a llama.cpp user runs, the full text: prefill {ids}, decode {prompt, tokens}
 (times the decode steps only) and answer {queries: [{ids}], tokens, shared_prefix} (exactly
@@ -15,20 +12,14 @@ questions on the same passage would otherwise reuse the passage's cache, which t
 compressed side does not get). Compressed answers, batches, training and MiniLM
 are not llama.cpp's work: prepare answers ok false and scaledown leaves the cell empty.
 """
-import json
 import os
-import resource
-import sys
 import time
 
 import numpy as np
 
 import llama_cpp
 
-
-def reply(obj):
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
+from worker_protocol import serve
 
 
 class Worker:
@@ -37,7 +28,6 @@ class Worker:
             model_path=os.path.abspath(r["generator"]), n_ctx=r.get("n_ctx", 4096),
             n_batch=512, n_ubatch=512, n_threads=r["threads"], n_threads_batch=r["threads"],
             logits_all=False, verbose=False)
-        self.work = {}
         return {"llama_cpp": llama_cpp.__version__}
 
     def eval_from_cache(self, ids, shared_prefix):
@@ -84,33 +74,5 @@ class Worker:
         return time.perf_counter() - start
 
 
-SUPPORTED = {"prefill", "decode", "answer"}
-
-
-def main():
-    worker = Worker()
-    for line in sys.stdin:
-        try:
-            r = json.loads(line)
-            op = r["op"]
-            if op == "load":
-                reply(worker.load(r))
-            elif op == "prepare":
-                kind = r["work"]["kind"]
-                if kind in SUPPORTED:
-                    worker.work[r["key"]] = r["work"]
-                    reply({"ok": True})
-                else:
-                    reply({"ok": False, "reason": f"{kind} is not llama.cpp's work"})
-            elif op == "run":
-                reply({"seconds": worker.run(worker.work[r["key"]])})
-            elif op == "peak":
-                reply({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
-            else:
-                raise ValueError(f"unknown op {op}")
-        except Exception as e:  # the Rust side prints it and goes on without llama.cpp
-            reply({"error": f"{type(e).__name__}: {e}"})
-
-
 if __name__ == "__main__":
-    main()
+    serve(Worker(), supported={"prefill", "decode", "answer"})

@@ -3,7 +3,7 @@
 on the CPU or a CUDA GPU), run as a worker so that scaledown can alternate single runs between
 the two sides.
 
-Protocol: one JSON request per line on stdin, one JSON answer per line on stdout.
+Protocol (worker_protocol.py): one JSON request per line on stdin, one JSON answer per line.
     {"op": "load", "generator": GGUF_OR_DIR, "minilm": DIR, "random_weights": false,
      "device": "cpu"|"cuda", "threads": N, "num_layers": 5, "compression_rate": 16,
      "lora_rank": 16, "lora_alpha": 32}                              -> {"torch": VERSION}
@@ -19,10 +19,8 @@ examples: [{prefix, chunks, query_tokens, suffix, answer}]}; encode {batch: [[id
 import contextlib
 import copy
 import inspect
-import json
 import math
 import os
-import resource
 import sys
 import time
 
@@ -30,6 +28,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+from worker_protocol import serve
 
 # transformers 5 renamed the KV cache argument and output `past_key_values` to `cache`.
 CACHE_KW = "cache" if "cache" in inspect.signature(LlamaDecoderLayer.forward).parameters \
@@ -44,11 +44,6 @@ def sync():
     """Waits for the GPU's queued work, so that the clock reads finished work."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-
-
-def reply(obj):
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 class LoraLinear(nn.Module):
@@ -267,7 +262,6 @@ class Worker:
             "frozen": (self.frozen, self.frozen.compressor_params(),
                        [adamw(self.frozen.compressor_params(), 1e-4)]),
         }
-        self.work = {}
         return {"torch": torch.__version__}
 
     def run(self, w):
@@ -342,24 +336,7 @@ class Worker:
 
 def main():
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    worker = Worker()
-    for line in sys.stdin:
-        try:
-            r = json.loads(line)
-            op = r["op"]
-            if op == "load":
-                reply(worker.load(r))
-            elif op == "prepare":
-                worker.work[r["key"]] = r["work"]
-                reply({"ok": True})
-            elif op == "run":
-                reply({"seconds": worker.run(worker.work[r["key"]])})
-            elif op == "peak":
-                reply({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
-            else:
-                raise ValueError(f"unknown op {op}")
-        except Exception as e:  # the Rust side prints it and goes on without PyTorch
-            reply({"error": f"{type(e).__name__}: {e}"})
+    serve(Worker())
 
 
 if __name__ == "__main__":
