@@ -61,15 +61,8 @@ fn serve_answers_batches_streams_refuses_bad_input_and_stops_cleanly() {
             body
         })
         .collect();
-    let concurrent: Vec<Value> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..6)
-            .map(|i| {
-                let server = &server;
-                scope.spawn(move || server.post("/v1/answer", &question(i)).1)
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let bodies: Vec<Value> = (0..6).map(question).collect();
+    let concurrent = server.post_concurrently("/v1/answer", &bodies);
     for (a, b) in sequential.iter().zip(&concurrent) {
         assert_eq!(a["answer"], b["answer"], "batched answer differs");
     }

@@ -49,15 +49,8 @@ fn the_real_generator_answers_batches_and_streams() {
         assert!(body["document_tokens"].as_u64().unwrap() > 10, "{body}");
     }
     // The three at once go through the model as one left-padded batch.
-    let concurrent: Vec<Value> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..3)
-            .map(|i| {
-                let server = &server;
-                scope.spawn(move || server.post("/v1/answer", &request(i)).1)
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let bodies: Vec<Value> = (0..3).map(request).collect();
+    let concurrent = server.post_concurrently("/v1/answer", &bodies);
     for (a, b) in sequential.iter().zip(&concurrent) {
         assert_eq!(a["answer"], b["answer"], "batched answer differs");
     }
