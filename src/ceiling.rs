@@ -12,8 +12,8 @@ use scaledown_data::Example;
 use scaledown_model::burn::module::Module;
 use scaledown_model::burn::prelude::Device;
 use scaledown_model::burn::tensor::read_sync;
-use scaledown_model::oscar::{Encoded, OscarTokenizers};
-use scaledown_model::training::TrainExample;
+use scaledown_model::example::{Encoded, TrainExample};
+use scaledown_model::oscar::OscarTokenizers;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -72,12 +72,10 @@ pub fn run(
     }
     let mut examples = Vec::with_capacity(train.len());
     for (ex, answer) in train.iter().zip(answers) {
-        examples.push(TrainExample {
-            encoded: Encoded::full_text(evaluate::full_text_prompt(tokenizers, ex)?),
-            answer: answer.clone(),
-            teacher_scores: vec![],
-            teacher_tokens: vec![],
-        });
+        examples.push(TrainExample::new(
+            Encoded::full_text(evaluate::full_text_prompt(tokenizers, ex)?),
+            answer.clone(),
+        ));
     }
     // A fresh model of the same setup: its LoRA factors start as the compressed run's did;
     // its compressor is never read.

@@ -6,13 +6,12 @@ use anyhow::Result;
 use scaledown_data::{Example, Scores};
 use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::compressor::CompressorConfig;
+use scaledown_model::example::{TrainExample, ids_tensor};
 use scaledown_model::generation::{GenerationConfig, PrefixCache, generate_after, generate_batch};
 use scaledown_model::llama::{Llama, PromptInput};
-use scaledown_model::oscar::{
-    Oscar, OscarTokenizers, document_text, full_text_user_turn, ids_tensor,
-};
+use scaledown_model::oscar::{Oscar, OscarTokenizers, document_text, full_text_user_turn};
 use scaledown_model::tokenizer::chat_prompt;
-use scaledown_model::training::{TrainExample, mean_answer_loss};
+use scaledown_model::training::mean_answer_loss;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -388,12 +387,10 @@ pub fn memory_use(
         }
         let answer = tokenizers.encode_answer(answer)?;
         for (docs, into) in [(&documents, &mut own), (&elsewhere, &mut other)] {
-            into.push(TrainExample {
-                encoded: tokenizers.encode(config, &ex.question, docs)?,
-                answer: answer.clone(),
-                teacher_scores: vec![],
-                teacher_tokens: vec![],
-            });
+            into.push(TrainExample::new(
+                tokenizers.encode(config, &ex.question, docs)?,
+                answer.clone(),
+            ));
         }
     }
     let bar = progress::bar(2 * own.len() as u64, "memory use");

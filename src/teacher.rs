@@ -9,10 +9,10 @@ use anyhow::{Context, Result};
 use scaledown_data::Example;
 use scaledown_model::burn::prelude::Device;
 use scaledown_model::burn::tensor::read_sync;
-use scaledown_model::distillation::{self, TeacherTokens};
+use scaledown_model::distillation;
+use scaledown_model::example::{TeacherTokens, TrainExample};
 use scaledown_model::llama::Llama;
 use scaledown_model::oscar::{OscarTokenizers, full_text_user_turn};
-use scaledown_model::training::TrainExample;
 use std::collections::BTreeMap;
 use std::path::Path;
 

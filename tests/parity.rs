@@ -166,8 +166,9 @@ fn minilm_matches_pytorch_on_wgpu() {
 fn the_pooled_readout_answers_alike_on_wgpu_and_flex() {
     use scaledown_model::burn::module::Module;
     use scaledown_model::compressor::{CompressorConfig, CompressorType, Readout};
+    use scaledown_model::example::Encoded;
     use scaledown_model::llama::LlamaConfig;
-    use scaledown_model::oscar::{Encoded, Oscar};
+    use scaledown_model::oscar::Oscar;
     let flex = Device::flex();
     flex.seed(3);
     let config = CompressorConfig {

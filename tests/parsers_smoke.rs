@@ -13,10 +13,11 @@ use scaledown_model::checkpoint::{
     Manifest, OscarSetup, load_trainable, trainable_to_safetensors, with_path_param_ids,
 };
 use scaledown_model::compressor::{CompressorConfig, CompressorType, Readout};
+use scaledown_model::example::{Encoded, TrainExample};
 use scaledown_model::llama::LlamaConfig;
-use scaledown_model::oscar::{Encoded, LoraSettings, Oscar};
+use scaledown_model::oscar::{LoraSettings, Oscar};
 use scaledown_model::tokenizer::Tokenizer;
-use scaledown_model::training::{TrainExample, TrainSettings, Trainer};
+use scaledown_model::training::{TrainSettings, Trainer};
 use scaledown_model::weights::WeightSource;
 use scaledown_model::weights::gguf::GgufFile;
 use scaledown_model::weights::safetensors::SafetensorsFile;

@@ -7,14 +7,15 @@ use scaledown_model::bert::Bert;
 use scaledown_model::burn::prelude::*;
 use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::compressor::CompressorConfig;
+use scaledown_model::example::{Encoded, TrainExample};
 use scaledown_model::generation::{
     GenerationConfig, PrefixCache, argmax, generate_after, generate_batch,
 };
 use scaledown_model::llama::{KvCache, Llama, PromptInput};
-use scaledown_model::oscar::{Encoded, LoraSettings, Oscar, OscarTokenizers};
+use scaledown_model::oscar::{LoraSettings, Oscar, OscarTokenizers};
 use scaledown_model::pretraining::PretrainingSet;
 use scaledown_model::tokenizer::{Tokenizer, chat_prompt};
-use scaledown_model::training::{TrainExample, TrainSettings, Trainer};
+use scaledown_model::training::{TrainSettings, Trainer};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Instant;
@@ -188,12 +189,10 @@ pub fn train_work(tokenizers: &OscarTokenizers, examples: &[Example]) -> Result<
     let batch = examples
         .iter()
         .map(|ex| {
-            Ok(TrainExample {
-                encoded: tokenizers.encode(&config, &ex.question, &documents_of(ex))?,
-                answer: tokenizers.encode_answer(&ex.answers[0])?,
-                teacher_scores: vec![],
-                teacher_tokens: vec![],
-            })
+            Ok(TrainExample::new(
+                tokenizers.encode(&config, &ex.question, &documents_of(ex))?,
+                tokenizers.encode_answer(&ex.answers[0])?,
+            ))
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Work::TrainStep {

@@ -6,9 +6,10 @@ use super::api::ApiError;
 use anyhow::Result;
 use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::compressor::CompressorConfig;
+use scaledown_model::example::{Encoded, ids_tensor};
 use scaledown_model::generation::{GenerationConfig, generate_batch_streaming};
 use scaledown_model::llama::{Llama, PromptInput};
-use scaledown_model::oscar::{Encoded, Oscar, OscarTokenizers, full_text_user_turn, ids_tensor};
+use scaledown_model::oscar::{Oscar, OscarTokenizers, full_text_user_turn};
 use scaledown_model::tokenizer::chat_prompt;
 use std::sync::Arc;
 

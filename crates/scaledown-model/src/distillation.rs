@@ -2,15 +2,11 @@
 //! read from the full text, become soft targets for the compressed model (KL on the answer
 //! tokens, up to the teacher's entropy, which does not depend on the student).
 
+use crate::example::{TeacherTokens, TrainExample, ids_tensor};
 use crate::llama::{KvCache, Llama};
-use crate::oscar::ids_tensor;
-use crate::training::TrainExample;
 use burn::prelude::*;
 use burn::tensor::ExecutionError;
 use burn::tensor::activation::softmax;
-
-/// The teacher's `k` most likely tokens and their probabilities at each answer position.
-pub type TeacherTokens = Vec<Vec<(u32, f32)>>;
 
 /// The generator's `k` most likely next tokens at each position of `answer`, teacher-forced
 /// after `prompt` (the uncompressed prompt with the documents' full text).

@@ -7,10 +7,10 @@
 
 use crate::compressor::{ChunkInput, Compressed, Compressor, CompressorConfig, CompressorType};
 use crate::encoder::Encoder;
+use crate::example::{Encoded, TrainExample, ids_tensor};
 use crate::generation::{GenerationConfig, PrefixCache, continue_from, generate_batch_streaming};
 use crate::llama::{Inserted, KvCache, Llama, PromptInput};
 use crate::tokenizer::{SMOLLM2_SYSTEM_PROMPT, Tokenizer};
-use crate::training::TrainExample;
 use crate::weights::WeightError;
 use burn::prelude::*;
 use burn::tensor::ExecutionError;
@@ -93,68 +93,6 @@ impl Oscar {
 pub struct OscarTokenizers {
     pub generator: Tokenizer,
     pub encoder: Option<Tokenizer>,
-}
-
-/// One question and its documents, tokenised for the compressor and the generator.
-#[derive(Debug, Clone)]
-pub struct Encoded {
-    /// Per chunk: the compressor's input ids `[query; chunk]`.
-    pub chunks: Vec<Vec<u32>>,
-    /// Length of the query before each chunk's document tokens.
-    pub query_tokens: usize,
-    /// Tokens after each chunk's document tokens (the encoder's `[SEP]`).
-    pub tail_tokens: usize,
-    /// Generator ids before and after the memory vectors.
-    pub prefix: Vec<u32>,
-    pub suffix: Vec<u32>,
-    /// Document tokens that the chunks hold (for the compression report).
-    pub document_tokens: usize,
-    /// The document each chunk comes from (indices into the question's documents).
-    pub chunk_documents: Vec<usize>,
-}
-
-impl Encoded {
-    /// Where each chunk's document tokens lie in its compressor input.
-    pub fn document_ranges(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
-        self.chunks
-            .iter()
-            .map(|c| self.query_tokens..c.len().saturating_sub(self.tail_tokens))
-    }
-
-    /// How many memory vectors `config`'s compressor makes of this input's chunks.
-    pub fn memory_vectors(&self, config: &CompressorConfig) -> usize {
-        self.document_ranges()
-            .map(|doc| config.vectors_for(doc.len()))
-            .sum()
-    }
-
-    /// The first chunk of each document (None for a document without tokens): the chunk
-    /// whose reranking score stands for the document, as it holds the title and opening.
-    pub fn first_chunks(&self, documents: usize) -> Vec<Option<usize>> {
-        (0..documents)
-            .map(|d| self.chunk_documents.iter().position(|&c| c == d))
-            .collect()
-    }
-
-    /// How many documents the chunks come from.
-    pub fn documents(&self) -> usize {
-        self.chunk_documents.iter().max().map_or(0, |&d| d + 1)
-    }
-
-    /// The uncompressed prompt (the documents' full text) as an input without chunks: the
-    /// generator reads it whole. Training on these fine-tunes the uncompressed generator, the
-    /// fair ceiling of the compressed model.
-    pub fn full_text(prompt: Vec<u32>) -> Self {
-        Self {
-            chunks: vec![],
-            query_tokens: 0,
-            tail_tokens: 0,
-            prefix: prompt,
-            suffix: vec![],
-            document_tokens: 0,
-            chunk_documents: vec![],
-        }
-    }
 }
 
 /// How a document enters a prompt, compressed or not: its title, then its text.
@@ -254,12 +192,6 @@ impl OscarTokenizers {
         ids.extend(self.generator.token_to_id("<|im_end|>"));
         Ok(ids)
     }
-}
-
-/// `[n]` ids -> `[1, n]` tensor.
-pub fn ids_tensor(ids: &[u32], device: &Device) -> Tensor<2, Int> {
-    let data = TensorData::new(ids.iter().map(|&i| i as i64).collect(), [1, ids.len()]);
-    Tensor::from_data(data, device)
 }
 
 impl Oscar {

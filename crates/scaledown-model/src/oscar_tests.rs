@@ -5,10 +5,11 @@ use crate::bert::BertConfig;
 use crate::checkpoint::{load_trainable, trainable_to_safetensors, with_path_param_ids};
 use crate::compressor::{Compressor, CompressorConfig, CompressorType, Readout};
 use crate::encoder::Encoder;
+use crate::example::{Encoded, TrainExample};
 use crate::generation::GenerationConfig;
 use crate::llama::LlamaConfig;
-use crate::oscar::{Encoded, Oscar};
-use crate::training::{TrainError, TrainExample, TrainSettings, Trainer};
+use crate::oscar::Oscar;
+use crate::training::{TrainError, TrainSettings, Trainer};
 use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::read_sync;
@@ -314,7 +315,7 @@ fn full_text_examples_fine_tune_the_generator_alone() {
         let n = ids.len();
         let mut cache = crate::llama::KvCache::new(g.layers.len());
         let hidden = g.forward_embeds(
-            g.embed(crate::oscar::ids_tensor(&ids, &device)),
+            g.embed(crate::example::ids_tensor(&ids, &device)),
             &mut cache,
             None,
             |_, _| {},
@@ -535,7 +536,7 @@ fn a_padded_batch_answers_as_each_question_alone() {
     let prompts: [&[u32]; 3] = [&[5, 6, 7], &[8], &[9, 10, 11, 12, 13, 14]];
     let embeds = prompts
         .iter()
-        .map(|p| crate::llama::PromptInput::tokens(g.embed(crate::oscar::ids_tensor(p, &device))))
+        .map(|p| crate::llama::PromptInput::tokens(g.embed(crate::example::ids_tensor(p, &device))))
         .collect();
     let batched = read_sync(generate_batch(g, embeds, &[], &config)).unwrap();
     for (b, p) in batched.iter().zip(prompts) {

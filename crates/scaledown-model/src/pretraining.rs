@@ -6,8 +6,9 @@
 //! - text continuation: it writes the text that follows the compressed chunk.
 
 use crate::compressor::CompressorConfig;
+use crate::example::TrainExample;
 use crate::oscar::{Oscar, OscarTokenizers};
-use crate::training::{TrainExample, mean_answer_loss};
+use crate::training::mean_answer_loss;
 use crate::weights::WeightError;
 use std::fmt;
 use std::str::FromStr;
@@ -174,12 +175,10 @@ fn example(
     document: &str,
     target: &str,
 ) -> Result<TrainExample, WeightError> {
-    Ok(TrainExample {
-        encoded: tokenizers.encode(config, instruction, &[document.to_string()])?,
-        answer: tokenizers.encode_answer(target)?,
-        teacher_scores: vec![],
-        teacher_tokens: vec![],
-    })
+    Ok(TrainExample::new(
+        tokenizers.encode(config, instruction, &[document.to_string()])?,
+        tokenizers.encode_answer(target)?,
+    ))
 }
 
 /// Whether the generator reads the memory: the mean loss of `examples` (auto-encoding ones,
@@ -193,11 +192,11 @@ pub fn memory_gap(
 ) -> (f32, f32) {
     let n = examples.len();
     let swapped: Vec<TrainExample> = (0..n)
-        .map(|i| TrainExample {
-            encoded: examples[(i + n / 2) % n].encoded.clone(),
-            answer: examples[i].answer.clone(),
-            teacher_scores: vec![],
-            teacher_tokens: vec![],
+        .map(|i| {
+            TrainExample::new(
+                examples[(i + n / 2) % n].encoded.clone(),
+                examples[i].answer.clone(),
+            )
         })
         .collect();
     let own = mean_answer_loss(model, examples, &mut progress);

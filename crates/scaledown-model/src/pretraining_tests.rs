@@ -2,13 +2,14 @@
 //! training on them lowers their loss.
 
 use crate::compressor::{Compressor, CompressorConfig, CompressorType, Readout};
+use crate::example::TrainExample;
 use crate::llama::LlamaConfig;
 use crate::oscar::{Oscar, OscarTokenizers};
 use crate::pretraining::{
     AUTO_ENCODE_INSTRUCTION, CONTINUE_INSTRUCTION, PretrainingSet, Reconstruction, memory_gap,
 };
 use crate::tokenizer::{Tokenizer, word_level_json, words_of};
-use crate::training::{TrainExample, TrainSettings, Trainer};
+use crate::training::{TrainSettings, Trainer};
 use burn::prelude::*;
 use burn::tensor::read_sync;
 

@@ -4,10 +4,11 @@
 use crate::checkpoint::{load_trainable, trainable_to_safetensors};
 use crate::compressor::{Backbone, CompressorConfig, CompressorType, Readout};
 use crate::encoder::Encoder;
+use crate::example::{Encoded, ids_tensor};
 use crate::generation::{GenerationConfig, PrefixCache, argmax};
 use crate::llama::{Inserted, KvCache, LlamaConfig};
 use crate::modernbert::ModernBertConfig;
-use crate::oscar::{Encoded, Oscar, ids_tensor};
+use crate::oscar::Oscar;
 use crate::oscar_tests::{config, example, loss_of, oscar_with, oscar_with_encoder, settings};
 use crate::training::Trainer;
 use burn::prelude::*;

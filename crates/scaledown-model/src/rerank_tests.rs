@@ -2,10 +2,11 @@
 //! toward the teacher's order, and answers that keep the top documents read only theirs.
 
 use crate::compressor::{CompressorConfig, CompressorType, Readout};
+use crate::example::{Encoded, TrainExample};
 use crate::generation::GenerationConfig;
 use crate::llama::{Llama, LlamaConfig};
-use crate::oscar::{Encoded, LoraSettings, Oscar};
-use crate::training::{TrainExample, TrainSettings, Trainer};
+use crate::oscar::{LoraSettings, Oscar};
+use crate::training::{TrainSettings, Trainer};
 use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::read_sync;

@@ -5,8 +5,8 @@
 //! scratch (memory tokens, projector, reranking head) and the generator's LoRA.
 
 use crate::compressor::Compressor;
-use crate::distillation::TeacherTokens;
-use crate::oscar::{Encoded, Oscar};
+use crate::example::TrainExample;
+use crate::oscar::Oscar;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
@@ -32,17 +32,6 @@ pub struct TrainSettings {
     pub rerank_weight: f64,
     /// Weight of the distillation loss (used for examples with teacher tokens).
     pub distill_weight: f64,
-}
-
-/// A teacher-forced example: the compressed input and the target answer ids.
-pub struct TrainExample {
-    pub encoded: Encoded,
-    pub answer: Vec<u32>,
-    /// The teacher's relevance score of each document, for the reranking loss (empty: none).
-    pub teacher_scores: Vec<f32>,
-    /// The uncompressed teacher's top tokens at each answer position, for distillation
-    /// (empty: none).
-    pub teacher_tokens: TeacherTokens,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -6,10 +6,11 @@
 use burn::module::Module;
 use burn::prelude::*;
 use scaledown_model::compressor::{CompressorConfig, CompressorType, Readout};
+use scaledown_model::example::{Encoded, TrainExample};
 use scaledown_model::generation::{GenerationConfig, generate, read_floats};
 use scaledown_model::llama::{KvCache, LlamaConfig};
-use scaledown_model::oscar::{Encoded, LoraSettings, Oscar};
-use scaledown_model::training::{TrainExample, TrainSettings, Trainer};
+use scaledown_model::oscar::{LoraSettings, Oscar};
+use scaledown_model::training::{TrainSettings, Trainer};
 use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);

@@ -8,13 +8,14 @@ use scaledown_model::burn::prelude::*;
 use scaledown_model::checkpoint::{Manifest, OscarSetup, load_trainable};
 use scaledown_model::compressor::{CompressorConfig, CompressorType, Readout};
 use scaledown_model::encoder::Encoder;
+use scaledown_model::example::TrainExample;
 use scaledown_model::generation::{GenerationConfig, generate};
 use scaledown_model::llama::{Llama, LlamaConfig, llama_from_gguf};
 use scaledown_model::oscar::{
     LoraSettings, Oscar, OscarTokenizers, document_text, full_text_user_turn,
 };
 use scaledown_model::tokenizer::{Tokenizer, chat_prompt, word_level_json, words_of};
-use scaledown_model::training::{StepStats, TrainExample, TrainSettings, Trainer};
+use scaledown_model::training::{StepStats, TrainSettings, Trainer};
 use scaledown_model::weights::gguf::GgufFile;
 use std::collections::HashMap;
 use web_time::Instant;
@@ -287,12 +288,7 @@ impl Playground {
             .tokenizers
             .encode_answer(ex.answers.first().map_or("", String::as_str))
             .map_err(err)?;
-        Ok(TrainExample {
-            encoded,
-            answer,
-            teacher_scores: vec![],
-            teacher_tokens: vec![],
-        })
+        Ok(TrainExample::new(encoded, answer))
     }
 
     /// Trains `steps` steps of batch 1 over `examples` in turn, AdamW at `learning_rate` for

@@ -1,0 +1,101 @@
+//! What the model reads: a question and its documents tokenised for the compressor and the
+//! generator ([`Encoded`]), and a teacher-forced training example built on it
+//! ([`TrainExample`]). Plain data, so that OSCAR, its training step and distillation all
+//! depend on this module and not on one another.
+
+use crate::compressor::CompressorConfig;
+use burn::prelude::*;
+
+/// One question and its documents, tokenised for the compressor and the generator.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// Per chunk: the compressor's input ids `[query; chunk]`.
+    pub chunks: Vec<Vec<u32>>,
+    /// Length of the query before each chunk's document tokens.
+    pub query_tokens: usize,
+    /// Tokens after each chunk's document tokens (the encoder's `[SEP]`).
+    pub tail_tokens: usize,
+    /// Generator ids before and after the memory vectors.
+    pub prefix: Vec<u32>,
+    pub suffix: Vec<u32>,
+    /// Document tokens that the chunks hold (for the compression report).
+    pub document_tokens: usize,
+    /// The document each chunk comes from (indices into the question's documents).
+    pub chunk_documents: Vec<usize>,
+}
+
+impl Encoded {
+    /// Where each chunk's document tokens lie in its compressor input.
+    pub fn document_ranges(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        self.chunks
+            .iter()
+            .map(|c| self.query_tokens..c.len().saturating_sub(self.tail_tokens))
+    }
+
+    /// How many memory vectors `config`'s compressor makes of this input's chunks.
+    pub fn memory_vectors(&self, config: &CompressorConfig) -> usize {
+        self.document_ranges()
+            .map(|doc| config.vectors_for(doc.len()))
+            .sum()
+    }
+
+    /// The first chunk of each document (None for a document without tokens): the chunk
+    /// whose reranking score stands for the document, as it holds the title and opening.
+    pub fn first_chunks(&self, documents: usize) -> Vec<Option<usize>> {
+        (0..documents)
+            .map(|d| self.chunk_documents.iter().position(|&c| c == d))
+            .collect()
+    }
+
+    /// How many documents the chunks come from.
+    pub fn documents(&self) -> usize {
+        self.chunk_documents.iter().max().map_or(0, |&d| d + 1)
+    }
+
+    /// The uncompressed prompt (the documents' full text) as an input without chunks: the
+    /// generator reads it whole. Training on these fine-tunes the uncompressed generator, the
+    /// fair ceiling of the compressed model.
+    pub fn full_text(prompt: Vec<u32>) -> Self {
+        Self {
+            chunks: vec![],
+            query_tokens: 0,
+            tail_tokens: 0,
+            prefix: prompt,
+            suffix: vec![],
+            document_tokens: 0,
+            chunk_documents: vec![],
+        }
+    }
+}
+
+/// A teacher-forced example: the compressed input and the target answer ids.
+pub struct TrainExample {
+    pub encoded: Encoded,
+    pub answer: Vec<u32>,
+    /// The teacher's relevance score of each document, for the reranking loss (empty: none).
+    pub teacher_scores: Vec<f32>,
+    /// The uncompressed teacher's top tokens at each answer position, for distillation
+    /// (empty: none).
+    pub teacher_tokens: TeacherTokens,
+}
+
+impl TrainExample {
+    /// An example without reranking or distillation targets.
+    pub fn new(encoded: Encoded, answer: Vec<u32>) -> Self {
+        Self {
+            encoded,
+            answer,
+            teacher_scores: vec![],
+            teacher_tokens: vec![],
+        }
+    }
+}
+
+/// The teacher's `k` most likely tokens and their probabilities at each answer position.
+pub type TeacherTokens = Vec<Vec<(u32, f32)>>;
+
+/// `[n]` ids -> `[1, n]` tensor.
+pub fn ids_tensor(ids: &[u32], device: &Device) -> Tensor<2, Int> {
+    let data = TensorData::new(ids.iter().map(|&i| i as i64).collect(), [1, ids.len()]);
+    Tensor::from_data(data, device)
+}
