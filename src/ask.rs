@@ -1,9 +1,8 @@
 //! `scaledown eval` and `scaledown ask`: use a trained checkpoint.
 
 use crate::checkpoint;
-use crate::evaluate;
+use crate::evaluate::{self, describe};
 use crate::fsutil::{read_text, write_atomic};
-use crate::train::describe;
 use anyhow::{Result, bail};
 use clap::Args;
 use scaledown_data::parse_examples;
@@ -68,7 +67,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             a.checkpoint.display()
         );
     }
-    let model = crate::train::answering(&loaded.oscar, a.keep_top);
+    let model = evaluate::answering(&loaded.oscar, a.keep_top);
     let run = evaluate::compressed(
         &model,
         &loaded.tokenizers,

@@ -3,10 +3,10 @@
 //! the documents' full text instead of their memory vectors, then evaluated like the baseline.
 
 use crate::checkpoint::{self, OscarSetup};
-use crate::evaluate::{self, EvalRun};
+use crate::evaluate::{self, EvalRun, describe};
 use crate::fsutil::write_atomic;
 use crate::progress;
-use crate::train::{TrainArgs, batch_at, describe, trainer_for};
+use crate::train::{TrainArgs, batch_at, trainer_for};
 use anyhow::{Context, Result, anyhow};
 use scaledown_data::Example;
 use scaledown_model::burn::module::Module;

@@ -405,6 +405,36 @@ pub fn memory_use(
     Ok(result)
 }
 
+/// One line of an evaluation: scores, timing and, with reranking, its quality.
+pub fn describe(r: &EvalRun) -> String {
+    let s = r.scores;
+    let mut line = format!(
+        "EM {:.3}  F1 {:.3}  ROUGE-L {:.3}  match {:.3}  {:.0} ms/query (p50 {:.0}, p95 {:.0})",
+        s.exact_match,
+        s.f1,
+        s.rouge_l,
+        s.match_accuracy,
+        r.timing.mean_ms,
+        r.timing.p50_ms,
+        r.timing.p95_ms
+    );
+    if let Some(k) = r.ranking {
+        line += &format!(
+            "  reranking: recall@{} {:.3}  nDCG@10 {:.3} ({} questions)",
+            k.keep, k.recall_at_keep, k.ndcg_at_10, k.questions
+        );
+    }
+    line
+}
+
+/// The model for answering (LoRA merged), keeping the reranking head's `keep_top` best
+/// documents when that is set.
+pub fn answering(model: &Oscar, keep_top: u32) -> Oscar {
+    let mut m = model.for_inference();
+    m.compressor.keep_top = keep_top as usize;
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
