@@ -4,7 +4,7 @@ use anyhow::{Context, Result, bail};
 use scaledown_model::bert::{Bert, BertConfig, bert_from_safetensors};
 use scaledown_model::burn::prelude::Device;
 use scaledown_model::encoder::Encoder;
-use scaledown_model::llama::{Llama, LlamaConfig, llama_from_gguf, llama_from_safetensors};
+use scaledown_model::llama::{Llama, LlamaConfig, generator_from_gguf, llama_from_safetensors};
 use scaledown_model::tokenizer::Tokenizer;
 use scaledown_model::weights::WeightError;
 use scaledown_model::weights::gguf::GgufFile;
@@ -132,10 +132,8 @@ pub fn load_generator(path: &Path, device: &Device) -> Result<Generator> {
     };
     if let Some(file) = gguf {
         let bytes = read(&file)?;
-        let (config, model) = llama_from_gguf(&bytes, device)
+        let (config, model, tokenizer) = generator_from_gguf(&bytes, device)
             .with_context(|| format!("loading {}", file.display()))?;
-        let tokenizer = Tokenizer::from_gguf(&GgufFile::parse(&bytes)?)
-            .with_context(|| format!("tokenizer of {}", file.display()))?;
         return Ok(Generator {
             config,
             model,

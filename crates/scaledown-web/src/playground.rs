@@ -10,13 +10,12 @@ use scaledown_model::compressor::{CompressorConfig, CompressorType, Readout};
 use scaledown_model::encoder::Encoder;
 use scaledown_model::example::TrainExample;
 use scaledown_model::generation::{GenerationConfig, generate};
-use scaledown_model::llama::{Llama, LlamaConfig, llama_from_gguf};
+use scaledown_model::llama::{Llama, LlamaConfig, generator_from_gguf};
 use scaledown_model::oscar::{
     LoraSettings, Oscar, OscarTokenizers, document_text, full_text_user_turn,
 };
 use scaledown_model::tokenizer::{Tokenizer, chat_prompt, word_level_json, words_of};
 use scaledown_model::training::{StepStats, TrainSettings, Trainer};
-use scaledown_model::weights::gguf::GgufFile;
 use std::collections::HashMap;
 use web_time::Instant;
 
@@ -187,11 +186,8 @@ impl Playground {
                 manifest.check("trainable.safetensors", bytes)?;
             }
         }
-        let (gen_config, generator) =
-            llama_from_gguf(&files.gguf, device).map_err(|e| format!("GGUF: {e}"))?;
-        let tokenizer = GgufFile::parse(&files.gguf)
-            .and_then(|f| Tokenizer::from_gguf(&f))
-            .map_err(|e| format!("GGUF tokenizer: {e}"))?;
+        let (gen_config, generator, tokenizer) =
+            generator_from_gguf(&files.gguf, device).map_err(|e| format!("GGUF: {e}"))?;
         drop(files.gguf);
         let setup: Option<OscarSetup> = match &files.setup {
             Some(text) => Some(

@@ -4,6 +4,7 @@ use super::config::LlamaConfig;
 use super::lora::Projection;
 use super::model::{Attention, Block, Llama, Mlp};
 use super::rope::Rope;
+use crate::tokenizer::Tokenizer;
 use crate::weights::gguf::GgufFile;
 use crate::weights::{TensorData32, WeightError, WeightSource, load, to_tensor};
 use burn::module::Param;
@@ -68,6 +69,18 @@ pub fn llama_from_gguf(bytes: &[u8], device: &Device) -> Result<(LlamaConfig, Ll
     let config = LlamaConfig::from_gguf(&file)?;
     let model = build(&config, &file, &GGUF, device)?;
     Ok((config, model))
+}
+
+/// Loads the generator and its tokenizer from the bytes of one GGUF file, parsed once.
+pub fn generator_from_gguf(
+    bytes: &[u8],
+    device: &Device,
+) -> Result<(LlamaConfig, Llama, Tokenizer), WeightError> {
+    let file = GgufFile::parse(bytes)?;
+    let config = LlamaConfig::from_gguf(&file)?;
+    let tokenizer = Tokenizer::from_gguf(&file)?;
+    let model = build(&config, &file, &GGUF, device)?;
+    Ok((config, model, tokenizer))
 }
 
 /// Loads a Llama from HF `config.json` text and `model.safetensors` bytes.

@@ -11,7 +11,7 @@ pub mod rope;
 pub use cache::KvCache;
 pub use config::LlamaConfig;
 pub use input::{Inserted, PromptInput};
-pub use load::{llama_from_gguf, llama_from_safetensors};
+pub use load::{generator_from_gguf, llama_from_gguf, llama_from_safetensors};
 pub use model::Llama;
 
 #[cfg(test)]
