@@ -6,7 +6,9 @@ use crate::checkpoint::{self, OscarSetup};
 use crate::evaluate::{self, EvalRun, describe};
 use crate::fsutil::write_atomic;
 use crate::progress;
-use crate::train::{TrainArgs, batch_at, trainer_for};
+use crate::report::CeilingSummary;
+use crate::schedule::{batch_at, trainer_for};
+use crate::train_args::TrainArgs;
 use anyhow::{Context, Result, anyhow};
 use scaledown_data::Example;
 use scaledown_model::burn::module::Module;
@@ -25,16 +27,6 @@ pub struct Ceiling {
     pub losses: Vec<(usize, f32)>,
     pub train_seconds: f64,
     pub examples_per_second: f64,
-}
-
-/// What the report keeps of the ceiling (its predictions stay in `finetuned_ceiling.json`).
-#[derive(Debug, Serialize, Deserialize)]
-pub struct CeilingSummary {
-    pub scores: scaledown_data::Scores,
-    pub timing: evaluate::Timing,
-    pub train_seconds: f64,
-    pub examples_per_second: f64,
-    pub losses: Vec<(usize, f32)>,
 }
 
 impl From<&Ceiling> for CeilingSummary {

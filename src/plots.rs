@@ -3,7 +3,7 @@
 //! compressor was pretrained.
 
 use crate::evaluate::EvalRun;
-use crate::train::{PretrainProbe, Report, TrainState};
+use crate::report::{PretrainProbe, Report, TrainState};
 use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 use scaledown_data::Scores;

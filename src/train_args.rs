@@ -1,0 +1,211 @@
+//! The flags of `scaledown train` and `scaledown pretrain`: the recipe of a run, stored in
+//! its report.
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use scaledown_model::backend::BackendKind;
+use scaledown_model::compressor::Readout;
+use scaledown_model::pretraining::Reconstruction;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Labels {
+    /// The dataset's first answer.
+    Gold,
+    /// The uncompressed generator's own answer from the full text (`teacher_answer` of
+    /// `prepare --teacher`, else generated and cached in the output folder).
+    Teacher,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GeneratorTraining {
+    /// LoRA (r 16, alpha 32) on the generator's linear layers.
+    Lora,
+    /// The generator stays as published; only the compressor trains.
+    Frozen,
+}
+
+fn positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() && v < 1.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a learning rate in (0, 1)")),
+    }
+}
+
+fn weight(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1000.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a loss weight in [0, 1000]")),
+    }
+}
+
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
+pub struct TrainArgs {
+    /// Training examples (from `scaledown prepare`).
+    #[arg(long, alias = "train_data", default_value = "data/train.json")]
+    pub train_data: PathBuf,
+    /// Evaluation examples (default: `<stem>_eval.json` beside --train-data).
+    #[arg(long, alias = "eval_data")]
+    pub eval_data: Option<PathBuf>,
+    /// n_layers (a copy of the generator's first N layers) or encoder (the --encoder folder,
+    /// BERT or ModernBERT as its config.json says, + MLP projector; `modernbert` and `bert`
+    /// select it too).
+    #[arg(long, alias = "compressor_type", default_value = "n_layers")]
+    pub compressor_type: String,
+    /// Generator layers in the n_layers compressor (k: the memory enters after the generator's
+    /// layer k). 20 with rate 4 is the measured best (README, "Rate 4 after layer 20").
+    #[arg(long, alias = "num_layers", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub num_layers: u32,
+    /// Memory vectors per chunk: L (the pooled readout gives a short last chunk fewer).
+    #[arg(long, alias = "num_memory_tokens", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub num_memory_tokens: u32,
+    /// Document tokens per memory vector: R. Chunks hold L×R tokens.
+    #[arg(long, alias = "compression_rate", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=512))]
+    pub compression_rate: u32,
+    /// How the compressor's states become memory vectors: pooled (memory vector j is the mean
+    /// of the states of the R document tokens it stands for; with n_layers they enter the
+    /// generator after its layer N) or memory-tokens (OSCAR's L learned tokens after the
+    /// chunk, through an MLP projector, at the generator's input).
+    #[arg(long, default_value = "pooled")]
+    #[serde(default = "memory_tokens")]
+    pub readout: Readout,
+    #[arg(long, alias = "batch_size", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub batch_size: u32,
+    #[arg(long, alias = "num_epochs", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub num_epochs: u32,
+    /// Stop after this many optimiser steps (default: all epochs).
+    #[arg(long, alias = "max_steps", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_steps: Option<u32>,
+    /// Learning rate of the LoRA factors.
+    #[arg(long, alias = "learning_rate", default_value = "1e-4", value_parser = positive)]
+    pub learning_rate: f64,
+    /// Learning rate of the compressor (default: 5e-5 for n_layers, 1e-4 for encoder).
+    #[arg(long, alias = "compressor_learning_rate", value_parser = positive)]
+    pub compressor_learning_rate: Option<f64>,
+    /// Evaluate (and checkpoint) every K steps; 0: only before and after.
+    #[arg(long, alias = "eval_steps", default_value_t = 0)]
+    pub eval_steps: u32,
+    /// Compressor pretraining steps before question answering: auto-encoding and text
+    /// continuation on unlabelled passages (PISCO, COCOM); 0 skips it. Each step takes
+    /// --batch-size passages.
+    #[arg(long, default_value_t = 0)]
+    pub pretrain_steps: u32,
+    /// Passages for pretraining (repeat the flag for several files): JSON Lines with a `text`
+    /// or `context` string, HotpotQA's `context` paragraphs or a KILT `paragraphs` field, or
+    /// plain text with passages separated by blank lines; repeated passages count once, and
+    /// passages of the eval file's articles are left out (default: the documents of the
+    /// training examples).
+    #[arg(long, value_name = "PATH")]
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub pretrain_data: Vec<PathBuf>,
+    /// Share of pretraining examples that auto-encode (restate the compressed window); the
+    /// rest continue it (write the text after it). A fraction or a percentage: 1 is
+    /// auto-encoding only, 0 continuation only.
+    #[arg(long, default_value = "0.5", value_name = "SHARE")]
+    #[serde(default = "half_reconstruction")]
+    pub pretrain_reconstruction: Reconstruction,
+    /// Stop pretraining after this many minutes (over all resumed sessions), checkpointing
+    /// and probing there; the learning-rate schedule still spans --pretrain-steps.
+    #[arg(long, value_name = "MINUTES", value_parser = minutes)]
+    #[serde(default)]
+    pub pretrain_minutes: Option<f64>,
+    /// Print the loss every K steps.
+    #[arg(long, alias = "logging_steps", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub logging_steps: u32,
+    #[arg(long, value_enum, default_value = "gold")]
+    pub labels: Labels,
+    #[arg(long, alias = "generator_training", value_enum, default_value = "lora")]
+    pub generator_training: GeneratorTraining,
+    #[arg(long, alias = "output_dir", default_value = "training_with_eval")]
+    pub output_dir: PathBuf,
+    /// Evaluate on at most this many eval examples.
+    #[arg(long, alias = "max_eval_examples", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_eval_examples: u32,
+    /// Longest generated answer, in tokens.
+    #[arg(long, alias = "max_new_tokens", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=512))]
+    pub max_new_tokens: u32,
+    /// Questions answered together in evaluation (left-padded, padding masked): more
+    /// questions per second; each question's time is then its batch's time / the batch size.
+    #[arg(long, alias = "eval_batch_size", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub eval_batch_size: u32,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// OSCAR's reranking head: an `RR` token in the compressor input whose hidden state a
+    /// dense layer turns into each document's relevance score, trained toward the teacher's
+    /// (MiniLM's question-document cosine similarity) with --rerank-weight.
+    #[arg(long)]
+    #[serde(default)]
+    pub rerank: bool,
+    /// λ of the reranking loss: answer cross-entropy + λ·Σ(score − teacher score)².
+    #[arg(long, default_value = "0.05", value_parser = weight)]
+    #[serde(default)]
+    pub rerank_weight: f64,
+    /// In evaluation, answer from the reranking head's M best documents only (0: all; needs
+    /// --rerank).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    #[serde(default)]
+    pub keep_top: u32,
+    /// Distillation from the uncompressed generator: weight of the cross-entropy against its
+    /// token distributions over the answer (top 16 per token, read from the full text; 0: off).
+    #[arg(long, default_value = "0", value_parser = weight)]
+    #[serde(default)]
+    pub distill_weight: f64,
+    /// After training, also fine-tune the uncompressed generator with the same LoRA recipe,
+    /// steps and answers on the full text, and report it as the compressed model's fair
+    /// ceiling (takes about twice the compressed training's time).
+    #[arg(long)]
+    #[serde(default)]
+    pub finetuned_ceiling: bool,
+    /// Continue from the last checkpoint in --output-dir.
+    #[arg(long)]
+    pub resume: bool,
+    /// Generator GGUF file or Hugging Face folder (default: SmolLM2-135M-Instruct).
+    #[arg(long)]
+    pub generator: Option<PathBuf>,
+    /// Encoder folder for the encoder compressor: config.json, model.safetensors and
+    /// tokenizer.json of a BERT or ModernBERT (default: all-MiniLM-L6-v2).
+    #[arg(long)]
+    pub encoder: Option<PathBuf>,
+    #[arg(long, default_value = "flex")]
+    #[serde(skip, default = "default_backend")]
+    pub backend: BackendKind,
+}
+
+fn minutes(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 1e6 => Ok(v),
+        _ => Err(format!("`{s}` is not a number of minutes in (0, 1000000]")),
+    }
+}
+
+/// Reports written before --pretrain-data could repeat hold one path or null.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Paths {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+    }
+    Ok(match Option::<Paths>::deserialize(d)? {
+        None => vec![],
+        Some(Paths::One(p)) => vec![p],
+        Some(Paths::Many(ps)) => ps,
+    })
+}
+
+/// Reports written before `--pretrain-reconstruction` existed alternated the objectives.
+fn half_reconstruction() -> Reconstruction {
+    Reconstruction { permille: 500 }
+}
+
+/// Reports written before `--readout` existed trained memory tokens.
+fn memory_tokens() -> Readout {
+    Readout::MemoryTokens
+}
+
+fn default_backend() -> BackendKind {
+    BackendKind::Flex
+}
