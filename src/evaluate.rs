@@ -227,7 +227,7 @@ fn answer_compressed(
 
 /// The KV cache of the chat prefix that all prompts share, computed once per evaluation.
 pub fn shared_prefix(generator: &Llama, tokenizers: &OscarTokenizers) -> Result<PrefixCache> {
-    let device = generator.embed_tokens.weight.device();
+    let device = generator.device();
     Ok(PrefixCache::new(
         generator,
         &tokenizers.shared_prefix()?,
@@ -245,7 +245,7 @@ pub fn answer_uncompressed(
     config: &GenerationConfig,
 ) -> Result<(String, usize)> {
     let tok = &tokenizers.generator;
-    let device = generator.embed_tokens.weight.device();
+    let device = generator.device();
     let prompt = full_text_prompt(tokenizers, ex)?;
     let ids = read_sync(generate_after(
         generator,
@@ -270,7 +270,7 @@ pub fn uncompressed(
     let config = answer_config(max_new_tokens);
     if batch > 1 {
         let tok = &tokenizers.generator;
-        let device = generator.embed_tokens.weight.device();
+        let device = generator.device();
         return batched(examples, batch, label, |group| {
             let prompts = group
                 .iter()

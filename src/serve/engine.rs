@@ -224,7 +224,7 @@ impl Engine {
                 read_sync(oscar.answer_batch_streaming(&encoded, stop, &config, on_token))?
             }
             false => {
-                let device = self.generator.embed_tokens.weight.device();
+                let device = self.generator.device();
                 let prompts = batch
                     .iter()
                     .map(|p| match &p.input {

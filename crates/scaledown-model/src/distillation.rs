@@ -20,7 +20,7 @@ pub async fn teacher_tokens(
     if a == 0 {
         return Ok(vec![]);
     }
-    let device = generator.embed_tokens.weight.device();
+    let device = generator.device();
     let ids = [prompt, &answer[..a - 1]].concat();
     let n = ids.len();
     let mut cache = KvCache::new(generator.layers.len());

@@ -196,7 +196,7 @@ impl OscarTokenizers {
 
 impl Oscar {
     fn device(&self) -> Device {
-        self.generator.embed_tokens.weight.device()
+        self.generator.device()
     }
 
     /// All chunks' memory vectors, in order: `[chunks × L, generator width]`.

@@ -310,7 +310,7 @@ fn full_text_examples_fine_tune_the_generator_alone() {
     let a = ex.answer.len();
     let direct = {
         let g = &model.generator;
-        let device = g.embed_tokens.weight.device();
+        let device = g.device();
         let ids = [prompt.as_slice(), &ex.answer[..a - 1]].concat();
         let n = ids.len();
         let mut cache = crate::llama::KvCache::new(g.layers.len());

@@ -301,7 +301,7 @@ fn grad_sq_sum(model: &Oscar, grads_c: &GradientsParams, grads_g: &GradientsPara
     model.compressor.visit(&mut v);
     v.grads = grads_g;
     model.generator.visit(&mut v);
-    let device = model.generator.embed_tokens.weight.device();
+    let device = model.generator.device();
     v.sum.unwrap_or_else(|| Tensor::zeros([1], &device))
 }
 

@@ -250,6 +250,11 @@ impl Block {
 }
 
 impl Llama {
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.embed_tokens.weight.device()
+    }
+
     /// LoRA adapters of `rank` on every projection of every layer (OSCAR: rank 16, alpha 32).
     pub fn with_lora(self, rank: usize, alpha: f64) -> Self {
         self.map_layers(&|p: Projection| p.with_lora(rank, alpha))
