@@ -17,8 +17,8 @@ use scaledown_model::oscar::{LoraSettings, Oscar, OscarTokenizers};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
-pub const LORA_RANK: usize = 16;
-pub const LORA_ALPHA: f64 = 32.0;
+pub const LORA_RANK: usize = LoraSettings::OSCAR.rank;
+pub const LORA_ALPHA: f64 = LoraSettings::OSCAR.alpha;
 
 pub use scaledown_model::checkpoint::OscarSetup;
 

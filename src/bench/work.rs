@@ -20,10 +20,7 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Instant;
 
-pub const LORA: LoraSettings = LoraSettings {
-    rank: 16,
-    alpha: 32.0,
-};
+pub const LORA: LoraSettings = LoraSettings::OSCAR;
 
 pub enum Work {
     Prefill(Vec<u32>),

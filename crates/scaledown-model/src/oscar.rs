@@ -32,6 +32,14 @@ pub struct LoraSettings {
     pub alpha: f64,
 }
 
+impl LoraSettings {
+    /// OSCAR's adapters, which every training here uses.
+    pub const OSCAR: Self = Self {
+        rank: 16,
+        alpha: 32.0,
+    };
+}
+
 impl Oscar {
     /// OSCAR around a published generator: a fresh compressor of `config` (a copy of the
     /// generator's first layers, or `encoder` with a projector) and LoRA adapters on the

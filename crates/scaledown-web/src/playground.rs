@@ -205,14 +205,7 @@ impl Playground {
                 }),
                 s.max_new_tokens,
             ),
-            None => (
-                CompressorConfig::oscar(),
-                Some(LoraSettings {
-                    rank: 16,
-                    alpha: 32.0,
-                }),
-                32,
-            ),
+            None => (CompressorConfig::oscar(), Some(LoraSettings::OSCAR), 32),
         };
         let (encoder, encoder_tokenizer) = match (config.compressor_type, files.encoder) {
             (CompressorType::Encoder, Some((config_json, weights, tokenizer_json))) => {
