@@ -8,15 +8,9 @@ use scaledown_model::training::{TrainSettings, Trainer};
 /// AdamW with 5 % warm-up and linear decay over `total` steps, `done` of them already taken.
 pub(crate) fn trainer_for(a: &TrainArgs, compressor_lr: f64, total: usize, done: usize) -> Trainer {
     let mut trainer = Trainer::new(TrainSettings {
-        compressor_lr,
-        memory_lr: compressor_lr,
-        generator_lr: a.learning_rate,
-        weight_decay: 0.1,
-        warmup_steps: (total / 20).max(1),
-        total_steps: total,
-        max_grad_norm: 1.0,
         rerank_weight: a.rerank_weight,
         distill_weight: a.distill_weight,
+        ..TrainSettings::oscar(compressor_lr, a.learning_rate, total)
     });
     trainer.step = done;
     trainer

@@ -296,16 +296,10 @@ impl Ours {
         let training =
             Oscar::assemble(&config, generator.clone(), None, Some(LORA), device)?.train();
         let pretraining = Oscar::assemble(&config, generator.clone(), None, None, device)?.train();
+        // A schedule that stays at the full rates over the steps measured.
         let settings = TrainSettings {
-            compressor_lr: 5e-5,
-            memory_lr: 5e-5,
-            generator_lr: 1e-4,
-            weight_decay: 0.1,
             warmup_steps: 1,
-            total_steps: 1_000_000,
-            max_grad_norm: 1.0,
-            rerank_weight: 0.05,
-            distill_weight: 0.0,
+            ..TrainSettings::oscar(5e-5, 1e-4, 1_000_000)
         };
         let pretrainer = Trainer::new(TrainSettings {
             compressor_lr: 1e-4,

@@ -34,6 +34,24 @@ pub struct TrainSettings {
     pub distill_weight: f64,
 }
 
+impl TrainSettings {
+    /// OSCAR's recipe over `total_steps`: AdamW with weight decay 0.1, 5 % warm-up, clipping
+    /// at 1.0, reranking λ 0.05, no distillation; the memory parts learn at the compressor's rate.
+    pub fn oscar(compressor_lr: f64, generator_lr: f64, total_steps: usize) -> Self {
+        Self {
+            compressor_lr,
+            memory_lr: compressor_lr,
+            generator_lr,
+            weight_decay: 0.1,
+            warmup_steps: (total_steps / 20).max(1),
+            total_steps,
+            max_grad_norm: 1.0,
+            rerank_weight: 0.05,
+            distill_weight: 0.0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct StepStats {
     pub loss: f32,

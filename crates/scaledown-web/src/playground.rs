@@ -293,16 +293,10 @@ impl Playground {
         if examples.is_empty() {
             return Err("no training examples".into());
         }
+        // A short run in the page: 10 % warm-up.
         let mut trainer = Trainer::new(TrainSettings {
-            compressor_lr: learning_rate,
-            memory_lr: learning_rate,
-            generator_lr: learning_rate,
-            weight_decay: 0.1,
             warmup_steps: (steps / 10).max(1),
-            total_steps: steps,
-            max_grad_norm: 1.0,
-            rerank_weight: 0.05,
-            distill_weight: 0.0,
+            ..TrainSettings::oscar(learning_rate, learning_rate, steps)
         });
         let mut model = self.model.clone().train();
         for step in 0..steps {
