@@ -11,7 +11,7 @@
 use crate::encoder::Encoder;
 use crate::llama::model::Block;
 use crate::llama::rope::Rope;
-use crate::llama::{KvCache, Llama};
+use crate::llama::{KvCache, LayerStep, Llama};
 use burn::module::{ModuleMapper, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
@@ -440,7 +440,13 @@ impl Compressor {
                 let mut cache = KvCache::new(stack.layers.len());
                 let mut h = x;
                 for (i, block) in stack.layers.iter().enumerate() {
-                    h = block.forward(h, &stack.rope, 0, i, &mut cache, None);
+                    let step = LayerStep {
+                        rope: &stack.rope,
+                        start: 0,
+                        layer: i,
+                        cache: &mut cache,
+                    };
+                    h = block.forward(h, step, None);
                 }
                 h
             }

@@ -61,7 +61,13 @@ fn a_pooled_vector_is_the_mean_of_its_segments_layer_k_states() {
     let x = model
         .generator
         .embed(ids_tensor(&encoded.chunks[0], &device));
-    let states = stack.layers[0].forward(x, &stack.rope, 0, 0, &mut KvCache::new(1), None);
+    let step = crate::llama::LayerStep {
+        rope: &stack.rope,
+        start: 0,
+        layer: 0,
+        cache: &mut KvCache::new(1),
+    };
+    let states = stack.layers[0].forward(x, step, None);
     let mean = |r: std::ops::Range<usize>| {
         states
             .clone()

@@ -12,7 +12,7 @@ pub use cache::KvCache;
 pub use config::LlamaConfig;
 pub use input::{Inserted, PromptInput};
 pub use load::{generator_from_gguf, llama_from_gguf, llama_from_safetensors};
-pub use model::Llama;
+pub use model::{LayerStep, Llama};
 
 #[cfg(test)]
 mod tests;

@@ -23,19 +23,32 @@ pub struct Attention {
     pub head_dim: usize,
 }
 
+/// Where a layer's input sits: its first position `start` (the positions cached before it),
+/// the layer's index in the stack and the cache it reads and extends.
+pub struct LayerStep<'a> {
+    pub rope: &'a Rope,
+    pub start: usize,
+    pub layer: usize,
+    pub cache: &'a mut KvCache,
+}
+
 impl Attention {
-    /// - x: `[batch, seq, hidden]` at positions `start..start + seq`; returns `[batch, seq, hidden]`.
+    /// - x: `[batch, seq, hidden]` at positions `step.start..step.start + seq`; returns
+    ///   `[batch, seq, hidden]`.
     /// - mask: `[batch, 1, seq, past + seq]`, true where a key must not be seen (padding);
     ///   causality is applied on top.
     pub fn forward(
         &self,
         x: Tensor<3>,
-        rope: &Rope,
-        start: usize,
-        layer: usize,
-        cache: &mut KvCache,
+        step: LayerStep<'_>,
         mask: Option<Tensor<4, Bool>>,
     ) -> Tensor<3> {
+        let LayerStep {
+            rope,
+            start,
+            layer,
+            cache,
+        } = step;
         let [batch, seq, hidden] = x.dims();
         let heads =
             |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
@@ -146,19 +159,16 @@ pub struct Block {
 }
 
 impl Block {
+    /// Pre-norm attention and MLP, each added to the residual stream:
+    /// `[batch, seq, hidden]` -> `[batch, seq, hidden]` (mask as in [`Attention::forward`]).
     pub fn forward(
         &self,
         x: Tensor<3>,
-        rope: &Rope,
-        start: usize,
-        layer: usize,
-        cache: &mut KvCache,
+        step: LayerStep<'_>,
         mask: Option<Tensor<4, Bool>>,
     ) -> Tensor<3> {
         let attn_in = self.input_layernorm.forward(x.clone());
-        let h = x + self
-            .self_attn
-            .forward(attn_in, rope, start, layer, cache, mask);
+        let h = x + self.self_attn.forward(attn_in, step, mask);
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 }
@@ -358,7 +368,13 @@ impl Llama {
                 Some((layer, m)) if i < *layer => Some(m.clone()),
                 _ => mask.clone(),
             };
-            h = block.forward(h, &self.rope, start, i, cache, m);
+            let step = LayerStep {
+                rope: &self.rope,
+                start,
+                layer: i,
+                cache,
+            };
+            h = block.forward(h, step, m);
             observe(i + 1, &h);
         }
         self.norm.forward(h)
