@@ -3,7 +3,8 @@
 
 use crate::progress;
 use anyhow::Result;
-use scaledown_data::{Example, Scores};
+use scaledown_data::Example;
+pub use scaledown_data::{EvalRun, Prediction, Ranking, Timing, percentile};
 use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::compressor::CompressorConfig;
 use scaledown_model::example::{TrainExample, ids_tensor};
@@ -14,87 +15,6 @@ use scaledown_model::tokenizer::chat_prompt;
 use scaledown_model::training::mean_answer_loss;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Prediction {
-    pub id: String,
-    pub question: String,
-    pub answers: Vec<String>,
-    pub prediction: String,
-    pub ms: f64,
-    /// Prompt tokens the generator read (documents compressed or not).
-    pub prompt_tokens: usize,
-    pub scores: Scores,
-}
-
-/// Latency over the queries of one evaluation.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-pub struct Timing {
-    pub mean_ms: f64,
-    pub p50_ms: f64,
-    pub p95_ms: f64,
-    pub queries_per_second: f64,
-}
-
-/// The value at quantile `p` (0..=1) of ascending `sorted` (the nearest rank; 0 when empty).
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-impl Timing {
-    pub fn of(ms: &[f64]) -> Self {
-        if ms.is_empty() {
-            return Self::default();
-        }
-        let mut sorted = ms.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        let pct = |p: f64| percentile(&sorted, p);
-        let mean = ms.iter().sum::<f64>() / ms.len() as f64;
-        Self {
-            mean_ms: mean,
-            p50_ms: pct(0.5),
-            p95_ms: pct(0.95),
-            queries_per_second: 1000.0 / mean,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EvalRun {
-    pub scores: Scores,
-    pub timing: Timing,
-    pub predictions: Vec<Prediction>,
-    /// The reranking head's quality, where the compressor has one and gold documents are
-    /// known (HotpotQA supporting titles).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ranking: Option<Ranking>,
-}
-
-/// Reranking quality against HotpotQA's supporting titles, averaged over questions.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct Ranking {
-    pub questions: usize,
-    /// M of recall@M: `--keep-top`, or 5 when every document is kept.
-    pub keep: usize,
-    pub recall_at_keep: f64,
-    pub ndcg_at_10: f64,
-}
-
-impl EvalRun {
-    fn from(predictions: Vec<Prediction>) -> Self {
-        let scores = Scores::mean(&predictions.iter().map(|p| p.scores).collect::<Vec<_>>());
-        let ms: Vec<f64> = predictions.iter().map(|p| p.ms).collect();
-        Self {
-            scores,
-            timing: Timing::of(&ms),
-            predictions,
-            ranking: None,
-        }
-    }
-}
 
 pub fn documents_of(ex: &Example) -> Vec<String> {
     ex.documents
@@ -201,7 +121,7 @@ fn answer_compressed(
                 .iter()
                 .zip(ids)
                 .map(|(e, ids)| {
-                    let prompt_tokens = e.prefix.len() + e.memory_vectors(config) + e.suffix.len();
+                    let prompt_tokens = e.prompt_tokens(config);
                     (tokenizers.generator.decode(&ids, true), prompt_tokens)
                 })
                 .collect())
@@ -216,13 +136,12 @@ fn answer_compressed(
         let ids = read_sync(model.answer_after(&prefix, &encoded, stop, &answer))?;
         let ms = start.elapsed().as_secs_f64() * 1000.0;
         let prediction = tokenizers.generator.decode(&ids, true).trim().to_string();
-        let prompt_tokens =
-            encoded.prefix.len() + encoded.memory_vectors(config) + encoded.suffix.len();
-        out.push(prediction_of(ex, prediction, ms, prompt_tokens));
+        let prompt_tokens = encoded.prompt_tokens(config);
+        out.push(Prediction::of(ex, prediction, ms, prompt_tokens));
         bar.inc(1);
     }
     bar.finish_and_clear();
-    Ok(EvalRun::from(out))
+    Ok(EvalRun::of(out))
 }
 
 /// The KV cache of the chat prefix that all prompts share, computed once per evaluation.
@@ -296,11 +215,11 @@ pub fn uncompressed(
         let (prediction, prompt_tokens) =
             answer_uncompressed(generator, &prefix, tokenizers, ex, &config)?;
         let ms = start.elapsed().as_secs_f64() * 1000.0;
-        out.push(prediction_of(ex, prediction, ms, prompt_tokens));
+        out.push(Prediction::of(ex, prediction, ms, prompt_tokens));
         bar.inc(1);
     }
     bar.finish_and_clear();
-    Ok(EvalRun::from(out))
+    Ok(EvalRun::of(out))
 }
 
 /// Answers `examples` `batch` at a time with `answer(group) -> (text, prompt tokens)`; each
@@ -318,7 +237,7 @@ fn batched(
         let answers = answer(group)?;
         let ms = start.elapsed().as_secs_f64() * 1000.0 / group.len() as f64;
         for (ex, (text, prompt_tokens)) in group.iter().zip(answers) {
-            out.push(prediction_of(
+            out.push(Prediction::of(
                 ex,
                 text.trim().to_string(),
                 ms,
@@ -328,19 +247,7 @@ fn batched(
         bar.inc(group.len() as u64);
     }
     bar.finish_and_clear();
-    Ok(EvalRun::from(out))
-}
-
-fn prediction_of(ex: &Example, prediction: String, ms: f64, prompt_tokens: usize) -> Prediction {
-    Prediction {
-        id: ex.id.clone(),
-        question: ex.question.clone(),
-        answers: ex.answers.clone(),
-        scores: Scores::of(&prediction, &ex.answers),
-        prediction,
-        ms,
-        prompt_tokens,
-    }
+    Ok(EvalRun::of(out))
 }
 
 /// Whether the answers lean on the memory vectors: the mean teacher-forced loss of the eval

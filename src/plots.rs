@@ -360,21 +360,11 @@ fn speed(path: &Path, baseline: &EvalRun, before: &EvalRun, after: &EvalRun) -> 
     Ok(())
 }
 
-/// Raw and smoothed loss over steps on `area`.
-/// Exponential moving average (0.9) of a loss curve.
+/// (step, loss) smoothed by the exponential moving average that the page draws too.
 fn smoothed(losses: &[(usize, f32)]) -> Vec<(f64, f64)> {
-    let mut ema = None;
-    losses
-        .iter()
-        .map(|&(s, l)| {
-            let v = match ema {
-                None => l as f64,
-                Some(prev) => 0.9 * prev + 0.1 * l as f64,
-            };
-            ema = Some(v);
-            (s as f64, v)
-        })
-        .collect()
+    let raw: Vec<f64> = losses.iter().map(|&(_, l)| l as f64).collect();
+    let steps = losses.iter().map(|&(s, _)| s as f64);
+    steps.zip(scaledown_data::smoothed(&raw)).collect()
 }
 
 /// A line drawn beside a loss curve, point by point.

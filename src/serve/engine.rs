@@ -134,7 +134,7 @@ impl Prompter {
                     .tokenizers
                     .encode(config, &q.question, &q.documents)
                     .map_err(server_error)?;
-                let n = e.prefix.len() + e.memory_vectors(config) + e.suffix.len();
+                let n = e.prompt_tokens(config);
                 (Input::Compressed(Box::new(e)), n)
             }
             (false, _) => {

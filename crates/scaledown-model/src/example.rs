@@ -39,6 +39,11 @@ impl Encoded {
             .sum()
     }
 
+    /// The positions the generator reads: prompt tokens around the memory vectors.
+    pub fn prompt_tokens(&self, config: &CompressorConfig) -> usize {
+        self.prefix.len() + self.memory_vectors(config) + self.suffix.len()
+    }
+
     /// The first chunk of each document (None for a document without tokens): the chunk
     /// whose reranking score stands for the document, as it holds the title and opening.
     pub fn first_chunks(&self, documents: usize) -> Vec<Option<usize>> {

@@ -1,8 +1,9 @@
 //! The page: wires `index.html`'s controls to the playground. Long work runs as one task at a
 //! time, yielding to the browser between steps so that charts and numbers update live.
 
-use crate::playground::{Answer, EvalRun, ModelFiles, Playground, Speed};
+use crate::playground::{ModelFiles, Playground, Speed};
 use crate::{charts, dom};
+use scaledown_data::results::{EvalRun, Prediction};
 use scaledown_data::{Dataset, Example, Scores, parse_examples, parse_source, split_train_eval};
 use scaledown_model::burn::prelude::*;
 use scaledown_model::oscar::Oscar;
@@ -627,10 +628,16 @@ fn redraw(state: &Shared) {
         speed.push(("uncompressed (this browser)".to_string(), s.uncompressed_ms));
     } else {
         if let Some(r) = st.after.as_ref().or(st.before.as_ref()) {
-            speed.push(("compressed (this browser, eval)".to_string(), r.mean_ms));
+            speed.push((
+                "compressed (this browser, eval)".to_string(),
+                r.timing.mean_ms,
+            ));
         }
         if let Some(r) = &st.full_text {
-            speed.push(("uncompressed (this browser, eval)".to_string(), r.mean_ms));
+            speed.push((
+                "uncompressed (this browser, eval)".to_string(),
+                r.timing.mean_ms,
+            ));
         }
     }
     if let Some((backend, compressed, full)) = &st.native {
@@ -642,11 +649,14 @@ fn redraw(state: &Shared) {
     }
     let latest = st.after.as_ref().or(st.before.as_ref());
     if let Some(run) = latest {
-        results_table(&run.answers, st.full_text.as_ref().map(|r| &r.answers[..]));
+        results_table(
+            &run.predictions,
+            st.full_text.as_ref().map(|r| &r.predictions[..]),
+        );
     }
 }
 
-fn results_table(compressed: &[Answer], full: Option<&[Answer]>) {
+fn results_table(compressed: &[Prediction], full: Option<&[Prediction]>) {
     let mut html = String::from(
         "<tr><th>question</th><th>gold answer</th><th>compressed answer</th>\
          <th>full-context answer</th></tr>",
@@ -654,12 +664,12 @@ fn results_table(compressed: &[Answer], full: Option<&[Answer]>) {
     for (i, a) in compressed.iter().enumerate() {
         let full_text = full
             .and_then(|f| f.get(i))
-            .map_or(String::new(), |f| dom::escape(&f.text));
+            .map_or(String::new(), |f| dom::escape(&f.prediction));
         html.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             dom::escape(&a.question),
-            dom::escape(&a.golds.join(" | ")),
-            dom::escape(&a.text),
+            dom::escape(&a.answers.join(" | ")),
+            dom::escape(&a.prediction),
             full_text
         ));
     }

@@ -13,7 +13,7 @@ fn backend(canvas_id: &str) -> Result<CanvasBackend, Box<dyn std::error::Error>>
     CanvasBackend::new(canvas_id).ok_or_else(|| format!("no canvas #{canvas_id}").into())
 }
 
-/// Training loss per step, raw and smoothed (moving average over 5 steps).
+/// Training loss per step, raw and smoothed (the PNGs' moving average, `scaledown_data::smoothed`).
 pub fn loss_curve(canvas_id: &str, losses: &[f32]) -> DrawResult {
     let root = backend(canvas_id)?.into_drawing_area();
     root.fill(&WHITE)?;
@@ -36,11 +36,11 @@ pub fn loss_curve(canvas_id: &str, losses: &[f32]) -> DrawResult {
         ))?
         .label("loss")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], LIGHT_BLUE));
-    let smoothed = losses.iter().enumerate().map(|(i, _)| {
-        let from = i.saturating_sub(4);
-        let w = &losses[from..=i];
-        (i + 1, w.iter().sum::<f32>() / w.len() as f32)
-    });
+    let raw: Vec<f64> = losses.iter().map(|&l| l as f64).collect();
+    let smoothed = scaledown_data::smoothed(&raw)
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l as f32));
     chart
         .draw_series(LineSeries::new(smoothed, BLUE.stroke_width(2)))?
         .label("smoothed")

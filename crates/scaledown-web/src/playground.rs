@@ -2,7 +2,7 @@
 //! steps, answer questions compressed and from the full text, compress a pasted document.
 //! Async because WebGPU reads results without blocking; it also builds natively, for its tests.
 
-use scaledown_data::metrics::Scores;
+use scaledown_data::results::Prediction;
 use scaledown_data::schema::Example;
 use scaledown_model::burn::prelude::*;
 use scaledown_model::checkpoint::{Manifest, OscarSetup, load_trainable};
@@ -63,36 +63,6 @@ pub struct Playground {
     pub max_new_tokens: usize,
     /// What was loaded, for the page.
     pub description: String,
-}
-
-/// One answered question.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    pub question: String,
-    pub golds: Vec<String>,
-    pub text: String,
-    pub scores: Scores,
-    pub ms: f64,
-}
-
-/// Answers to a set of questions, with their mean scores and time.
-#[derive(Debug, Clone, Default)]
-pub struct EvalRun {
-    pub answers: Vec<Answer>,
-    pub scores: Scores,
-    pub mean_ms: f64,
-}
-
-impl EvalRun {
-    pub fn of(answers: Vec<Answer>) -> Self {
-        let scores = Scores::mean(&answers.iter().map(|a| a.scores).collect::<Vec<_>>());
-        let mean_ms = answers.iter().map(|a| a.ms).sum::<f64>() / answers.len().max(1) as f64;
-        Self {
-            answers,
-            scores,
-            mean_ms,
-        }
-    }
 }
 
 /// Mean ms per query of fixed-length answers (see `Playground::speed`).
@@ -324,7 +294,11 @@ impl Playground {
 
     /// Answers from compressed documents; `model` is `self.model.for_inference()`, made
     /// once per evaluation.
-    pub async fn answer_compressed(&self, model: &Oscar, ex: &Example) -> Result<Answer, String> {
+    pub async fn answer_compressed(
+        &self,
+        model: &Oscar,
+        ex: &Example,
+    ) -> Result<Prediction, String> {
         self.compressed_with(model, ex, &self.tokenizers.generator.stop_ids)
             .await
     }
@@ -334,7 +308,7 @@ impl Playground {
         model: &Oscar,
         ex: &Example,
         stop: &[u32],
-    ) -> Result<Answer, String> {
+    ) -> Result<Prediction, String> {
         let start = Instant::now();
         let encoded = self
             .tokenizers
@@ -345,16 +319,21 @@ impl Playground {
             .await
             .map_err(err)?;
         let text = self.tokenizers.generator.decode(&ids, true);
-        Ok(self.answered(ex, text, start))
+        Ok(Self::answered(
+            ex,
+            text,
+            start,
+            encoded.prompt_tokens(&self.config),
+        ))
     }
 
     /// Answers from the documents' full text with the published generator (the baseline).
-    pub async fn answer_full_text(&self, ex: &Example) -> Result<Answer, String> {
+    pub async fn answer_full_text(&self, ex: &Example) -> Result<Prediction, String> {
         self.full_text_with(ex, &self.tokenizers.generator.stop_ids)
             .await
     }
 
-    async fn full_text_with(&self, ex: &Example, stop: &[u32]) -> Result<Answer, String> {
+    async fn full_text_with(&self, ex: &Example, stop: &[u32]) -> Result<Prediction, String> {
         let start = Instant::now();
         let tok = &self.tokenizers.generator;
         let user = full_text_user_turn(&ex.question, &Self::documents(ex));
@@ -376,7 +355,12 @@ impl Playground {
         )
         .await
         .map_err(err)?;
-        Ok(self.answered(ex, tok.decode(&ids, true), start))
+        Ok(Self::answered(
+            ex,
+            tok.decode(&ids, true),
+            start,
+            prompt.len(),
+        ))
     }
 
     /// Speed of compressed against uncompressed answering on `examples`: answers of exactly
@@ -399,15 +383,9 @@ impl Playground {
         })
     }
 
-    fn answered(&self, ex: &Example, text: String, start: Instant) -> Answer {
-        let text = text.trim().to_string();
-        Answer {
-            question: ex.question.clone(),
-            golds: ex.answers.clone(),
-            scores: Scores::of(&text, &ex.answers),
-            text,
-            ms: start.elapsed().as_secs_f64() * 1000.0,
-        }
+    fn answered(ex: &Example, text: String, start: Instant, prompt_tokens: usize) -> Prediction {
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        Prediction::of(ex, text.trim().to_string(), ms, prompt_tokens)
     }
 
     /// Compresses a pasted document for `question` and answers from its memory vectors.
@@ -444,7 +422,7 @@ impl Playground {
             vectors,
             width: self.base_generator.hidden_size(),
             rate: encoded.document_tokens as f64 / vectors.max(1) as f64,
-            answer: answer.text,
+            answer: answer.prediction,
             ms: answer.ms,
         })
     }
@@ -496,10 +474,10 @@ mod tests {
 
         let model = p.model.for_inference();
         let a = read_sync(p.answer_compressed(&model, &data[0])).unwrap();
-        assert_eq!(a.golds, ["red"]);
+        assert_eq!(a.answers, ["red"]);
         assert!(a.ms > 0.0);
         let full = read_sync(p.answer_full_text(&data[0])).unwrap();
-        let run = EvalRun::of(vec![a, full]);
+        let run = scaledown_data::EvalRun::of(vec![a, full]);
         assert!((0.0..=1.0).contains(&run.scores.f1));
 
         let speed = read_sync(p.speed(&data[..2])).unwrap();
