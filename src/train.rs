@@ -14,7 +14,7 @@ use scaledown_data::{Example, parse_examples};
 use scaledown_model::burn::module::Module;
 use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::checkpoint::with_path_param_ids;
-use scaledown_model::compressor::{CompressorConfig, CompressorType, Readout};
+use scaledown_model::compressor::{CompressorConfig, CompressorType};
 use scaledown_model::example::TrainExample;
 use scaledown_model::oscar::{Oscar, OscarTokenizers};
 use scaledown_model::pretraining::{self, PretrainingSet};
@@ -108,10 +108,7 @@ fn start(models_dir: &Path, a: &TrainArgs) -> Result<Run> {
             num_memory_tokens: a.num_memory_tokens as usize,
             compression_rate: a.compression_rate as usize,
             readout: a.readout,
-            // The pooled n_layers states are the generator's own layer-N stream; every other
-            // readout needs a map to the generator's input.
-            projector: !(compressor_type == CompressorType::NLayers
-                && a.readout == Readout::Pooled),
+            projector: CompressorConfig::needs_projector(compressor_type, a.readout),
             rerank: a.rerank,
         },
         generator,

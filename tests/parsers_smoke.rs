@@ -7,17 +7,15 @@
 
 use scaledown_data::{Dataset, parse_corpus, parse_examples, parse_source};
 use scaledown_model::burn::module::Module;
-use scaledown_model::burn::prelude::Device;
 use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::checkpoint::{
     Manifest, OscarSetup, load_trainable, trainable_to_safetensors, with_path_param_ids,
 };
-use scaledown_model::compressor::{CompressorConfig, CompressorType, Readout};
-use scaledown_model::example::{Encoded, TrainExample};
-use scaledown_model::llama::LlamaConfig;
-use scaledown_model::oscar::{LoraSettings, Oscar};
+use scaledown_model::compressor::{CompressorType, Readout};
+use scaledown_model::oscar::Oscar;
+use scaledown_model::tiny;
 use scaledown_model::tokenizer::Tokenizer;
-use scaledown_model::training::{TrainSettings, Trainer};
+use scaledown_model::training::Trainer;
 use scaledown_model::weights::WeightSource;
 use scaledown_model::weights::gguf::GgufFile;
 use scaledown_model::weights::safetensors::SafetensorsFile;
@@ -220,50 +218,11 @@ fn tokenizer_dataset_and_corpus_readers_never_panic() {
 
 #[test]
 fn checkpoint_files_are_refused_never_panic() {
-    let device = Device::flex();
-    let config = CompressorConfig {
-        compressor_type: CompressorType::NLayers,
-        num_layers: 1,
-        num_memory_tokens: 2,
-        compression_rate: 4,
-        projector: false,
-        rerank: false,
-        readout: Readout::Pooled,
-    };
-    let lora = Some(LoraSettings {
-        rank: 4,
-        alpha: 8.0,
-    });
-    let generator = LlamaConfig::tiny(40).init(&device);
-    let model: Oscar =
-        with_path_param_ids(Oscar::assemble(&config, generator, None, lora, &device).unwrap());
-    let example = TrainExample {
-        encoded: Encoded {
-            chunks: vec![vec![1, 2, 3, 4, 5, 6]],
-            query_tokens: 0,
-            tail_tokens: 0,
-            prefix: vec![10, 11],
-            suffix: vec![12, 13],
-            document_tokens: 6,
-            chunk_documents: vec![0],
-        },
-        answer: vec![20, 21],
-        teacher_scores: vec![],
-        teacher_tokens: vec![],
-    };
-    let settings = TrainSettings {
-        compressor_lr: 1e-3,
-        memory_lr: 1e-3,
-        generator_lr: 1e-3,
-        weight_decay: 0.1,
-        warmup_steps: 1,
-        total_steps: 10,
-        max_grad_norm: 1.0,
-        rerank_weight: 0.0,
-        distill_weight: 0.0,
-    };
+    let config = tiny::compressor_config(CompressorType::NLayers, Readout::Pooled);
+    let model: Oscar = with_path_param_ids(tiny::oscar(&config, 0));
+    let settings = tiny::settings(10);
     let mut trainer = Trainer::new(settings.clone());
-    let (trained, stats) = read_sync(trainer.step(model.clone().train(), &[&example]));
+    let (trained, stats) = read_sync(trainer.step(model.clone().train(), &[&tiny::example()]));
     stats.unwrap();
     let weights = trainable_to_safetensors(&trained);
     smoke("trainable", std::slice::from_ref(&weights), |b| {

@@ -1,74 +1,37 @@
 //! What the fuzz targets share: a tiny OSCAR and valid checkpoint files written from it, which
 //! the fuzzed bytes damage (so the targets reach deep into the formats without binary seeds).
 
-use scaledown_model::burn::prelude::Device;
 use scaledown_model::burn::module::Module;
 use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::checkpoint::{trainable_to_safetensors, with_path_param_ids};
-use scaledown_model::compressor::{CompressorConfig, CompressorType, Readout};
-use scaledown_model::llama::LlamaConfig;
-use scaledown_model::oscar::{Encoded, LoraSettings, Oscar};
-use scaledown_model::training::{TrainExample, TrainSettings, Trainer};
+use scaledown_model::compressor::{CompressorType, Readout};
+use scaledown_model::oscar::Oscar;
+use scaledown_model::tiny;
+use scaledown_model::training::{TrainSettings, Trainer};
 use std::sync::OnceLock;
 
-pub fn settings() -> TrainSettings {
-    TrainSettings {
-        compressor_lr: 1e-3,
-        memory_lr: 1e-3,
-        generator_lr: 1e-3,
-        weight_decay: 0.1,
-        warmup_steps: 1,
-        total_steps: 10,
-        max_grad_norm: 1.0,
-        rerank_weight: 0.0,
-        distill_weight: 0.0,
-    }
-}
-
-/// A tiny OSCAR (a 1-layer pooled compressor, LoRA r 4 on a 2-layer Llama).
+/// A tiny OSCAR (a 1-layer pooled compressor, LoRA r 4 on a 2-layer Llama): the model crate's
+/// shared fixture.
 pub fn model() -> &'static Oscar {
     static MODEL: OnceLock<Oscar> = OnceLock::new();
     MODEL.get_or_init(|| {
-        let device = Device::flex();
-        let config = CompressorConfig {
-            compressor_type: CompressorType::NLayers,
-            num_layers: 1,
-            num_memory_tokens: 2,
-            compression_rate: 4,
-            projector: false,
-            rerank: false,
-            readout: Readout::Pooled,
-        };
-        let lora = Some(LoraSettings {
-            rank: 4,
-            alpha: 8.0,
-        });
-        let generator = LlamaConfig::tiny(40).init(&device);
-        let oscar = Oscar::assemble(&config, generator, None, lora, &device).unwrap();
-        with_path_param_ids(oscar)
+        let config = tiny::compressor_config(CompressorType::NLayers, Readout::Pooled);
+        with_path_param_ids(tiny::oscar(&config, 0))
     })
+}
+
+/// The fixture's optimiser settings over 10 steps.
+pub fn settings() -> TrainSettings {
+    tiny::settings(10)
 }
 
 /// `trainable.safetensors` and `optimizer.safetensors` of [`model`] after one training step.
 pub fn checkpoint_files() -> &'static (Vec<u8>, Vec<u8>) {
     static FILES: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
     FILES.get_or_init(|| {
-        let example = TrainExample {
-            encoded: Encoded {
-                chunks: vec![vec![1, 2, 3, 4, 5, 6]],
-                query_tokens: 0,
-                tail_tokens: 0,
-                prefix: vec![10, 11],
-                suffix: vec![12, 13],
-                document_tokens: 6,
-                chunk_documents: vec![0],
-            },
-            answer: vec![20, 21],
-            teacher_scores: vec![],
-            teacher_tokens: vec![],
-        };
         let mut trainer = Trainer::new(settings());
-        let (trained, stats) = read_sync(trainer.step(model().clone().train(), &[&example]));
+        let (trained, stats) =
+            read_sync(trainer.step(model().clone().train(), &[&tiny::example()]));
         stats.unwrap();
         (
             trainable_to_safetensors(&trained),

@@ -118,9 +118,11 @@ pub struct CompressorConfig {
 }
 
 impl CompressorConfig {
-    /// The CLI's defaults: a copy of the generator's first 5 layers, at most 8 memory vectors
-    /// per 128-token chunk (rate 16), each the mean of 16 tokens' layer-5 states, entering the
-    /// generator after its layer 5.
+    /// The pooled readout at rate 16: a copy of the generator's first 5 layers, at most 8
+    /// memory vectors per 128-token chunk, each the mean of 16 tokens' layer-5 states, entering
+    /// the generator after its layer 5. What the benchmark's PyTorch twin runs and what the page
+    /// builds for a real model without a checkpoint (the CLI trains k = 20, rate 4: see
+    /// `scaledown train --help`).
     pub fn oscar() -> Self {
         Self {
             compressor_type: CompressorType::NLayers,
@@ -131,6 +133,12 @@ impl CompressorConfig {
             projector: false,
             rerank: false,
         }
+    }
+
+    /// Whether the readout needs a map to the generator's input: the pooled n_layers states
+    /// are the generator's own layer-N stream; every other readout's are not.
+    pub fn needs_projector(compressor_type: CompressorType, readout: Readout) -> bool {
+        !(compressor_type == CompressorType::NLayers && readout == Readout::Pooled)
     }
 
     /// The generator layers that the memory vectors skip: they enter its residual stream

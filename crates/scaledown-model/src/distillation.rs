@@ -101,7 +101,8 @@ mod tests {
 mod loss_tests {
     use super::*;
     use crate::compressor::CompressorType;
-    use crate::oscar_tests::{example, tiny_oscar};
+    use crate::oscar_tests::tiny_oscar;
+    use crate::tiny::example;
     use burn::module::Module;
     use burn::tensor::read_sync;
 

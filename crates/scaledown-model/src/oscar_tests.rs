@@ -1,97 +1,29 @@
 //! OSCAR on tiny random configs: the training step lowers the loss, LoRA leaves the base frozen,
 //! checkpoints round-trip, a NaN loss stops the step.
 
-use crate::bert::BertConfig;
 use crate::checkpoint::{load_trainable, trainable_to_safetensors, with_path_param_ids};
-use crate::compressor::{Compressor, CompressorConfig, CompressorType, Readout};
-use crate::encoder::Encoder;
+use crate::compressor::{CompressorConfig, CompressorType, Readout};
 use crate::example::{Encoded, TrainExample};
 use crate::generation::GenerationConfig;
 use crate::llama::LlamaConfig;
 use crate::oscar::Oscar;
+use crate::tiny::{self, example, settings};
 use crate::training::{TrainError, TrainSettings, Trainer};
 use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::read_sync;
 
+/// The tiny OSCAR's memory-token readout (these tests' default).
 pub(crate) fn config(compressor_type: CompressorType) -> CompressorConfig {
-    CompressorConfig {
-        compressor_type,
-        num_layers: 1,
-        num_memory_tokens: 2,
-        compression_rate: 4,
-        projector: true,
-        rerank: false,
-        readout: Readout::MemoryTokens,
-    }
+    tiny::compressor_config(compressor_type, Readout::MemoryTokens)
 }
 
-/// A tiny OSCAR on the plain device, LoRA on the generator's projections.
 pub(crate) fn tiny_oscar(compressor_type: CompressorType, seed: u64) -> Oscar {
-    let device = Device::flex();
-    device.seed(seed);
-    oscar_over(LlamaConfig::tiny(40).init(&device), compressor_type)
+    tiny::oscar(&config(compressor_type), seed)
 }
 
-/// Random compressor, memory tokens, projector and LoRA factors over `generator`.
 fn oscar_over(generator: crate::llama::Llama, compressor_type: CompressorType) -> Oscar {
-    oscar_with(generator, &config(compressor_type))
-}
-
-/// A random compressor of `cfg` (a tiny BERT for the encoder) and LoRA factors over
-/// `generator`.
-pub(crate) fn oscar_with(generator: crate::llama::Llama, cfg: &CompressorConfig) -> Oscar {
-    let bert = Encoder::Bert(BertConfig::tiny(40).init(&Device::flex()));
-    oscar_with_encoder(generator, cfg, bert)
-}
-
-/// [`oscar_with`] over a given encoder (used when `cfg` is an encoder compressor).
-pub(crate) fn oscar_with_encoder(
-    generator: crate::llama::Llama,
-    cfg: &CompressorConfig,
-    encoder: Encoder,
-) -> Oscar {
-    let device = Device::flex();
-    let cfg = cfg.clone();
-    let compressor = match cfg.compressor_type {
-        CompressorType::NLayers => Compressor::from_generator(&cfg, &generator, &device),
-        CompressorType::Encoder => Compressor::from_encoder(&cfg, encoder, &generator, &device),
-    };
-    Oscar {
-        compressor,
-        generator: generator.no_grad().with_lora(4, 8.0),
-    }
-}
-
-pub(crate) fn example() -> TrainExample {
-    TrainExample {
-        encoded: Encoded {
-            query_tokens: 0,
-            tail_tokens: 0,
-            chunks: vec![vec![1, 2, 3, 4, 5, 6], vec![1, 2, 7, 8]],
-            prefix: vec![10, 11],
-            suffix: vec![12, 13, 14],
-            document_tokens: 8,
-            chunk_documents: vec![0, 1],
-        },
-        answer: vec![20, 21, 22, 23],
-        teacher_scores: vec![],
-        teacher_tokens: vec![],
-    }
-}
-
-pub(crate) fn settings(steps: usize) -> TrainSettings {
-    TrainSettings {
-        compressor_lr: 3e-3,
-        memory_lr: 3e-3,
-        generator_lr: 3e-3,
-        weight_decay: 0.1,
-        warmup_steps: 2,
-        total_steps: steps,
-        max_grad_norm: 1.0,
-        rerank_weight: 0.05,
-        distill_weight: 0.0,
-    }
+    tiny::oscar_over(generator, &config(compressor_type))
 }
 
 pub(crate) fn loss_of(model: &Oscar, ex: &TrainExample) -> f32 {
@@ -193,7 +125,7 @@ fn lora_trains_adapters_only_and_the_schedule_warms_up_then_decays() {
 #[test]
 fn checkpoint_round_trip_and_refusals() {
     // The frozen generator is not in checkpoints: both sides share it, as they share its file.
-    let generator = LlamaConfig::tiny(40).init(&Device::flex());
+    let generator = LlamaConfig::tiny(tiny::VOCAB).init(&Device::flex());
     let mut model = oscar_over(generator.clone(), CompressorType::NLayers).train();
     let mut trainer = Trainer::new(settings(5));
     for _ in 0..3 {
@@ -221,7 +153,7 @@ fn checkpoint_round_trip_and_refusals() {
 /// through: the losses are bit-equal. Without the optimiser state they are not.
 #[test]
 fn a_resumed_trainer_takes_the_steps_of_an_uninterrupted_one() {
-    let generator = LlamaConfig::tiny(40).init(&Device::flex());
+    let generator = LlamaConfig::tiny(tiny::VOCAB).init(&Device::flex());
     let (a, b) = (example(), example());
     let batch = [&a, &b];
     let steps = |model: Oscar, trainer: &mut Trainer, n: usize| {
@@ -378,7 +310,7 @@ fn answer_logits_pick_the_greedy_answer_token_by_token() {
 fn the_n_layers_compressor_trains_its_own_copy_of_the_generator_layers() {
     let device = Device::flex();
     device.seed(6);
-    let generator = LlamaConfig::tiny(40).init(&device);
+    let generator = LlamaConfig::tiny(tiny::VOCAB).init(&device);
     let model = Oscar::assemble(
         &config(CompressorType::NLayers),
         generator,

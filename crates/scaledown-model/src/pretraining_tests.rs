@@ -1,13 +1,14 @@
 //! Pretraining on a tiny random OSCAR: each objective builds the examples it promises, and
 //! training on them lowers their loss.
 
-use crate::compressor::{Compressor, CompressorConfig, CompressorType, Readout};
+use crate::compressor::{CompressorConfig, CompressorType, Readout};
 use crate::example::TrainExample;
 use crate::llama::LlamaConfig;
 use crate::oscar::{Oscar, OscarTokenizers};
 use crate::pretraining::{
     AUTO_ENCODE_INSTRUCTION, CONTINUE_INSTRUCTION, PretrainingSet, Reconstruction, memory_gap,
 };
+use crate::tiny;
 use crate::tokenizer::{Tokenizer, word_level_json, words_of};
 use crate::training::{TrainSettings, Trainer};
 use burn::prelude::*;
@@ -28,15 +29,11 @@ fn tokenizers() -> OscarTokenizers {
 
 /// Chunks of 8 tokens: 2 memory vectors at rate 4.
 fn config() -> CompressorConfig {
-    CompressorConfig {
-        compressor_type: CompressorType::NLayers,
-        num_layers: 1,
-        num_memory_tokens: 2,
-        compression_rate: 4,
-        projector: true,
-        rerank: false,
-        readout: Readout::MemoryTokens,
-    }
+    tiny::compressor_config(CompressorType::NLayers, Readout::MemoryTokens)
+}
+
+fn pooled() -> CompressorConfig {
+    tiny::compressor_config(CompressorType::NLayers, Readout::Pooled)
 }
 
 fn mean_loss(model: &Oscar, examples: &[TrainExample]) -> f32 {
@@ -113,12 +110,7 @@ fn reconstruction_share_mixes_the_objectives_exactly() {
 fn each_objective_lowers_its_loss() {
     let tok = tokenizers();
     let device = Device::flex();
-    let pooled = CompressorConfig {
-        readout: Readout::Pooled,
-        projector: false,
-        ..config()
-    };
-    let readouts = [config(), pooled];
+    let readouts = [config(), pooled()];
     for (objective, config) in [true, false]
         .into_iter()
         .flat_map(|o| readouts.iter().map(move |c| (o, c)))
@@ -126,12 +118,7 @@ fn each_objective_lowers_its_loss() {
         device.seed(3);
         let vocab = tok.generator.vocab_size();
         let generator = LlamaConfig::tiny(vocab).init(&device);
-        let compressor = Compressor::from_generator(config, &generator, &device);
-        let mut model = Oscar {
-            compressor,
-            generator: generator.no_grad().with_lora(4, 8.0),
-        }
-        .train();
+        let mut model = tiny::oscar_over(generator, config).train();
         let set = set_of(&tok, config, &[PASSAGE]);
         let examples = match objective {
             true => set.auto_encoding,
@@ -139,17 +126,7 @@ fn each_objective_lowers_its_loss() {
         };
         let batch: Vec<&TrainExample> = examples.iter().collect();
         let before = mean_loss(&model, &examples);
-        let mut trainer = Trainer::new(TrainSettings {
-            compressor_lr: 3e-3,
-            memory_lr: 3e-3,
-            generator_lr: 3e-3,
-            weight_decay: 0.1,
-            warmup_steps: 2,
-            total_steps: 40,
-            max_grad_norm: 1.0,
-            rerank_weight: 0.05,
-            distill_weight: 0.0,
-        });
+        let mut trainer = Trainer::new(tiny::settings(40));
         for _ in 0..40 {
             let (m, stats) = read_sync(trainer.step(model, &batch));
             model = m;
@@ -171,11 +148,7 @@ fn each_objective_lowers_its_loss() {
 #[test]
 fn auto_encoding_teaches_the_generator_to_read_its_memory() {
     auto_encoding_opens_the_memory_gap(config());
-    auto_encoding_opens_the_memory_gap(CompressorConfig {
-        readout: Readout::Pooled,
-        projector: false,
-        ..config()
-    });
+    auto_encoding_opens_the_memory_gap(pooled());
 }
 
 fn auto_encoding_opens_the_memory_gap(config: CompressorConfig) {
@@ -202,12 +175,7 @@ fn auto_encoding_opens_the_memory_gap(config: CompressorConfig) {
     let device = Device::flex();
     device.seed(5);
     let generator = LlamaConfig::tiny(tok.generator.vocab_size()).init(&device);
-    let compressor = Compressor::from_generator(&config, &generator, &device);
-    let mut model = Oscar {
-        compressor,
-        generator: generator.no_grad().with_lora(4, 8.0),
-    }
-    .train();
+    let mut model = tiny::oscar_over(generator, &config).train();
     let refs: Vec<&str> = documents.iter().map(String::as_str).collect();
     let examples = set_of(&tok, &config, &refs).auto_encoding;
     let (own, other) = memory_gap(&model.valid(), &examples, |_| {});

@@ -9,26 +9,18 @@ use crate::generation::{GenerationConfig, PrefixCache, argmax};
 use crate::llama::{Inserted, KvCache, LlamaConfig};
 use crate::modernbert::ModernBertConfig;
 use crate::oscar::Oscar;
-use crate::oscar_tests::{config, example, loss_of, oscar_with, oscar_with_encoder, settings};
+use crate::oscar_tests::loss_of;
+use crate::tiny::{self, example, oscar_over, oscar_with_encoder, settings};
 use crate::training::Trainer;
 use burn::prelude::*;
 use burn::tensor::read_sync;
 
 fn pooled(compressor_type: CompressorType) -> CompressorConfig {
-    CompressorConfig {
-        readout: Readout::Pooled,
-        projector: compressor_type == CompressorType::Encoder,
-        ..config(compressor_type)
-    }
+    tiny::compressor_config(compressor_type, Readout::Pooled)
 }
 
 fn tiny_pooled(compressor_type: CompressorType, seed: u64) -> Oscar {
-    let device = Device::flex();
-    device.seed(seed);
-    oscar_with(
-        LlamaConfig::tiny(40).init(&device),
-        &pooled(compressor_type),
-    )
+    tiny::oscar(&pooled(compressor_type), seed)
 }
 
 fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
@@ -116,7 +108,7 @@ fn pooled_chunks_in_one_padded_batch_equal_chunks_alone() {
 fn memory_positions_skip_the_generators_first_k_layers() {
     let device = Device::flex();
     device.seed(8);
-    let g = LlamaConfig::tiny(40).init(&device);
+    let g = LlamaConfig::tiny(tiny::VOCAB).init(&device);
     let (before, m, after) = (3, 2, 4);
     let n = before + m + after;
     let slots: Vec<bool> = (0..n).map(|t| (before..before + m).contains(&t)).collect();
@@ -186,7 +178,7 @@ fn at_rate_1_the_memory_positions_carry_the_full_texts_states() {
         num_memory_tokens: 6,
         ..pooled(CompressorType::NLayers)
     };
-    let model = oscar_with(LlamaConfig::tiny(40).init(&device), &config).for_inference();
+    let model = oscar_over(LlamaConfig::tiny(tiny::VOCAB).init(&device), &config).for_inference();
     let (document, after) = (vec![3u32, 9, 4, 17, 25, 6], vec![12u32, 13, 14]);
     let n = document.len();
     // Nothing before the memory, so that the compressor's positions are the generator's.
@@ -265,9 +257,9 @@ fn the_pooled_readout_trains_and_reloads() {
     for compressor_type in [CompressorType::NLayers, CompressorType::Encoder] {
         let device = Device::flex();
         device.seed(1);
-        let generator = LlamaConfig::tiny(40).init(&device);
+        let generator = LlamaConfig::tiny(tiny::VOCAB).init(&device);
         let cfg = pooled(compressor_type);
-        let mut model = oscar_with(generator.clone(), &cfg).train();
+        let mut model = oscar_over(generator.clone(), &cfg).train();
         let ex = example();
         let before = loss_of(&model, &ex);
         let mut trainer = Trainer::new(settings(40));
@@ -282,7 +274,7 @@ fn the_pooled_readout_trains_and_reloads() {
             "{compressor_type}: {before} -> {after}"
         );
         let bytes = trainable_to_safetensors(&model);
-        let reloaded = load_trainable(oscar_with(generator, &cfg), &bytes).unwrap();
+        let reloaded = load_trainable(oscar_over(generator, &cfg), &bytes).unwrap();
         let again = loss_of(&reloaded, &ex);
         assert!((after - again).abs() < 1e-5, "{after} vs {again}");
     }
@@ -295,7 +287,7 @@ fn the_pooled_readout_trains_and_reloads() {
 fn a_modernbert_encoder_batches_trains_and_reloads() {
     let device = Device::flex();
     device.seed(6);
-    let generator = LlamaConfig::tiny(40).init(&device);
+    let generator = LlamaConfig::tiny(tiny::VOCAB).init(&device);
     let cfg = pooled(CompressorType::Encoder);
     let encoder = || Encoder::ModernBert(ModernBertConfig::tiny(40).init(&device));
     let model = oscar_with_encoder(generator.clone(), &cfg, encoder());

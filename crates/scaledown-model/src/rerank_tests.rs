@@ -5,35 +5,28 @@ use crate::compressor::{CompressorConfig, CompressorType, Readout};
 use crate::example::{Encoded, TrainExample};
 use crate::generation::GenerationConfig;
 use crate::llama::{Llama, LlamaConfig};
-use crate::oscar::{LoraSettings, Oscar};
+use crate::oscar::Oscar;
+use crate::tiny;
 use crate::training::{TrainSettings, Trainer};
 use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::read_sync;
 
+/// The tiny OSCAR with a reranking head.
+fn reranking() -> CompressorConfig {
+    CompressorConfig {
+        rerank: true,
+        ..tiny::compressor_config(CompressorType::NLayers, Readout::MemoryTokens)
+    }
+}
+
 fn reranking_oscar(seed: u64) -> Oscar {
-    let device = Device::flex();
-    device.seed(seed);
-    reranking_oscar_over(LlamaConfig::tiny(40).init(&device))
+    tiny::oscar(&reranking(), seed)
 }
 
 /// A reranking OSCAR with fresh random compressor, head and adapters over `generator`.
 fn reranking_oscar_over(generator: Llama) -> Oscar {
-    let device = Device::flex();
-    let config = CompressorConfig {
-        compressor_type: CompressorType::NLayers,
-        num_layers: 1,
-        num_memory_tokens: 2,
-        compression_rate: 4,
-        projector: true,
-        rerank: true,
-        readout: Readout::MemoryTokens,
-    };
-    let lora = LoraSettings {
-        rank: 4,
-        alpha: 8.0,
-    };
-    Oscar::assemble(&config, generator, None, Some(lora), &device).unwrap()
+    tiny::oscar_over(generator, &reranking())
 }
 
 /// A question with `documents` one-chunk documents of different words.
@@ -117,7 +110,7 @@ fn the_reranking_loss_puts_the_teachers_best_document_first() {
 
 #[test]
 fn ten_document_questions_train_and_answer_from_the_kept_top_documents() {
-    let generator = LlamaConfig::tiny(40).init(&Device::flex());
+    let generator = LlamaConfig::tiny(tiny::VOCAB).init(&Device::flex());
     let mut model = reranking_oscar_over(generator.clone()).train();
     let examples: Vec<TrainExample> = (0..2)
         .map(|i| TrainExample {

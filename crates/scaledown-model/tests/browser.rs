@@ -5,11 +5,12 @@
 
 use burn::module::Module;
 use burn::prelude::*;
-use scaledown_model::compressor::{CompressorConfig, CompressorType, Readout};
+use scaledown_model::compressor::{CompressorType, Readout};
 use scaledown_model::example::{Encoded, TrainExample};
 use scaledown_model::generation::{GenerationConfig, generate, read_floats};
 use scaledown_model::llama::{KvCache, LlamaConfig};
-use scaledown_model::oscar::{LoraSettings, Oscar};
+use scaledown_model::oscar::Oscar;
+use scaledown_model::tiny;
 use scaledown_model::training::{TrainSettings, Trainer};
 use wasm_bindgen_test::*;
 
@@ -54,20 +55,8 @@ async fn webgpu_matches_the_cpu_backend_generates_and_trains() {
     assert!(out.iter().all(|&t| t < 50));
 
     // The training step on WebGPU: the answer's cross-entropy falls.
-    let config = CompressorConfig {
-        compressor_type: CompressorType::NLayers,
-        num_layers: 1,
-        num_memory_tokens: 2,
-        compression_rate: 4,
-        projector: true,
-        rerank: false,
-        readout: Readout::MemoryTokens,
-    };
-    let lora = LoraSettings {
-        rank: 4,
-        alpha: 8.0,
-    };
-    let oscar = Oscar::assemble(&config, model, None, Some(lora), &gpu).unwrap();
+    let config = tiny::compressor_config(CompressorType::NLayers, Readout::MemoryTokens);
+    let oscar = tiny::oscar_over(model, &config);
     let example = TrainExample {
         encoded: Encoded {
             query_tokens: 0,
@@ -88,15 +77,8 @@ async fn webgpu_matches_the_cpu_backend_generates_and_trains() {
     };
     let before = loss(&oscar).await;
     let mut trainer = Trainer::new(TrainSettings {
-        compressor_lr: 3e-3,
-        memory_lr: 3e-3,
-        generator_lr: 3e-3,
-        weight_decay: 0.1,
         warmup_steps: 1,
-        total_steps: 15,
-        max_grad_norm: 1.0,
-        rerank_weight: 0.05,
-        distill_weight: 0.0,
+        ..tiny::settings(15)
     });
     let mut model = oscar.train();
     for _ in 0..15 {
