@@ -26,6 +26,19 @@ fn oscar_over(generator: crate::llama::Llama, compressor_type: CompressorType) -
     tiny::oscar_over(generator, &config(compressor_type))
 }
 
+/// Each chunk of `encoded` compressed on its own, the memory vectors concatenated: what
+/// compressing them in one padded batch must give.
+pub(crate) fn memory_of_each_chunk_alone(model: &Oscar, encoded: &Encoded) -> Tensor<2> {
+    let alone = encoded.chunks.iter().map(|ids| {
+        model.memory_vectors(&Encoded {
+            chunks: vec![ids.clone()],
+            chunk_documents: vec![0],
+            ..encoded.clone()
+        })
+    });
+    Tensor::cat(alone.collect(), 0)
+}
+
 pub(crate) fn loss_of(model: &Oscar, ex: &TrainExample) -> f32 {
     model.valid().answer_loss(&[ex]).into_scalar::<f32>()
 }
@@ -355,19 +368,7 @@ fn chunks_compressed_in_one_padded_batch_equal_chunks_compressed_alone() {
             ..example().encoded
         };
         let batched = model.memory_vectors(&encoded);
-        let alone: Vec<Tensor<2>> = encoded
-            .chunks
-            .iter()
-            .map(|ids| {
-                let one = Encoded {
-                    chunks: vec![ids.clone()],
-                    chunk_documents: vec![0],
-                    ..encoded.clone()
-                };
-                model.memory_vectors(&one)
-            })
-            .collect();
-        let alone = Tensor::cat(alone, 0);
+        let alone = memory_of_each_chunk_alone(&model, &encoded);
         assert_eq!(batched.dims(), [6, model.generator.hidden_size()]);
         let diff: f32 = (batched - alone).abs().max().into_scalar();
         assert!(diff < 1e-5, "{compressor_type}: batched differs by {diff}");

@@ -9,7 +9,7 @@ use crate::generation::{GenerationConfig, PrefixCache, argmax};
 use crate::llama::{Inserted, KvCache, LlamaConfig};
 use crate::modernbert::ModernBertConfig;
 use crate::oscar::Oscar;
-use crate::oscar_tests::loss_of;
+use crate::oscar_tests::{loss_of, memory_of_each_chunk_alone};
 use crate::tiny::{self, example, oscar_over, oscar_with_encoder, settings};
 use crate::training::Trainer;
 use burn::prelude::*;
@@ -83,21 +83,10 @@ fn pooled_chunks_in_one_padded_batch_equal_chunks_alone() {
             ..example().encoded
         };
         let batched = model.memory_vectors(&encoded);
-        let alone: Vec<Tensor<2>> = encoded
-            .chunks
-            .iter()
-            .map(|ids| {
-                let one = Encoded {
-                    chunks: vec![ids.clone()],
-                    chunk_documents: vec![0],
-                    ..encoded.clone()
-                };
-                model.memory_vectors(&one)
-            })
-            .collect();
+        let alone = memory_of_each_chunk_alone(&model, &encoded);
         // 5, 2 and 4 document tokens at rate 4: 2 + 1 + 1 vectors.
         assert_eq!(batched.dims(), [4, model.generator.hidden_size()]);
-        let diff = max_diff(batched, Tensor::cat(alone, 0));
+        let diff = max_diff(batched, alone);
         assert!(diff < 1e-5, "{compressor_type}: batched differs by {diff}");
     }
 }
@@ -303,21 +292,10 @@ fn a_modernbert_encoder_batches_trains_and_reloads() {
     };
     let inference = model.clone().for_inference();
     let batched = inference.memory_vectors(&encoded);
-    let alone: Vec<Tensor<2>> = encoded
-        .chunks
-        .iter()
-        .map(|ids| {
-            let one = Encoded {
-                chunks: vec![ids.clone()],
-                chunk_documents: vec![0],
-                ..encoded.clone()
-            };
-            inference.memory_vectors(&one)
-        })
-        .collect();
+    let alone = memory_of_each_chunk_alone(&inference, &encoded);
     // 8, 2 and 4 document tokens at rate 4: 2 + 1 + 1 vectors.
     assert_eq!(batched.dims(), [4, inference.generator.hidden_size()]);
-    let diff = max_diff(batched, Tensor::cat(alone, 0));
+    let diff = max_diff(batched, alone);
     assert!(diff < 1e-5, "batched differs by {diff}");
 
     let mut model = model.train();
