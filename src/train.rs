@@ -175,7 +175,7 @@ fn start(models_dir: &Path, a: &TrainArgs) -> Result<Run> {
         None => None,
     };
     let compressor_lr = a.compressor_learning_rate.unwrap_or(match compressor_type {
-        CompressorType::NLayers => 5e-5,
+        CompressorType::NLayers => 1.5e-4,
         CompressorType::Encoder => 1e-4,
     });
     Ok(Run {
