@@ -35,6 +35,7 @@ pub fn compressor_config(compressor_type: CompressorType, readout: Readout) -> C
 }
 
 /// A tiny OSCAR of `config` on the plain device, every random value drawn from `seed`.
+#[cfg(feature = "flex")]
 pub fn oscar(config: &CompressorConfig, seed: u64) -> Oscar {
     let device = Device::flex();
     device.seed(seed);
