@@ -65,7 +65,7 @@ pub fn run(
     let mut examples = Vec::with_capacity(train.len());
     for (ex, answer) in train.iter().zip(answers) {
         examples.push(TrainExample::new(
-            Encoded::full_text(evaluate::full_text_prompt(tokenizers, ex)?),
+            Encoded::full_text(tokenizers.full_text_prompt(ex)?),
             answer.clone(),
         ));
     }

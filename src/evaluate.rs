@@ -10,24 +10,11 @@ use scaledown_model::compressor::CompressorConfig;
 use scaledown_model::example::{TrainExample, ids_tensor};
 use scaledown_model::generation::{GenerationConfig, PrefixCache, generate_after, generate_batch};
 use scaledown_model::llama::{Llama, PromptInput};
-use scaledown_model::oscar::{Oscar, OscarTokenizers, document_text, full_text_user_turn};
-use scaledown_model::tokenizer::chat_prompt;
+use scaledown_model::oscar::{Oscar, OscarTokenizers};
+use scaledown_model::questions::documents_of;
 use scaledown_model::training::mean_answer_loss;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
-
-pub fn documents_of(ex: &Example) -> Vec<String> {
-    ex.documents
-        .iter()
-        .map(|d| document_text(&d.title, &d.text))
-        .collect()
-}
-
-/// The uncompressed prompt's ids: the chat turn with the question's documents in full text.
-pub fn full_text_prompt(tokenizers: &OscarTokenizers, ex: &Example) -> Result<Vec<u32>> {
-    let user = full_text_user_turn(&ex.question, &documents_of(ex));
-    Ok(tokenizers.generator.encode(&chat_prompt(&user))?)
-}
 
 /// Greedy answers, short enough for QA.
 pub fn answer_config(max_new_tokens: usize) -> GenerationConfig {
@@ -77,7 +64,7 @@ fn ranking(
     };
     let (mut recall, mut ndcg) = (Vec::new(), Vec::new());
     for ex in examples.iter().filter(|e| !e.supporting_titles.is_empty()) {
-        let encoded = tokenizers.encode(config, &ex.question, &documents_of(ex))?;
+        let encoded = tokenizers.encode_example(config, ex)?;
         let Some(scores) = read_sync(model.rank(&encoded))? else {
             return Ok(None);
         };
@@ -114,7 +101,7 @@ fn answer_compressed(
         return batched(examples, batch, label, |group| {
             let encoded = group
                 .iter()
-                .map(|ex| tokenizers.encode(config, &ex.question, &documents_of(ex)))
+                .map(|ex| tokenizers.encode_example(config, ex))
                 .collect::<Result<Vec<_>, _>>()?;
             let ids = read_sync(model.answer_batch(&encoded, stop, &answer))?;
             Ok(encoded
@@ -132,7 +119,7 @@ fn answer_compressed(
     let mut out = Vec::with_capacity(examples.len());
     for ex in examples {
         let start = Instant::now();
-        let encoded = tokenizers.encode(config, &ex.question, &documents_of(ex))?;
+        let encoded = tokenizers.encode_example(config, ex)?;
         let ids = read_sync(model.answer_after(&prefix, &encoded, stop, &answer))?;
         let ms = start.elapsed().as_secs_f64() * 1000.0;
         let prediction = tokenizers.generator.decode(&ids, true).trim().to_string();
@@ -165,7 +152,7 @@ pub fn answer_uncompressed(
 ) -> Result<(String, usize)> {
     let tok = &tokenizers.generator;
     let device = generator.device();
-    let prompt = full_text_prompt(tokenizers, ex)?;
+    let prompt = tokenizers.full_text_prompt(ex)?;
     let ids = read_sync(generate_after(
         generator,
         prefix,
@@ -193,7 +180,7 @@ pub fn uncompressed(
         return batched(examples, batch, label, |group| {
             let prompts = group
                 .iter()
-                .map(|ex| full_text_prompt(tokenizers, ex))
+                .map(|ex| Ok(tokenizers.full_text_prompt(ex)?))
                 .collect::<Result<Vec<_>>>()?;
             let embeds = prompts
                 .iter()

@@ -1,9 +1,9 @@
 //! Unlabelled passages for compressor pretraining: a user's corpus file, or the documents of
 //! the training examples.
 
-use crate::evaluate::documents_of;
 use anyhow::{Context, Result, bail};
 use scaledown_data::{Document, Example};
+use scaledown_model::questions::documents_of;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! distributions from the full text, and MiniLM's question-document relevance. Each is
 //! computed once, cached in a JSON file and resumable.
 
-use crate::evaluate::{self, documents_of};
+use crate::evaluate;
 use crate::fsutil::write_atomic;
 use crate::{models, progress};
 use anyhow::{Context, Result};
@@ -13,6 +13,7 @@ use scaledown_model::distillation;
 use scaledown_model::example::{TeacherTokens, TrainExample};
 use scaledown_model::llama::Llama;
 use scaledown_model::oscar::{OscarTokenizers, full_text_user_turn};
+use scaledown_model::questions::documents_of;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -97,7 +98,7 @@ pub fn distributions(
         let bar = progress::bar(todo.len() as u64, "teacher token distributions");
         for (n, &i) in todo.iter().enumerate() {
             let (ex, answer) = (&train[i], &examples[i].answer);
-            let prompt = evaluate::full_text_prompt(tokenizers, ex)?;
+            let prompt = tokenizers.full_text_prompt(ex)?;
             let tokens = read_sync(distillation::teacher_tokens(
                 generator,
                 &prompt,

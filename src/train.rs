@@ -3,7 +3,7 @@
 //! plots and the checkpoints.
 
 use crate::checkpoint::{self, LORA_ALPHA, LORA_RANK, OscarSetup};
-use crate::evaluate::{self, EvalRun, answering, describe, documents_of};
+use crate::evaluate::{self, EvalRun, answering, describe};
 use crate::fsutil::{read_text, write_atomic};
 use crate::report::{EvalPoint, PretrainProbe, QaProbe, Report, TrainState};
 use crate::schedule::{batch_at, trainer_for};
@@ -296,7 +296,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
     let mut examples = Vec::with_capacity(train.len());
     for ((ex, target), teacher_scores) in train.iter().zip(&targets).zip(relevance) {
         examples.push(TrainExample {
-            encoded: tokenizers.encode(&setup.compressor, &ex.question, &documents_of(ex))?,
+            encoded: tokenizers.encode_example(&setup.compressor, ex)?,
             answer: tokenizers.encode_answer(target)?,
             teacher_scores,
             teacher_tokens: vec![],
@@ -487,7 +487,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
     let steps_run = state.examples_seen.max(1);
     let encoded_eval: Vec<_> = eval
         .iter()
-        .map(|e| tokenizers.encode(&setup.compressor, &e.question, &documents_of(e)))
+        .map(|e| tokenizers.encode_example(&setup.compressor, e))
         .collect::<Result<_, _>>()?;
     let n_eval = encoded_eval.len().max(1) as f64;
     let report = Report {

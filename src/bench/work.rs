@@ -1,6 +1,5 @@
 //! The measured work, built from real questions, and how this project runs it.
 
-use crate::evaluate::documents_of;
 use anyhow::{Context, Result, anyhow, bail};
 use scaledown_data::{Dataset, Example, parse_source};
 use scaledown_model::bert::Bert;
@@ -14,6 +13,7 @@ use scaledown_model::generation::{
 use scaledown_model::llama::{KvCache, Llama, PromptInput};
 use scaledown_model::oscar::{LoraSettings, Oscar, OscarTokenizers};
 use scaledown_model::pretraining::PretrainingSet;
+use scaledown_model::questions::documents_of;
 use scaledown_model::tokenizer::{Tokenizer, chat_prompt};
 use scaledown_model::training::{TrainSettings, Trainer};
 use serde_json::{Value, json};
@@ -185,12 +185,7 @@ pub fn train_work(tokenizers: &OscarTokenizers, examples: &[Example]) -> Result<
     let config = bench_compressor();
     let batch = examples
         .iter()
-        .map(|ex| {
-            Ok(TrainExample::new(
-                tokenizers.encode(&config, &ex.question, &documents_of(ex))?,
-                tokenizers.encode_answer(&ex.answers[0])?,
-            ))
-        })
+        .map(|ex| Ok(tokenizers.answer_example(&config, ex, &ex.answers[0])?))
         .collect::<Result<Vec<_>>>()?;
     Ok(Work::TrainStep {
         batch,

@@ -11,9 +11,8 @@ use scaledown_model::encoder::Encoder;
 use scaledown_model::example::TrainExample;
 use scaledown_model::generation::{GenerationConfig, generate};
 use scaledown_model::llama::{Llama, LlamaConfig, generator_from_gguf};
-use scaledown_model::oscar::{
-    LoraSettings, Oscar, OscarTokenizers, document_text, full_text_user_turn,
-};
+use scaledown_model::oscar::{LoraSettings, Oscar, OscarTokenizers, full_text_user_turn};
+use scaledown_model::questions::documents_of;
 use scaledown_model::tokenizer::{Tokenizer, chat_prompt, word_level_json, words_of};
 use scaledown_model::training::{StepStats, TrainSettings, Trainer};
 use std::collections::HashMap;
@@ -97,10 +96,8 @@ impl Playground {
         let template = words_of(&chat_prompt(&full_text_user_turn("", &[])));
         let mut counts: HashMap<String, usize> = HashMap::new();
         for ex in examples {
-            let texts = ex
-                .documents
-                .iter()
-                .map(|d| document_text(&d.title, &d.text))
+            let texts = documents_of(ex)
+                .into_iter()
                 .chain([ex.question.clone()])
                 .chain(ex.answers.iter().cloned());
             for text in texts {
@@ -230,24 +227,12 @@ impl Playground {
         })
     }
 
-    fn documents(ex: &Example) -> Vec<String> {
-        ex.documents
-            .iter()
-            .map(|d| document_text(&d.title, &d.text))
-            .collect()
-    }
-
     /// The gold answer as a teacher-forced target.
     pub fn train_example(&self, ex: &Example) -> Result<TrainExample, String> {
-        let encoded = self
-            .tokenizers
-            .encode(&self.config, &ex.question, &Self::documents(ex))
-            .map_err(err)?;
-        let answer = self
-            .tokenizers
-            .encode_answer(ex.answers.first().map_or("", String::as_str))
-            .map_err(err)?;
-        Ok(TrainExample::new(encoded, answer))
+        let answer = ex.answers.first().map_or("", String::as_str);
+        self.tokenizers
+            .answer_example(&self.config, ex, answer)
+            .map_err(err)
     }
 
     /// Trains `steps` steps of batch 1 over `examples` in turn, AdamW at `learning_rate` for
@@ -312,7 +297,7 @@ impl Playground {
         let start = Instant::now();
         let encoded = self
             .tokenizers
-            .encode(&self.config, &ex.question, &Self::documents(ex))
+            .encode_example(&self.config, ex)
             .map_err(err)?;
         let ids = model
             .answer(&encoded, stop, &self.generation())
@@ -336,8 +321,7 @@ impl Playground {
     async fn full_text_with(&self, ex: &Example, stop: &[u32]) -> Result<Prediction, String> {
         let start = Instant::now();
         let tok = &self.tokenizers.generator;
-        let user = full_text_user_turn(&ex.question, &Self::documents(ex));
-        let prompt = tok.encode(&chat_prompt(&user)).map_err(err)?;
+        let prompt = self.tokenizers.full_text_prompt(ex).map_err(err)?;
         if prompt.len() + self.max_new_tokens > self.base_generator.max_len() {
             return Err(format!(
                 "the full text of `{}` takes {} tokens, more than the generator's {}",
@@ -412,7 +396,7 @@ impl Playground {
         };
         let encoded = self
             .tokenizers
-            .encode(&self.config, question, &Self::documents(&ex))
+            .encode_example(&self.config, &ex)
             .map_err(err)?;
         let answer = self.answer_compressed(model, &ex).await?;
         let vectors = encoded.memory_vectors(&self.config);
