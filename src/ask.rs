@@ -67,13 +67,13 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             a.checkpoint.display()
         );
     }
-    let model = evaluate::answering(&loaded.oscar, a.keep_top);
+    let model = loaded.oscar.for_inference();
     let run = evaluate::compressed(
         &model,
         &loaded.tokenizers,
         &setup.compressor,
         &examples,
-        setup.max_new_tokens,
+        &evaluate::answer_config(setup.max_new_tokens, a.keep_top),
         a.eval_batch_size as usize,
         "eval",
     )?;
@@ -123,7 +123,7 @@ pub fn ask(a: AskArgs) -> Result<()> {
     let ids = read_sync(model.answer(
         &encoded,
         &loaded.tokenizers.generator.stop_ids,
-        &evaluate::answer_config(setup.max_new_tokens),
+        &evaluate::answer_config(setup.max_new_tokens, 0),
     ))?;
     let answer = loaded.tokenizers.generator.decode(&ids, true);
     println!("{}", answer.trim());

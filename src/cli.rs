@@ -263,6 +263,7 @@ fn generate_cmd(dir: &std::path::Path, a: GenerateArgs) -> Result<()> {
         temperature: a.temperature,
         top_p: a.top_p,
         seed: a.seed,
+        ..Default::default()
     };
     let start = Instant::now();
     let ids = read_sync(generate(

@@ -16,34 +16,29 @@ use scaledown_model::training::mean_answer_loss;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
-/// Greedy answers, short enough for QA.
-pub fn answer_config(max_new_tokens: usize) -> GenerationConfig {
+/// Greedy answers, short enough for QA, from the memory of the reranking head's `keep_top`
+/// best documents (0: all documents').
+pub fn answer_config(max_new_tokens: usize, keep_top: u32) -> GenerationConfig {
     GenerationConfig {
         max_new_tokens,
+        keep_top: keep_top as usize,
         ..Default::default()
     }
 }
 
-/// The compressed model (plain device, LoRA merged) on `examples`.
+/// The compressed model (an inference model: plain device, LoRA merged) on `examples`,
+/// answering with `answer` (see [`answer_config`]).
 pub fn compressed(
     model: &Oscar,
     tokenizers: &OscarTokenizers,
     config: &CompressorConfig,
     examples: &[Example],
-    max_new_tokens: usize,
+    answer: &GenerationConfig,
     batch: usize,
     label: &str,
 ) -> Result<EvalRun> {
-    let mut run = answer_compressed(
-        model,
-        tokenizers,
-        config,
-        examples,
-        max_new_tokens,
-        batch,
-        label,
-    )?;
-    run.ranking = ranking(model, tokenizers, config, examples)?;
+    let mut run = answer_compressed(model, tokenizers, config, examples, answer, batch, label)?;
+    run.ranking = ranking(model, tokenizers, config, examples, answer.keep_top)?;
     Ok(run)
 }
 
@@ -54,11 +49,12 @@ fn ranking(
     tokenizers: &OscarTokenizers,
     config: &CompressorConfig,
     examples: &[Example],
+    keep_top: usize,
 ) -> Result<Option<Ranking>> {
     if model.compressor.rerank.is_none() {
         return Ok(None);
     }
-    let keep = match model.compressor.keep_top {
+    let keep = match keep_top {
         0 => 5,
         m => m,
     };
@@ -91,11 +87,10 @@ fn answer_compressed(
     tokenizers: &OscarTokenizers,
     config: &CompressorConfig,
     examples: &[Example],
-    max_new_tokens: usize,
+    answer: &GenerationConfig,
     batch: usize,
     label: &str,
 ) -> Result<EvalRun> {
-    let answer = answer_config(max_new_tokens);
     let stop = &tokenizers.generator.stop_ids;
     if batch > 1 {
         return batched(examples, batch, label, |group| {
@@ -103,7 +98,7 @@ fn answer_compressed(
                 .iter()
                 .map(|ex| tokenizers.encode_example(config, ex))
                 .collect::<Result<Vec<_>, _>>()?;
-            let ids = read_sync(model.answer_batch(&encoded, stop, &answer))?;
+            let ids = read_sync(model.answer_batch(&encoded, stop, answer))?;
             Ok(encoded
                 .iter()
                 .zip(ids)
@@ -120,7 +115,7 @@ fn answer_compressed(
     for ex in examples {
         let start = Instant::now();
         let encoded = tokenizers.encode_example(config, ex)?;
-        let ids = read_sync(model.answer_after(&prefix, &encoded, stop, &answer))?;
+        let ids = read_sync(model.answer_after(&prefix, &encoded, stop, answer))?;
         let ms = start.elapsed().as_secs_f64() * 1000.0;
         let prediction = tokenizers.generator.decode(&ids, true).trim().to_string();
         let prompt_tokens = encoded.prompt_tokens(config);
@@ -173,7 +168,7 @@ pub fn uncompressed(
     batch: usize,
     label: &str,
 ) -> Result<EvalRun> {
-    let config = answer_config(max_new_tokens);
+    let config = answer_config(max_new_tokens, 0);
     if batch > 1 {
         let tok = &tokenizers.generator;
         let device = generator.device();
@@ -319,14 +314,6 @@ pub fn describe(r: &EvalRun) -> String {
         );
     }
     line
-}
-
-/// The model for answering (LoRA merged), keeping the reranking head's `keep_top` best
-/// documents when that is set.
-pub fn answering(model: &Oscar, keep_top: u32) -> Oscar {
-    let mut m = model.for_inference();
-    m.compressor.keep_top = keep_top as usize;
-    m
 }
 
 #[cfg(test)]

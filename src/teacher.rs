@@ -41,7 +41,7 @@ pub fn labels(
         .filter(|e| !cache.contains_key(&key(e)))
         .collect();
     if !todo.is_empty() {
-        let config = evaluate::answer_config(max_new);
+        let config = evaluate::answer_config(max_new, 0);
         let prefix = evaluate::shared_prefix(generator, tokenizers)?;
         let bar = progress::bar(todo.len() as u64, "teacher labels");
         for (i, ex) in todo.iter().enumerate() {

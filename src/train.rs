@@ -3,7 +3,7 @@
 //! plots and the checkpoints.
 
 use crate::checkpoint::{self, LORA_ALPHA, LORA_RANK, OscarSetup};
-use crate::evaluate::{self, EvalRun, answering, describe};
+use crate::evaluate::{self, EvalRun, describe};
 use crate::fsutil::{read_text, write_atomic};
 use crate::report::{EvalPoint, PretrainProbe, QaProbe, Report, TrainState};
 use crate::schedule::{batch_at, trainer_for};
@@ -327,14 +327,15 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         )
     })?;
     println!("uncompressed baseline: {}", describe(&baseline));
-    let before_model = answering(&oscar, a.keep_top);
+    let answer = evaluate::answer_config(max_new, a.keep_top);
+    let before_model = oscar.for_inference();
     let before = cached_run(&out.join("before_training_results.json"), || {
         evaluate::compressed(
             &before_model,
             &tokenizers,
             &setup.compressor,
             &eval,
-            max_new,
+            &answer,
             a.eval_batch_size as usize,
             "eval before training",
         )
@@ -410,11 +411,11 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         if a.eval_steps > 0 && state.step % a.eval_steps as usize == 0 && state.step < total {
             let run = bar.suspend(|| {
                 evaluate::compressed(
-                    &answering(&model, a.keep_top),
+                    &model.for_inference(),
                     &tokenizers,
                     &setup.compressor,
                     &eval,
-                    max_new,
+                    &answer,
                     a.eval_batch_size as usize,
                     "eval",
                 )
@@ -436,13 +437,13 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
     }
     bar.finish_and_clear();
 
-    let after_model = answering(&model, a.keep_top);
+    let after_model = model.for_inference();
     let after = evaluate::compressed(
         &after_model,
         &tokenizers,
         &setup.compressor,
         &eval,
-        max_new,
+        &answer,
         a.eval_batch_size as usize,
         "eval after training",
     )?;
@@ -735,7 +736,7 @@ impl Pretraining<'_> {
         }
         let a = self.args;
         let bar = progress::bar(2 * probe.len() as u64, "memory gap");
-        let answering = answering(model, a.keep_top);
+        let answering = model.for_inference();
         let (own, other) =
             pretraining::memory_gap(&answering, probe, |k| bar.set_position(k as u64));
         bar.finish_and_clear();
@@ -782,7 +783,7 @@ impl Pretraining<'_> {
             self.tokenizers,
             compressor,
             eval,
-            self.args.max_new_tokens as usize,
+            &evaluate::answer_config(self.args.max_new_tokens as usize, self.args.keep_top),
             self.args.eval_batch_size as usize,
             "held-out QA",
         )?;

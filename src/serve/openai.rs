@@ -69,6 +69,7 @@ pub fn query_of(r: &ChatRequest, default_new_tokens: usize) -> Result<Query, Api
             temperature,
             top_p,
             seed: r.seed.unwrap_or(0),
+            ..Default::default()
         },
     })
 }

@@ -281,9 +281,6 @@ pub struct Compressor {
     /// Generator layers the memory vectors skip (see [`CompressorConfig::memory_layer`]).
     /// A setting, not a weight.
     pub memory_layer: usize,
-    /// At answering time, keep only the chunks of this many best-scored documents (0: all;
-    /// needs the reranking head). A setting, not a weight.
-    pub keep_top: usize,
 }
 
 impl Compressor {
@@ -304,7 +301,6 @@ impl Compressor {
             max_vectors: config.num_memory_tokens,
             pool_rate: if pooled { config.compression_rate } else { 0 },
             memory_layer: config.memory_layer(),
-            keep_top: 0,
         }
     }
 

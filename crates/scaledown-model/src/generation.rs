@@ -14,6 +14,9 @@ pub struct GenerationConfig {
     /// Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p.
     pub top_p: f32,
     pub seed: u64,
+    /// Compressed answers only: read the memory of the reranking head's `keep_top`
+    /// best-scored documents alone (0, or a compressor without the head: every document's).
+    pub keep_top: usize,
 }
 
 impl Default for GenerationConfig {
@@ -23,6 +26,7 @@ impl Default for GenerationConfig {
             temperature: 0.0,
             top_p: 1.0,
             seed: 0,
+            keep_top: 0,
         }
     }
 }

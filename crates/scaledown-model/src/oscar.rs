@@ -468,20 +468,22 @@ impl Oscar {
     ) -> Result<Vec<Vec<u32>>, ExecutionError> {
         let mut prompts = Vec::with_capacity(encoded.len());
         for e in encoded {
-            prompts.push(self.prompt_around(e, self.answer_memory(e).await?, &[]));
+            prompts.push(self.prompt_around(e, self.answer_memory(e, config.keep_top).await?, &[]));
         }
         generate_batch_streaming(&self.generator, prompts, stop_ids, config, on_token).await
     }
 
-    /// The memory vectors an answer reads: all chunks', or, with [`Compressor::keep_top`] set and a
-    /// reranking head, only the chunks of the best-scored documents (in their given order).
+    /// The memory vectors an answer reads: all chunks', or, with `keep_top` > 0 and a
+    /// reranking head, only the chunks of the `keep_top` best-scored documents (in their given
+    /// order).
     pub(crate) async fn answer_memory(
         &self,
         encoded: &Encoded,
+        keep_top: usize,
     ) -> Result<Tensor<2>, ExecutionError> {
         let compressed = self.compress_all(&[encoded]).pop().expect("one input");
         let documents = encoded.documents();
-        let keep = self.compressor.keep_top;
+        let keep = keep_top;
         if keep == 0 || keep >= documents {
             return Ok(compressed.memory);
         }
@@ -529,12 +531,14 @@ impl Oscar {
     /// The generator's next-token logits after the compressed prompt and after each token of
     /// `continuation` (teacher-forced): `[continuation + 1, vocab]`. Lets a caller check a
     /// decoded answer token by token, with a tolerance for near-ties, instead of as one string.
+    /// Reads every document's memory (as an answer with `keep_top` 0).
     pub async fn answer_logits(
         &self,
         encoded: &Encoded,
         continuation: &[u32],
     ) -> Result<Tensor<2>, ExecutionError> {
-        let prompt = self.prompt_around(encoded, self.answer_memory(encoded).await?, continuation);
+        let prompt =
+            self.prompt_around(encoded, self.answer_memory(encoded, 0).await?, continuation);
         let mut cache = KvCache::new(self.generator.layers.len());
         let hidden = self.generator.forward_prompt(prompt, &mut cache);
         let [_, n, d] = hidden.dims();
@@ -554,7 +558,11 @@ impl Oscar {
     ) -> Result<Vec<u32>, ExecutionError> {
         let device = self.device();
         let (mut cache, rest) = prefix.start(&self.generator, &encoded.prefix);
-        let prompt = self.prompt_of(rest, self.answer_memory(encoded).await?, &encoded.suffix);
+        let prompt = self.prompt_of(
+            rest,
+            self.answer_memory(encoded, config.keep_top).await?,
+            &encoded.suffix,
+        );
         let hidden = self.generator.forward_prompt(prompt, &mut cache);
         let [_, n, d] = hidden.dims();
         let logits = self

@@ -142,7 +142,7 @@ fn ten_document_questions_train_and_answer_from_the_kept_top_documents() {
     let fresh = reranking_oscar_over(generator);
     let untrained = read_sync(fresh.rank(&e)).unwrap().unwrap();
     let reloaded = crate::checkpoint::load_trainable(fresh, &bytes).unwrap();
-    let mut model = model.for_inference();
+    let model = model.for_inference();
     let scores = read_sync(model.rank(&e)).unwrap().unwrap();
     assert_ne!(untrained, scores);
     assert_eq!(read_sync(reloaded.rank(&e)).unwrap().unwrap(), scores);
@@ -156,14 +156,17 @@ fn ten_document_questions_train_and_answer_from_the_kept_top_documents() {
     };
     let all = read_sync(model.answer(&e, &[], &config)).unwrap();
     let from_top5 = read_sync(model.answer(&keeping(&e, &top5), &[], &config)).unwrap();
-    model.compressor.keep_top = 5;
-    let kept = read_sync(model.answer(&e, &[], &config)).unwrap();
+    let keep5 = GenerationConfig {
+        keep_top: 5,
+        ..config.clone()
+    };
+    let kept = read_sync(model.answer(&e, &[], &keep5)).unwrap();
     assert_eq!(kept, from_top5, "keep-top 5 reads the five best documents");
-    let batched = read_sync(model.answer_batch(std::slice::from_ref(&e), &[], &config)).unwrap();
+    let batched = read_sync(model.answer_batch(std::slice::from_ref(&e), &[], &keep5)).unwrap();
     assert_eq!(batched[0], from_top5);
     assert_eq!(all.len(), 6);
     // What the answer read: the five best documents' memory vectors, nothing else.
-    let kept_memory = read_sync(model.answer_memory(&e)).unwrap();
+    let kept_memory = read_sync(model.answer_memory(&e, 5)).unwrap();
     let top5_memory = model.memory_vectors(&keeping(&e, &top5));
     assert_eq!(kept_memory.dims(), [5 * 2, model.generator.hidden_size()]);
     let diff: f32 = (kept_memory - top5_memory).abs().max().into_scalar();
