@@ -1,14 +1,11 @@
 //! Fills a `Llama` from GGUF (llama.cpp names) or safetensors (Hugging Face names).
 
 use super::config::LlamaConfig;
-use super::lora::Projection;
-use super::model::{Attention, Block, Llama, Mlp};
-use super::rope::Rope;
+use super::model::Llama;
 use crate::tokenizer::Tokenizer;
 use crate::weights::gguf::GgufFile;
 use crate::weights::{TensorData32, WeightError, WeightSource, load, to_tensor};
 use burn::module::Param;
-use burn::nn::{Embedding, Linear, RmsNorm, RmsNormConfig};
 use burn::prelude::*;
 
 /// Tensor names in one checkpoint format.
@@ -95,6 +92,7 @@ pub fn llama_from_safetensors(
     Ok((config, model))
 }
 
+/// The tree of [`LlamaConfig::init`], its weights replaced by `src`'s (by name, shapes checked).
 fn build(
     c: &LlamaConfig,
     src: &dyn WeightSource,
@@ -103,12 +101,8 @@ fn build(
 ) -> Result<Llama, WeightError> {
     let hd = c.head_dim();
     let h = c.hidden_size;
-    let norm = |name: &str| -> Result<RmsNorm, WeightError> {
-        let mut n = RmsNormConfig::new(h)
-            .with_epsilon(c.rms_norm_eps)
-            .init(device);
-        n.gamma = Param::from_tensor(load(src, name, [h], device)?);
-        Ok(n)
+    let gamma = |name: &str| -> Result<Param<Tensor<1>>, WeightError> {
+        Ok(Param::from_tensor(load(src, name, [h], device)?))
     };
     // Linear weights are stored [out, in]; Burn multiplies by [in, out].
     let linear = |name: &str, out: usize, inp: usize, heads: Option<usize>| {
@@ -123,63 +117,33 @@ fn build(
         if let Some(n_heads) = heads {
             t = unpermute_rope_rows(&t, n_heads);
         }
-        to_tensor(name, t.transposed(), [inp, out], device)
-    };
-    let projection = |name: &str, out: usize, inp: usize, heads: Option<usize>| {
-        linear(name, out, inp, heads).map(Projection::new)
+        to_tensor(name, t.transposed(), [inp, out], device).map(Param::from_tensor)
     };
     let qk_heads = |n| names.permuted_qk.then_some(n);
+    let (q_out, kv_out) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
 
-    let mut layers = Vec::with_capacity(c.num_hidden_layers);
-    for i in 0..c.num_hidden_layers {
+    let mut model = c.init(device);
+    for (i, block) in model.layers.iter_mut().enumerate() {
         let n = |part| (names.layer)(i, part);
-        layers.push(Block {
-            input_layernorm: norm(&n("input_norm"))?,
-            self_attn: Attention {
-                q_proj: projection(
-                    &n("q"),
-                    c.num_attention_heads * hd,
-                    h,
-                    qk_heads(c.num_attention_heads),
-                )?,
-                k_proj: projection(
-                    &n("k"),
-                    c.num_key_value_heads * hd,
-                    h,
-                    qk_heads(c.num_key_value_heads),
-                )?,
-                v_proj: projection(&n("v"), c.num_key_value_heads * hd, h, None)?,
-                o_proj: projection(&n("o"), h, c.num_attention_heads * hd, None)?,
-                num_heads: c.num_attention_heads,
-                num_kv_heads: c.num_key_value_heads,
-                head_dim: hd,
-            },
-            post_attention_layernorm: norm(&n("post_norm"))?,
-            mlp: Mlp {
-                gate_proj: projection(&n("gate"), c.intermediate_size, h, None)?,
-                up_proj: projection(&n("up"), c.intermediate_size, h, None)?,
-                down_proj: projection(&n("down"), h, c.intermediate_size, None)?,
-            },
-        });
+        block.input_layernorm.gamma = gamma(&n("input_norm"))?;
+        block.post_attention_layernorm.gamma = gamma(&n("post_norm"))?;
+        let attn = &mut block.self_attn;
+        attn.q_proj.weight = linear(&n("q"), q_out, h, qk_heads(c.num_attention_heads))?;
+        attn.k_proj.weight = linear(&n("k"), kv_out, h, qk_heads(c.num_key_value_heads))?;
+        attn.v_proj.weight = linear(&n("v"), kv_out, h, None)?;
+        attn.o_proj.weight = linear(&n("o"), h, q_out, None)?;
+        let mlp = &mut block.mlp;
+        mlp.gate_proj.weight = linear(&n("gate"), c.intermediate_size, h, None)?;
+        mlp.up_proj.weight = linear(&n("up"), c.intermediate_size, h, None)?;
+        mlp.down_proj.weight = linear(&n("down"), h, c.intermediate_size, None)?;
     }
-    let embed = load(src, names.embed, [c.vocab_size, h], device)?;
-    let lm_head = if c.tie_word_embeddings {
-        None
-    } else {
-        Some(Linear {
-            weight: Param::from_tensor(linear(names.head, c.vocab_size, h, None)?),
-            bias: None,
-        })
-    };
-    Ok(Llama {
-        embed_tokens: Embedding {
-            weight: Param::from_tensor(embed),
-        },
-        layers,
-        norm: norm(names.norm)?,
-        lm_head,
-        rope: Rope::new(hd, c.rope_table_len(), c.rope_theta, device),
-    })
+    model.embed_tokens.weight =
+        Param::from_tensor(load(src, names.embed, [c.vocab_size, h], device)?);
+    model.norm.gamma = gamma(names.norm)?;
+    if let Some(head) = &mut model.lm_head {
+        head.weight = linear(names.head, c.vocab_size, h, None)?;
+    }
+    Ok(model)
 }
 
 /// Undoes llama.cpp's Q/K row permutation. Within each head, GGUF row 2i+j holds what

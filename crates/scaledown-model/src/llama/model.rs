@@ -184,10 +184,14 @@ pub struct Llama {
 }
 
 impl LlamaConfig {
-    /// Random weights (for tests and tiny models); real weights come from `llama::load`.
+    /// The module tree with random weights (for tests and tiny models). `llama::load` fills
+    /// the same tree with real weights: the random ones are lazy and never drawn there.
     pub fn init(&self, device: &Device) -> Llama {
         let linear = |i, o| LinearConfig::new(i, o).with_bias(false).init(device);
-        let projection = |i, o| Projection::new(linear(i, o).weight.val());
+        let projection = |i, o| Projection {
+            weight: linear(i, o).weight,
+            lora: None,
+        };
         let norm = || {
             RmsNormConfig::new(self.hidden_size)
                 .with_epsilon(self.rms_norm_eps)
