@@ -7,7 +7,7 @@ use crate::evaluate::{self, EvalRun, describe};
 use crate::fsutil::{read_text, write_atomic};
 use crate::report::{EvalPoint, PretrainProbe, QaProbe, Report, TrainState};
 use crate::schedule::{batch_at, trainer_for};
-use crate::train_args::{GeneratorTraining, Labels, TrainArgs};
+use crate::train_args::{CompressorFlag, GeneratorTraining, Labels, TrainArgs};
 use crate::{ceiling, models, passages, plots, prepare, progress, teacher};
 use anyhow::{Context, Result, bail};
 use scaledown_data::{Example, parse_examples};
@@ -43,10 +43,7 @@ struct Run {
 
 /// Checks the flags, reads the data and builds the model, or loads it with `--resume`.
 fn start(models_dir: &Path, a: &TrainArgs) -> Result<Run> {
-    let compressor_type: CompressorType = a
-        .compressor_type
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--compressor-type: {e}"))?;
+    let compressor_type = a.compressor_type.compressor_type();
     let device = a.backend.device().map_err(anyhow::Error::msg)?;
     // The compressor's memory tokens and projector, and the LoRA factors, start random.
     device.seed(a.seed);
@@ -74,7 +71,7 @@ fn start(models_dir: &Path, a: &TrainArgs) -> Result<Run> {
     });
     if let Some(dir) = &encoder {
         let architecture = models::encoder_architecture(dir);
-        if a.compressor_type == "modernbert" && architecture != "modernbert" {
+        if a.compressor_type == CompressorFlag::Modernbert && architecture != "modernbert" {
             println!(
                 "compressor type `modernbert`: {} holds a {architecture} encoder, which runs \
                  (ModernBERT weights are not shipped: give a ModernBERT folder with --encoder)",

@@ -4,10 +4,35 @@
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use scaledown_model::backend::BackendKind;
-use scaledown_model::compressor::Readout;
+use scaledown_model::compressor::{CompressorType, Readout};
 use scaledown_model::pretraining::Reconstruction;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+
+/// `--compressor-type`: the flag's four names for the two compressors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompressorFlag {
+    /// A trainable copy of the generator's first --num-layers layers.
+    #[value(name = "n_layers", alias = "n-layers")]
+    #[serde(alias = "n-layers")]
+    NLayers,
+    /// The --encoder folder's encoder, BERT or ModernBERT as its config.json says.
+    Encoder,
+    /// The encoder compressor (the seed tool's name; says which encoder runs).
+    Modernbert,
+    /// The encoder compressor.
+    Bert,
+}
+
+impl CompressorFlag {
+    pub fn compressor_type(self) -> CompressorType {
+        match self {
+            Self::NLayers => CompressorType::NLayers,
+            Self::Encoder | Self::Modernbert | Self::Bert => CompressorType::Encoder,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -53,8 +78,13 @@ pub struct TrainArgs {
     /// n_layers (a copy of the generator's first N layers) or encoder (the --encoder folder,
     /// BERT or ModernBERT as its config.json says, + MLP projector; `modernbert` and `bert`
     /// select it too).
-    #[arg(long, alias = "compressor_type", default_value = "n_layers")]
-    pub compressor_type: String,
+    #[arg(
+        long,
+        alias = "compressor_type",
+        value_enum,
+        default_value = "n_layers"
+    )]
+    pub compressor_type: CompressorFlag,
     /// Generator layers in the n_layers compressor (k: the memory enters after the generator's
     /// layer k). 20 with rate 4 is the measured best (README, "Rate 4 after layer 20").
     #[arg(long, alias = "num_layers", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=64))]
