@@ -3,13 +3,15 @@
 
 use crate::train_args::TrainArgs;
 use scaledown_model::example::TrainExample;
-use scaledown_model::training::{TrainSettings, Trainer};
+use scaledown_model::training::{LossWeights, TrainSettings, Trainer};
 
 /// AdamW with 5 % warm-up and linear decay over `total` steps, `done` of them already taken.
 pub(crate) fn trainer_for(a: &TrainArgs, compressor_lr: f64, total: usize, done: usize) -> Trainer {
     let mut trainer = Trainer::new(TrainSettings {
-        rerank_weight: a.rerank_weight,
-        distill_weight: a.distill_weight,
+        loss: LossWeights {
+            rerank: a.rerank_weight,
+            distill: a.distill_weight,
+        },
         ..TrainSettings::oscar(compressor_lr, a.learning_rate, total)
     });
     trainer.step = done;

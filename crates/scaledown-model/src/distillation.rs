@@ -103,6 +103,7 @@ mod loss_tests {
     use crate::compressor::CompressorType;
     use crate::oscar_tests::tiny_oscar;
     use crate::tiny::example;
+    use crate::training::LossWeights;
     use burn::module::Module;
     use burn::tensor::read_sync;
 
@@ -135,16 +136,22 @@ mod loss_tests {
             .iter()
             .map(|&t| vec![(t, 1.0), (5, 0.0)])
             .collect();
-        let distilled: f32 = model.training_loss(&[&ex], 0.0, 1.0).into_scalar();
+        let distill = LossWeights {
+            distill: 1.0,
+            ..LossWeights::ANSWER
+        };
+        let distilled: f32 = model.training_loss(&[&ex], distill).into_scalar();
         assert!(
             (distilled - 2.0 * plain).abs() < 1e-4,
             "{distilled} vs 2 × {plain}"
         );
         // Any other teacher gives another loss; weight 0 turns it off.
         ex.teacher_tokens = ex.answer.iter().map(|_| vec![(7, 0.6), (8, 0.4)]).collect();
-        let other: f32 = model.training_loss(&[&ex], 0.0, 1.0).into_scalar();
+        let other: f32 = model.training_loss(&[&ex], distill).into_scalar();
         assert!((other - 2.0 * plain).abs() > 1e-3);
-        let off: f32 = model.training_loss(&[&ex], 0.0, 0.0).into_scalar();
+        let off: f32 = model
+            .training_loss(&[&ex], LossWeights::ANSWER)
+            .into_scalar();
         assert!((off - plain).abs() < 1e-6);
     }
 }

@@ -11,6 +11,7 @@ use crate::example::{Encoded, TrainExample, ids_tensor};
 use crate::generation::{GenerationConfig, PrefixCache, continue_from, generate_batch_streaming};
 use crate::llama::{Inserted, KvCache, Llama, PromptInput};
 use crate::tokenizer::{SMOLLM2_SYSTEM_PROMPT, Tokenizer};
+use crate::training::LossWeights;
 use crate::weights::WeightError;
 use burn::prelude::*;
 use burn::tensor::ExecutionError;
@@ -337,12 +338,12 @@ impl Oscar {
     /// prompt, averaged over the answer's tokens and then over the examples: `[1]`. Only the
     /// answer positions are scored.
     pub fn answer_loss(&self, examples: &[&TrainExample]) -> Tensor<1> {
-        self.training_loss(examples, 0.0, 0.0)
+        self.training_loss(examples, LossWeights::ANSWER)
     }
 
-    /// [`Oscar::answer_loss`] plus OSCAR's reranking loss, `rerank_weight` × the squared
+    /// [`Oscar::answer_loss`] plus OSCAR's reranking loss, `weights.rerank` × the squared
     /// differences between the head's document scores and the teacher's (`teacher_scores`),
-    /// summed over documents and averaged over examples; plus distillation, `distill_weight`
+    /// summed over documents and averaged over examples; plus distillation, `weights.distill`
     /// × the cross-entropy against the teacher's token distributions (`teacher_tokens`),
     /// weighted over answer tokens and examples as the answer's cross-entropy is. Examples
     /// without teacher scores or tokens add nothing to those terms.
@@ -350,12 +351,11 @@ impl Oscar {
     /// The examples run as one right-padded batch through the compressor and the generator:
     /// causal attention keeps each prompt's rows from seeing the padding after it, and the
     /// weights are packed once per product instead of once per example.
-    pub fn training_loss(
-        &self,
-        examples: &[&TrainExample],
-        rerank_weight: f64,
-        distill_weight: f64,
-    ) -> Tensor<1> {
+    pub fn training_loss(&self, examples: &[&TrainExample], weights: LossWeights) -> Tensor<1> {
+        let LossWeights {
+            rerank: rerank_weight,
+            distill: distill_weight,
+        } = weights;
         let device = self.device();
         let encoded: Vec<&Encoded> = examples.iter().map(|ex| &ex.encoded).collect();
         let compressed = self.compress_all(&encoded);

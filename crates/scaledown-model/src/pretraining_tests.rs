@@ -10,7 +10,7 @@ use crate::pretraining::{
 };
 use crate::tiny;
 use crate::tokenizer::{Tokenizer, word_level_json, words_of};
-use crate::training::{TrainSettings, Trainer};
+use crate::training::{LossWeights, TrainSettings, Trainer};
 use burn::prelude::*;
 use burn::tensor::read_sync;
 
@@ -189,8 +189,7 @@ fn auto_encoding_opens_the_memory_gap(config: CompressorConfig) {
         warmup_steps: 10,
         total_steps: steps,
         max_grad_norm: 1.0,
-        rerank_weight: 0.0,
-        distill_weight: 0.0,
+        loss: LossWeights::ANSWER,
     });
     for s in 0..steps {
         let batch: Vec<&TrainExample> = (0..8)

@@ -7,7 +7,7 @@ use crate::generation::GenerationConfig;
 use crate::llama::{Llama, LlamaConfig};
 use crate::oscar::Oscar;
 use crate::tiny;
-use crate::training::{TrainSettings, Trainer};
+use crate::training::{LossWeights, TrainSettings, Trainer};
 use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::read_sync;
@@ -96,8 +96,10 @@ fn the_reranking_loss_puts_the_teachers_best_document_first() {
         warmup_steps: 1,
         total_steps: 40,
         max_grad_norm: 1.0,
-        rerank_weight: 1.0,
-        distill_weight: 0.0,
+        loss: LossWeights {
+            rerank: 1.0,
+            distill: 0.0,
+        },
     });
     for _ in 0..40 {
         let (m, stats) = read_sync(trainer.step(model, &[&ex]));
@@ -128,8 +130,7 @@ fn ten_document_questions_train_and_answer_from_the_kept_top_documents() {
         warmup_steps: 1,
         total_steps: 2,
         max_grad_norm: 1.0,
-        rerank_weight: 0.05,
-        distill_weight: 0.0,
+        loss: LossWeights::OSCAR,
     });
     for _ in 0..2 {
         let (m, stats) = read_sync(trainer.step(model, &[&examples[0], &examples[1]]));

@@ -8,7 +8,7 @@ use crate::encoder::Encoder;
 use crate::example::{Encoded, TrainExample};
 use crate::llama::{Llama, LlamaConfig};
 use crate::oscar::{LoraSettings, Oscar};
-use crate::training::TrainSettings;
+use crate::training::{LossWeights, TrainSettings};
 use burn::prelude::*;
 
 /// Tokens of the tiny generator's (and encoder's) vocabulary.
@@ -87,7 +87,6 @@ pub fn settings(steps: usize) -> TrainSettings {
         warmup_steps: 2,
         total_steps: steps,
         max_grad_norm: 1.0,
-        rerank_weight: 0.05,
-        distill_weight: 0.0,
+        loss: LossWeights::OSCAR,
     }
 }

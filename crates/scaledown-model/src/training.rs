@@ -28,10 +28,30 @@ pub struct TrainSettings {
     pub warmup_steps: usize,
     pub total_steps: usize,
     pub max_grad_norm: f32,
-    /// λ of the reranking loss (used when the compressor has a reranking head).
-    pub rerank_weight: f64,
-    /// Weight of the distillation loss (used for examples with teacher tokens).
-    pub distill_weight: f64,
+    /// The loss's terms besides the answer's cross-entropy.
+    pub loss: LossWeights,
+}
+
+/// The weights of the training loss's terms besides the answer's cross-entropy (weight 1).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LossWeights {
+    /// λ of the reranking loss (examples with teacher scores, a compressor with the head).
+    pub rerank: f64,
+    /// The distillation loss (examples with teacher tokens).
+    pub distill: f64,
+}
+
+impl LossWeights {
+    /// The answer's cross-entropy alone.
+    pub const ANSWER: Self = Self {
+        rerank: 0.0,
+        distill: 0.0,
+    };
+    /// OSCAR's: reranking λ 0.05, no distillation.
+    pub const OSCAR: Self = Self {
+        rerank: 0.05,
+        distill: 0.0,
+    };
 }
 
 impl TrainSettings {
@@ -46,8 +66,7 @@ impl TrainSettings {
             warmup_steps: (total_steps / 20).max(1),
             total_steps,
             max_grad_norm: 1.0,
-            rerank_weight: 0.05,
-            distill_weight: 0.0,
+            loss: LossWeights::OSCAR,
         }
     }
 }
@@ -179,11 +198,7 @@ impl Trainer {
         let mut acc_g = GradientsAccumulator::new();
         let mut total = 0.0f32;
         for part in batch.chunks(MICRO_BATCH) {
-            let loss = model.training_loss(
-                part,
-                self.settings.rerank_weight,
-                self.settings.distill_weight,
-            );
+            let loss = model.training_loss(part, self.settings.loss);
             let value = match self.read(loss.clone()).await {
                 Ok(v) => v,
                 Err(e) => return (model, Err(e)),
