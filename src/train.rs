@@ -292,12 +292,9 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
     };
     let mut examples = Vec::with_capacity(train.len());
     for ((ex, target), teacher_scores) in train.iter().zip(&targets).zip(relevance) {
-        examples.push(TrainExample {
-            encoded: tokenizers.encode_example(&setup.compressor, ex)?,
-            answer: tokenizers.encode_answer(target)?,
-            teacher_scores,
-            teacher_tokens: vec![],
-        });
+        let mut example = tokenizers.answer_example(&setup.compressor, ex, target)?;
+        example.teacher_scores = teacher_scores;
+        examples.push(example);
     }
     if a.distill_weight > 0.0 {
         let tokens = teacher::distributions(
