@@ -49,12 +49,12 @@ EOF
   head -n 64 "$data/squad_dev.jsonl" >"$PACK/data/squad_dev.jsonl"
   head -n 4 "$data/hotpotqa_dev.jsonl" >"$PACK/data/hotpotqa_dev.jsonl"
 
-  # The Vulkan loader (the machine has NVIDIA's Vulkan driver but not always the loader),
+  # The Vulkan loader (the machine has NVIDIA's Vulkan driver but not always the loader), and
+  # libglvnd: that driver (libGLX_nvidia) needs its libGLdispatch, without which wgpu finds no
+  # adapter (seen on the H200, 2026-12-04).
   local o=(-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64)
   mkdir -p /tmp/amd64/partial
   apt-get "${o[@]}" update -qq
-  # libglvnd too: NVIDIA's Vulkan driver (libGLX_nvidia) needs its libGLdispatch, and without
-  # it wgpu finds no adapter (seen on the H200, 2026-12-04).
   (cd "$PACK/debs" && apt-get "${o[@]}" download libvulkan1 libglvnd0 libegl1 libgl1 libglx0 libopengl0 libgles2)
   du -sh "$PACK"
 }

@@ -23,6 +23,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TMP=/tmp/scaledown
 
+# There: the machine has python3 but not always xz.
+unxz_to() { python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2"; }
+
 pack() {
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scaledown/target}"
   cargo build --release
@@ -54,8 +57,7 @@ stash() {
   rm -rf "$TMP" && mkdir -p "$TMP"
   for f in .gpu1/debs/*.deb; do dpkg -x "$f" /; done
   ldconfig
-  python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
-    .gpu1/scaledown.xz "$TMP/scaledown" && chmod +x "$TMP/scaledown"
+  unxz_to .gpu1/scaledown.xz "$TMP/scaledown" && chmod +x "$TMP/scaledown"
   cp .gpu1/gguf.part1 "$TMP/"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   "$TMP/scaledown" --version
@@ -72,8 +74,7 @@ run() {
   [ "$(sha256sum "$gguf" | cut -d' ' -f1)" = "$(cat .gpu2/gguf.sha256)" ] || { echo "GGUF halves do not match"; exit 1; }
   mkdir -p "$TMP/data" && cp .gpu2/data/*.json "$TMP/data/"
   for f in .gpu2/data/*.jsonl.xz; do
-    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
-      "$f" "$TMP/data/$(basename "$f" .xz)"
+    unxz_to "$f" "$TMP/data/$(basename "$f" .xz)"
   done
   nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || true
 

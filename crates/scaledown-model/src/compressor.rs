@@ -31,21 +31,6 @@ pub enum CompressorType {
     Encoder,
 }
 
-impl FromStr for CompressorType {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "n_layers" | "n-layers" => Ok(Self::NLayers),
-            // The architecture comes from the encoder's config.json: `modernbert` (the seed
-            // tool's name) and `bert` are the same compressor over their folders.
-            "encoder" | "modernbert" | "bert" => Ok(Self::Encoder),
-            other => Err(format!(
-                "unknown compressor type `{other}` (n_layers, encoder, modernbert)"
-            )),
-        }
-    }
-}
-
 impl fmt::Display for CompressorType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

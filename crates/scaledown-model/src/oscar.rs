@@ -483,15 +483,14 @@ impl Oscar {
     ) -> Result<Tensor<2>, ExecutionError> {
         let compressed = self.compress_all(&[encoded]).pop().expect("one input");
         let documents = encoded.documents();
-        let keep = keep_top;
-        if keep == 0 || keep >= documents {
+        if keep_top == 0 || keep_top >= documents {
             return Ok(compressed.memory);
         }
         let Some(scores) = Self::document_scores(&compressed, encoded, documents) else {
             return Ok(compressed.memory);
         };
         let scores = read_f32s(scores).await?;
-        let kept = top_documents(encoded, &scores, keep);
+        let kept = top_documents(encoded, &scores, keep_top);
         let mut start = 0;
         let mut rows: Vec<i64> = Vec::new();
         for (d, &v) in encoded

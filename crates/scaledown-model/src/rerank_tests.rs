@@ -98,7 +98,7 @@ fn the_reranking_loss_puts_the_teachers_best_document_first() {
         max_grad_norm: 1.0,
         loss: LossWeights {
             rerank: 1.0,
-            distill: 0.0,
+            ..LossWeights::ANSWER
         },
     });
     for _ in 0..40 {

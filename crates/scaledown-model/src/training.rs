@@ -33,7 +33,7 @@ pub struct TrainSettings {
 }
 
 /// The weights of the training loss's terms besides the answer's cross-entropy (weight 1).
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LossWeights {
     /// λ of the reranking loss (examples with teacher scores, a compressor with the head).
     pub rerank: f64,
