@@ -67,7 +67,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             a.checkpoint.display()
         );
     }
-    let model = loaded.oscar.for_inference();
+    let model = loaded.oscar.for_inference().with_decode_kernels();
     let run = evaluate::compressed(
         &model,
         &loaded.tokenizers,
@@ -114,7 +114,7 @@ pub fn ask(a: AskArgs) -> Result<()> {
     }
     let device = a.backend.device().map_err(anyhow::Error::msg)?;
     let (setup, loaded) = checkpoint::load(&a.checkpoint, &device)?;
-    let model = loaded.oscar.for_inference();
+    let model = loaded.oscar.for_inference().with_decode_kernels();
     let docs: Vec<String> = a.documents.iter().map(|d| document_text("", d)).collect();
     let start = Instant::now();
     let encoded = loaded

@@ -45,7 +45,8 @@ pub fn build(setup: &OscarSetup, device: &Device) -> Result<Loaded> {
             (Some(encoder), Some(tok))
         }
     };
-    let base_generator = g.model.clone();
+    // Never trained: it answers from the full text, its decoding steps on 8-bit weights.
+    let base_generator = g.model.clone().with_decode_kernels();
     let lora = setup.lora_rank.map(|rank| LoraSettings {
         rank,
         alpha: setup.lora_alpha,

@@ -243,6 +243,7 @@ fn generate_cmd(dir: &std::path::Path, a: GenerateArgs) -> Result<()> {
     let device = device(a.run.backend)?;
     let path = model_path(&a.run.model, models::default_generator(dir))?;
     let g = models::load_generator(&path, &device)?;
+    let model = g.model.with_decode_kernels();
     let text = if a.chat {
         chat_prompt(&a.prompt)
     } else {
@@ -250,12 +251,12 @@ fn generate_cmd(dir: &std::path::Path, a: GenerateArgs) -> Result<()> {
     };
     let prompt = g.tokenizer.encode(&text)?;
     let needed = prompt.len() + a.max_new_tokens as usize;
-    if needed > g.model.max_len() {
+    if needed > model.max_len() {
         bail!(
             "--prompt ({} tokens) plus --max-new-tokens ({}) exceeds the model's context of {} tokens",
             prompt.len(),
             a.max_new_tokens,
-            g.model.max_len()
+            model.max_len()
         );
     }
     let config = GenerationConfig {
@@ -267,7 +268,7 @@ fn generate_cmd(dir: &std::path::Path, a: GenerateArgs) -> Result<()> {
     };
     let start = Instant::now();
     let ids = read_sync(generate(
-        &g.model,
+        &model,
         &prompt,
         &g.tokenizer.stop_ids,
         &config,

@@ -140,6 +140,69 @@ fn smollm2_matches_pytorch_on_flex() {
     check_smollm2(&Device::flex(), 1e-3, 1e-3);
 }
 
+/// Decoding steps on 8-bit weights (`with_decode_kernels`: what `ask`, `eval`, `serve` and
+/// `bench` run on the CPU), fed PyTorch's greedy continuations token by token: their logits
+/// (the f32 model's top 20) stay within `LOGIT_TOL` of the f32 model's, and they pick PyTorch's next token wherever
+/// the f32 model's best two logits are further apart than twice that (8-bit rounding may
+/// only reorder near ties; the raw prompt's continuation has one, a made-up date's digits).
+#[test]
+fn smollm2_decodes_on_8_bit_weights_as_pytorch_does() {
+    const LOGIT_TOL: f32 = 0.15;
+    let reference = reference("smollm2_ref.json");
+    let device = Device::flex();
+    let g = models::load_generator(&models::default_generator(&models_dir()), &device)
+        .expect("load SmolLM2");
+    let quantized = g.model.clone().with_decode_kernels();
+    assert!(quantized.decode_head.is_some());
+    assert!(quantized.layers[0].self_attn.q_proj.decode.is_some());
+    let logits = |m: &scaledown_model::llama::Llama, ids: &[u32], cache: &mut KvCache| {
+        let x = Tensor::<2, Int>::from_data(
+            TensorData::new(ids.iter().map(|&i| i as i64).collect(), [1, ids.len()]),
+            &device,
+        );
+        m.forward_last(x, cache)
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap()
+    };
+    let (mut steps, mut worst) = (0, 0f32);
+    for p in reference["prompts"].as_array().unwrap() {
+        let name = p["name"].as_str().unwrap();
+        let prompt = g.tokenizer.encode(p["text"].as_str().unwrap()).unwrap();
+        let greedy = u32s(&p["greedy_ids"]);
+        let (mut f32_cache, mut q8_cache) = (KvCache::new(30), KvCache::new(30));
+        logits(&g.model, &prompt, &mut f32_cache);
+        logits(&quantized, &prompt, &mut q8_cache);
+        for t in 1..greedy.len() {
+            let exact = logits(&g.model, &greedy[t - 1..t], &mut f32_cache);
+            let q8 = logits(&quantized, &greedy[t - 1..t], &mut q8_cache);
+            let mut order: Vec<usize> = (0..exact.len()).collect();
+            order.sort_by(|&a, &b| exact[b].total_cmp(&exact[a]));
+            // The candidates: the f32 model's top 20 (as the f32 parity test checks).
+            let diff = order[..20]
+                .iter()
+                .map(|&i| (exact[i] - q8[i]).abs())
+                .fold(0f32, f32::max);
+            worst = worst.max(diff);
+            assert!(
+                diff < LOGIT_TOL,
+                "{name}, step {t}: logits differ by {diff}"
+            );
+            let margin = exact[order[0]] - exact[order[1]];
+            let pick = order
+                .iter()
+                .copied()
+                .max_by(|&a, &b| q8[a].total_cmp(&q8[b]))
+                .unwrap();
+            if margin > 2.0 * LOGIT_TOL {
+                assert_eq!(pick as u32, greedy[t], "{name}, step {t}: margin {margin}");
+            }
+            steps += 1;
+        }
+    }
+    println!("{steps} decoding steps, logits within {worst} of f32");
+}
+
 #[test]
 fn minilm_matches_pytorch_on_flex() {
     check_minilm(&Device::flex(), 1e-4);

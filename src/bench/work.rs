@@ -291,6 +291,9 @@ impl Ours {
         let training =
             Oscar::assemble(&config, generator.clone(), None, Some(LORA), device)?.train();
         let pretraining = Oscar::assemble(&config, generator.clone(), None, None, device)?.train();
+        // Answering as a user's run does: decoding steps on 8-bit weights.
+        let oscar = oscar.with_decode_kernels();
+        let generator = generator.with_decode_kernels();
         // A schedule that stays at the full rates over the steps measured.
         let settings = TrainSettings {
             warmup_steps: 1,

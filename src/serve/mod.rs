@@ -115,7 +115,7 @@ pub fn serve(models_dir: &Path, a: ServeArgs) -> Result<()> {
             let (setup, loaded) = checkpoint::load(dir, &device)?;
             let tokenizers = Arc::new(loaded.tokenizers);
             let engine = Engine {
-                oscar: Some(loaded.oscar.for_inference()),
+                oscar: Some(loaded.oscar.for_inference().with_decode_kernels()),
                 generator: loaded.base_generator,
                 tokenizers,
             };
@@ -144,7 +144,7 @@ pub fn serve(models_dir: &Path, a: ServeArgs) -> Result<()> {
                 .map_or("generator".into(), |n| n.to_string_lossy().to_string());
             let engine = Engine {
                 oscar: None,
-                generator: g.model,
+                generator: g.model.with_decode_kernels(),
                 tokenizers: Arc::new(OscarTokenizers {
                     generator: g.tokenizer,
                     encoder: None,

@@ -32,6 +32,20 @@ impl BackendKind {
     }
 }
 
+/// Whether `device` is Burn's CPU backend in a native build, where the host-side kernels of
+/// [`crate::quant`] run on the same memory as the tensors.
+pub fn is_native_cpu(device: &Device) -> bool {
+    #[cfg(all(feature = "flex", not(target_arch = "wasm32")))]
+    {
+        *device == Device::flex()
+    }
+    #[cfg(not(all(feature = "flex", not(target_arch = "wasm32"))))]
+    {
+        let _ = device;
+        false
+    }
+}
+
 impl fmt::Display for BackendKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

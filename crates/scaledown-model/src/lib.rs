@@ -15,6 +15,7 @@ pub mod llama;
 pub mod modernbert;
 pub mod oscar;
 pub mod pretraining;
+pub mod quant;
 pub mod questions;
 pub mod tiny;
 pub mod tokenizer;

@@ -96,6 +96,16 @@ impl Oscar {
             generator: valid.generator.merge_lora(),
         }
     }
+
+    /// The generator's decoding steps on 8-bit weights ([`Llama::with_decode_kernels`]; the
+    /// compressor reads whole chunks, which f32 GEMM does faster). Call it on the model from
+    /// [`Oscar::for_inference`]; a no-op off the native CPU backend.
+    pub fn with_decode_kernels(self) -> Self {
+        Self {
+            generator: self.generator.with_decode_kernels(),
+            ..self
+        }
+    }
 }
 
 /// The tokenizers OSCAR needs: the generator's, and the encoder's for an encoder compressor.

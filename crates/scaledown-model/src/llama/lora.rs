@@ -5,9 +5,17 @@
 //! takes a weight-sized gradient before reaching the factors; factored, a CPU training step
 //! skips both (see the README's benchmark).
 
+use std::sync::Arc;
+
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::Distribution;
+use burn::tensor::{Distribution, TensorData};
+
+use crate::quant::Q8Matrix;
+
+/// The most rows (sequences) a decoding step hands to the 8-bit kernels; larger batches are
+/// compute-bound enough for the f32 GEMM.
+pub const DECODE_ROWS: usize = 16;
 
 /// The trainable low-rank update of one projection.
 #[derive(Module, Debug)]
@@ -26,6 +34,10 @@ pub struct Projection {
     /// `[in, out]`.
     pub weight: Param<Tensor<2>>,
     pub lora: Option<LoraFactors>,
+    /// The weight again in 8-bit blocks for decoding steps on the CPU
+    /// ([`Projection::with_decode_weights`]); not saved, never trained.
+    #[module(skip)]
+    pub decode: Option<Arc<Q8Matrix>>,
 }
 
 impl Projection {
@@ -33,6 +45,7 @@ impl Projection {
         Self {
             weight: Param::from_tensor(weight),
             lora: None,
+            decode: None,
         }
     }
 
@@ -43,6 +56,12 @@ impl Projection {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [batch, seq, inp] = x.dims();
         let x = x.reshape([batch * seq, inp]);
+        if let (Some(q), None) = (&self.decode, &self.lora)
+            && seq == 1
+            && batch <= DECODE_ROWS
+        {
+            return q8_product(q, x).reshape([batch, seq, q.outputs()]);
+        }
         let y = x.clone().matmul(self.weight.val());
         let y = match &self.lora {
             Some(l) => y + x.matmul(l.a.val()).matmul(l.b.val()) * l.scale,
@@ -62,6 +81,7 @@ impl Projection {
             &device,
         );
         Self {
+            decode: None,
             lora: Some(LoraFactors {
                 a: Param::from_tensor(a),
                 b: Param::from_tensor(Tensor::zeros([rank, out], &device)),
@@ -81,4 +101,33 @@ impl Projection {
             None => self,
         }
     }
+}
+
+impl Projection {
+    /// Keeps an 8-bit copy of the weight for decoding steps (one token per sequence), which
+    /// then read 3.6x fewer bytes ([`crate::quant`]). For the native CPU backend only (the
+    /// product runs on the host); a projection with unmerged LoRA, or whose input width is
+    /// not a multiple of 32, stays f32.
+    pub fn with_decode_weights(self) -> Self {
+        let [inp, out] = self.weight.dims();
+        let decode = match self.lora {
+            Some(_) => None,
+            None => (self.weight.val().into_data().try_into_vec::<f32>().ok())
+                .and_then(|w| Q8Matrix::from_in_out(&w, inp, out)),
+        };
+        Self { decode, ..self }
+    }
+}
+
+/// `x` `[rows, in]` times an 8-bit weight -> `[rows, out]`, on the host.
+pub(crate) fn q8_product(q: &Q8Matrix, x: Tensor<2>) -> Tensor<2> {
+    let device = x.device();
+    let [rows, _] = x.dims();
+    let xs = x
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("converted to f32 just above");
+    let y = q.matvec(&xs, rows);
+    Tensor::from_data(TensorData::new(y, [rows, q.outputs()]), &device)
 }
