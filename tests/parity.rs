@@ -154,7 +154,7 @@ fn smollm2_decodes_on_8_bit_weights_as_pytorch_does() {
         .expect("load SmolLM2");
     let quantized = g.model.clone().with_decode_kernels();
     assert!(quantized.decode_head.is_some());
-    assert!(quantized.layers[0].self_attn.q_proj.decode.is_some());
+    assert!(quantized.layers[0].self_attn.decode_qkv.is_some());
     let logits = |m: &scaledown_model::llama::Llama, ids: &[u32], cache: &mut KvCache| {
         let x = Tensor::<2, Int>::from_data(
             TensorData::new(ids.iter().map(|&i| i as i64).collect(), [1, ids.len()]),

@@ -36,22 +36,34 @@ impl Q8Matrix {
     /// Quantizes a row-major `[inputs, outputs]` weight (the `x·W` layout of a projection).
     /// None when `inputs` is not a multiple of [`BLOCK`].
     pub fn from_in_out(w: &[f32], inputs: usize, outputs: usize) -> Option<Arc<Self>> {
-        if !inputs.is_multiple_of(BLOCK) || w.len() != inputs * outputs {
+        Self::stacked(&[(w, outputs)], inputs)
+    }
+
+    /// Several `[inputs, outputs_k]` weights of the same input as one matrix whose outputs
+    /// are theirs in turn: one product instead of several (a decoding step's q, k and v).
+    /// None when `inputs` is not a multiple of [`BLOCK`] or a weight is not `[inputs, _]`.
+    pub fn stacked(parts: &[(&[f32], usize)], inputs: usize) -> Option<Arc<Self>> {
+        if parts.iter().any(|(w, outputs)| w.len() != inputs * outputs) {
             return None;
         }
-        let mut transposed = vec![0f32; w.len()];
-        for (i, row) in w.chunks_exact(outputs).enumerate() {
-            for (o, &v) in row.iter().enumerate() {
-                transposed[o * inputs + i] = v;
+        let total: usize = parts.iter().map(|(_, outputs)| outputs).sum();
+        let mut rows = vec![0f32; total * inputs];
+        let mut first = 0;
+        for (w, outputs) in parts {
+            for (i, row) in w.chunks_exact(*outputs).enumerate() {
+                for (o, &v) in row.iter().enumerate() {
+                    rows[(first + o) * inputs + i] = v;
+                }
             }
+            first += outputs;
         }
-        Self::from_out_in(&transposed, outputs, inputs)
+        Self::from_out_in(&rows, total, inputs)
     }
 
     /// Quantizes a row-major `[outputs, inputs]` weight (an embedding table read as the tied
     /// output head). None when `inputs` is not a multiple of [`BLOCK`].
     pub fn from_out_in(w: &[f32], outputs: usize, inputs: usize) -> Option<Arc<Self>> {
-        if !inputs.is_multiple_of(BLOCK) || w.len() != inputs * outputs {
+        if inputs == 0 || !inputs.is_multiple_of(BLOCK) || w.len() != inputs * outputs {
             return None;
         }
         let blocks = inputs / BLOCK;

@@ -3,7 +3,7 @@
 use super::cache::KvCache;
 use super::config::LlamaConfig;
 use super::input::{Inserted, PromptInput};
-use super::lora::{DECODE_ROWS, Projection, q8_product};
+use super::lora::{DECODE_ROWS, Projection, host_rows, q8_product, stacked_decode_weights};
 use super::rope::Rope;
 use crate::quant::Q8Matrix;
 use burn::nn::{
@@ -23,6 +23,10 @@ pub struct Attention {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
+    /// q, k and v in one 8-bit matrix for decoding steps on the CPU
+    /// ([`Llama::with_decode_kernels`]); not saved, never trained.
+    #[module(skip)]
+    pub decode_qkv: Option<Arc<Q8Matrix>>,
 }
 
 /// Where a layer's input sits: its first position `start` (the positions cached before it),
@@ -54,12 +58,27 @@ impl Attention {
         let [batch, seq, hidden] = x.dims();
         let heads =
             |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
-        let q = rope.apply(heads(self.q_proj.forward(x.clone()), self.num_heads), start);
-        let k = rope.apply(
-            heads(self.k_proj.forward(x.clone()), self.num_kv_heads),
-            start,
-        );
-        let v = heads(self.v_proj.forward(x), self.num_kv_heads);
+        let (q, k, v) = match &self.decode_qkv {
+            // A decoding step: one product for the three (fewer hand-offs to the cores).
+            Some(qkv) if seq == 1 && batch <= DECODE_ROWS => {
+                let y = q8_product(qkv, x.reshape([batch, hidden]));
+                let (nq, nkv) = (
+                    self.num_heads * self.head_dim,
+                    self.num_kv_heads * self.head_dim,
+                );
+                let part =
+                    |from: usize, n: usize| y.clone().slice_dim(1, from..from + n).unsqueeze_dim(1);
+                (part(0, nq), part(nq, nkv), part(nq + nkv, nkv))
+            }
+            _ => (
+                self.q_proj.forward(x.clone()),
+                self.k_proj.forward(x.clone()),
+                self.v_proj.forward(x),
+            ),
+        };
+        let q = rope.apply(heads(q, self.num_heads), start);
+        let k = rope.apply(heads(k, self.num_kv_heads), start);
+        let v = heads(v, self.num_kv_heads);
         let (k, v) = cache.append(layer, k, v);
 
         let rep = self.num_heads / self.num_kv_heads;
@@ -135,11 +154,36 @@ pub struct Mlp {
     pub gate_proj: Projection,
     pub up_proj: Projection,
     pub down_proj: Projection,
+    /// gate and up in one 8-bit matrix for decoding steps on the CPU
+    /// ([`Llama::with_decode_kernels`]); not saved, never trained.
+    #[module(skip)]
+    pub decode_gate_up: Option<Arc<Q8Matrix>>,
 }
 
 impl Mlp {
-    /// SwiGLU: `[.., hidden]` -> `[.., hidden]`.
+    /// SwiGLU: `[batch, seq, hidden]` -> `[batch, seq, hidden]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [batch, seq, hidden] = x.dims();
+        if let (Some(gate_up), Some(down)) = (&self.decode_gate_up, &self.down_proj.decode)
+            && seq == 1
+            && batch <= DECODE_ROWS
+        {
+            // A decoding step, all on the host: two products and the gating between them.
+            let device = x.device();
+            let gu = gate_up.matvec(&host_rows(x.reshape([batch, hidden])), batch);
+            let inter = gate_up.outputs() / 2;
+            let mut h = Vec::with_capacity(batch * inter);
+            for row in gu.chunks_exact(2 * inter) {
+                let (gate, up) = row.split_at(inter);
+                h.extend(
+                    gate.iter()
+                        .zip(up)
+                        .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u),
+                );
+            }
+            let y = down.matvec(&h, batch);
+            return Tensor::from_data(TensorData::new(y, [batch, 1, down.outputs()]), &device);
+        }
         let gate = silu(self.gate_proj.forward(x.clone()));
         self.down_proj.forward(gate * self.up_proj.forward(x))
     }
@@ -216,12 +260,14 @@ impl LlamaConfig {
                     num_heads: self.num_attention_heads,
                     num_kv_heads: self.num_key_value_heads,
                     head_dim: hd,
+                    decode_qkv: None,
                 },
                 post_attention_layernorm: norm(),
                 mlp: Mlp {
                     gate_proj: projection(self.hidden_size, self.intermediate_size),
                     up_proj: projection(self.hidden_size, self.intermediate_size),
                     down_proj: projection(self.intermediate_size, self.hidden_size),
+                    decode_gate_up: None,
                 },
             })
             .collect();
@@ -245,6 +291,31 @@ impl LlamaConfig {
 }
 
 impl Block {
+    /// The layer's decoding-step copies ([`Llama::with_decode_kernels`]): q, k and v as one
+    /// matrix, gate and up as one, o and down each on their own.
+    fn with_decode_kernels(self) -> Self {
+        let Block {
+            input_layernorm,
+            self_attn: a,
+            post_attention_layernorm,
+            mlp: m,
+        } = self;
+        Block {
+            input_layernorm,
+            self_attn: Attention {
+                decode_qkv: stacked_decode_weights(&[&a.q_proj, &a.k_proj, &a.v_proj]),
+                o_proj: a.o_proj.with_decode_weights(),
+                ..a
+            },
+            post_attention_layernorm,
+            mlp: Mlp {
+                decode_gate_up: stacked_decode_weights(&[&m.gate_proj, &m.up_proj]),
+                down_proj: m.down_proj.with_decode_weights(),
+                ..m
+            },
+        }
+    }
+
     fn map_projections(self, f: &impl Fn(Projection) -> Projection) -> Self {
         let Block {
             input_layernorm,
@@ -259,6 +330,8 @@ impl Block {
                 k_proj: f(a.k_proj),
                 v_proj: f(a.v_proj),
                 o_proj: f(a.o_proj),
+                // Stale once the projections change (LoRA added or merged).
+                decode_qkv: None,
                 ..a
             },
             post_attention_layernorm,
@@ -266,6 +339,7 @@ impl Block {
                 gate_proj: f(m.gate_proj),
                 up_proj: f(m.up_proj),
                 down_proj: f(m.down_proj),
+                decode_gate_up: None,
             },
         }
     }
@@ -313,9 +387,15 @@ impl Llama {
                 .and_then(|w| Q8Matrix::from_out_in(&w, vocab, hidden))
             }
         };
+        let layers = self
+            .layers
+            .into_iter()
+            .map(Block::with_decode_kernels)
+            .collect();
         Self {
             decode_head,
-            ..self.map_layers(&Projection::with_decode_weights)
+            layers,
+            ..self
         }
     }
 

@@ -41,6 +41,12 @@ fn decoding_on_8_bit_weights_stays_near_f32_and_prefill_is_untouched() {
     let quantized = model.clone().with_decode_kernels();
     assert!(quantized.decode_head.is_some());
     assert!(quantized.layers[1].mlp.down_proj.decode.is_some());
+    assert!(quantized.layers[1].mlp.decode_gate_up.is_some());
+    assert!(quantized.layers[1].self_attn.decode_qkv.is_some());
+    // Adding LoRA drops the copies (they would be stale).
+    let adapted = quantized.clone().with_lora(4, 8.0);
+    assert!(adapted.layers[1].self_attn.decode_qkv.is_none());
+    assert!(adapted.layers[1].mlp.down_proj.decode.is_none());
     let seq = [3, 7, 1, 42, 9, 15];
     let (mut f32_cache, mut q8_cache) = (KvCache::new(2), KvCache::new(2));
     // Prefill (several tokens) runs the f32 projections in both.
