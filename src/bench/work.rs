@@ -286,14 +286,14 @@ impl Ours {
         device: &Device,
     ) -> Result<Self> {
         let config = bench_compressor();
-        let oscar =
-            Oscar::assemble(&config, generator.clone(), None, None, device)?.for_inference();
         let training =
             Oscar::assemble(&config, generator.clone(), None, Some(LORA), device)?.train();
         let pretraining = Oscar::assemble(&config, generator.clone(), None, None, device)?.train();
-        // Answering as a user's run does: decoding steps on 8-bit weights.
-        let oscar = oscar.with_decode_kernels();
+        // Answering as a user's run does: decoding steps on 8-bit weights, one copy shared
+        // by the plain generator and the compressed model's (no LoRA here).
         let generator = generator.with_decode_kernels();
+        let oscar =
+            Oscar::assemble(&config, generator.clone(), None, None, device)?.for_inference();
         // A schedule that stays at the full rates over the steps measured.
         let settings = TrainSettings {
             warmup_steps: 1,

@@ -358,7 +358,12 @@ impl Llama {
 
     /// The adapters merged into the weights: a plain model for answering.
     pub fn merge_lora(self) -> Self {
-        self.map_layers(&Projection::merged)
+        let adapted = self.layers.iter().any(|b| b.self_attn.q_proj.lora.is_some());
+        match adapted {
+            true => self.map_layers(&Projection::merged),
+            // Nothing to merge: the model (and any decoding copies) as it is.
+            false => self,
+        }
     }
 
     /// 8-bit copies of every projection and of the output head for decoding steps, which then
