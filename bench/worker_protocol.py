@@ -13,6 +13,20 @@ import resource
 import sys
 
 
+def peak_rss_mb():
+    """This process's peak RSS. VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss
+    across fork and exec, so a worker started by a process already holding a model would
+    report its parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def reply(obj):
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
@@ -38,7 +52,7 @@ def serve(worker, supported=None):
             elif op == "run":
                 reply({"seconds": worker.run(work[r["key"]])})
             elif op == "peak":
-                reply({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+                reply({"peak_rss_mb": peak_rss_mb()})
             else:
                 raise ValueError(f"unknown op {op}")
         except Exception as e:
