@@ -140,13 +140,13 @@ fn smollm2_matches_pytorch_on_flex() {
     check_smollm2(&Device::flex(), 1e-3, 1e-3);
 }
 
-/// Decoding steps on 8-bit weights (`with_decode_kernels`: what `ask`, `eval`, `serve` and
+/// Decoding steps on 4- and 8-bit weights (`with_decode_kernels`: what `ask`, `eval`, `serve` and
 /// `bench` run on the CPU), fed PyTorch's greedy continuations token by token: their logits
 /// (the f32 model's top 20) stay within `LOGIT_TOL` of the f32 model's, and they pick PyTorch's next token wherever
-/// the f32 model's best two logits are further apart than twice that (8-bit rounding may
+/// the f32 model's best two logits are further apart than twice that (the head's rounding may
 /// only reorder near ties; the raw prompt's continuation has one, a made-up date's digits).
 #[test]
-fn smollm2_decodes_on_8_bit_weights_as_pytorch_does() {
+fn smollm2_decodes_on_block_quantized_weights_as_pytorch_does() {
     const LOGIT_TOL: f32 = 0.15;
     let reference = reference("smollm2_ref.json");
     let device = Device::flex();
@@ -154,7 +154,23 @@ fn smollm2_decodes_on_8_bit_weights_as_pytorch_does() {
         .expect("load SmolLM2");
     let quantized = g.model.clone().with_decode_kernels();
     assert!(quantized.decode_head.is_some());
-    assert!(quantized.layers[0].self_attn.decode_qkv.is_some());
+    let bits = |m: &Option<std::sync::Arc<scaledown_model::quant::BlockMatrix>>| {
+        m.as_ref().expect("a decoding copy").bits()
+    };
+    // The file's Q4_1 layers are kept at 4 bits (exactly their values); its output head,
+    // tied to the embeddings and not Q4_1, at 8.
+    for layer in &quantized.layers {
+        let (a, m) = (&layer.self_attn, &layer.mlp);
+        for matrix in [
+            &a.decode_qkv,
+            &a.o_proj.decode,
+            &m.decode_gate_up,
+            &m.down_proj.decode,
+        ] {
+            assert_eq!(bits(matrix), 4);
+        }
+    }
+    assert_eq!(bits(&quantized.decode_head), 8);
     let logits = |m: &scaledown_model::llama::Llama, ids: &[u32], cache: &mut KvCache| {
         let x = Tensor::<2, Int>::from_data(
             TensorData::new(ids.iter().map(|&i| i as i64).collect(), [1, ids.len()]),

@@ -97,7 +97,7 @@ impl Oscar {
         }
     }
 
-    /// The generator's decoding steps on 8-bit weights ([`Llama::with_decode_kernels`]; the
+    /// The generator's decoding steps on 4- or 8-bit weights ([`Llama::with_decode_kernels`]; the
     /// compressor reads whole chunks, which f32 GEMM does faster). Call it on the model from
     /// [`Oscar::for_inference`]; a no-op off the native CPU backend.
     pub fn with_decode_kernels(self) -> Self {

@@ -1,12 +1,14 @@
-//! Weights in 8-bit blocks for decoding on the CPU.
+//! Weights in 4- or 8-bit blocks for decoding on the CPU.
 //!
 //! A decoding step multiplies one hidden vector per sequence by every weight matrix: it reads
 //! all 540 MB of SmolLM2's f32 weights per token and is bound by memory, not arithmetic. Kept
-//! in blocks of 32 bytes with an f32 scale and minimum each (1.25 bytes per weight), the same
-//! product reads 3.2x less. The grid `min + scale·k`, k = 0..255, holds GGUF's Q4_1 values
-//! (`m + d·j`, j = 0..15) exactly when a block spans all 16 levels (255 = 15·17), so the
-//! generator decodes from the weights it was given. Prefill and training keep f32: their
-//! products are compute-bound, where Burn's GEMM beats any dequantizing kernel.
+//! in blocks of 32 values with an f32 scale and minimum each, the same product reads 3.2x less
+//! at 8 bits (1.25 bytes per weight) and 5.3x less at 4 bits (0.75). A matrix whose every
+//! block lies on a 4-bit grid `min + scale·k`, k = 0..15 (the frozen generator of a GGUF Q4_1
+//! file: exactly its values) is kept at 4 bits; any other (a merged LoRA, f16 weights) at 8,
+//! whose grid (k = 0..255) still holds Q4_1's 16 levels exactly (255 = 15·17). Prefill and
+//! training keep f32: their products are compute-bound, where Burn's GEMM beats any
+//! dequantizing kernel.
 
 use std::sync::Arc;
 
@@ -17,22 +19,25 @@ pub const BLOCK: usize = 32;
 /// which the hardware prefetcher follows (one stream per row ran at half the bandwidth).
 const GROUP: usize = 4;
 
-/// A matrix `[outputs, inputs]` in 8-bit blocks, stored by groups of [`GROUP`] outputs:
-/// block `b` of the group's rows side by side, then block `b + 1`, ...
+/// A matrix `[outputs, inputs]` in 4- or 8-bit blocks, stored by groups of [`GROUP`]
+/// outputs: block `b` of the group's rows side by side, then block `b + 1`, ...
 #[derive(Debug, Clone)]
-pub struct Q8Matrix {
+pub struct BlockMatrix {
     inputs: usize,
     outputs: usize,
-    /// `[groups, inputs / BLOCK, GROUP]`: (largest − smallest) / 255 of each block.
+    /// 4 or 8.
+    bits: u32,
+    /// `[groups, inputs / BLOCK, GROUP]`: (largest − smallest) / (2^bits − 1) of each block.
     scales: Vec<f32>,
     /// `[groups, inputs / BLOCK, GROUP]`: each block's smallest value.
     mins: Vec<f32>,
-    /// `[groups, inputs / BLOCK, GROUP, BLOCK]`: round((w − min) / scale); rows past
-    /// `outputs` are 0 with scale and minimum 0.
+    /// `[groups, inputs / BLOCK, GROUP, BLOCK · bits / 8]`: k = round((w − min) / scale); at
+    /// 4 bits byte j holds k_j (low half) and k_{j+16} (high half). Rows past `outputs` are 0
+    /// with scale and minimum 0.
     quants: Vec<u8>,
 }
 
-impl Q8Matrix {
+impl BlockMatrix {
     /// Quantizes a row-major `[inputs, outputs]` weight (the `x·W` layout of a projection).
     /// None when `inputs` is not a multiple of [`BLOCK`].
     pub fn from_in_out(w: &[f32], inputs: usize, outputs: usize) -> Option<Arc<Self>> {
@@ -61,36 +66,51 @@ impl Q8Matrix {
     }
 
     /// Quantizes a row-major `[outputs, inputs]` weight (an embedding table read as the tied
-    /// output head). None when `inputs` is not a multiple of [`BLOCK`].
+    /// output head): at 4 bits if that holds every value, else at 8. None when `inputs` is
+    /// not a multiple of [`BLOCK`].
     pub fn from_out_in(w: &[f32], outputs: usize, inputs: usize) -> Option<Arc<Self>> {
         if inputs == 0 || !inputs.is_multiple_of(BLOCK) || w.len() != inputs * outputs {
             return None;
         }
+        let exact_at_4 = w
+            .chunks_exact(BLOCK)
+            .all(|b| quantize_block(b, 4).is_some());
+        let bits = if exact_at_4 { 4 } else { 8 };
         let blocks = inputs / BLOCK;
         let groups = outputs.div_ceil(GROUP);
+        let bytes = BLOCK * bits as usize / 8;
         let mut scales = Vec::with_capacity(groups * blocks * GROUP);
         let mut mins = Vec::with_capacity(groups * blocks * GROUP);
-        let mut quants = Vec::with_capacity(groups * GROUP * inputs);
+        let mut quants = Vec::with_capacity(groups * blocks * GROUP * bytes);
         for g in 0..groups {
             for b in 0..blocks {
                 for o in g * GROUP..(g + 1) * GROUP {
-                    let (scale, min, q) = match o < outputs {
-                        true => quantize_block(&w[o * inputs + b * BLOCK..][..BLOCK]),
-                        false => (0.0, 0.0, [0; BLOCK]),
+                    let block = match o < outputs {
+                        true => &w[o * inputs + b * BLOCK..][..BLOCK],
+                        false => &[0.0; BLOCK][..],
                     };
-                    scales.push(scale);
-                    mins.push(min);
-                    quants.extend_from_slice(&q);
+                    let q = quantize_block(block, bits).unwrap_or_else(|| {
+                        unreachable!("8-bit blocks always quantize; 4-bit ones were checked")
+                    });
+                    scales.push(q.scale);
+                    mins.push(q.min);
+                    quants.extend_from_slice(&q.bytes[..bytes]);
                 }
             }
         }
         Some(Arc::new(Self {
             inputs,
             outputs,
+            bits,
             scales,
             mins,
             quants,
         }))
+    }
+
+    /// 4 or 8.
+    pub fn bits(&self) -> u32 {
+        self.bits
     }
 
     pub fn inputs(&self) -> usize {
@@ -102,12 +122,13 @@ impl Q8Matrix {
     }
 
     /// `x` `[rows, inputs]` -> `[rows, outputs]`, row-major, in f32: the weights are widened
-    /// as they are read, so their rounding is the only difference from the f32 product.
+    /// as they are read, so their rounding (none for a Q4_1 file's) is the only difference
+    /// from the f32 product.
     pub fn matvec(&self, x: &[f32], rows: usize) -> Vec<f32> {
         assert_eq!(
             x.len(),
             rows * self.inputs,
-            "Q8Matrix::matvec: x is not [rows, inputs]"
+            "BlockMatrix::matvec: x is not [rows, inputs]"
         );
         let blocks = self.inputs / BLOCK;
         // Σ w·x = scale·Σ k·x + min·Σ x per block: Σ x once per row of x, for every output.
@@ -116,14 +137,15 @@ impl Q8Matrix {
         const CHUNK: usize = 16;
         let groups = self.outputs.div_ceil(GROUP);
         let mut out_t = vec![0f32; groups * GROUP * rows];
-        let dot = dot_fn();
+        let dot = dot_fn(self.bits);
         let work = |(c, out): (usize, &mut [f32])| {
             for (k, out) in out.chunks_exact_mut(GROUP * rows).enumerate() {
                 let g = c * CHUNK + k;
+                let bytes = self.inputs * GROUP * self.bits as usize / 8;
                 let w = Group {
                     scales: &self.scales[g * blocks * GROUP..][..blocks * GROUP],
                     mins: &self.mins[g * blocks * GROUP..][..blocks * GROUP],
-                    quants: &self.quants[g * self.inputs * GROUP..][..self.inputs * GROUP],
+                    quants: &self.quants[g * bytes..][..bytes],
                 };
                 for r in 0..rows {
                     let x = Row {
@@ -153,17 +175,42 @@ impl Q8Matrix {
     }
 }
 
-/// One block's scale, minimum and values: `v ≈ min + scale·k`.
-fn quantize_block(block: &[f32]) -> (f32, f32, [u8; BLOCK]) {
+/// One block at `bits`: `v ≈ min + scale·k`.
+struct Quantized {
+    scale: f32,
+    min: f32,
+    /// The first `BLOCK · bits / 8` bytes are the block's.
+    bytes: [u8; BLOCK],
+}
+
+/// One block at 8 bits, or at 4 bits when its values lie on that grid (within 1/1000 of a
+/// step: f32 rounding of a GGUF file's `d·k + m`), else None.
+fn quantize_block(block: &[f32], bits: u32) -> Option<Quantized> {
     let min = block.iter().copied().fold(f32::INFINITY, f32::min);
     let max = block.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let scale = (max - min) / 255.0;
+    let levels = ((1u32 << bits) - 1) as f32;
+    let scale = (max - min) / levels;
     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-    let mut quants = [0u8; BLOCK];
-    for (q, v) in quants.iter_mut().zip(block) {
-        *q = ((v - min) * inv).round().clamp(0.0, 255.0) as u8;
+    let k: Vec<u8> = block
+        .iter()
+        .map(|v| ((v - min) * inv).round().clamp(0.0, levels) as u8)
+        .collect();
+    let mut bytes = [0u8; BLOCK];
+    if bits == 8 {
+        bytes.copy_from_slice(&k);
+    } else {
+        let on_grid = block
+            .iter()
+            .zip(&k)
+            .all(|(v, &k)| (min + scale * k as f32 - v).abs() <= 1e-3 * scale);
+        if !on_grid {
+            return None;
+        }
+        for j in 0..BLOCK / 2 {
+            bytes[j] = k[j] | (k[j + BLOCK / 2] << 4);
+        }
     }
-    (scale, min, quants)
+    Some(Quantized { scale, min, bytes })
 }
 
 /// Runs `work` on each `chunk`-long piece of `out` (with its index), spread over the cores
@@ -233,35 +280,55 @@ type DotFn = fn(Group, Row) -> [f32; GROUP];
 #[cfg(target_arch = "x86_64")]
 const PREFETCH: usize = 1024;
 
-/// The fastest dot product this CPU runs, chosen once.
-fn dot_fn() -> DotFn {
+/// The fastest dot product this CPU runs for `bits`, chosen once.
+fn dot_fn(bits: u32) -> DotFn {
     #[cfg(target_arch = "x86_64")]
     {
         use std::sync::OnceLock;
-        static DOT: OnceLock<DotFn> = OnceLock::new();
-        *DOT.get_or_init(|| {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU has AVX2 and FMA, checked just above.
-                |w, x| unsafe { dot_group_avx2(w, x) }
-            } else {
-                dot_group_scalar
-            }
-        })
+        static AVX2: OnceLock<bool> = OnceLock::new();
+        let avx2 = *AVX2
+            .get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
+        // SAFETY (both): the CPU has AVX2 and FMA, checked just above.
+        match (avx2, bits) {
+            (true, 4) => |w, x| unsafe { dot_group_avx2::<4>(w, x) },
+            (true, _) => |w, x| unsafe { dot_group_avx2::<8>(w, x) },
+            (false, 4) => dot_group_scalar::<4>,
+            (false, _) => dot_group_scalar::<8>,
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        dot_group_scalar
+        match bits {
+            4 => dot_group_scalar::<4>,
+            _ => dot_group_scalar::<8>,
+        }
     }
 }
 
+/// Block `b` of row `i` of a group, unpacked: k_0..k_31.
+fn unpacked<const BITS: usize>(w: Group, b: usize, i: usize) -> [u8; BLOCK] {
+    let bytes = BLOCK * BITS / 8;
+    let q = &w.quants[(b * GROUP + i) * bytes..][..bytes];
+    let mut k = [0u8; BLOCK];
+    if BITS == 8 {
+        k.copy_from_slice(q);
+    } else {
+        for j in 0..BLOCK / 2 {
+            k[j] = q[j] & 0x0F;
+            k[j + BLOCK / 2] = q[j] >> 4;
+        }
+    }
+    k
+}
+
 /// For each row i of the group: Σ_b (scale_b · Σ k·x + min_b · Σ x) over the blocks.
-fn dot_group_scalar(w: Group, x: Row) -> [f32; GROUP] {
+fn dot_group_scalar<const BITS: usize>(w: Group, x: Row) -> [f32; GROUP] {
     let mut sums = [0f32; GROUP];
     for (b, xb) in x.values.chunks_exact(BLOCK).enumerate() {
         for (i, sum) in sums.iter_mut().enumerate() {
+            let k = unpacked::<BITS>(w, b, i);
+            let dot: f32 = k.iter().zip(xb).map(|(&k, &x)| k as f32 * x).sum();
             let at = b * GROUP + i;
-            let q = &w.quants[at * BLOCK..][..BLOCK];
-            let dot: f32 = q.iter().zip(xb).map(|(&q, &x)| q as f32 * x).sum();
             *sum += w.scales[at] * dot + w.mins[at] * x.sums[b];
         }
     }
@@ -269,37 +336,52 @@ fn dot_group_scalar(w: Group, x: Row) -> [f32; GROUP] {
 }
 
 /// [`dot_group_scalar`] in AVX2: x's block in four 8-lane vectors, shared by the group's
-/// rows; each row's 32 bytes widened to f32 and multiplied in, then scaled once per block.
+/// rows; each row's 32 values widened to f32 (at 4 bits: the low halves of 16 bytes, then the
+/// high halves) and multiplied in, then scaled once per block.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_group_avx2(w: Group, x: Row) -> [f32; GROUP] {
+unsafe fn dot_group_avx2<const BITS: usize>(w: Group, x: Row) -> [f32; GROUP] {
     use std::arch::x86_64::*;
+    let bytes = BLOCK * BITS / 8;
     let blocks = x.sums.len();
     assert!(x.values.len() == blocks * BLOCK);
     assert!(w.scales.len() == blocks * GROUP && w.mins.len() == blocks * GROUP);
-    assert!(w.quants.len() == blocks * GROUP * BLOCK);
+    assert!(w.quants.len() == blocks * GROUP * bytes);
+    let low = _mm_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); GROUP];
     let mut offsets = [0f32; GROUP];
     for b in 0..blocks {
-        let at = b * GROUP * BLOCK;
-        // The group's blocks are one stream: two cache lines per block, fetched ahead.
+        let at = b * GROUP * bytes;
+        // The group's blocks are one stream, fetched ahead.
         let ahead = w.quants.as_ptr().wrapping_add(at + PREFETCH);
         _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64) as *const i8);
+        if BITS == 8 {
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64) as *const i8);
+        }
         // SAFETY: block b of x and the group's blocks b lie inside the slices (asserted).
         let xv = [0, 1, 2, 3]
             .map(|k| unsafe { _mm256_loadu_ps(x.values.as_ptr().add(b * BLOCK + 8 * k)) });
         for (i, acc) in acc.iter_mut().enumerate() {
+            let row = w.quants.as_ptr().wrapping_add(at + i * bytes);
+            // Values 0-7, 8-15, 16-23, 24-31 as bytes in the low 8 of four registers.
+            // SAFETY: as above.
+            let parts = unsafe {
+                if BITS == 8 {
+                    [0, 1, 2, 3].map(|k| _mm_loadl_epi64(row.add(8 * k) as *const __m128i))
+                } else {
+                    let v = _mm_loadu_si128(row as *const __m128i);
+                    let lo = _mm_and_si128(v, low);
+                    let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), low);
+                    [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)]
+                }
+            };
             let mut dot = _mm256_setzero_ps();
-            for (k, xv) in xv.iter().enumerate() {
-                // SAFETY: as above.
-                let q8 = unsafe {
-                    _mm_loadl_epi64(w.quants.as_ptr().add(at + i * BLOCK + 8 * k) as *const __m128i)
-                };
-                dot = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q8)), *xv, dot);
+            for (part, xv) in parts.iter().zip(&xv) {
+                let k = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(*part));
+                dot = _mm256_fmadd_ps(k, *xv, dot);
             }
             *acc = _mm256_fmadd_ps(_mm256_set1_ps(w.scales[b * GROUP + i]), dot, *acc);
             offsets[i] += w.mins[b * GROUP + i] * x.sums[b];
@@ -348,7 +430,7 @@ mod tests {
         // 201 outputs: the last group of four has one real row.
         let (inputs, outputs) = (96, 201);
         let w = lcg(1, inputs * outputs);
-        let q = Q8Matrix::from_in_out(&w, inputs, outputs).unwrap();
+        let q = BlockMatrix::from_in_out(&w, inputs, outputs).unwrap();
         for rows in [1, 3] {
             let x = lcg(2 + rows as u64, rows * inputs);
             let got = q.matvec(&x, rows);
@@ -367,10 +449,31 @@ mod tests {
         }
     }
 
+    /// `[inputs, outputs]` weights whose every block (32 consecutive inputs of one output) is
+    /// GGUF Q4_1's `m + d·j`, j = 0..15, with both ends present.
+    fn q4_1_weights(seed: u64, inputs: usize, outputs: usize) -> Vec<f32> {
+        let r = lcg(seed, inputs * outputs + 2 * outputs * inputs / BLOCK);
+        let mut w = vec![0f32; inputs * outputs];
+        for o in 0..outputs {
+            for b in 0..inputs / BLOCK {
+                let at = inputs * outputs + 2 * (o * inputs / BLOCK + b);
+                let (m, d) = (r[at] * 0.1, 0.01 + 0.01 * r[at + 1].abs());
+                for j in 0..BLOCK {
+                    let level = match j {
+                        0 => 0.0,
+                        1 => 15.0,
+                        _ => ((r[(b * BLOCK + j) * outputs + o] + 1.0) * 7.99).floor(),
+                    };
+                    w[(b * BLOCK + j) * outputs + o] = m + d * level;
+                }
+            }
+        }
+        w
+    }
+
     #[test]
-    fn simd_and_scalar_dot_products_agree() {
+    fn simd_and_scalar_dot_products_agree_at_4_and_8_bits() {
         let (inputs, outputs) = (256, 70);
-        let q = Q8Matrix::from_in_out(&lcg(5, inputs * outputs), inputs, outputs).unwrap();
         let values = lcg(6, inputs);
         let sums: Vec<f32> = values.chunks(BLOCK).map(|b| b.iter().sum()).collect();
         let x = Row {
@@ -378,44 +481,73 @@ mod tests {
             sums: &sums,
         };
         let blocks = inputs / BLOCK;
-        for g in 0..outputs.div_ceil(GROUP) {
-            let w = Group {
-                scales: &q.scales[g * blocks * GROUP..][..blocks * GROUP],
-                mins: &q.mins[g * blocks * GROUP..][..blocks * GROUP],
-                quants: &q.quants[g * inputs * GROUP..][..inputs * GROUP],
-            };
-            let (a, b) = (dot_group_scalar(w, x), dot_fn()(w, x));
-            for (a, b) in a.iter().zip(b) {
+        for (w, bits) in [
+            (lcg(5, inputs * outputs), 8),
+            (q4_1_weights(7, inputs, outputs), 4),
+        ] {
+            let q = BlockMatrix::from_in_out(&w, inputs, outputs).unwrap();
+            assert_eq!(q.bits(), bits);
+            let bytes = inputs * GROUP * bits as usize / 8;
+            for g in 0..outputs.div_ceil(GROUP) {
+                let w = Group {
+                    scales: &q.scales[g * blocks * GROUP..][..blocks * GROUP],
+                    mins: &q.mins[g * blocks * GROUP..][..blocks * GROUP],
+                    quants: &q.quants[g * bytes..][..bytes],
+                };
+                let a = match bits {
+                    4 => dot_group_scalar::<4>(w, x),
+                    _ => dot_group_scalar::<8>(w, x),
+                };
+                for (a, b) in a.iter().zip(dot_fn(bits)(w, x)) {
+                    let close = (a - b).abs() <= 1e-4 * (1.0 + a.abs());
+                    assert!(close, "{bits} bits, group {g}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn q4_1_weights_are_kept_at_4_bits_exactly_and_at_8_beside_others() {
+        let (inputs, outputs) = (64, 9);
+        let mut w = q4_1_weights(11, inputs, outputs);
+        let x = lcg(9, 2 * inputs);
+        let exact = |q: &BlockMatrix, w: &[f32]| {
+            let (got, want) = (q.matvec(&x, 2), reference(&x, w, 2, inputs, outputs));
+            for (g, w) in got.iter().zip(&want) {
                 assert!(
-                    (a - b).abs() <= 1e-4 * (1.0 + a.abs()),
-                    "group {g}: {a} vs {b}"
+                    (g - w).abs() < 1e-5 * (1.0 + w.abs()),
+                    "{} bits: {g} vs {w}",
+                    q.bits()
+                );
+            }
+        };
+        let q = BlockMatrix::from_in_out(&w, inputs, outputs).unwrap();
+        assert_eq!(q.bits(), 4);
+        exact(&q, &w);
+        // One value off the grid (output 8, which also gets a constant block: scale 0): the
+        // matrix goes to 8 bits, which still hold the other outputs' Q4_1 blocks exactly
+        // (their levels are every 17th of 255).
+        w[3 * outputs + 8] += 0.0031;
+        for i in BLOCK..2 * BLOCK {
+            w[i * outputs + 8] = 0.7;
+        }
+        let q = BlockMatrix::from_in_out(&w, inputs, outputs).unwrap();
+        assert_eq!(q.bits(), 8);
+        let (got, want) = (q.matvec(&x, 2), reference(&x, &w, 2, inputs, outputs));
+        for r in 0..2 {
+            for o in 0..outputs - 1 {
+                let (g, w) = (got[r * outputs + o], want[r * outputs + o]);
+                assert!(
+                    (g - w).abs() < 1e-5 * (1.0 + w.abs()),
+                    "output {o}: {g} vs {w}"
                 );
             }
         }
     }
 
     #[test]
-    fn q4_1_values_are_held_exactly_and_constant_blocks_too() {
-        // A block spanning GGUF Q4_1's 16 levels m + d·j lands on the 8-bit grid (j·17); a
-        // block of one repeated value has scale 0 and is its minimum.
-        let (inputs, outputs) = (64, 2);
-        let (m, d) = (-0.3f32, 0.04f32);
-        let mut w = vec![0.7f32; inputs * outputs];
-        for i in 0..32 {
-            w[i * outputs] = m + d * (i % 16) as f32;
-        }
-        let q = Q8Matrix::from_in_out(&w, inputs, outputs).unwrap();
-        let x = lcg(9, inputs);
-        let got = q.matvec(&x, 1);
-        let want = reference(&x, &w, 1, inputs, outputs);
-        for (g, w) in got.iter().zip(&want) {
-            assert!((g - w).abs() < 1e-5 * (1.0 + w.abs()), "{g} vs {w}");
-        }
-    }
-
-    #[test]
     fn shapes_that_do_not_fill_blocks_are_refused() {
-        assert!(Q8Matrix::from_in_out(&[0.0; 40], 20, 2).is_none());
-        assert!(Q8Matrix::from_in_out(&[0.0; 10], 32, 2).is_none());
+        assert!(BlockMatrix::from_in_out(&[0.0; 40], 20, 2).is_none());
+        assert!(BlockMatrix::from_in_out(&[0.0; 10], 32, 2).is_none());
     }
 }

@@ -11,9 +11,9 @@ use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::{Distribution, TensorData};
 
-use crate::quant::Q8Matrix;
+use crate::quant::BlockMatrix;
 
-/// The most rows (sequences) a decoding step hands to the 8-bit kernels; larger batches are
+/// The most rows (sequences) a decoding step hands to the block kernels; larger batches are
 /// compute-bound enough for the f32 GEMM.
 pub const DECODE_ROWS: usize = 16;
 
@@ -34,10 +34,10 @@ pub struct Projection {
     /// `[in, out]`.
     pub weight: Param<Tensor<2>>,
     pub lora: Option<LoraFactors>,
-    /// The weight again in 8-bit blocks for decoding steps on the CPU
+    /// The weight again in 4- or 8-bit blocks for decoding steps on the CPU
     /// ([`Projection::with_decode_weights`]); not saved, never trained.
     #[module(skip)]
-    pub decode: Option<Arc<Q8Matrix>>,
+    pub decode: Option<Arc<BlockMatrix>>,
 }
 
 impl Projection {
@@ -60,7 +60,7 @@ impl Projection {
             && seq == 1
             && batch <= DECODE_ROWS
         {
-            return q8_product(q, x).reshape([batch, seq, q.outputs()]);
+            return block_product(q, x).reshape([batch, seq, q.outputs()]);
         }
         let y = x.clone().matmul(self.weight.val());
         let y = match &self.lora {
@@ -104,8 +104,8 @@ impl Projection {
 }
 
 impl Projection {
-    /// Keeps an 8-bit copy of the weight for decoding steps (one token per sequence), which
-    /// then read 3.2x fewer bytes ([`crate::quant`]). For the native CPU backend only (the
+    /// Keeps a 4- or 8-bit copy of the weight for decoding steps (one token per sequence),
+    /// which then read 3.2-5.3x fewer bytes ([`crate::quant`]). For the native CPU backend only (the
     /// product runs on the host); a projection with unmerged LoRA, or whose input width is
     /// not a multiple of 32, stays f32.
     pub fn with_decode_weights(self) -> Self {
@@ -122,9 +122,9 @@ impl Projection {
     }
 }
 
-/// The 8-bit copy of several projections of the same input, their outputs in turn (q, k and
+/// The 4- or 8-bit copy of several projections of the same input, their outputs in turn (q, k and
 /// v; gate and up): one product for all of them at a decoding step.
-pub(crate) fn stacked_decode_weights(projections: &[&Projection]) -> Option<Arc<Q8Matrix>> {
+pub(crate) fn stacked_decode_weights(projections: &[&Projection]) -> Option<Arc<BlockMatrix>> {
     let inputs = projections.first()?.weight.dims()[0];
     let mut weights = Vec::with_capacity(projections.len());
     for p in projections {
@@ -135,7 +135,7 @@ pub(crate) fn stacked_decode_weights(projections: &[&Projection]) -> Option<Arc<
         weights.push((p.host_weight()?, out));
     }
     let parts: Vec<(&[f32], usize)> = weights.iter().map(|(w, o)| (&w[..], *o)).collect();
-    Q8Matrix::stacked(&parts, inputs)
+    BlockMatrix::stacked(&parts, inputs)
 }
 
 /// `x` on the host: `[rows, in]` row-major f32.
@@ -146,8 +146,8 @@ pub(crate) fn host_rows(x: Tensor<2>) -> Vec<f32> {
         .expect("converted to f32 just above")
 }
 
-/// `x` `[rows, in]` times an 8-bit weight -> `[rows, out]`, on the host.
-pub(crate) fn q8_product(q: &Q8Matrix, x: Tensor<2>) -> Tensor<2> {
+/// `x` `[rows, in]` times a block-quantized weight -> `[rows, out]`, on the host.
+pub(crate) fn block_product(q: &BlockMatrix, x: Tensor<2>) -> Tensor<2> {
     let device = x.device();
     let [rows, _] = x.dims();
     let y = q.matvec(&host_rows(x), rows);

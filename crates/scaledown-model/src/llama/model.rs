@@ -3,9 +3,9 @@
 use super::cache::KvCache;
 use super::config::LlamaConfig;
 use super::input::{Inserted, PromptInput};
-use super::lora::{DECODE_ROWS, Projection, host_rows, q8_product, stacked_decode_weights};
+use super::lora::{DECODE_ROWS, Projection, block_product, host_rows, stacked_decode_weights};
 use super::rope::Rope;
-use crate::quant::Q8Matrix;
+use crate::quant::BlockMatrix;
 use burn::nn::{
     Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig,
 };
@@ -23,10 +23,10 @@ pub struct Attention {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
-    /// q, k and v in one 8-bit matrix for decoding steps on the CPU
+    /// q, k and v in one 4- or 8-bit matrix for decoding steps on the CPU
     /// ([`Llama::with_decode_kernels`]); not saved, never trained.
     #[module(skip)]
-    pub decode_qkv: Option<Arc<Q8Matrix>>,
+    pub decode_qkv: Option<Arc<BlockMatrix>>,
 }
 
 /// Where a layer's input sits: its first position `start` (the positions cached before it),
@@ -61,7 +61,7 @@ impl Attention {
         let (q, k, v) = match &self.decode_qkv {
             // A decoding step: one product for the three (fewer hand-offs to the cores).
             Some(qkv) if seq == 1 && batch <= DECODE_ROWS => {
-                let y = q8_product(qkv, x.reshape([batch, hidden]));
+                let y = block_product(qkv, x.reshape([batch, hidden]));
                 let (nq, nkv) = (
                     self.num_heads * self.head_dim,
                     self.num_kv_heads * self.head_dim,
@@ -154,10 +154,10 @@ pub struct Mlp {
     pub gate_proj: Projection,
     pub up_proj: Projection,
     pub down_proj: Projection,
-    /// gate and up in one 8-bit matrix for decoding steps on the CPU
+    /// gate and up in one 4- or 8-bit matrix for decoding steps on the CPU
     /// ([`Llama::with_decode_kernels`]); not saved, never trained.
     #[module(skip)]
-    pub decode_gate_up: Option<Arc<Q8Matrix>>,
+    pub decode_gate_up: Option<Arc<BlockMatrix>>,
 }
 
 impl Mlp {
@@ -227,10 +227,10 @@ pub struct Llama {
     /// None when the output head is tied to `embed_tokens`.
     pub lm_head: Option<Linear>,
     pub rope: Rope,
-    /// The output head again in 8-bit blocks for decoding steps on the CPU
+    /// The output head again in 4- or 8-bit blocks for decoding steps on the CPU
     /// ([`Llama::with_decode_kernels`]); not saved, never trained.
     #[module(skip)]
-    pub decode_head: Option<Arc<Q8Matrix>>,
+    pub decode_head: Option<Arc<BlockMatrix>>,
 }
 
 impl LlamaConfig {
@@ -358,7 +358,10 @@ impl Llama {
 
     /// The adapters merged into the weights: a plain model for answering.
     pub fn merge_lora(self) -> Self {
-        let adapted = self.layers.iter().any(|b| b.self_attn.q_proj.lora.is_some());
+        let adapted = self
+            .layers
+            .iter()
+            .any(|b| b.self_attn.q_proj.lora.is_some());
         match adapted {
             true => self.map_layers(&Projection::merged),
             // Nothing to merge: the model (and any decoding copies) as it is.
@@ -366,8 +369,8 @@ impl Llama {
         }
     }
 
-    /// 8-bit copies of every projection and of the output head for decoding steps, which then
-    /// read 3.6x fewer bytes per token ([`crate::quant`]); prefill keeps f32. Native CPU
+    /// 4- or 8-bit copies of every projection and of the output head for decoding steps, which
+    /// then read 3.2-5.3x fewer bytes per token ([`crate::quant`]); prefill keeps f32. Native CPU
     /// backend only: elsewhere (wgpu, the browser) the model is returned as it is. Call it
     /// after [`Llama::merge_lora`]: a projection with LoRA factors stays f32.
     pub fn with_decode_kernels(self) -> Self {
@@ -378,7 +381,7 @@ impl Llama {
             Some(head) => {
                 let [inp, out] = head.weight.dims();
                 (head.weight.val().into_data().try_into_vec::<f32>().ok())
-                    .and_then(|w| Q8Matrix::from_in_out(&w, inp, out))
+                    .and_then(|w| BlockMatrix::from_in_out(&w, inp, out))
             }
             None => {
                 let [vocab, hidden] = self.embed_tokens.weight.dims();
@@ -389,7 +392,7 @@ impl Llama {
                     .into_data()
                     .try_into_vec::<f32>()
                     .ok())
-                .and_then(|w| Q8Matrix::from_out_in(&w, vocab, hidden))
+                .and_then(|w| BlockMatrix::from_out_in(&w, vocab, hidden))
             }
         };
         let layers = self
@@ -521,7 +524,7 @@ impl Llama {
             && s == 1
             && b <= DECODE_ROWS
         {
-            return q8_product(q, hidden.reshape([b, h])).reshape([b, s, q.outputs()]);
+            return block_product(q, hidden.reshape([b, h])).reshape([b, s, q.outputs()]);
         }
         match &self.lm_head {
             Some(head) => head.forward(hidden),

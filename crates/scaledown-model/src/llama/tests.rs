@@ -44,7 +44,12 @@ fn decoding_on_8_bit_weights_stays_near_f32_and_prefill_is_untouched() {
     assert!(quantized.layers[1].mlp.decode_gate_up.is_some());
     assert!(quantized.layers[1].self_attn.decode_qkv.is_some());
     // Merging nothing keeps the copies; adding LoRA drops them (they would be stale).
-    assert!(quantized.clone().merge_lora().layers[1].self_attn.decode_qkv.is_some());
+    assert!(
+        quantized.clone().merge_lora().layers[1]
+            .self_attn
+            .decode_qkv
+            .is_some()
+    );
     let adapted = quantized.clone().with_lora(4, 8.0);
     assert!(adapted.layers[1].self_attn.decode_qkv.is_none());
     assert!(adapted.layers[1].mlp.down_proj.decode.is_none());
