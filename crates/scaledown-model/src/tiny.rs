@@ -6,9 +6,12 @@ use crate::bert::BertConfig;
 use crate::compressor::{CompressorConfig, CompressorType, Readout};
 use crate::encoder::Encoder;
 use crate::example::{Encoded, TrainExample};
-use crate::llama::{Llama, LlamaConfig};
+#[cfg(feature = "flex")]
+use crate::llama::LlamaConfig;
+use crate::llama::Llama;
 use crate::oscar::{LoraSettings, Oscar};
 use crate::training::{LossWeights, TrainSettings};
+#[cfg(feature = "flex")]
 use burn::prelude::*;
 
 /// Tokens of the tiny generator's (and encoder's) vocabulary.
