@@ -191,10 +191,10 @@ fn quantize_block(block: &[f32], bits: u32) -> Option<Quantized> {
     let levels = ((1u32 << bits) - 1) as f32;
     let scale = (max - min) / levels;
     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-    let k: Vec<u8> = block
-        .iter()
-        .map(|v| ((v - min) * inv).round().clamp(0.0, levels) as u8)
-        .collect();
+    let mut k = [0u8; BLOCK];
+    for (k, v) in k.iter_mut().zip(block) {
+        *k = ((v - min) * inv).round().clamp(0.0, levels) as u8;
+    }
     let mut bytes = [0u8; BLOCK];
     if bits == 8 {
         bytes.copy_from_slice(&k);

@@ -6,9 +6,9 @@ use crate::bert::BertConfig;
 use crate::compressor::{CompressorConfig, CompressorType, Readout};
 use crate::encoder::Encoder;
 use crate::example::{Encoded, TrainExample};
+use crate::llama::Llama;
 #[cfg(feature = "flex")]
 use crate::llama::LlamaConfig;
-use crate::llama::Llama;
 use crate::oscar::{LoraSettings, Oscar};
 use crate::training::{LossWeights, TrainSettings};
 #[cfg(feature = "flex")]

@@ -35,7 +35,7 @@ fn kv_cache_decoding_equals_full_forward() {
 }
 
 #[test]
-fn decoding_on_8_bit_weights_stays_near_f32_and_prefill_is_untouched() {
+fn decoding_on_block_weights_stays_near_f32_and_prefill_is_untouched() {
     let device = Device::flex();
     let model = LlamaConfig::tiny(50).init(&device);
     let quantized = model.clone().with_decode_kernels();
@@ -54,7 +54,7 @@ fn decoding_on_8_bit_weights_stays_near_f32_and_prefill_is_untouched() {
     assert!(adapted.layers[1].self_attn.decode_qkv.is_none());
     assert!(adapted.layers[1].mlp.down_proj.decode.is_none());
     let seq = [3, 7, 1, 42, 9, 15];
-    let (mut f32_cache, mut q8_cache) = (KvCache::new(2), KvCache::new(2));
+    let (mut f32_cache, mut block_cache) = (KvCache::new(2), KvCache::new(2));
     // Prefill (several tokens) runs the f32 projections in both.
     let prefill = |m: &Llama, cache: &mut KvCache| {
         let h = m.forward_embeds(m.embed(ids(&seq[..5], &device)), cache, None, |_, _| {});
@@ -62,12 +62,13 @@ fn decoding_on_8_bit_weights_stays_near_f32_and_prefill_is_untouched() {
     };
     close(
         &prefill(&model, &mut f32_cache),
-        &prefill(&quantized, &mut q8_cache),
+        &prefill(&quantized, &mut block_cache),
         0.0,
     );
-    // A decoding step (one token) runs the 8-bit ones: near, not equal.
+    // A decoding step (one token) runs the block copies (8 bits for random weights): near,
+    // not equal.
     let a = model.forward_last(ids(&seq[5..], &device), &mut f32_cache);
-    let b = quantized.forward_last(ids(&seq[5..], &device), &mut q8_cache);
+    let b = quantized.forward_last(ids(&seq[5..], &device), &mut block_cache);
     let values = |t: Tensor<2>| -> Vec<f32> { t.into_data().try_into_vec::<f32>().unwrap() };
     let (a, b) = (values(a), values(b));
     let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
