@@ -11,7 +11,6 @@ use crate::example::{Encoded, TrainExample, ids_tensor};
 use crate::generation::{GenerationConfig, PrefixCache, continue_from, generate_batch_streaming};
 use crate::llama::{Inserted, KvCache, Llama, PromptInput};
 use crate::tokenizer::{SMOLLM2_SYSTEM_PROMPT, Tokenizer};
-use crate::training::LossWeights;
 use crate::weights::WeightError;
 use burn::prelude::*;
 use burn::tensor::ExecutionError;
@@ -106,6 +105,28 @@ impl Oscar {
             ..self
         }
     }
+}
+
+/// The weights of the training loss's terms besides the answer's cross-entropy (weight 1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossWeights {
+    /// λ of the reranking loss (examples with teacher scores, a compressor with the head).
+    pub rerank: f64,
+    /// The distillation loss (examples with teacher tokens).
+    pub distill: f64,
+}
+
+impl LossWeights {
+    /// The answer's cross-entropy alone.
+    pub const ANSWER: Self = Self {
+        rerank: 0.0,
+        distill: 0.0,
+    };
+    /// OSCAR's: reranking λ 0.05, no distillation.
+    pub const OSCAR: Self = Self {
+        rerank: 0.05,
+        distill: 0.0,
+    };
 }
 
 /// The tokenizers OSCAR needs: the generator's, and the encoder's for an encoder compressor.

@@ -6,6 +6,8 @@
 
 use crate::compressor::Compressor;
 use crate::example::TrainExample;
+// The loss's weights live beside the loss (oscar.rs), so that oscar.rs needs nothing from here.
+pub use crate::oscar::LossWeights;
 use crate::oscar::Oscar;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
@@ -30,28 +32,6 @@ pub struct TrainSettings {
     pub max_grad_norm: f32,
     /// The loss's terms besides the answer's cross-entropy.
     pub loss: LossWeights,
-}
-
-/// The weights of the training loss's terms besides the answer's cross-entropy (weight 1).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LossWeights {
-    /// λ of the reranking loss (examples with teacher scores, a compressor with the head).
-    pub rerank: f64,
-    /// The distillation loss (examples with teacher tokens).
-    pub distill: f64,
-}
-
-impl LossWeights {
-    /// The answer's cross-entropy alone.
-    pub const ANSWER: Self = Self {
-        rerank: 0.0,
-        distill: 0.0,
-    };
-    /// OSCAR's: reranking λ 0.05, no distillation.
-    pub const OSCAR: Self = Self {
-        rerank: 0.05,
-        distill: 0.0,
-    };
 }
 
 impl TrainSettings {
