@@ -113,10 +113,6 @@ impl BlockMatrix {
         self.bits
     }
 
-    pub fn inputs(&self) -> usize {
-        self.inputs
-    }
-
     pub fn outputs(&self) -> usize {
         self.outputs
     }
@@ -400,16 +396,11 @@ unsafe fn dot_group_avx2<const BITS: usize>(w: Group, x: Row) -> [f32; GROUP] {
 mod tests {
     use super::*;
 
-    fn lcg(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
+    /// `n` values in [-1, 1) drawn from `seed`.
+    fn uniform(seed: u64, n: usize) -> Vec<f32> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
     }
 
     /// The f32 product `x·W` of a row-major `[inputs, outputs]` W.
@@ -429,10 +420,10 @@ mod tests {
     fn the_product_equals_f32_within_the_rounding_of_8_bits() {
         // 201 outputs: the last group of four has one real row.
         let (inputs, outputs) = (96, 201);
-        let w = lcg(1, inputs * outputs);
+        let w = uniform(1, inputs * outputs);
         let q = BlockMatrix::from_in_out(&w, inputs, outputs).unwrap();
         for rows in [1, 3] {
-            let x = lcg(2 + rows as u64, rows * inputs);
+            let x = uniform(2 + rows as u64, rows * inputs);
             let got = q.matvec(&x, rows);
             let want = reference(&x, &w, rows, inputs, outputs);
             assert_eq!(got.len(), want.len());
@@ -452,7 +443,7 @@ mod tests {
     /// `[inputs, outputs]` weights whose every block (32 consecutive inputs of one output) is
     /// GGUF Q4_1's `m + d·j`, j = 0..15, with both ends present.
     fn q4_1_weights(seed: u64, inputs: usize, outputs: usize) -> Vec<f32> {
-        let r = lcg(seed, inputs * outputs + 2 * outputs * inputs / BLOCK);
+        let r = uniform(seed, inputs * outputs + 2 * outputs * inputs / BLOCK);
         let mut w = vec![0f32; inputs * outputs];
         for o in 0..outputs {
             for b in 0..inputs / BLOCK {
@@ -474,7 +465,7 @@ mod tests {
     #[test]
     fn simd_and_scalar_dot_products_agree_at_4_and_8_bits() {
         let (inputs, outputs) = (256, 70);
-        let values = lcg(6, inputs);
+        let values = uniform(6, inputs);
         let sums: Vec<f32> = values.chunks(BLOCK).map(|b| b.iter().sum()).collect();
         let x = Row {
             values: &values,
@@ -482,7 +473,7 @@ mod tests {
         };
         let blocks = inputs / BLOCK;
         for (w, bits) in [
-            (lcg(5, inputs * outputs), 8),
+            (uniform(5, inputs * outputs), 8),
             (q4_1_weights(7, inputs, outputs), 4),
         ] {
             let q = BlockMatrix::from_in_out(&w, inputs, outputs).unwrap();
@@ -510,7 +501,7 @@ mod tests {
     fn q4_1_weights_are_kept_at_4_bits_exactly_and_at_8_beside_others() {
         let (inputs, outputs) = (64, 9);
         let mut w = q4_1_weights(11, inputs, outputs);
-        let x = lcg(9, 2 * inputs);
+        let x = uniform(9, 2 * inputs);
         let exact = |q: &BlockMatrix, w: &[f32]| {
             let (got, want) = (q.matvec(&x, 2), reference(&x, w, 2, inputs, outputs));
             for (g, w) in got.iter().zip(&want) {

@@ -15,7 +15,13 @@ use crate::quant::BlockMatrix;
 
 /// The most rows (sequences) a decoding step hands to the block kernels; larger batches are
 /// compute-bound enough for the f32 GEMM.
-pub const DECODE_ROWS: usize = 16;
+const DECODE_ROWS: usize = 16;
+
+/// Whether an input `[batch, seq, ..]` is a decoding step that the block kernels take: one
+/// token for each of at most [`DECODE_ROWS`] sequences.
+pub(crate) fn decoding_step(batch: usize, seq: usize) -> bool {
+    seq == 1 && batch <= DECODE_ROWS
+}
 
 /// The trainable low-rank update of one projection.
 #[derive(Module, Debug)]
@@ -57,8 +63,7 @@ impl Projection {
         let [batch, seq, inp] = x.dims();
         let x = x.reshape([batch * seq, inp]);
         if let (Some(q), None) = (&self.decode, &self.lora)
-            && seq == 1
-            && batch <= DECODE_ROWS
+            && decoding_step(batch, seq)
         {
             return block_product(q, x).reshape([batch, seq, q.outputs()]);
         }

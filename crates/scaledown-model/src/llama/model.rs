@@ -3,7 +3,7 @@
 use super::cache::KvCache;
 use super::config::LlamaConfig;
 use super::input::{Inserted, PromptInput};
-use super::lora::{DECODE_ROWS, Projection, block_product, host_rows, stacked_decode_weights};
+use super::lora::{Projection, block_product, decoding_step, host_rows, stacked_decode_weights};
 use super::rope::Rope;
 use crate::quant::BlockMatrix;
 use burn::nn::{
@@ -60,7 +60,7 @@ impl Attention {
             |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
         let (q, k, v) = match &self.decode_qkv {
             // A decoding step: one product for the three (fewer hand-offs to the cores).
-            Some(qkv) if seq == 1 && batch <= DECODE_ROWS => {
+            Some(qkv) if decoding_step(batch, seq) => {
                 let y = block_product(qkv, x.reshape([batch, hidden]));
                 let (nq, nkv) = (
                     self.num_heads * self.head_dim,
@@ -165,8 +165,7 @@ impl Mlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [batch, seq, hidden] = x.dims();
         if let (Some(gate_up), Some(down)) = (&self.decode_gate_up, &self.down_proj.decode)
-            && seq == 1
-            && batch <= DECODE_ROWS
+            && decoding_step(batch, seq)
         {
             // A decoding step, all on the host: two products and the gating between them.
             let device = x.device();
@@ -294,25 +293,19 @@ impl Block {
     /// The layer's decoding-step copies ([`Llama::with_decode_kernels`]): q, k and v as one
     /// matrix, gate and up as one, o and down each on their own.
     fn with_decode_kernels(self) -> Self {
-        let Block {
-            input_layernorm,
-            self_attn: a,
-            post_attention_layernorm,
-            mlp: m,
-        } = self;
+        let (a, m) = (self.self_attn, self.mlp);
         Block {
-            input_layernorm,
             self_attn: Attention {
                 decode_qkv: stacked_decode_weights(&[&a.q_proj, &a.k_proj, &a.v_proj]),
                 o_proj: a.o_proj.with_decode_weights(),
                 ..a
             },
-            post_attention_layernorm,
             mlp: Mlp {
                 decode_gate_up: stacked_decode_weights(&[&m.gate_proj, &m.up_proj]),
                 down_proj: m.down_proj.with_decode_weights(),
                 ..m
             },
+            ..self
         }
     }
 
@@ -521,8 +514,7 @@ impl Llama {
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         let [b, s, h] = hidden.dims();
         if let Some(q) = &self.decode_head
-            && s == 1
-            && b <= DECODE_ROWS
+            && decoding_step(b, s)
         {
             return block_product(q, hidden.reshape([b, h])).reshape([b, s, q.outputs()]);
         }
