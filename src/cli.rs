@@ -242,8 +242,8 @@ fn model_path(flag: &Option<PathBuf>, default: PathBuf) -> Result<PathBuf> {
 fn generate_cmd(dir: &std::path::Path, a: GenerateArgs) -> Result<()> {
     let device = device(a.run.backend)?;
     let path = model_path(&a.run.model, models::default_generator(dir))?;
-    let g = models::load_generator(&path, &device)?;
-    let model = g.model.with_decode_kernels();
+    let g = models::load_generator_in_blocks(&path, &device)?;
+    let model = g.model;
     let text = if a.chat {
         chat_prompt(&a.prompt)
     } else {
@@ -280,6 +280,7 @@ fn generate_cmd(dir: &std::path::Path, a: GenerateArgs) -> Result<()> {
         let out = serde_json::json!({
             "prompt_ids": prompt, "ids": ids, "text": text,
             "backend": a.run.backend.to_string(), "seconds": secs,
+            "peak_memory_mb": crate::bench::peak_rss_mb(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {

@@ -4,7 +4,9 @@ use anyhow::{Context, Result, bail};
 use scaledown_model::bert::{Bert, BertConfig, bert_from_safetensors};
 use scaledown_model::burn::prelude::Device;
 use scaledown_model::encoder::Encoder;
-use scaledown_model::llama::{Llama, LlamaConfig, generator_from_gguf, llama_from_safetensors};
+use scaledown_model::llama::{
+    Llama, LlamaConfig, generator_from_gguf, generator_from_gguf_in_blocks, llama_from_safetensors,
+};
 use scaledown_model::tokenizer::Tokenizer;
 use scaledown_model::weights::WeightError;
 use scaledown_model::weights::gguf::GgufFile;
@@ -125,6 +127,17 @@ pub fn generator_tokenizer(dir: &Path) -> Result<Tokenizer> {
 /// Loads a Llama from a GGUF file, a folder holding one, or a Hugging Face folder
 /// (config.json + model.safetensors + tokenizer.json).
 pub fn load_generator(path: &Path, device: &Device) -> Result<Generator> {
+    load_generator_as(path, device, false)
+}
+
+/// [`load_generator`] for answering only: the model held in its 4- and 8-bit blocks
+/// ([`Llama::in_blocks`]; a GGUF file's layers turned into blocks as they are read), about a
+/// fifth of the f32 model's memory. Not for training, LoRA or a compressor copied from it.
+pub fn load_generator_in_blocks(path: &Path, device: &Device) -> Result<Generator> {
+    load_generator_as(path, device, true)
+}
+
+fn load_generator_as(path: &Path, device: &Device, in_blocks: bool) -> Result<Generator> {
     let gguf = if path.is_dir() {
         find_gguf(path)?
     } else {
@@ -132,8 +145,12 @@ pub fn load_generator(path: &Path, device: &Device) -> Result<Generator> {
     };
     if let Some(file) = gguf {
         let bytes = read(&file)?;
-        let (config, model, tokenizer) = generator_from_gguf(&bytes, device)
-            .with_context(|| format!("loading {}", file.display()))?;
+        let load = match in_blocks {
+            true => generator_from_gguf_in_blocks,
+            false => generator_from_gguf,
+        };
+        let (config, model, tokenizer) =
+            load(&bytes, device).with_context(|| format!("loading {}", file.display()))?;
         return Ok(Generator {
             config,
             model,
@@ -148,7 +165,7 @@ pub fn load_generator(path: &Path, device: &Device) -> Result<Generator> {
     let tokenizer = folder_tokenizer(path)?;
     Ok(Generator {
         config,
-        model,
+        model: if in_blocks { model.in_blocks() } else { model },
         tokenizer,
         source: path.to_path_buf(),
     })

@@ -217,6 +217,53 @@ fn smollm2_decodes_on_block_quantized_weights_as_pytorch_does() {
         }
     }
     println!("{steps} decoding steps, logits within {worst} of f32");
+
+    // The model held in blocks only, as `generate` and `serve` load it: the same blocks at
+    // every decoding step, and prompts longer than a step (the reference prompts joined) on
+    // them too, through the dequantizing GEMM.
+    let lean = models::load_generator_in_blocks(&models::default_generator(&models_dir()), &device)
+        .expect("load SmolLM2 in blocks")
+        .model;
+    assert!(!lean.layers[0].self_attn.q_proj.is_dense());
+    let joined: Vec<String> = reference["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["text"].as_str().unwrap().to_string())
+        .collect();
+    let prompt = g.tokenizer.encode(&joined.join(" ")).unwrap();
+    assert!(prompt.len() > 16, "a prompt of {} tokens", prompt.len());
+    let (mut f32_cache, mut lean_cache, mut q_cache) =
+        (KvCache::new(30), KvCache::new(30), KvCache::new(30));
+    let exact = logits(&g.model, &prompt, &mut f32_cache);
+    let held = logits(&lean, &prompt, &mut lean_cache);
+    logits(&quantized, &prompt, &mut q_cache);
+    let mut order: Vec<usize> = (0..exact.len()).collect();
+    order.sort_by(|&a, &b| exact[b].total_cmp(&exact[a]));
+    let diff = order[..20]
+        .iter()
+        .map(|&i| (exact[i] - held[i]).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        diff < LOGIT_TOL,
+        "a {}-token prompt in blocks: logits differ by {diff}",
+        prompt.len()
+    );
+    // The step after it reads the same blocks as the f32 model's decoding copies.
+    let next = [order[0] as u32];
+    let (a, b) = (
+        logits(&lean, &next, &mut lean_cache),
+        logits(&quantized, &next, &mut q_cache),
+    );
+    let step = order[..20]
+        .iter()
+        .map(|&i| (a[i] - b[i]).abs())
+        .fold(0f32, f32::max);
+    assert!(step < LOGIT_TOL, "the step after: {step}");
+    println!(
+        "a {}-token prompt in blocks: logits within {diff} of f32",
+        prompt.len()
+    );
 }
 
 #[test]

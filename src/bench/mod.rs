@@ -222,7 +222,7 @@ type LoadGenerator = fn(&Path, &Device) -> Result<models::Generator>;
 type LoadEncoder = fn(&Path, &Device) -> Result<(Bert, Tokenizer)>;
 
 /// Peak resident memory of this process, from /proc (Linux).
-fn peak_rss_mb() -> Option<f64> {
+pub fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -367,18 +367,49 @@ pub fn run(
         rows.push(Row { item, ours, others });
     }
     bar.finish_and_clear();
+    let generate_peak = match o.random_weights {
+        false => generate_peak_mb(generator, o.threads),
+        true => None,
+    };
     let ours_peak = peak_rss_mb();
     let peaks: Vec<Option<f64>> = workers.iter_mut().map(|w| w.peak_rss_mb()).collect();
     let sides: Vec<(Side, &str)> = workers
         .iter()
         .map(|w| (w.side, w.version.as_str()))
         .collect();
-    report(&rows, ours_peak, &peaks, o, &sides)
+    report(&rows, [ours_peak, generate_peak], &peaks, o, &sides)
+}
+
+/// Peak memory of `scaledown generate` on `generator` (in a child process, as a user runs it:
+/// the model held in its blocks, a prompt of ~500 tokens, 32 new tokens): the figure to set
+/// beside llama.cpp's, whose worker only answers. This process also trains, so its own peak
+/// is not.
+fn generate_peak_mb(generator: &Path, threads: usize) -> Option<f64> {
+    let sentence = "The Rhine rises in the Swiss Alps, forms part of the border between \
+        Switzerland and Germany, and flows north through Germany and the Netherlands into the \
+        North Sea, carrying barges past vineyards, castles and the cities of Basel and Cologne. ";
+    let out = std::process::Command::new(std::env::current_exe().ok()?)
+        .arg("generate")
+        .arg("--model")
+        .arg(generator)
+        .args(["--max-new-tokens", "32", "--json", "--prompt"])
+        .arg(sentence.repeat(10))
+        .env("RAYON_NUM_THREADS", threads.to_string())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!(
+            "warning: `scaledown generate` for the memory row failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return None;
+    }
+    serde_json::from_slice::<Value>(&out.stdout).ok()?["peak_memory_mb"].as_f64()
 }
 
 fn report(
     rows: &[Row],
-    ours_peak: Option<f64>,
+    [ours_peak, generate_peak]: [Option<f64>; 2],
     peaks: &[Option<f64>],
     o: &BenchOptions,
     sides: &[(Side, &str)],
@@ -424,7 +455,7 @@ fn report(
                 v
             })
             .collect();
-        let mut peak = json!({"ours": ours_peak});
+        let mut peak = json!({"ours": ours_peak, "ours_generate": generate_peak});
         let mut versions = json!({});
         for ((side, version), p) in sides.iter().zip(peaks) {
             peak[side.key()] = json!(p);
@@ -507,5 +538,12 @@ fn report(
         "| peak memory (RSS, whole run) | {} |{peak_cells}",
         mb(ours_peak)
     );
+    if generate_peak.is_some() {
+        println!(
+            "| ↳ ours: `scaledown generate` alone (the generator in blocks, ~500-token prompt, 32 tokens) | {} |{}",
+            mb(generate_peak),
+            " | |".repeat(sides.len())
+        );
+    }
     Ok(())
 }

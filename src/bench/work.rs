@@ -289,11 +289,12 @@ impl Ours {
         let training =
             Oscar::assemble(&config, generator.clone(), None, Some(LORA), device)?.train();
         let pretraining = Oscar::assemble(&config, generator.clone(), None, None, device)?.train();
-        // Answering as a user's run does: decoding steps on 8-bit weights, one copy shared
-        // by the plain generator and the compressed model's (no LoRA here).
-        let generator = generator.with_decode_kernels();
-        let oscar =
-            Oscar::assemble(&config, generator.clone(), None, None, device)?.for_inference();
+        // Answering as a user's run does: the plain generator held in its 4- and 8-bit blocks
+        // (`generate`, `serve`), the compressed model's with decoding steps on them.
+        let oscar = Oscar::assemble(&config, generator.clone(), None, None, device)?
+            .for_inference()
+            .with_decode_kernels();
+        let generator = generator.in_blocks();
         // A schedule that stays at the full rates over the steps measured.
         let settings = TrainSettings {
             warmup_steps: 1,

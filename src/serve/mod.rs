@@ -138,13 +138,13 @@ pub fn serve(models_dir: &Path, a: ServeArgs) -> Result<()> {
                 .generator
                 .clone()
                 .unwrap_or_else(|| models::default_generator(models_dir));
-            let g = models::load_generator(&path, &device)?;
+            let g = models::load_generator_in_blocks(&path, &device)?;
             let name = path
                 .file_name()
                 .map_or("generator".into(), |n| n.to_string_lossy().to_string());
             let engine = Engine {
                 oscar: None,
-                generator: g.model.with_decode_kernels(),
+                generator: g.model,
                 tokenizers: Arc::new(OscarTokenizers {
                     generator: g.tokenizer,
                     encoder: None,

@@ -2,6 +2,7 @@
 
 use super::config::LlamaConfig;
 use super::model::Llama;
+use crate::quant::BlockMatrix;
 use crate::tokenizer::Tokenizer;
 use crate::weights::gguf::GgufFile;
 use crate::weights::{TensorData32, WeightError, WeightSource, load, to_tensor};
@@ -64,7 +65,7 @@ const HF: Names = Names {
 pub fn llama_from_gguf(bytes: &[u8], device: &Device) -> Result<(LlamaConfig, Llama), WeightError> {
     let file = GgufFile::parse(bytes)?;
     let config = LlamaConfig::from_gguf(&file)?;
-    let model = build(&config, &file, &GGUF, device)?;
+    let model = build(&config, &file, &GGUF, device, false)?;
     Ok((config, model))
 }
 
@@ -76,7 +77,22 @@ pub fn generator_from_gguf(
     let file = GgufFile::parse(bytes)?;
     let config = LlamaConfig::from_gguf(&file)?;
     let tokenizer = Tokenizer::from_gguf(&file)?;
-    let model = build(&config, &file, &GGUF, device)?;
+    let model = build(&config, &file, &GGUF, device, false)?;
+    Ok((config, model, tokenizer))
+}
+
+/// [`generator_from_gguf`] for answering only: the model held in 4- and 8-bit blocks
+/// ([`Llama::in_blocks`]), each layer turned into blocks as soon as it is read, so that the
+/// f32 weights are never all in memory at once. Elsewhere than on the native CPU: the f32
+/// model.
+pub fn generator_from_gguf_in_blocks(
+    bytes: &[u8],
+    device: &Device,
+) -> Result<(LlamaConfig, Llama, Tokenizer), WeightError> {
+    let file = GgufFile::parse(bytes)?;
+    let config = LlamaConfig::from_gguf(&file)?;
+    let tokenizer = Tokenizer::from_gguf(&file)?;
+    let model = build(&config, &file, &GGUF, device, true)?;
     Ok((config, model, tokenizer))
 }
 
@@ -88,17 +104,20 @@ pub fn llama_from_safetensors(
 ) -> Result<(LlamaConfig, Llama), WeightError> {
     let config = LlamaConfig::from_hf_json(config_json)?;
     let file = crate::weights::safetensors::SafetensorsFile::parse(bytes)?;
-    let model = build(&config, &file, &HF, device)?;
+    let model = build(&config, &file, &HF, device, false)?;
     Ok((config, model))
 }
 
-/// The tree of [`LlamaConfig::init`], its weights replaced by `src`'s (by name, shapes checked).
+/// The tree of [`LlamaConfig::init`], its weights replaced by `src`'s (by name, shapes checked);
+/// `in_blocks`: as [`Llama::in_blocks`], layer by layer.
 fn build(
     c: &LlamaConfig,
     src: &dyn WeightSource,
     names: &Names,
     device: &Device,
+    in_blocks: bool,
 ) -> Result<Llama, WeightError> {
+    let in_blocks = in_blocks && crate::backend::is_native_cpu(device);
     let hd = c.head_dim();
     let h = c.hidden_size;
     let gamma = |name: &str| -> Result<Param<Tensor<1>>, WeightError> {
@@ -123,7 +142,24 @@ fn build(
     let (q_out, kv_out) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
 
     let mut model = c.init(device);
-    for (i, block) in model.layers.iter_mut().enumerate() {
+    let tied = model.lm_head.is_none();
+    // In blocks: the output head first, straight from the file's values. It is the largest
+    // tensor (49152 x 576 for SmolLM2), and its f32 copy is gone before the layers' blocks
+    // exist.
+    if in_blocks {
+        let name = if tied { names.embed } else { names.head };
+        let t = src.tensor(name)?;
+        if t.shape != [c.vocab_size, h] {
+            return Err(WeightError::Shape {
+                name: name.into(),
+                found: t.shape,
+                expected: vec![c.vocab_size, h],
+            });
+        }
+        model.decode_head = BlockMatrix::from_out_in(&t.values, c.vocab_size, h);
+    }
+    let mut layers = Vec::with_capacity(model.layers.len());
+    for (i, mut block) in std::mem::take(&mut model.layers).into_iter().enumerate() {
         let n = |part| (names.layer)(i, part);
         block.input_layernorm.gamma = gamma(&n("input_norm"))?;
         block.post_attention_layernorm.gamma = gamma(&n("post_norm"))?;
@@ -136,12 +172,23 @@ fn build(
         mlp.gate_proj.weight = linear(&n("gate"), c.intermediate_size, h, None)?;
         mlp.up_proj.weight = linear(&n("up"), c.intermediate_size, h, None)?;
         mlp.down_proj.weight = linear(&n("down"), h, c.intermediate_size, None)?;
+        layers.push(if in_blocks { block.in_blocks() } else { block });
     }
-    model.embed_tokens.weight =
-        Param::from_tensor(load(src, names.embed, [c.vocab_size, h], device)?);
-    model.norm.gamma = gamma(names.norm)?;
-    if let Some(head) = &mut model.lm_head {
+    model.layers = layers;
+    let head_held = model.decode_head.is_some();
+    if !(tied && head_held) {
+        model.embed_tokens.weight =
+            Param::from_tensor(load(src, names.embed, [c.vocab_size, h], device)?);
+    }
+    if let Some(head) = &mut model.lm_head
+        && !head_held
+    {
         head.weight = linear(names.head, c.vocab_size, h, None)?;
+    }
+    model.norm.gamma = gamma(names.norm)?;
+    if head_held {
+        // The stand-ins for what the blocks hold (the lazy random weights are never drawn).
+        model = model.without_dense(device);
     }
     Ok(model)
 }

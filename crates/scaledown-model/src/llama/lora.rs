@@ -63,7 +63,7 @@ impl Projection {
         let [batch, seq, inp] = x.dims();
         let x = x.reshape([batch * seq, inp]);
         if let (Some(q), None) = (&self.decode, &self.lora)
-            && decoding_step(batch, seq)
+            && (decoding_step(batch, seq) || !self.is_dense())
         {
             return block_product(q, x).reshape([batch, seq, q.outputs()]);
         }
@@ -109,6 +109,23 @@ impl Projection {
 }
 
 impl Projection {
+    /// Whether the f32 weight is held ([`Projection::without_dense`] drops it).
+    pub fn is_dense(&self) -> bool {
+        self.weight.shape().num_elements() > 0
+    }
+
+    /// Drops the f32 weight when a block copy holds it (a model for answering only: the
+    /// blocks then run every product, prompts too). Not for training or LoRA.
+    pub fn without_dense(self) -> Self {
+        match (&self.decode, &self.lora) {
+            (Some(_), None) => Self {
+                weight: dropped(&self.weight.device()),
+                ..self
+            },
+            _ => self,
+        }
+    }
+
     /// Keeps a 4- or 8-bit copy of the weight for decoding steps (one token per sequence),
     /// which then read 3.2-5.3x fewer bytes ([`crate::quant`]). For the native CPU backend only (the
     /// product runs on the host); a projection with unmerged LoRA, or whose input width is
@@ -143,6 +160,11 @@ pub(crate) fn stacked_decode_weights(projections: &[&Projection]) -> Option<Arc<
     BlockMatrix::stacked(&parts, inputs)
 }
 
+/// The stand-in for a weight held only in blocks: no values.
+pub(crate) fn dropped(device: &Device) -> Param<Tensor<2>> {
+    Param::from_tensor(Tensor::empty([0, 0], device))
+}
+
 /// `x` on the host: `[rows, in]` row-major f32.
 pub(crate) fn host_rows(x: Tensor<2>) -> Vec<f32> {
     x.into_data()
@@ -151,10 +173,11 @@ pub(crate) fn host_rows(x: Tensor<2>) -> Vec<f32> {
         .expect("converted to f32 just above")
 }
 
-/// `x` `[rows, in]` times a block-quantized weight -> `[rows, out]`, on the host.
+/// `x` `[rows, in]` times a block-quantized weight -> `[rows, out]`, on the host (any rows:
+/// [`BlockMatrix::matmul`]).
 pub(crate) fn block_product(q: &BlockMatrix, x: Tensor<2>) -> Tensor<2> {
     let device = x.device();
     let [rows, _] = x.dims();
-    let y = q.matvec(&host_rows(x), rows);
+    let y = q.matmul(&host_rows(x), rows);
     Tensor::from_data(TensorData::new(y, [rows, q.outputs()]), &device)
 }

@@ -3,7 +3,9 @@
 use super::cache::KvCache;
 use super::config::LlamaConfig;
 use super::input::{Inserted, PromptInput};
-use super::lora::{Projection, block_product, decoding_step, host_rows, stacked_decode_weights};
+use super::lora::{
+    Projection, block_product, decoding_step, dropped, host_rows, stacked_decode_weights,
+};
 use super::rope::Rope;
 use crate::quant::BlockMatrix;
 use burn::nn::{
@@ -60,14 +62,15 @@ impl Attention {
             |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
         let (q, k, v) = match &self.decode_qkv {
             // A decoding step: one product for the three (fewer hand-offs to the cores).
-            Some(qkv) if decoding_step(batch, seq) => {
-                let y = block_product(qkv, x.reshape([batch, hidden]));
+            // A model held in blocks only: the same for a prompt.
+            Some(qkv) if decoding_step(batch, seq) || !self.q_proj.is_dense() => {
+                let y = block_product(qkv, x.reshape([batch * seq, hidden]));
+                let y = y.reshape([batch, seq, qkv.outputs()]);
                 let (nq, nkv) = (
                     self.num_heads * self.head_dim,
                     self.num_kv_heads * self.head_dim,
                 );
-                let part =
-                    |from: usize, n: usize| y.clone().slice_dim(1, from..from + n).unsqueeze_dim(1);
+                let part = |from: usize, n: usize| y.clone().slice_dim(2, from..from + n);
                 (part(0, nq), part(nq, nkv), part(nq + nkv, nkv))
             }
             _ => (
@@ -182,6 +185,18 @@ impl Mlp {
             }
             let y = down.matvec(&h, batch);
             return Tensor::from_data(TensorData::new(y, [batch, 1, down.outputs()]), &device);
+        }
+        if let Some(gate_up) = &self.decode_gate_up
+            && !self.gate_proj.is_dense()
+        {
+            // A model held in blocks only, on a prompt: gate and up in one product.
+            let gu = block_product(gate_up, x.reshape([batch * seq, hidden]));
+            let inter = gate_up.outputs() / 2;
+            let gate = silu(gu.clone().slice_dim(1, 0..inter).unsqueeze_dim(0));
+            let up = gu.slice_dim(1, inter..2 * inter).unsqueeze_dim(0);
+            return self
+                .down_proj
+                .forward((gate * up).reshape([batch, seq, inter]));
         }
         let gate = silu(self.gate_proj.forward(x.clone()));
         self.down_proj.forward(gate * self.up_proj.forward(x))
@@ -309,6 +324,43 @@ impl Block {
         }
     }
 
+    /// The layer held in its blocks only ([`Llama::in_blocks`]): every f32 weight that a block
+    /// copy holds is dropped.
+    fn without_dense(self) -> Self {
+        let (a, m) = (self.self_attn, self.mlp);
+        // q, k and v (gate and up) live in the fused copy, not in a copy of their own.
+        let held = |p: Projection, fused: bool| match fused && p.lora.is_none() {
+            true => Projection {
+                weight: dropped(&p.weight.device()),
+                ..p
+            },
+            false => p,
+        };
+        let (qkv, gate_up) = (a.decode_qkv.is_some(), m.decode_gate_up.is_some());
+        Block {
+            self_attn: Attention {
+                q_proj: held(a.q_proj, qkv),
+                k_proj: held(a.k_proj, qkv),
+                v_proj: held(a.v_proj, qkv),
+                o_proj: a.o_proj.without_dense(),
+                ..a
+            },
+            mlp: Mlp {
+                gate_proj: held(m.gate_proj, gate_up),
+                up_proj: held(m.up_proj, gate_up),
+                down_proj: m.down_proj.without_dense(),
+                ..m
+            },
+            ..self
+        }
+    }
+
+    /// [`Block::with_decode_kernels`], then [`Block::without_dense`]: what loading a model
+    /// in blocks does layer by layer, so that its f32 weights are never all held at once.
+    pub(crate) fn in_blocks(self) -> Self {
+        self.with_decode_kernels().without_dense()
+    }
+
     fn map_projections(self, f: &impl Fn(Projection) -> Projection) -> Self {
         let Block {
             input_layernorm,
@@ -346,6 +398,10 @@ impl Llama {
 
     /// LoRA adapters of `rank` on every projection of every layer (OSCAR: rank 16, alpha 32).
     pub fn with_lora(self, rank: usize, alpha: f64) -> Self {
+        assert!(
+            self.layers.iter().all(|b| b.self_attn.o_proj.is_dense()),
+            "Llama::with_lora: the model is held in blocks only (for answering)"
+        );
         self.map_layers(&|p: Projection| p.with_lora(rank, alpha))
     }
 
@@ -370,7 +426,56 @@ impl Llama {
         if !crate::backend::is_native_cpu(&self.device()) {
             return self;
         }
-        let decode_head = match &self.lm_head {
+        let decode_head = self.head_blocks();
+        let layers = self
+            .layers
+            .into_iter()
+            .map(Block::with_decode_kernels)
+            .collect();
+        Self {
+            decode_head,
+            layers,
+            ..self
+        }
+    }
+
+    /// The model for answering held in its 4- and 8-bit blocks only: [`Llama::with_decode_kernels`],
+    /// then every f32 weight that a block copy holds is dropped (the tied embedding too: tokens
+    /// are embedded from the output head's blocks). Prompts then run on the blocks as well
+    /// ([`crate::quant::BlockMatrix::matmul`]); memory falls from the f32 model's 540 MB to
+    /// about 115 MB for SmolLM2-135M. Native CPU only (elsewhere: the model as it is); not for
+    /// training.
+    pub fn in_blocks(self) -> Self {
+        let device = self.device();
+        self.with_decode_kernels().without_dense(&device)
+    }
+
+    /// Drops what [`Llama::in_blocks`] drops, layer by layer and then the head. The device is
+    /// given: asking a lazily initialised weight for it would draw that weight.
+    pub(crate) fn without_dense(self, device: &Device) -> Self {
+        let layers = self.layers.into_iter().map(Block::without_dense).collect();
+        let (mut embed_tokens, mut lm_head) = (self.embed_tokens, self.lm_head);
+        if self.decode_head.is_some() {
+            match &mut lm_head {
+                Some(head) => head.weight = dropped(device),
+                None => embed_tokens.weight = dropped(device),
+            }
+        }
+        Self {
+            layers,
+            embed_tokens,
+            lm_head,
+            ..self
+        }
+    }
+
+    /// The output head (the embedding table when tied) in blocks; None off the native CPU
+    /// or when its width is not a multiple of 32.
+    pub(crate) fn head_blocks(&self) -> Option<Arc<BlockMatrix>> {
+        if !crate::backend::is_native_cpu(&self.device()) {
+            return None;
+        }
+        match &self.lm_head {
             Some(head) => {
                 let [inp, out] = head.weight.dims();
                 (head.weight.val().into_data().try_into_vec::<f32>().ok())
@@ -387,17 +492,16 @@ impl Llama {
                     .ok())
                 .and_then(|w| BlockMatrix::from_out_in(&w, vocab, hidden))
             }
-        };
-        let layers = self
-            .layers
-            .into_iter()
-            .map(Block::with_decode_kernels)
-            .collect();
-        Self {
-            decode_head,
-            layers,
-            ..self
         }
+    }
+
+    /// Whether the output head's f32 weight is held (not after [`Llama::in_blocks`]).
+    fn head_is_dense(&self) -> bool {
+        let w = match &self.lm_head {
+            Some(head) => &head.weight,
+            None => &self.embed_tokens.weight,
+        };
+        w.shape().num_elements() > 0
     }
 
     fn map_layers(self, f: &impl Fn(Projection) -> Projection) -> Self {
@@ -421,12 +525,32 @@ impl Llama {
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.embed_tokens.weight.dims()[0]
+        match &self.decode_head {
+            Some(q) if !self.head_is_dense() => q.outputs(),
+            _ => self.embed_tokens.weight.dims()[0],
+        }
     }
 
     /// Token ids `[batch, seq]` -> input embeddings `[batch, seq, hidden]`.
     pub fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        self.embed_tokens.forward(ids)
+        match &self.decode_head {
+            // Held in blocks only, with a tied head: the table is the head's blocks.
+            Some(q) if self.lm_head.is_none() && !self.head_is_dense() => {
+                let [batch, seq] = ids.dims();
+                let device = ids.device();
+                let ids: Vec<usize> = ids
+                    .into_data()
+                    .convert::<i64>()
+                    .try_into_vec::<i64>()
+                    .expect("converted to i64 just above")
+                    .into_iter()
+                    .map(|id| id as usize)
+                    .collect();
+                let hidden = self.hidden_size();
+                Tensor::from_data(TensorData::new(q.rows(&ids), [batch, seq, hidden]), &device)
+            }
+            _ => self.embed_tokens.forward(ids),
+        }
     }
 
     /// Runs the decoder on input embeddings (token embeddings, or compressed document vectors
@@ -514,7 +638,7 @@ impl Llama {
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         let [b, s, h] = hidden.dims();
         if let Some(q) = &self.decode_head
-            && decoding_step(b, s)
+            && (decoding_step(b, s) || !self.head_is_dense())
         {
             return block_product(q, hidden.reshape([b, h])).reshape([b, s, q.outputs()]);
         }

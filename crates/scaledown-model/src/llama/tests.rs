@@ -90,6 +90,53 @@ fn decoding_on_block_weights_stays_near_f32_and_prefill_is_untouched() {
 }
 
 #[test]
+fn a_model_held_in_blocks_runs_prompts_and_steps_on_them_near_f32() {
+    let device = Device::flex();
+    let model = LlamaConfig::tiny(50).init(&device);
+    let lean = model.clone().in_blocks();
+    let (a, m) = (&lean.layers[1].self_attn, &lean.layers[1].mlp);
+    for p in [&a.q_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.down_proj] {
+        assert!(!p.is_dense(), "an f32 weight is still held");
+    }
+    assert_eq!(
+        lean.embed_tokens.weight.dims(),
+        [0, 0],
+        "the tied table too"
+    );
+    assert_eq!(lean.vocab_size(), 50);
+    // 20 tokens: more rows than a decoding step, so prompts run on the blocks too (8 bits
+    // for random weights): near f32, not equal.
+    let seq: Vec<i64> = (0..20).map(|i| (i * 7 + 3) % 50).collect();
+    let values = |t: Tensor<2>| -> Vec<f32> { t.into_data().try_into_vec::<f32>().unwrap() };
+    let exact = values(model.forward_last(ids(&seq, &device), &mut KvCache::new(2)));
+    let full = lean.forward_last(ids(&seq, &device), &mut KvCache::new(2));
+    let blocks = values(full.clone());
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let diff: Vec<f32> = exact.iter().zip(&blocks).map(|(x, y)| x - y).collect();
+    let relative = norm(&diff) / norm(&exact);
+    assert!(
+        relative > 0.0 && relative < 0.03,
+        "relative difference {relative}"
+    );
+    // Cached steps after a prompt equal one pass over the whole sequence.
+    let mut cache = KvCache::new(2);
+    lean.forward_last(ids(&seq[..18], &device), &mut cache);
+    lean.forward_last(ids(&seq[18..19], &device), &mut cache);
+    let step = lean.forward_last(ids(&seq[19..], &device), &mut cache);
+    close(&full, &step, 1e-4);
+}
+
+#[test]
+#[should_panic(expected = "held in blocks only")]
+fn a_model_held_in_blocks_takes_no_lora() {
+    let device = Device::flex();
+    let _ = LlamaConfig::tiny(50)
+        .init(&device)
+        .in_blocks()
+        .with_lora(4, 8.0);
+}
+
+#[test]
 fn causal_attention_ignores_later_tokens() {
     let device = Device::flex();
     let model = LlamaConfig::tiny(50).init(&device);
