@@ -140,6 +140,22 @@ fn smollm2_matches_pytorch_on_flex() {
     check_smollm2(&Device::flex(), 1e-3, 1e-3);
 }
 
+/// Token ids by logit, best first.
+fn best_first(logits: &[f32]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    order
+}
+
+/// The largest difference between `a` and `b` over the candidates: the first 20 of `order`
+/// (the f32 model's top 20, as the f32 parity test checks).
+fn top20_difference(order: &[usize], a: &[f32], b: &[f32]) -> f32 {
+    order[..20]
+        .iter()
+        .map(|&i| (a[i] - b[i]).abs())
+        .fold(0f32, f32::max)
+}
+
 /// Decoding steps on 4- and 8-bit weights (`with_decode_kernels`: what `ask`, `eval`, `serve` and
 /// `bench` run on the CPU), fed PyTorch's greedy continuations token by token: their logits
 /// (the f32 model's top 20) stay within `LOGIT_TOL` of the f32 model's, and they pick PyTorch's next token wherever
@@ -192,13 +208,8 @@ fn smollm2_decodes_on_block_quantized_weights_as_pytorch_does() {
         for t in 1..greedy.len() {
             let exact = logits(&g.model, &greedy[t - 1..t], &mut f32_cache);
             let q8 = logits(&quantized, &greedy[t - 1..t], &mut q8_cache);
-            let mut order: Vec<usize> = (0..exact.len()).collect();
-            order.sort_by(|&a, &b| exact[b].total_cmp(&exact[a]));
-            // The candidates: the f32 model's top 20 (as the f32 parity test checks).
-            let diff = order[..20]
-                .iter()
-                .map(|&i| (exact[i] - q8[i]).abs())
-                .fold(0f32, f32::max);
+            let order = best_first(&exact);
+            let diff = top20_difference(&order, &exact, &q8);
             worst = worst.max(diff);
             assert!(
                 diff < LOGIT_TOL,
@@ -238,12 +249,8 @@ fn smollm2_decodes_on_block_quantized_weights_as_pytorch_does() {
     let exact = logits(&g.model, &prompt, &mut f32_cache);
     let held = logits(&lean, &prompt, &mut lean_cache);
     logits(&quantized, &prompt, &mut q_cache);
-    let mut order: Vec<usize> = (0..exact.len()).collect();
-    order.sort_by(|&a, &b| exact[b].total_cmp(&exact[a]));
-    let diff = order[..20]
-        .iter()
-        .map(|&i| (exact[i] - held[i]).abs())
-        .fold(0f32, f32::max);
+    let order = best_first(&exact);
+    let diff = top20_difference(&order, &exact, &held);
     assert!(
         diff < LOGIT_TOL,
         "a {}-token prompt in blocks: logits differ by {diff}",
@@ -255,10 +262,7 @@ fn smollm2_decodes_on_block_quantized_weights_as_pytorch_does() {
         logits(&lean, &next, &mut lean_cache),
         logits(&quantized, &next, &mut q_cache),
     );
-    let step = order[..20]
-        .iter()
-        .map(|&i| (a[i] - b[i]).abs())
-        .fold(0f32, f32::max);
+    let step = top20_difference(&order, &a, &b);
     assert!(step < LOGIT_TOL, "the step after: {step}");
     println!(
         "a {}-token prompt in blocks: logits within {diff} of f32",

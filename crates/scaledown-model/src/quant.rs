@@ -136,13 +136,7 @@ impl BlockMatrix {
         let dot = dot_fn(self.bits);
         let work = |(c, out): (usize, &mut [f32])| {
             for (k, out) in out.chunks_exact_mut(GROUP * rows).enumerate() {
-                let g = c * CHUNK + k;
-                let bytes = self.inputs * GROUP * self.bits as usize / 8;
-                let w = Group {
-                    scales: &self.scales[g * blocks * GROUP..][..blocks * GROUP],
-                    mins: &self.mins[g * blocks * GROUP..][..blocks * GROUP],
-                    quants: &self.quants[g * bytes..][..bytes],
-                };
+                let w = self.group(c * CHUNK + k);
                 for r in 0..rows {
                     let x = Row {
                         values: &x[r * self.inputs..][..self.inputs],
@@ -228,19 +222,22 @@ impl BlockMatrix {
 
     /// Groups `first..` (as many as `out` holds) as row-major `[rows, inputs]` f32.
     fn dequantize_groups(&self, first: usize, out: &mut [f32]) {
-        let blocks = self.inputs / BLOCK;
-        let bytes = self.inputs * GROUP * self.bits as usize / 8;
         let parallel = out.len() >= 1 << 17;
         let dequantize = dequantize_fn(self.bits);
         for_each_chunk(out, GROUP * self.inputs, parallel, |(k, out)| {
-            let g = first + k;
-            let w = Group {
-                scales: &self.scales[g * blocks * GROUP..][..blocks * GROUP],
-                mins: &self.mins[g * blocks * GROUP..][..blocks * GROUP],
-                quants: &self.quants[g * bytes..][..bytes],
-            };
-            dequantize(w, out);
+            dequantize(self.group(first + k), out);
         });
+    }
+
+    /// Group `g`'s scales, minimums and values.
+    fn group(&self, g: usize) -> Group<'_> {
+        let blocks = self.inputs / BLOCK;
+        let bytes = self.inputs * GROUP * self.bits as usize / 8;
+        Group {
+            scales: &self.scales[g * blocks * GROUP..][..blocks * GROUP],
+            mins: &self.mins[g * blocks * GROUP..][..blocks * GROUP],
+            quants: &self.quants[g * bytes..][..bytes],
+        }
     }
 }
 
@@ -255,7 +252,6 @@ thread_local! {
 
 /// `y[:, o0..o0 + n] = x · panelᵀ`, with x `[rows, inputs]`, the panel `[n.., inputs]` and y
 /// `[rows, outputs]`, all row-major.
-#[cfg(not(target_arch = "wasm32"))]
 #[allow(clippy::too_many_arguments)]
 fn gemm_panel(
     x: &[f32],
@@ -269,59 +265,47 @@ fn gemm_panel(
 ) {
     assert!(x.len() >= rows * inputs && panel.len() >= n * inputs);
     assert!(o0 + n <= outputs && y.len() >= rows * outputs);
-    let threads = rayon::current_num_threads();
-    let parallelism = match rows * n * inputs >= 1 << 20 && threads > 1 {
-        true => gemm::Parallelism::Rayon(threads),
-        false => gemm::Parallelism::None,
-    };
-    // SAFETY: every element addressed lies inside the slices (asserted above): dst (r, o) at
-    // y[r·outputs + o0 + o], lhs (r, i) at x[r·inputs + i], rhs (i, o) at panel[o·inputs + i].
-    unsafe {
-        gemm::gemm(
-            rows,
-            n,
-            inputs,
-            y.as_mut_ptr().add(o0),
-            1,
-            outputs as isize,
-            false,
-            x.as_ptr(),
-            1,
-            inputs as isize,
-            panel.as_ptr(),
-            inputs as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let threads = rayon::current_num_threads();
+        let parallelism = match rows * n * inputs >= 1 << 20 && threads > 1 {
+            true => gemm::Parallelism::Rayon(threads),
+            false => gemm::Parallelism::None,
+        };
+        // SAFETY: every element addressed lies inside the slices (asserted above): dst (r, o)
+        // at y[r·outputs + o0 + o], lhs (r, i) at x[r·inputs + i], rhs (i, o) at
+        // panel[o·inputs + i].
+        unsafe {
+            gemm::gemm(
+                rows,
+                n,
+                inputs,
+                y.as_mut_ptr().add(o0),
+                1,
+                outputs as isize,
+                false,
+                x.as_ptr(),
+                1,
+                inputs as isize,
+                panel.as_ptr(),
+                inputs as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
     }
-}
-
-/// The browser's CPU path never holds a model in blocks only; correct and slow.
-#[cfg(target_arch = "wasm32")]
-#[allow(clippy::too_many_arguments)]
-fn gemm_panel(
-    x: &[f32],
-    rows: usize,
-    inputs: usize,
-    panel: &[f32],
-    n: usize,
-    y: &mut [f32],
-    o0: usize,
-    outputs: usize,
-) {
+    // The browser's CPU path never holds a model in blocks only: correct and slow.
+    #[cfg(target_arch = "wasm32")]
     for r in 0..rows {
         for o in 0..n {
             let w = &panel[o * inputs..][..inputs];
-            y[r * outputs + o0 + o] = w
-                .iter()
-                .zip(&x[r * inputs..][..inputs])
-                .map(|(a, b)| a * b)
-                .sum();
+            let x = &x[r * inputs..][..inputs];
+            y[r * outputs + o0 + o] = w.iter().zip(x).map(|(a, b)| a * b).sum();
         }
     }
 }
@@ -332,7 +316,7 @@ type DequantizeFn = fn(Group, &mut [f32]);
 fn dequantize_fn(bits: u32) -> DequantizeFn {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if has_avx2() {
             // SAFETY (both): the CPU has AVX2 and FMA, checked just above.
             return match bits {
                 4 => |w, out| unsafe { dequantize_group_avx2::<4>(w, out) },
@@ -490,16 +474,20 @@ type DotFn = fn(Group, Row) -> [f32; GROUP];
 #[cfg(target_arch = "x86_64")]
 const PREFETCH: usize = 1024;
 
-/// The fastest dot product this CPU runs for `bits`, chosen once.
+/// Whether this CPU runs the AVX2 + FMA kernels (checked once).
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    use std::sync::OnceLock;
+    static AVX2: OnceLock<bool> = OnceLock::new();
+    *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+}
+
+/// The fastest dot product this CPU runs for `bits`.
 fn dot_fn(bits: u32) -> DotFn {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::sync::OnceLock;
-        static AVX2: OnceLock<bool> = OnceLock::new();
-        let avx2 = *AVX2
-            .get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
         // SAFETY (both): the CPU has AVX2 and FMA, checked just above.
-        match (avx2, bits) {
+        match (has_avx2(), bits) {
             (true, 4) => |w, x| unsafe { dot_group_avx2::<4>(w, x) },
             (true, _) => |w, x| unsafe { dot_group_avx2::<8>(w, x) },
             (false, 4) => dot_group_scalar::<4>,
@@ -685,20 +673,14 @@ mod tests {
             values: &values,
             sums: &sums,
         };
-        let blocks = inputs / BLOCK;
         for (w, bits) in [
             (uniform(5, inputs * outputs), 8),
             (q4_1_weights(7, inputs, outputs), 4),
         ] {
             let q = BlockMatrix::from_in_out(&w, inputs, outputs).unwrap();
             assert_eq!(q.bits(), bits);
-            let bytes = inputs * GROUP * bits as usize / 8;
             for g in 0..outputs.div_ceil(GROUP) {
-                let w = Group {
-                    scales: &q.scales[g * blocks * GROUP..][..blocks * GROUP],
-                    mins: &q.mins[g * blocks * GROUP..][..blocks * GROUP],
-                    quants: &q.quants[g * bytes..][..bytes],
-                };
+                let w = q.group(g);
                 let a = match bits {
                     4 => dot_group_scalar::<4>(w, x),
                     _ => dot_group_scalar::<8>(w, x),

@@ -74,11 +74,7 @@ pub fn generator_from_gguf(
     bytes: &[u8],
     device: &Device,
 ) -> Result<(LlamaConfig, Llama, Tokenizer), WeightError> {
-    let file = GgufFile::parse(bytes)?;
-    let config = LlamaConfig::from_gguf(&file)?;
-    let tokenizer = Tokenizer::from_gguf(&file)?;
-    let model = build(&config, &file, &GGUF, device, false)?;
-    Ok((config, model, tokenizer))
+    generator_from_gguf_as(bytes, device, false)
 }
 
 /// [`generator_from_gguf`] for answering only: the model held in 4- and 8-bit blocks
@@ -89,10 +85,18 @@ pub fn generator_from_gguf_in_blocks(
     bytes: &[u8],
     device: &Device,
 ) -> Result<(LlamaConfig, Llama, Tokenizer), WeightError> {
+    generator_from_gguf_as(bytes, device, true)
+}
+
+fn generator_from_gguf_as(
+    bytes: &[u8],
+    device: &Device,
+    in_blocks: bool,
+) -> Result<(LlamaConfig, Llama, Tokenizer), WeightError> {
     let file = GgufFile::parse(bytes)?;
     let config = LlamaConfig::from_gguf(&file)?;
     let tokenizer = Tokenizer::from_gguf(&file)?;
-    let model = build(&config, &file, &GGUF, device, true)?;
+    let model = build(&config, &file, &GGUF, device, in_blocks)?;
     Ok((config, model, tokenizer))
 }
 

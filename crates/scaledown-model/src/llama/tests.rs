@@ -20,6 +20,15 @@ fn close(a: &Tensor<2>, b: &Tensor<2>, tol: f32) {
     assert!(worst <= tol, "max difference {worst}");
 }
 
+/// ‖a − b‖ / ‖a‖.
+fn relative_difference(a: Tensor<2>, b: Tensor<2>) -> f32 {
+    let values = |t: Tensor<2>| -> Vec<f32> { t.into_data().try_into_vec::<f32>().unwrap() };
+    let (a, b) = (values(a), values(b));
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let diff: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x - y).collect();
+    norm(&diff) / norm(&a)
+}
+
 #[test]
 fn kv_cache_decoding_equals_full_forward() {
     let device = Device::flex();
@@ -69,11 +78,7 @@ fn decoding_on_block_weights_stays_near_f32_and_prefill_is_untouched() {
     // not equal.
     let a = model.forward_last(ids(&seq[5..], &device), &mut f32_cache);
     let b = quantized.forward_last(ids(&seq[5..], &device), &mut block_cache);
-    let values = |t: Tensor<2>| -> Vec<f32> { t.into_data().try_into_vec::<f32>().unwrap() };
-    let (a, b) = (values(a), values(b));
-    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let diff: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x - y).collect();
-    let relative = norm(&diff) / norm(&a);
+    let relative = relative_difference(a, b);
     assert!(
         relative > 0.0 && relative < 0.03,
         "relative difference {relative}"
@@ -107,13 +112,9 @@ fn a_model_held_in_blocks_runs_prompts_and_steps_on_them_near_f32() {
     // 20 tokens: more rows than a decoding step, so prompts run on the blocks too (8 bits
     // for random weights): near f32, not equal.
     let seq: Vec<i64> = (0..20).map(|i| (i * 7 + 3) % 50).collect();
-    let values = |t: Tensor<2>| -> Vec<f32> { t.into_data().try_into_vec::<f32>().unwrap() };
-    let exact = values(model.forward_last(ids(&seq, &device), &mut KvCache::new(2)));
+    let exact = model.forward_last(ids(&seq, &device), &mut KvCache::new(2));
     let full = lean.forward_last(ids(&seq, &device), &mut KvCache::new(2));
-    let blocks = values(full.clone());
-    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let diff: Vec<f32> = exact.iter().zip(&blocks).map(|(x, y)| x - y).collect();
-    let relative = norm(&diff) / norm(&exact);
+    let relative = relative_difference(exact, full.clone());
     assert!(
         relative > 0.0 && relative < 0.03,
         "relative difference {relative}"
