@@ -2,13 +2,14 @@
 //!
 //! A decoding step multiplies one hidden vector per sequence by every weight matrix: it reads
 //! all 540 MB of SmolLM2's f32 weights per token and is bound by memory, not arithmetic. Kept
-//! in blocks of 32 values with an f32 scale and minimum each, the same product reads 3.2x less
-//! at 8 bits (1.25 bytes per weight) and 5.3x less at 4 bits (0.75). A matrix whose every
-//! block lies on a 4-bit grid `min + scale·k`, k = 0..15 (the frozen generator of a GGUF Q4_1
-//! file: exactly its values) is kept at 4 bits; any other (a merged LoRA, f16 weights) at 8,
-//! whose grid (k = 0..255) still holds Q4_1's 16 levels exactly (255 = 15·17). Prefill and
-//! training keep f32: their products are compute-bound, where Burn's GEMM beats any
-//! dequantizing kernel.
+//! in blocks of 32 values with an f16 scale and minimum each (as GGUF's Q4_1), the same
+//! product reads 3.6x less at 8 bits (1.125 bytes per weight) and 6.4x less at 4 bits
+//! (0.625). A matrix whose every block lies on a 4-bit grid `min + scale·k`, k = 0..15 (the
+//! frozen generator of a GGUF Q4_1 file: exactly its values, its f16 `d` and `m` included) is
+//! kept at 4 bits; any other (a merged LoRA, f16 weights) at 8, whose grid (k = 0..255) holds
+//! Q4_1's 16 levels (255 = 15·17) within 1 % of their step (the f16 rounding of d/17). A
+//! matrix with a block that f16 parameters
+//! cannot describe within a step (far out of f16's range) is not kept in blocks at all.
 
 use std::sync::Arc;
 
@@ -27,10 +28,11 @@ pub struct BlockMatrix {
     outputs: usize,
     /// 4 or 8.
     bits: u32,
-    /// `[groups, inputs / BLOCK, GROUP]`: (largest − smallest) / (2^bits − 1) of each block.
-    scales: Vec<f32>,
-    /// `[groups, inputs / BLOCK, GROUP]`: each block's smallest value.
-    mins: Vec<f32>,
+    /// `[groups, inputs / BLOCK, GROUP]`: (largest − smallest) / (2^bits − 1) of each block,
+    /// as f16 bits (they were a third of a 4-bit matrix's bytes in f32).
+    scales: Vec<u16>,
+    /// `[groups, inputs / BLOCK, GROUP]`: each block's smallest value, as f16 bits.
+    mins: Vec<u16>,
     /// `[groups, inputs / BLOCK, GROUP, BLOCK · bits / 8]`: k = round((w − min) / scale); at
     /// 4 bits byte j holds k_j (low half) and k_{j+16} (high half). Rows past `outputs` are 0
     /// with scale and minimum 0.
@@ -67,7 +69,7 @@ impl BlockMatrix {
 
     /// Quantizes a row-major `[outputs, inputs]` weight (an embedding table read as the tied
     /// output head): at 4 bits if that holds every value, else at 8. None when `inputs` is
-    /// not a multiple of [`BLOCK`].
+    /// not a multiple of [`BLOCK`] or a block does not fit f16 parameters.
     pub fn from_out_in(w: &[f32], outputs: usize, inputs: usize) -> Option<Arc<Self>> {
         if inputs == 0 || !inputs.is_multiple_of(BLOCK) || w.len() != inputs * outputs {
             return None;
@@ -89,9 +91,7 @@ impl BlockMatrix {
                         true => &w[o * inputs + b * BLOCK..][..BLOCK],
                         false => &[0.0; BLOCK][..],
                     };
-                    let q = quantize_block(block, bits).unwrap_or_else(|| {
-                        unreachable!("8-bit blocks always quantize; 4-bit ones were checked")
-                    });
+                    let q = quantize_block(block, bits)?;
                     scales.push(q.scale);
                     mins.push(q.min);
                     quants.extend_from_slice(&q.bytes[..bytes]);
@@ -330,6 +330,15 @@ fn dequantize_fn(bits: u32) -> DequantizeFn {
     }
 }
 
+/// f16 bits -> f32 (F16C where the CPU has it, chosen at run time by `half`).
+fn widen(bits: &[u16]) -> [f32; GROUP] {
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    let mut out = [0f32; GROUP];
+    bits.reinterpret_cast::<half::f16>()
+        .convert_to_f32_slice(&mut out);
+    out
+}
+
 /// `min + scale·k` for every value of the group's rows, written row by row.
 #[inline(always)]
 fn dequantize_group<const BITS: usize>(w: Group, out: &mut [f32]) {
@@ -337,9 +346,11 @@ fn dequantize_group<const BITS: usize>(w: Group, out: &mut [f32]) {
     let bytes = BLOCK * BITS / 8;
     let blocks = w.scales.len() / GROUP;
     for b in 0..blocks {
+        let scales = widen(&w.scales[b * GROUP..][..GROUP]);
+        let mins = widen(&w.mins[b * GROUP..][..GROUP]);
         for i in 0..GROUP {
             let at = b * GROUP + i;
-            let (scale, min) = (w.scales[at], w.mins[at]);
+            let (scale, min) = (scales[i], mins[i]);
             let q = &w.quants[at * bytes..][..bytes];
             let v: &mut [f32; BLOCK] = (&mut out[i * inputs + b * BLOCK..][..BLOCK])
                 .try_into()
@@ -371,40 +382,61 @@ unsafe fn dequantize_group_avx2<const BITS: usize>(w: Group, out: &mut [f32]) {
 
 /// One block at `bits`: `v ≈ min + scale·k`.
 struct Quantized {
-    scale: f32,
-    min: f32,
+    /// f16 bits.
+    scale: u16,
+    /// f16 bits.
+    min: u16,
     /// The first `BLOCK · bits / 8` bytes are the block's.
     bytes: [u8; BLOCK],
 }
 
-/// One block at 8 bits, or at 4 bits when its values lie on that grid (within 1/1000 of a
-/// step: f32 rounding of a GGUF file's `d·k + m`), else None.
+/// One block at `bits` with f16 parameters: at 8 bits when every value lands within 0.6 of
+/// a step of its level (None otherwise: values far outside f16's range, or a block whose
+/// spread is tiny beside its size), at 4 bits only when the values lie on that grid (within
+/// 1/1000 of a step: f32 rounding of a GGUF file's `d·k + m`).
 fn quantize_block(block: &[f32], bits: u32) -> Option<Quantized> {
+    use half::f16;
     let min = block.iter().copied().fold(f32::INFINITY, f32::min);
     let max = block.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let levels = ((1u32 << bits) - 1) as f32;
-    let scale = (max - min) / levels;
+    // Rounded to f16 first, so that the levels are those the kernels will compute.
+    let (min_h, scale_h) = (f16::from_f32(min), f16::from_f32((max - min) / levels));
+    let (min, scale) = (min_h.to_f32(), scale_h.to_f32());
+    if !min.is_finite() || !scale.is_finite() {
+        return None;
+    }
     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
     let mut k = [0u8; BLOCK];
     for (k, v) in k.iter_mut().zip(block) {
         *k = ((v - min) * inv).round().clamp(0.0, levels) as u8;
     }
-    let mut bytes = [0u8; BLOCK];
-    if bits == 8 {
-        bytes.copy_from_slice(&k);
-    } else {
-        let on_grid = block
+    // Written as "not all within" so that a NaN value counts as off.
+    let off = |tolerance: f32| {
+        !block
             .iter()
             .zip(&k)
-            .all(|(v, &k)| (min + scale * k as f32 - v).abs() <= 1e-3 * scale);
-        if !on_grid {
+            .all(|(v, &k)| (min + scale * k as f32 - v).abs() <= tolerance)
+    };
+    let mut bytes = [0u8; BLOCK];
+    if bits == 8 {
+        // A constant block (scale 0) must be its f16 minimum, up to f16's own rounding.
+        if off((0.6 * scale).max(1e-3 * min.abs())) {
+            return None;
+        }
+        bytes.copy_from_slice(&k);
+    } else {
+        if off(1e-3 * scale) {
             return None;
         }
         for j in 0..BLOCK / 2 {
             bytes[j] = k[j] | (k[j + BLOCK / 2] << 4);
         }
     }
-    Some(Quantized { scale, min, bytes })
+    Some(Quantized {
+        scale: scale_h.to_bits(),
+        min: min_h.to_bits(),
+        bytes,
+    })
 }
 
 /// Runs `work` on each `chunk`-long piece of `out` (with its index), spread over the cores
@@ -451,12 +483,12 @@ fn for_each_chunk(out: &mut [f32], chunk: usize, _: bool, work: impl Fn((usize, 
     out.chunks_mut(chunk).enumerate().for_each(work);
 }
 
-/// One group of weight rows: `[blocks, GROUP]` scales and minimums, `[blocks, GROUP, BLOCK]`
-/// values.
+/// One group of weight rows: `[blocks, GROUP]` scales and minimums (f16 bits),
+/// `[blocks, GROUP, BLOCK]` values.
 #[derive(Clone, Copy)]
 struct Group<'a> {
-    scales: &'a [f32],
-    mins: &'a [f32],
+    scales: &'a [u16],
+    mins: &'a [u16],
     quants: &'a [u8],
 }
 
@@ -474,12 +506,16 @@ type DotFn = fn(Group, Row) -> [f32; GROUP];
 #[cfg(target_arch = "x86_64")]
 const PREFETCH: usize = 1024;
 
-/// Whether this CPU runs the AVX2 + FMA kernels (checked once).
+/// Whether this CPU runs the AVX2 + FMA + F16C kernels (checked once).
 #[cfg(target_arch = "x86_64")]
 fn has_avx2() -> bool {
     use std::sync::OnceLock;
     static AVX2: OnceLock<bool> = OnceLock::new();
-    *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    *AVX2.get_or_init(|| {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    })
 }
 
 /// The fastest dot product this CPU runs for `bits`.
@@ -523,11 +559,12 @@ fn unpacked<const BITS: usize>(w: Group, b: usize, i: usize) -> [u8; BLOCK] {
 fn dot_group_scalar<const BITS: usize>(w: Group, x: Row) -> [f32; GROUP] {
     let mut sums = [0f32; GROUP];
     for (b, xb) in x.values.chunks_exact(BLOCK).enumerate() {
+        let scales = widen(&w.scales[b * GROUP..][..GROUP]);
+        let mins = widen(&w.mins[b * GROUP..][..GROUP]);
         for (i, sum) in sums.iter_mut().enumerate() {
             let k = unpacked::<BITS>(w, b, i);
             let dot: f32 = k.iter().zip(xb).map(|(&k, &x)| k as f32 * x).sum();
-            let at = b * GROUP + i;
-            *sum += w.scales[at] * dot + w.mins[at] * x.sums[b];
+            *sum += scales[i] * dot + mins[i] * x.sums[b];
         }
     }
     sums
@@ -538,9 +575,9 @@ fn dot_group_scalar<const BITS: usize>(w: Group, x: Row) -> [f32; GROUP] {
 /// high halves) and multiplied in, then scaled once per block.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA.
+/// The CPU must support AVX2, FMA and F16C.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_group_avx2<const BITS: usize>(w: Group, x: Row) -> [f32; GROUP] {
     use std::arch::x86_64::*;
     let bytes = BLOCK * BITS / 8;
@@ -550,8 +587,18 @@ unsafe fn dot_group_avx2<const BITS: usize>(w: Group, x: Row) -> [f32; GROUP] {
     assert!(w.quants.len() == blocks * GROUP * bytes);
     let low = _mm_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); GROUP];
-    let mut offsets = [0f32; GROUP];
+    // Σ_b min_b · Σ x_b for the group's four rows, one lane each.
+    let mut offsets = _mm_setzero_ps();
     for b in 0..blocks {
+        // SAFETY: the group's four f16 scales and minimums of block b (asserted lengths).
+        let (scales, mins) = unsafe {
+            let four = |p: &[u16]| _mm_loadl_epi64(p.as_ptr().add(b * GROUP) as *const __m128i);
+            (_mm_cvtph_ps(four(w.scales)), _mm_cvtph_ps(four(w.mins)))
+        };
+        offsets = _mm_fmadd_ps(mins, _mm_set1_ps(x.sums[b]), offsets);
+        let mut scale = [0f32; GROUP];
+        // SAFETY: four f32 into a four-element array.
+        unsafe { _mm_storeu_ps(scale.as_mut_ptr(), scales) };
         let at = b * GROUP * bytes;
         // The group's blocks are one stream, fetched ahead.
         let ahead = w.quants.as_ptr().wrapping_add(at + PREFETCH);
@@ -581,12 +628,14 @@ unsafe fn dot_group_avx2<const BITS: usize>(w: Group, x: Row) -> [f32; GROUP] {
                 let k = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(*part));
                 dot = _mm256_fmadd_ps(k, *xv, dot);
             }
-            *acc = _mm256_fmadd_ps(_mm256_set1_ps(w.scales[b * GROUP + i]), dot, *acc);
-            offsets[i] += w.mins[b * GROUP + i] * x.sums[b];
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(scale[i]), dot, *acc);
         }
     }
+    let mut offset = [0f32; GROUP];
+    // SAFETY: four f32 into a four-element array.
+    unsafe { _mm_storeu_ps(offset.as_mut_ptr(), offsets) };
     let mut out = [0f32; GROUP];
-    for ((out, v), offset) in out.iter_mut().zip(acc).zip(offsets) {
+    for ((out, v), offset) in out.iter_mut().zip(acc).zip(offset) {
         let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let quad = _mm_add_ps(half, _mm_movehl_ps(half, half));
         *out = _mm_cvtss_f32(_mm_add_ss(quad, _mm_movehdup_ps(quad))) + offset;
@@ -643,14 +692,15 @@ mod tests {
     }
 
     /// `[inputs, outputs]` weights whose every block (32 consecutive inputs of one output) is
-    /// GGUF Q4_1's `m + d·j`, j = 0..15, with both ends present.
+    /// GGUF Q4_1's `m + d·j`, j = 0..15, with both ends present and `d`, `m` in f16.
     fn q4_1_weights(seed: u64, inputs: usize, outputs: usize) -> Vec<f32> {
         let r = uniform(seed, inputs * outputs + 2 * outputs * inputs / BLOCK);
         let mut w = vec![0f32; inputs * outputs];
+        let f16 = |v: f32| half::f16::from_f32(v).to_f32();
         for o in 0..outputs {
             for b in 0..inputs / BLOCK {
                 let at = inputs * outputs + 2 * (o * inputs / BLOCK + b);
-                let (m, d) = (r[at] * 0.1, 0.01 + 0.01 * r[at + 1].abs());
+                let (m, d) = (f16(r[at] * 0.1), f16(0.01 + 0.01 * r[at + 1].abs()));
                 for j in 0..BLOCK {
                     let level = match j {
                         0 => 0.0,
@@ -712,8 +762,8 @@ mod tests {
         assert_eq!(q.bits(), 4);
         exact(&q, &w);
         // One value off the grid (output 8, which also gets a constant block: scale 0): the
-        // matrix goes to 8 bits, which still hold the other outputs' Q4_1 blocks exactly
-        // (their levels are every 17th of 255).
+        // matrix goes to 8 bits, which still hold the other outputs' Q4_1 blocks (their levels
+        // are every 17th of 255) up to the f16 rounding of d/17: 1 % of d at most.
         w[3 * outputs + 8] += 0.0031;
         for i in BLOCK..2 * BLOCK {
             w[i * outputs + 8] = 0.7;
@@ -725,7 +775,7 @@ mod tests {
             for o in 0..outputs - 1 {
                 let (g, w) = (got[r * outputs + o], want[r * outputs + o]);
                 assert!(
-                    (g - w).abs() < 1e-5 * (1.0 + w.abs()),
+                    (g - w).abs() < 1e-3 * (1.0 + w.abs()),
                     "output {o}: {g} vs {w}"
                 );
             }
@@ -775,5 +825,15 @@ mod tests {
     fn shapes_that_do_not_fill_blocks_are_refused() {
         assert!(BlockMatrix::from_in_out(&[0.0; 40], 20, 2).is_none());
         assert!(BlockMatrix::from_in_out(&[0.0; 10], 32, 2).is_none());
+    }
+
+    #[test]
+    fn blocks_that_f16_parameters_cannot_hold_are_refused() {
+        // Past f16's largest value (65504): the matrix stays f32 rather than decode to infinity.
+        assert!(BlockMatrix::from_in_out(&[1e5; 64], 32, 2).is_none());
+        let mut w = uniform(17, 64);
+        w[5] = f32::NAN;
+        assert!(BlockMatrix::from_in_out(&w, 32, 2).is_none());
+        assert!(BlockMatrix::from_in_out(&uniform(17, 64), 32, 2).is_some());
     }
 }
