@@ -67,10 +67,15 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             a.checkpoint.display()
         );
     }
-    let model = loaded.oscar.for_inference().with_decode_kernels();
+    let checkpoint::Loaded {
+        oscar,
+        base_generator,
+        tokenizers,
+    } = loaded;
+    let model = oscar.into_answering();
     let run = evaluate::compressed(
         &model,
-        &loaded.tokenizers,
+        &tokenizers,
         &setup.compressor,
         &examples,
         &evaluate::answer_config(setup.max_new_tokens, a.keep_top),
@@ -78,14 +83,13 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         "eval",
     )?;
     println!("compressed:   {}", describe(&run));
-    let memory_use =
-        evaluate::memory_use(&model, &loaded.tokenizers, &setup.compressor, &examples)?;
+    let memory_use = evaluate::memory_use(&model, &tokenizers, &setup.compressor, &examples)?;
     println!("memory use:   {memory_use}");
     let mut out = serde_json::json!({ "compressed": run, "memory_use": memory_use });
     if a.baseline {
         let base = evaluate::uncompressed(
-            &loaded.base_generator,
-            &loaded.tokenizers,
+            &base_generator,
+            &tokenizers,
             &examples,
             setup.max_new_tokens,
             a.eval_batch_size as usize,
@@ -114,7 +118,7 @@ pub fn ask(a: AskArgs) -> Result<()> {
     }
     let device = a.backend.device().map_err(anyhow::Error::msg)?;
     let (setup, loaded) = checkpoint::load(&a.checkpoint, &device)?;
-    let model = loaded.oscar.for_inference().with_decode_kernels();
+    let model = loaded.oscar.into_answering();
     let docs: Vec<String> = a.documents.iter().map(|d| document_text("", d)).collect();
     let start = Instant::now();
     let encoded = loaded

@@ -93,7 +93,7 @@ pub fn run(
     }
     bar.finish_and_clear();
     let train_seconds = started.elapsed().as_secs_f64();
-    let generator = model.for_inference().with_decode_kernels().generator;
+    let generator = model.for_inference().generator.in_blocks();
     let run = evaluate::uncompressed(
         &generator,
         tokenizers,

@@ -45,8 +45,8 @@ pub fn build(setup: &OscarSetup, device: &Device) -> Result<Loaded> {
             (Some(encoder), Some(tok))
         }
     };
-    // Never trained: it answers from the full text, its decoding steps on 8-bit weights.
-    let base_generator = g.model.clone().with_decode_kernels();
+    // Never trained: it answers from the full text, held in its 4- and 8-bit blocks only.
+    let base_generator = g.model.clone().in_blocks();
     let lora = setup.lora_rank.map(|rank| LoraSettings {
         rank,
         alpha: setup.lora_alpha,

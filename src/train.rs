@@ -322,7 +322,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
     })?;
     println!("uncompressed baseline: {}", describe(&baseline));
     let answer = evaluate::answer_config(max_new, a.keep_top);
-    let before_model = oscar.for_inference().with_decode_kernels();
+    let before_model = oscar.for_inference().in_blocks();
     let before = cached_run(&out.join("before_training_results.json"), || {
         evaluate::compressed(
             &before_model,
@@ -405,7 +405,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         if a.eval_steps > 0 && state.step % a.eval_steps as usize == 0 && state.step < total {
             let run = bar.suspend(|| {
                 evaluate::compressed(
-                    &model.for_inference().with_decode_kernels(),
+                    &model.for_inference().in_blocks(),
                     &tokenizers,
                     &setup.compressor,
                     &eval,
@@ -431,7 +431,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
     }
     bar.finish_and_clear();
 
-    let after_model = model.for_inference().with_decode_kernels();
+    let after_model = model.for_inference().in_blocks();
     let after = evaluate::compressed(
         &after_model,
         &tokenizers,

@@ -289,11 +289,10 @@ impl Ours {
         let training =
             Oscar::assemble(&config, generator.clone(), None, Some(LORA), device)?.train();
         let pretraining = Oscar::assemble(&config, generator.clone(), None, None, device)?.train();
-        // Answering as a user's run does: the plain generator held in its 4- and 8-bit blocks
-        // (`generate`, `serve`), the compressed model's with decoding steps on them.
-        let oscar = Oscar::assemble(&config, generator.clone(), None, None, device)?
-            .for_inference()
-            .with_decode_kernels();
+        // Answering as a user's run does: the plain generator and the compressed model held in
+        // their 4- and 8-bit blocks (`generate`, `ask`, `eval`, `serve`).
+        let oscar =
+            Oscar::assemble(&config, generator.clone(), None, None, device)?.into_answering();
         let generator = generator.in_blocks();
         // A schedule that stays at the full rates over the steps measured.
         let settings = TrainSettings {

@@ -115,7 +115,7 @@ pub fn serve(models_dir: &Path, a: ServeArgs) -> Result<()> {
             let (setup, loaded) = checkpoint::load(dir, &device)?;
             let tokenizers = Arc::new(loaded.tokenizers);
             let engine = Engine {
-                oscar: Some(loaded.oscar.for_inference().with_decode_kernels()),
+                oscar: Some(loaded.oscar.into_answering()),
                 generator: loaded.base_generator,
                 tokenizers,
             };

@@ -96,13 +96,26 @@ impl Oscar {
         }
     }
 
-    /// The generator's decoding steps on 4- or 8-bit weights ([`Llama::with_decode_kernels`]; the
-    /// compressor reads whole chunks, which f32 GEMM does faster). Call it on the model from
-    /// [`Oscar::for_inference`]; a no-op off the native CPU backend.
-    pub fn with_decode_kernels(self) -> Self {
+    /// The model from [`Oscar::for_inference`] with its generator held in 4- and 8-bit blocks
+    /// only ([`Llama::in_blocks`]). The compressor stays f32: it reads whole chunks, where
+    /// its layers in blocks made answers 1.4x slower (README, Benchmark). A no-op off the
+    /// native CPU backend; not for training.
+    pub fn in_blocks(self) -> Self {
         Self {
-            generator: self.generator.with_decode_kernels(),
+            generator: self.generator.in_blocks(),
             ..self
+        }
+    }
+
+    /// [`Oscar::for_inference`], then [`Oscar::in_blocks`], consuming this model: LoRA is
+    /// merged a layer at a time, so that the f32 generator and a merged copy of it are never
+    /// both held.
+    pub fn into_answering(self) -> Self {
+        let valid = self.valid();
+        drop(self);
+        Self {
+            generator: valid.generator.merged_in_blocks(),
+            ..valid
         }
     }
 }

@@ -418,6 +418,30 @@ impl Llama {
         }
     }
 
+    /// [`Llama::merge_lora`], then [`Llama::in_blocks`], a layer at a time: the merged f32
+    /// weights of one layer exist at once, not the whole merged model's (540 MB for SmolLM2).
+    pub fn merged_in_blocks(self) -> Self {
+        let device = self.device();
+        if !crate::backend::is_native_cpu(&device) {
+            return self.merge_lora();
+        }
+        let decode_head = self.head_blocks();
+        let layers = self
+            .layers
+            .into_iter()
+            .map(|b| match b.self_attn.q_proj.lora.is_some() {
+                true => b.map_projections(&Projection::merged).in_blocks(),
+                false => b.in_blocks(),
+            })
+            .collect();
+        Self {
+            decode_head,
+            layers,
+            ..self
+        }
+        .without_head(&device)
+    }
+
     /// 4- or 8-bit copies of every projection and of the output head for decoding steps, which
     /// then read 3.2-5.3x fewer bytes per token ([`crate::quant`]); prefill keeps f32. Native CPU
     /// backend only: elsewhere (wgpu, the browser) the model is returned as it is. Call it
@@ -454,6 +478,12 @@ impl Llama {
     /// given: asking a lazily initialised weight for it would draw that weight.
     pub(crate) fn without_dense(self, device: &Device) -> Self {
         let layers = self.layers.into_iter().map(Block::without_dense).collect();
+        Self { layers, ..self }.without_head(device)
+    }
+
+    /// Drops the output head's f32 weight (the embedding table when tied) when its block
+    /// copy is held.
+    fn without_head(self, device: &Device) -> Self {
         let (mut embed_tokens, mut lm_head) = (self.embed_tokens, self.lm_head);
         if self.decode_head.is_some() {
             match &mut lm_head {
@@ -462,7 +492,6 @@ impl Llama {
             }
         }
         Self {
-            layers,
             embed_tokens,
             lm_head,
             ..self
@@ -640,7 +669,7 @@ impl Llama {
         if let Some(q) = &self.decode_head
             && (decoding_step(b, s) || !self.head_is_dense())
         {
-            return block_product(q, hidden.reshape([b, h])).reshape([b, s, q.outputs()]);
+            return block_product(q, hidden.reshape([b * s, h])).reshape([b, s, q.outputs()]);
         }
         match &self.lm_head {
             Some(head) => head.forward(hidden),

@@ -128,6 +128,48 @@ fn a_model_held_in_blocks_runs_prompts_and_steps_on_them_near_f32() {
 }
 
 #[test]
+fn lora_merged_a_layer_at_a_time_into_blocks_answers_as_the_merged_model() {
+    let device = Device::flex();
+    device.seed(3);
+    let mut adapted = LlamaConfig::tiny(50).init(&device).with_lora(4, 8.0);
+    // Trained-looking adapters: B is zero when fresh, which would merge nothing.
+    for block in &mut adapted.layers {
+        for p in [&mut block.self_attn.q_proj, &mut block.mlp.down_proj] {
+            let lora = p.lora.as_mut().expect("with_lora adds factors");
+            let b = lora.b.val();
+            lora.b = burn::module::Param::from_tensor(Tensor::random(
+                b.dims(),
+                burn::tensor::Distribution::Normal(0.0, 0.1),
+                &device,
+            ));
+        }
+    }
+    let merged = adapted.clone().merge_lora();
+    let lean = adapted.merged_in_blocks();
+    let q = &lean.layers[0].self_attn.q_proj;
+    assert!(
+        !q.is_dense() && q.lora.is_none(),
+        "merged, then held in blocks only"
+    );
+    let seq: Vec<i64> = (0..20).map(|i| (i * 5 + 1) % 50).collect();
+    let run = |m: &Llama| {
+        let hidden = m.forward_embeds(
+            m.embed(ids(&seq, &device)),
+            &mut KvCache::new(2),
+            None,
+            |_, _| {},
+        );
+        // Every position's logits (the memory-use probe reads them all), not the last only.
+        m.logits(hidden).reshape([20, 50])
+    };
+    let relative = relative_difference(run(&merged), run(&lean));
+    assert!(
+        relative > 0.0 && relative < 0.03,
+        "relative difference {relative}"
+    );
+}
+
+#[test]
 #[should_panic(expected = "held in blocks only")]
 fn a_model_held_in_blocks_takes_no_lora() {
     let device = Device::flex();
