@@ -17,6 +17,8 @@ pub mod oscar;
 pub mod pretraining;
 pub mod quant;
 pub mod questions;
+#[cfg(not(target_arch = "wasm32"))]
+mod spin_pool;
 pub mod tiny;
 pub mod tokenizer;
 pub mod training;

@@ -150,7 +150,11 @@ impl BlockMatrix {
         };
         // Small matrices are not worth a thread hand-off (tens of microseconds to wake one).
         let parallel = self.outputs * self.inputs * rows >= 1 << 17;
-        for_each_chunk(&mut out_t, CHUNK * GROUP * rows, parallel, work);
+        let spread = match parallel {
+            true => Spread::Spinning,
+            false => Spread::Alone,
+        };
+        for_each_chunk(&mut out_t, CHUNK * GROUP * rows, spread, work);
         out_t.truncate(self.outputs * rows);
         if rows == 1 {
             return out_t;
@@ -224,7 +228,11 @@ impl BlockMatrix {
     fn dequantize_groups(&self, first: usize, out: &mut [f32]) {
         let parallel = out.len() >= 1 << 17;
         let dequantize = dequantize_fn(self.bits);
-        for_each_chunk(out, GROUP * self.inputs, parallel, |(k, out)| {
+        let spread = match parallel {
+            true => Spread::Rayon,
+            false => Spread::Alone,
+        };
+        for_each_chunk(out, GROUP * self.inputs, spread, |(k, out)| {
             dequantize(self.group(first + k), out);
         });
     }
@@ -439,21 +447,35 @@ fn quantize_block(block: &[f32], bits: u32) -> Option<Quantized> {
     })
 }
 
+/// How [`for_each_chunk`] spreads its work.
+#[derive(Clone, Copy, PartialEq)]
+enum Spread {
+    /// On the calling thread only.
+    Alone,
+    /// Over rayon's threads.
+    Rayon,
+    /// Over the spinning helpers of [`crate::spin_pool`] (rayon's when they are busy): for a
+    /// decoding step's products, which follow each other within microseconds. Not for a
+    /// prompt's, between which rayon's threads run the GEMM: helpers spinning beside them
+    /// made prompts 1.4x slower.
+    Spinning,
+}
+
 /// Runs `work` on each `chunk`-long piece of `out` (with its index), spread over the cores
-/// when `parallel`. The calling thread takes the first share itself and hands the others to
-/// rayon's pool: one wake-up per helper, instead of parking the caller until the pool is
-/// done (a decoding step makes ~200 of these calls, each of tens of microseconds).
+/// as `spread` says. The calling thread takes the first share itself and hands the others
+/// out: one wake-up per helper, instead of parking the caller until the pool is done.
 #[cfg(not(target_arch = "wasm32"))]
 fn for_each_chunk(
     out: &mut [f32],
     chunk: usize,
-    parallel: bool,
+    spread: Spread,
     work: impl Fn((usize, &mut [f32])) + Sync + Send,
 ) {
     let chunks = out.len().div_ceil(chunk);
-    let shares = match parallel {
-        true => rayon::current_num_threads().clamp(1, chunks.max(1)),
-        false => 1,
+    let shares = match spread {
+        Spread::Alone => 1,
+        Spread::Rayon => rayon::current_num_threads().clamp(1, chunks.max(1)),
+        Spread::Spinning => crate::spin_pool::threads().clamp(1, chunks.max(1)),
     };
     let per_share = chunks.div_ceil(shares);
     let work = &work;
@@ -464,6 +486,20 @@ fn for_each_chunk(
     };
     if shares == 1 {
         return run(0, out);
+    }
+    // First the spinning helpers (a decoding step's ~120 products each wake parked rayon
+    // threads otherwise); rayon when they are busy with another thread's product.
+    let len = out.len();
+    let base = SharedOut(out.as_mut_ptr());
+    let share = |s: usize| {
+        let start = (s * per_share * chunk).min(len);
+        let end = ((s + 1) * per_share * chunk).min(len);
+        // SAFETY: shares cover disjoint ranges of `out`, which outlives the call.
+        let piece = unsafe { std::slice::from_raw_parts_mut(base.at(start), end - start) };
+        run(s * per_share, piece);
+    };
+    if spread == Spread::Spinning && crate::spin_pool::run(shares, &share) {
+        return;
     }
     let run = &run;
     rayon::in_place_scope(|scope| {
@@ -478,8 +514,25 @@ fn for_each_chunk(
     });
 }
 
+/// `out`'s start, shared by the shares of [`for_each_chunk`], each writing its own range.
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+// SAFETY: each share derives a disjoint range from it (see `for_each_chunk`).
+#[cfg(not(target_arch = "wasm32"))]
+unsafe impl Sync for SharedOut {}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl SharedOut {
+    /// A method, so that closures capture the whole (Sync) wrapper, not its raw field.
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 #[cfg(target_arch = "wasm32")]
-fn for_each_chunk(out: &mut [f32], chunk: usize, _: bool, work: impl Fn((usize, &mut [f32]))) {
+fn for_each_chunk(out: &mut [f32], chunk: usize, _: Spread, work: impl Fn((usize, &mut [f32]))) {
     out.chunks_mut(chunk).enumerate().for_each(work);
 }
 
