@@ -78,14 +78,21 @@ impl MetaValue {
     }
 }
 
-/// ggml tensor types that we can dequantise.
+/// ggml tensor types that we can dequantise (named as ggml names them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(non_camel_case_types)]
 pub enum GgmlType {
     F32,
     F16,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
+    /// The K-quants of llama.cpp's `Q4_K_M` / `Q5_K_M` / `Q6_K` files: super-blocks of 256.
+    Q4_K,
+    Q5_K,
+    Q6_K,
     BF16,
 }
 
@@ -96,11 +103,16 @@ impl GgmlType {
             1 => Self::F16,
             2 => Self::Q4_0,
             3 => Self::Q4_1,
+            6 => Self::Q5_0,
+            7 => Self::Q5_1,
             8 => Self::Q8_0,
+            12 => Self::Q4_K,
+            13 => Self::Q5_K,
+            14 => Self::Q6_K,
             30 => Self::BF16,
             other => {
                 return Err(WeightError::Format(format!(
-                    "unsupported GGUF tensor type {other} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)"
+                    "unsupported GGUF tensor type {other} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)"
                 )));
             }
         })
@@ -113,7 +125,12 @@ impl GgmlType {
             Self::F16 | Self::BF16 => (1, 2),
             Self::Q4_0 => (32, 18),
             Self::Q4_1 => (32, 20),
+            Self::Q5_0 => (32, 22),
+            Self::Q5_1 => (32, 24),
             Self::Q8_0 => (32, 34),
+            Self::Q4_K => (256, 144),
+            Self::Q5_K => (256, 176),
+            Self::Q6_K => (256, 210),
         }
     }
 }
@@ -424,6 +441,96 @@ pub fn dequantize(ty: GgmlType, raw: &[u8]) -> Vec<f32> {
             }
             out
         }
+        // 5-bit blocks: d (and m), 32 fifth bits, then nibbles as Q4_0 / Q4_1. What a K-quant
+        // file holds where a row is not a multiple of 256 (SmolLM2's 576-wide matrices).
+        GgmlType::Q5_0 | GgmlType::Q5_1 => {
+            let offset = ty == GgmlType::Q5_1;
+            let size = if offset { 24 } else { 22 };
+            let mut out = Vec::with_capacity(raw.len() / size * 32);
+            for block in raw.chunks_exact(size) {
+                let d = f16_at(block, 0);
+                let (m, at) = match offset {
+                    true => (f16_at(block, 2), 4),
+                    false => (-16.0 * d, 2),
+                };
+                let qh = u32::from_le_bytes(block[at..at + 4].try_into().expect("4 bytes"));
+                let qs = &block[at + 4..];
+                let fifth = |j: usize| (((qh >> j) & 1) << 4) as u8;
+                out.extend((0..16).map(|j| ((qs[j] & 0xF) | fifth(j)) as f32 * d + m));
+                out.extend((0..16).map(|j| ((qs[j] >> 4) | fifth(j + 16)) as f32 * d + m));
+            }
+            out
+        }
+        GgmlType::Q4_K | GgmlType::Q5_K => {
+            let five = ty == GgmlType::Q5_K;
+            let size = if five { 176 } else { 144 };
+            let mut out = Vec::with_capacity(raw.len() / size * 256);
+            for block in raw.chunks_exact(size) {
+                // d, dmin, 12 bytes of 6-bit scales and minimums for the 8 sub-blocks of 32,
+                // (Q5_K: 32 bytes of fifth bits,) then 128 bytes of low nibbles.
+                let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
+                let scales: &[u8; 12] = block[4..16].try_into().expect("12 bytes");
+                let (qh, qs) = match five {
+                    true => (&block[16..48], &block[48..176]),
+                    false => (&[0u8; 32][..], &block[16..144]),
+                };
+                // Sub-blocks 2i and 2i+1 share 32 bytes: low nibbles, then high nibbles.
+                for i in 0..4 {
+                    for (half, shift) in [(0, 0), (1, 4)] {
+                        let (sc, m) = k_scale_min(2 * i + half, scales);
+                        let (scale, min) = (d * sc as f32, dmin * m as f32);
+                        let bit = 1u8 << (2 * i + half);
+                        out.extend(qs[32 * i..32 * (i + 1)].iter().zip(qh).map(|(&q, &h)| {
+                            let fifth = if h & bit != 0 { 16.0 } else { 0.0 };
+                            scale * (((q >> shift) & 0xF) as f32 + fifth) - min
+                        }));
+                    }
+                }
+            }
+            out
+        }
+        GgmlType::Q6_K => {
+            let mut out = Vec::with_capacity(raw.len() / 210 * 256);
+            for block in raw.chunks_exact(210) {
+                // 128 bytes of low nibbles, 64 of high 2-bit pairs, 16 signed 8-bit scales
+                // (one per 16 values), then d.
+                let (ql, qh, scales) = (&block[..128], &block[128..192], &block[192..208]);
+                let d = f16_at(block, 208);
+                let mut y = [0f32; 256];
+                for half in 0..2 {
+                    let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
+                    let sc = &scales[8 * half..];
+                    let y = &mut y[128 * half..];
+                    for l in 0..32 {
+                        let is = l / 16;
+                        let q = |low: u8, high: u8| (low & 0xF | (high & 3) << 4) as i32 - 32;
+                        let quarter = [
+                            q(ql[l], qh[l]),
+                            q(ql[l + 32], qh[l] >> 2),
+                            q(ql[l] >> 4, qh[l] >> 4),
+                            q(ql[l + 32] >> 4, qh[l] >> 6),
+                        ];
+                        for (k, q) in quarter.into_iter().enumerate() {
+                            y[l + 32 * k] = d * (sc[is + 2 * k] as i8) as f32 * q as f32;
+                        }
+                    }
+                }
+                out.extend_from_slice(&y);
+            }
+            out
+        }
+    }
+}
+
+/// Scale and minimum of sub-block `j` (0..8) of a Q4_K / Q5_K super-block: 6 bits each,
+/// packed in 12 bytes (llama.cpp's `get_scale_min_k4`).
+fn k_scale_min(j: usize, q: &[u8; 12]) -> (u8, u8) {
+    match j < 4 {
+        true => (q[j] & 63, q[j + 4] & 63),
+        false => (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        ),
     }
 }
 

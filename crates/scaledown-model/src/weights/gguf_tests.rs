@@ -157,6 +157,40 @@ fn dequantises_every_supported_type() {
 }
 
 #[test]
+fn k_quants_dequantise_as_llama_cpp_does() {
+    // Random super-blocks and their values from gguf-py, llama.cpp's own Python package
+    // (scripts/kquant_reference.py).
+    let reference: serde_json::Value =
+        serde_json::from_str(include_str!("kquants_reference.json")).unwrap();
+    for (name, case) in reference.as_object().unwrap() {
+        let hex = case["bytes"].as_str().unwrap();
+        let raw: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let want: Vec<f32> = case["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let ty = case["type"].as_u64().unwrap() as u32;
+        let bytes = Writer::new()
+            .tensor("w", &[want.len() as u64], ty, raw)
+            .bytes();
+        let f = GgufFile::parse(&bytes).unwrap();
+        let got = f.dequantize(f.tensor_info("w").unwrap()).values;
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-6 * (1.0 + w.abs()),
+                "{name}, value {i}: {g} vs {w}"
+            );
+        }
+    }
+}
+
+#[test]
 fn refuses_bad_files_with_a_named_problem() {
     let good = Writer::new()
         .string("k", "v")
