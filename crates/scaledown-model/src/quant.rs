@@ -8,8 +8,8 @@
 //! frozen generator of a GGUF Q4_1 file: exactly its values, its f16 `d` and `m` included) is
 //! kept at 4 bits; any other (a merged LoRA, f16 weights) at 8, whose grid (k = 0..255) holds
 //! Q4_1's 16 levels (255 = 15·17) within 1 % of their step (the f16 rounding of d/17). A
-//! matrix with a block that f16 parameters
-//! cannot describe within a step (far out of f16's range) is not kept in blocks at all.
+//! matrix with a block that f16 parameters cannot describe within a step (far out of f16's
+//! range) is not kept in blocks at all.
 
 use std::sync::Arc;
 
@@ -150,11 +150,7 @@ impl BlockMatrix {
         };
         // Small matrices are not worth a thread hand-off (tens of microseconds to wake one).
         let parallel = self.outputs * self.inputs * rows >= 1 << 17;
-        let spread = match parallel {
-            true => Spread::Spinning,
-            false => Spread::Alone,
-        };
-        for_each_chunk(&mut out_t, CHUNK * GROUP * rows, spread, work);
+        for_each_chunk(&mut out_t, CHUNK * GROUP * rows, parallel, work);
         out_t.truncate(self.outputs * rows);
         if rows == 1 {
             return out_t;
@@ -236,29 +232,17 @@ impl BlockMatrix {
     pub fn rows(&self, ids: &[usize]) -> Vec<f32> {
         let mut group = vec![0f32; GROUP * self.inputs];
         let mut out = Vec::with_capacity(ids.len() * self.inputs);
+        let dequantize = dequantize_fn(self.bits);
         for &o in ids {
             assert!(
                 o < self.outputs,
                 "BlockMatrix::rows: row {o} of {}",
                 self.outputs
             );
-            self.dequantize_groups(o / GROUP, &mut group);
+            dequantize(self.group(o / GROUP), &mut group);
             out.extend_from_slice(&group[(o % GROUP) * self.inputs..][..self.inputs]);
         }
         out
-    }
-
-    /// Groups `first..` (as many as `out` holds) as row-major `[rows, inputs]` f32.
-    fn dequantize_groups(&self, first: usize, out: &mut [f32]) {
-        let parallel = out.len() >= 1 << 17;
-        let dequantize = dequantize_fn(self.bits);
-        let spread = match parallel {
-            true => Spread::Rayon,
-            false => Spread::Alone,
-        };
-        for_each_chunk(out, GROUP * self.inputs, spread, |(k, out)| {
-            dequantize(self.group(first + k), out);
-        });
     }
 
     /// Group `g`'s scales, minimums and values.
@@ -494,35 +478,23 @@ fn quantize_block(block: &[f32], bits: u32) -> Option<Quantized> {
     })
 }
 
-/// How [`for_each_chunk`] spreads its work.
-#[derive(Clone, Copy, PartialEq)]
-enum Spread {
-    /// On the calling thread only.
-    Alone,
-    /// Over rayon's threads.
-    Rayon,
-    /// Over the spinning helpers of [`crate::spin_pool`] (rayon's when they are busy): for a
-    /// decoding step's products, which follow each other within microseconds. Not for a
-    /// prompt's, between which rayon's threads run the GEMM: helpers spinning beside them
-    /// made prompts 1.4x slower.
-    Spinning,
-}
-
 /// Runs `work` on each `chunk`-long piece of `out` (with its index), spread over the cores
-/// as `spread` says. The calling thread takes the first share itself and hands the others
-/// out: one wake-up per helper, instead of parking the caller until the pool is done.
+/// when `parallel`: on the spinning helpers of [`crate::spin_pool`] (rayon's threads when
+/// they are busy with another thread's product). Only a decoding step's products come here,
+/// which follow each other within microseconds; a prompt's products run on rayon's threads
+/// ([`BlockMatrix::matmul`]), beside which spinning helpers made prompts 1.4x slower. The
+/// calling thread takes the first share itself.
 #[cfg(not(target_arch = "wasm32"))]
 fn for_each_chunk(
     out: &mut [f32],
     chunk: usize,
-    spread: Spread,
+    parallel: bool,
     work: impl Fn((usize, &mut [f32])) + Sync + Send,
 ) {
     let chunks = out.len().div_ceil(chunk);
-    let shares = match spread {
-        Spread::Alone => 1,
-        Spread::Rayon => rayon::current_num_threads().clamp(1, chunks.max(1)),
-        Spread::Spinning => crate::spin_pool::threads().clamp(1, chunks.max(1)),
+    let shares = match parallel {
+        true => crate::spin_pool::threads().clamp(1, chunks.max(1)),
+        false => 1,
     };
     let per_share = chunks.div_ceil(shares);
     let work = &work;
@@ -535,7 +507,7 @@ fn for_each_chunk(
         return run(0, out);
     }
     // First the spinning helpers (a decoding step's ~120 products each wake parked rayon
-    // threads otherwise); rayon when they are busy with another thread's product.
+    // threads otherwise).
     let len = out.len();
     let base = SharedOut(out.as_mut_ptr());
     let share = |s: usize| {
@@ -545,7 +517,7 @@ fn for_each_chunk(
         let piece = unsafe { std::slice::from_raw_parts_mut(base.at(start), end - start) };
         run(s * per_share, piece);
     };
-    if spread == Spread::Spinning && crate::spin_pool::run(shares, &share) {
+    if crate::spin_pool::run(shares, &share) {
         return;
     }
     let run = &run;
@@ -578,7 +550,7 @@ impl SharedOut {
 }
 
 #[cfg(target_arch = "wasm32")]
-fn for_each_chunk(out: &mut [f32], chunk: usize, _: Spread, work: impl Fn((usize, &mut [f32]))) {
+fn for_each_chunk(out: &mut [f32], chunk: usize, _: bool, work: impl Fn((usize, &mut [f32]))) {
     out.chunks_mut(chunk).enumerate().for_each(work);
 }
 
@@ -905,7 +877,7 @@ mod tests {
                 );
             }
         }
-        // 8 bits, a matrix larger than one panel (3 x 2^21 values over 1024-wide rows).
+        // 8 bits, a matrix of many panels (6.3M values, ~1 MB panels over 1024-wide rows).
         let (inputs, outputs, rows) = (1024, 6150, 20);
         let w = uniform(15, inputs * outputs);
         let q = BlockMatrix::from_in_out(&w, inputs, outputs).unwrap();

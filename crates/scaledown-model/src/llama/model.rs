@@ -429,10 +429,7 @@ impl Llama {
         let layers = self
             .layers
             .into_iter()
-            .map(|b| match b.self_attn.q_proj.lora.is_some() {
-                true => b.map_projections(&Projection::merged).in_blocks(),
-                false => b.in_blocks(),
-            })
+            .map(|b| b.map_projections(&Projection::merged).in_blocks())
             .collect();
         Self {
             decode_head,
