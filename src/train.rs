@@ -127,45 +127,32 @@ fn start(models_dir: &Path, a: &TrainArgs) -> Result<Run> {
             checkpoints.display()
         );
     }
-    let (mut loaded, state) = match &resume_from {
-        Some((step, dir)) => {
+    let init_from = match (&resume_from, &a.init_from) {
+        (None, Some(path)) => Some(init_checkpoint(path)?),
+        _ => None,
+    };
+    let (mut loaded, state) = match (&resume_from, &init_from) {
+        (Some((step, dir)), _) => {
             println!("resuming from {} (step {step})", dir.display());
-            let (saved_setup, mut loaded) = checkpoint::load(dir, &device)?;
-            if saved_setup.compressor != setup.compressor {
-                bail!(
-                    "--resume: {} was trained with another compressor configuration",
-                    dir.display()
-                );
-            }
-            let state: TrainState =
-                serde_json::from_slice(&checkpoint::read_checked(dir, "state.json")?)
-                    .with_context(|| format!("{}/state.json", dir.display()))?;
-            match (saved_setup.lora_rank, setup.lora_rank) {
-                (x, y) if x == y => {}
-                // Pretrained with the generator frozen, question answering with LoRA: the
-                // pretrained compressor goes on, the generator gets fresh adapters.
-                (None, Some(rank)) if state.step == 0 => {
-                    println!(
-                        "resuming a frozen-generator run with fresh LoRA (r {rank}) on the generator"
-                    );
-                    loaded.oscar.generator = loaded.oscar.generator.with_lora(rank, LORA_ALPHA);
-                }
-                _ => bail!(
-                    "--resume: {} was trained with --generator-training {}",
-                    dir.display(),
-                    match saved_setup.lora_rank {
-                        Some(_) => "lora",
-                        None => "frozen",
-                    }
-                ),
-            }
+            let (loaded, state) = load_trained(dir, &setup, "--resume", &device)?;
             (loaded, state)
         }
-        None => (checkpoint::build(&setup, &device)?, TrainState::default()),
+        (None, Some(dir)) => {
+            let (loaded, from) = load_trained(dir, &setup, "--init-from", &device)?;
+            println!(
+                "starting from the weights of {} ({} pretraining and {} question-answering steps): a fresh epoch",
+                dir.display(),
+                from.pretrain_step,
+                from.step
+            );
+            (loaded, pretraining_record(from))
+        }
+        (None, None) => (checkpoint::build(&setup, &device)?, TrainState::default()),
     };
     // The optimiser state finds its parameters by id: ids from their module paths are the
     // same in every process.
     loaded.oscar = with_path_param_ids(loaded.oscar);
+    // --init-from starts the optimiser afresh: its moments belong to another schedule.
     let resumed_optimizer = match &resume_from {
         Some((_, dir)) => checkpoint::read_optimizer(dir)?
             .map(|bytes| (dir.join(checkpoint::OPTIMIZER_FILE), bytes)),
@@ -188,6 +175,77 @@ fn start(models_dir: &Path, a: &TrainArgs) -> Result<Run> {
         compressor_lr,
         resumed_optimizer,
     })
+}
+
+/// The checkpoint that `--init-from PATH` names: PATH itself, or the latest under
+/// PATH/checkpoints when PATH is a run's output folder.
+fn init_checkpoint(path: &Path) -> Result<PathBuf> {
+    if path.join("manifest.json").is_file() {
+        checkpoint::verify(path).with_context(|| format!("--init-from {}", path.display()))?;
+        return Ok(path.to_path_buf());
+    }
+    match checkpoint::latest(&path.join("checkpoints")) {
+        Some((_, dir)) => Ok(dir),
+        None => bail!(
+            "--init-from {}: neither a checkpoint (no manifest.json) nor a run's output folder with one under checkpoints/",
+            path.display()
+        ),
+    }
+}
+
+/// A trained checkpoint and its progress, checked against this run's setup: the same
+/// compressor; the same generator training, or LoRA added to a frozen-generator checkpoint
+/// before any question answering.
+fn load_trained(
+    dir: &Path,
+    setup: &OscarSetup,
+    flag: &str,
+    device: &scaledown_model::burn::prelude::Device,
+) -> Result<(checkpoint::Loaded, TrainState)> {
+    let (saved_setup, mut loaded) = checkpoint::load(dir, device)?;
+    if saved_setup.compressor != setup.compressor {
+        bail!(
+            "{flag}: {} was trained with another compressor configuration",
+            dir.display()
+        );
+    }
+    let state: TrainState = serde_json::from_slice(&checkpoint::read_checked(dir, "state.json")?)
+        .with_context(|| format!("{}/state.json", dir.display()))?;
+    match (saved_setup.lora_rank, setup.lora_rank) {
+        (x, y) if x == y => {}
+        // Pretrained with the generator frozen, question answering with LoRA: the
+        // pretrained compressor goes on, the generator gets fresh adapters.
+        (None, Some(rank)) if state.step == 0 || flag == "--init-from" => {
+            println!(
+                "{flag}: a frozen-generator checkpoint gets fresh LoRA (r {rank}) on the generator"
+            );
+            loaded.oscar.generator = loaded.oscar.generator.with_lora(rank, LORA_ALPHA);
+        }
+        _ => bail!(
+            "{flag}: {} was trained with --generator-training {}",
+            dir.display(),
+            match saved_setup.lora_rank {
+                Some(_) => "lora",
+                None => "frozen",
+            }
+        ),
+    }
+    Ok((loaded, state))
+}
+
+/// What a run started with `--init-from` keeps of its checkpoint's progress: the record of
+/// the pretraining its weights went through (so that it is not run again, and the report
+/// shows it), not its question-answering steps.
+fn pretraining_record(from: TrainState) -> TrainState {
+    TrainState {
+        pretrain_step: from.pretrain_step,
+        pretrain_total: from.pretrain_total,
+        pretrain_losses: from.pretrain_losses,
+        pretrain_seconds: from.pretrain_seconds,
+        pretrain_memory_gap: from.pretrain_memory_gap,
+        memory_use_before: from.memory_use_before,
+        ..TrainState::default()
+    }
 }
 
 /// `scaledown pretrain`: the pretraining stage alone, probed every --eval-steps, with its

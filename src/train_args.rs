@@ -194,6 +194,14 @@ pub struct TrainArgs {
     /// Continue from the last checkpoint in --output-dir.
     #[arg(long)]
     pub resume: bool,
+    /// Start from the weights of another run's checkpoint (a checkpoint folder, or a run's
+    /// --output-dir for its latest one): its compressor and LoRA, and the record of its
+    /// pretraining, with a fresh optimiser and a fresh question-answering epoch on
+    /// --train-data. A stage on one dataset, then the epoch on another. The compressor flags
+    /// must match the checkpoint's. Ignored when --resume finds a checkpoint of this run.
+    #[arg(long, value_name = "DIR")]
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
     /// Generator GGUF file or Hugging Face folder (default: SmolLM2-135M-Instruct).
     #[arg(long)]
     pub generator: Option<PathBuf>,

@@ -177,6 +177,67 @@ fn an_interrupted_training_resumes_from_its_last_checkpoint() {
     fails_with(&o, &["another compressor configuration"]);
 }
 
+/// `--init-from` starts a fresh epoch from another run's weights: its answers before the
+/// epoch are the other run's final answers, its steps count from 1 again, and a checkpoint of
+/// another compressor configuration or a folder without one is refused by name.
+#[test]
+fn init_from_starts_a_fresh_epoch_from_another_runs_weights() {
+    let s = Setup::new();
+    ok(&s.train("stage1", &["--max-steps", "20"]));
+    let log = ok(&s.train(
+        "stage2",
+        &["--max-steps", "5", "--init-from", &s.p("stage1")],
+    ));
+    assert!(
+        log.contains("starting from the weights of") && log.contains("20 question-answering steps"),
+        "{log}"
+    );
+    let answers = |run: &str, file: &str| -> Vec<String> {
+        read_json(&s.dir.join(run).join(file))["predictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["prediction"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (trained, untrained) = (
+        answers("stage1", "after_training_results.json"),
+        answers("stage1", "before_training_results.json"),
+    );
+    assert_ne!(
+        trained, untrained,
+        "20 steps changed no answer: the test cannot tell"
+    );
+    assert_eq!(answers("stage2", "before_training_results.json"), trained);
+    let report = read_json(&s.dir.join("stage2/metrics_report.json"));
+    let steps: Vec<u64> = report["training"]["losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l[0].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=5).collect::<Vec<_>>());
+    // A checkpoint folder works as well; another compressor configuration does not.
+    let final_dir = s.p("stage1/checkpoints/final");
+    let o = s.train(
+        "stage3",
+        &[
+            "--max-steps",
+            "5",
+            "--init-from",
+            &final_dir,
+            "--num-memory-tokens",
+            "3",
+        ],
+    );
+    fails_with(&o, &["--init-from", "another compressor configuration"]);
+    let o = s.train(
+        "stage4",
+        &["--max-steps", "5", "--init-from", &s.p("nowhere")],
+    );
+    fails_with(&o, &["--init-from", "nowhere"]);
+}
+
 /// Every checkpoint carries a manifest (each file's SHA-256 and size): `eval` refuses a
 /// checkpoint whose tensors were damaged on disk, naming the file, and `--resume` passes over
 /// damaged checkpoints to the newest intact one and says so.
