@@ -635,13 +635,14 @@ impl Pretraining<'_> {
     ) -> Result<Oscar> {
         let a = self.args;
         let total = a.pretrain_steps as usize;
-        state.pretrain_total = total;
         let budget = a.pretrain_minutes.map(|m| m * 60.0);
         let out_of_time = |state: &TrainState| budget.is_some_and(|b| state.pretrain_seconds >= b);
-        // Pretraining comes first; a run resumed in question answering does not go back.
+        // Pretraining comes first; a run resumed in question answering does not go back, and
+        // one started --init-from keeps the record of its weights' pretraining.
         if state.pretrain_step >= total || state.step > 0 || out_of_time(state) {
             return Ok(model);
         }
+        state.pretrain_total = total;
         let passages = match a.pretrain_data.is_empty() {
             true => passages::of_examples(train),
             false => {
