@@ -7,14 +7,17 @@
 # (rate 4, memory after layer 20, seed 42). About 50 minutes on 2 cores.
 #
 #   ./scripts/seed_recipe.sh [OUT_DIR]      (default runs/seed_recipe; resumable: run it again)
+#   SCALEDOWN=path/to/binary ./scripts/seed_recipe.sh   (a build of your choice, not rebuilt)
 #
 # Results: OUT_DIR/squad/metrics_report.json (the 50) and OUT_DIR/heldout200.json (the 200).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-runs/seed_recipe}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scaledown/target}"
-cargo build --release --quiet
-sd="$CARGO_TARGET_DIR/release/scaledown"
+if [ -z "${SCALEDOWN:-}" ]; then
+  cargo build --release --quiet
+fi
+sd="${SCALEDOWN:-$CARGO_TARGET_DIR/release/scaledown}"
 shared=../shared/data
 
 "$sd" models fetch
