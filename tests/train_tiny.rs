@@ -161,12 +161,7 @@ fn an_interrupted_training_resumes_from_its_last_checkpoint() {
         "{log}"
     );
     let report = read_json(&out.join("metrics_report.json"));
-    let steps: Vec<u64> = report["training"]["losses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l[0].as_u64().unwrap())
-        .collect();
+    let steps = logged_steps(&report, "losses");
     assert_eq!(steps, (1..=10).collect::<Vec<_>>());
     assert!(out.join("checkpoints/final/trainable.safetensors").exists());
     // Another compressor configuration refuses to resume from it.
@@ -210,12 +205,7 @@ fn init_from_starts_a_fresh_epoch_from_another_runs_weights() {
     );
     assert_eq!(answers("stage2", "before_training_results.json"), trained);
     let report = read_json(&s.dir.join("stage2/metrics_report.json"));
-    let steps: Vec<u64> = report["training"]["losses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l[0].as_u64().unwrap())
-        .collect();
+    let steps = logged_steps(&report, "losses");
     assert_eq!(steps, (1..=5).collect::<Vec<_>>());
     // A checkpoint folder works as well; another compressor configuration does not.
     let final_dir = s.p("stage1/checkpoints/final");
@@ -495,12 +485,7 @@ fn pretraining_lowers_its_loss_reloads_and_resumes() {
     let log = ok(&pretrain("pt2", "30", &["--resume"]));
     assert!(log.contains("pretraining step 30/30"), "{log}");
     let report = read_json(&out2.join("metrics_report.json"));
-    let steps: Vec<u64> = report["training"]["pretrain_losses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l[0].as_u64().unwrap())
-        .collect();
+    let steps = logged_steps(&report, "pretrain_losses");
     assert_eq!(steps, (1..=30).collect::<Vec<_>>());
 
     // A broken corpus line is named.
@@ -960,4 +945,14 @@ fn a_modernbert_folder_trains_as_the_encoder_compressor() {
     let after = read_json(&out.join("after_training_results.json"));
     let again = read_json(Path::new(&eval_out));
     assert_eq!(answers(&after), answers(&again["compressed"]));
+}
+
+/// The step numbers of the report's `training.<key>` series ([step, value] pairs).
+fn logged_steps(report: &serde_json::Value, key: &str) -> Vec<u64> {
+    report["training"][key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no training.{key} in the report"))
+        .iter()
+        .map(|l| l[0].as_u64().unwrap())
+        .collect()
 }
