@@ -153,6 +153,84 @@ fn memory_positions_skip_the_generators_first_k_layers() {
     assert!(max_diff(head(real), head(other)) < 1e-6);
 }
 
+/// One prompt skips its memory run in the layers below k (no compute there); a batch of two
+/// computes every position and masks the run: both give the same states, after a cached
+/// prefix and in the decoding step that reads the cache afterwards.
+#[test]
+fn skipping_the_memory_run_below_layer_k_changes_no_state() {
+    let device = Device::flex();
+    device.seed(9);
+    let mut config = LlamaConfig::tiny(tiny::VOCAB);
+    config.num_hidden_layers = 3;
+    let g = config.init(&device);
+    let (before, m, after) = (2, 3, 4);
+    let n = before + m + after;
+    let slots: Vec<bool> = (0..n).map(|t| (before..before + m).contains(&t)).collect();
+    let tokens = g.embed(ids_tensor(&[5, 6, 0, 0, 0, 8, 9, 10, 11], &device));
+    let memory = Tensor::<3>::random(
+        [1, n, 64],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let keep: Vec<f32> = slots.iter().map(|&s| if s { 0.0 } else { 1.0 }).collect();
+    let keep = Tensor::<1>::from_data(TensorData::new(keep, [n]), &device).reshape([1, n, 1]);
+    let memory = memory * (keep.neg() + 1.0);
+    let twice = |t: Tensor<3>| Tensor::cat(vec![t.clone(), t], 0);
+    let prefix = g.embed(ids_tensor(&[3, 4, 7], &device));
+    let next = g.embed(ids_tensor(&[12], &device));
+    for layer in [1, 2] {
+        // One prompt (the run skipped) and the same prompt twice (every position computed).
+        let mut one = KvCache::new(3);
+        let mut two = KvCache::new(3);
+        g.forward_input(prefix.clone(), None, &mut one, None, |_, _| {});
+        g.forward_input(twice(prefix.clone()), None, &mut two, None, |_, _| {});
+        let inserted = |batch: usize, values: Tensor<3>| Inserted {
+            layer,
+            values,
+            slots: slots.repeat(batch),
+        };
+        let a = g.forward_input(
+            tokens.clone(),
+            Some(inserted(1, memory.clone())),
+            &mut one,
+            None,
+            |_, _| {},
+        );
+        let b = g.forward_input(
+            twice(tokens.clone()),
+            Some(inserted(2, twice(memory.clone()))),
+            &mut two,
+            None,
+            |_, _| {},
+        );
+        let outside = |t: Tensor<3>| {
+            Tensor::cat(
+                vec![
+                    t.clone().slice([0..1, 0..before, 0..64]),
+                    t.slice([0..1, before + m..n, 0..64]),
+                ],
+                1,
+            )
+        };
+        let err = max_diff(
+            outside(a.clone()),
+            outside(b.clone().slice([0..1, 0..n, 0..64])),
+        );
+        assert!(err < 1e-4, "layer {layer}: prompt states differ by {err}");
+        // The memory positions themselves, from layer k on.
+        let run = |t: Tensor<3>| t.slice([0..1, before..before + m, 0..64]);
+        let err = max_diff(run(a), run(b.slice([0..1, 0..n, 0..64])));
+        assert!(err < 1e-4, "layer {layer}: memory states differ by {err}");
+        let a = g.forward_input(next.clone(), None, &mut one, None, |_, _| {});
+        let b = g.forward_input(twice(next.clone()), None, &mut two, None, |_, _| {});
+        let err = max_diff(a, b.slice([0..1, 0..1, 0..64]));
+        assert!(
+            err < 1e-4,
+            "layer {layer}: the decoding step differs by {err}"
+        );
+    }
+}
+
 /// At rate 1 the memory is every document token's layer-k state, which the untrained
 /// compressor (a copy of the generator's first k layers) computes as the generator would: with
 /// nothing before the document, the generator's states at the memory positions are then the

@@ -14,6 +14,7 @@ use burn::nn::{
 use burn::prelude::*;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
+use std::ops::Range;
 use std::sync::Arc;
 
 #[derive(Module, Debug)]
@@ -95,6 +96,14 @@ impl Attention {
         self.o_proj
             .forward(out.swap_dims(1, 2).reshape([batch, seq, hidden]))
     }
+}
+
+/// The positions of `slots` that are true, when they form one run.
+fn one_run(slots: &[bool]) -> Option<Range<usize>> {
+    let first = slots.iter().position(|&s| s)?;
+    let len = slots[first..].iter().take_while(|&&s| s).count();
+    let run = first..first + len;
+    slots[run.end..].iter().all(|&s| !s).then_some(run)
 }
 
 /// Queries per block in [`causal_attention`].
@@ -635,6 +644,13 @@ impl Llama {
             (layer, m)
         });
         observe(0, &h);
+        // One prompt whose late vectors form one run: the layers below theirs skip the run
+        // (placeholder keys that no query sees), instead of computing states there that the
+        // late vectors then replace: the memory positions cost no compute below layer k.
+        let run = match &late {
+            Some(l) if batch == 1 => one_run(&l.slots),
+            _ => None,
+        };
         for (i, block) in self.layers.iter().enumerate() {
             if let Some(l) = late.as_ref().filter(|l| l.layer == i) {
                 h = h * l.keep(batch, seq, &device) + l.values.clone();
@@ -643,16 +659,77 @@ impl Llama {
                 Some((layer, m)) if i < *layer => Some(m.clone()),
                 _ => mask.clone(),
             };
-            let step = LayerStep {
-                rope: &self.rope,
-                start,
-                layer: i,
-                cache,
+            h = match (&run, &below) {
+                (Some(run), Some((layer, _))) if i < *layer => {
+                    let m = m.expect("the layers below late vectors have a mask");
+                    self.skipping_run(block, h, run.clone(), i, start, cache, m)
+                }
+                _ => {
+                    let step = LayerStep {
+                        rope: &self.rope,
+                        start,
+                        layer: i,
+                        cache,
+                    };
+                    block.forward(h, step, m)
+                }
             };
-            h = block.forward(h, step, m);
             observe(i + 1, &h);
         }
         self.norm.forward(h)
+    }
+
+    /// Layer `layer` of [`Self::forward_input`] on one prompt `h` `[1, seq, hidden]` at
+    /// positions `start..`, over the positions before and after `run` only: the run's
+    /// positions get zero keys and values in `cache` (hidden by `mask`, `[1, 1, seq, past +
+    /// seq]`, as the late keys are) and keep their states.
+    #[allow(clippy::too_many_arguments)]
+    fn skipping_run(
+        &self,
+        block: &Block,
+        h: Tensor<3>,
+        run: Range<usize>,
+        layer: usize,
+        start: usize,
+        cache: &mut KvCache,
+        mask: Tensor<4, Bool>,
+    ) -> Tensor<3> {
+        let [_, seq, _] = h.dims();
+        let past = mask.dims()[3] - seq;
+        let mut parts = Vec::with_capacity(3);
+        if run.start > 0 {
+            let before = 0..run.start;
+            let m = mask
+                .clone()
+                .slice_dim(2, before.clone())
+                .slice_dim(3, 0..past + run.start);
+            let step = LayerStep {
+                rope: &self.rope,
+                start,
+                layer,
+                cache,
+            };
+            parts.push(block.forward(h.clone().slice_dim(1, before), step, Some(m)));
+        }
+        let attn = &block.self_attn;
+        let zeros = Tensor::zeros(
+            [1, attn.num_kv_heads, run.len(), attn.head_dim],
+            &h.device(),
+        );
+        cache.append(layer, zeros.clone(), zeros);
+        parts.push(h.clone().slice_dim(1, run.clone()));
+        if run.end < seq {
+            let after = run.end..seq;
+            let m = mask.slice_dim(2, after.clone());
+            let step = LayerStep {
+                rope: &self.rope,
+                start: start + run.end,
+                layer,
+                cache,
+            };
+            parts.push(block.forward(h.slice_dim(1, after), step, Some(m)));
+        }
+        Tensor::cat(parts, 1)
     }
 
     /// One prompt's final-normed hidden states `[1, n, hidden]`, continuing `cache`.
