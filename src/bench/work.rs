@@ -174,8 +174,9 @@ pub fn answer_work(
     ))
 }
 
-/// The compressor that both sides run: the CLI's default, the pooled layer-5 readout at rate
-/// 16 (bench/pytorch_bench.py's `Pooled` is its twin).
+/// The compressor that both sides run: the pooled layer-5 readout at rate 16
+/// (bench/pytorch_bench.py's `Pooled` is its twin). Not `train`'s default (k = 20, rate 4),
+/// which does about four times the compressor's work per chunk.
 pub fn bench_compressor() -> CompressorConfig {
     CompressorConfig::oscar()
 }
