@@ -342,11 +342,129 @@ impl Compressor {
     /// by length keeps the padding small (one batch for all ten documents of a HotpotQA
     /// question spent 40 % of its rows on padding).
     pub fn compress_scored(&self, chunks: Vec<ChunkInput>) -> Compressed {
-        let lens: Vec<usize> = chunks.iter().map(|c| c.embeds.dims()[1]).collect();
-        let chunk_vectors: Vec<usize> = chunks
-            .iter()
-            .map(|c| self.vectors_for(c.document.len()))
+        let states = self.padded_batches(chunks);
+        self.scored(states)
+    }
+
+    /// [`Compressor::compress_scored`] of chunks that all continue the same `query`
+    /// embeddings `[1, q, width]` (one question's chunks, each given without the query, its
+    /// document range counted from the chunk's start). The decoder backbone runs them as one
+    /// row, `[query; chunk 1; chunk 2; ...]`, each chunk masked from the others and its
+    /// positions running on from the query's, as if it followed the query alone: the query
+    /// once, no padding, and one pass over the layers (each pass costs about what 50 more
+    /// positions do, the weights being packed anew for every product). The same memory as
+    /// each `[query; chunk]` compressed alone; a SQuAD question's two or three chunks in 15-20 %
+    /// less time. The encoder backbone, whose query sees its chunk, compresses each
+    /// `[query; chunk]`.
+    pub fn compress_after_query(&self, query: Tensor<3>, chunks: Vec<ChunkInput>) -> Compressed {
+        self.compress_in_rows(query, chunks, PACKED_WIDTH)
+    }
+
+    /// [`Compressor::compress_after_query`] in rows of at most `max_width` positions.
+    pub(crate) fn compress_in_rows(
+        &self,
+        query: Tensor<3>,
+        chunks: Vec<ChunkInput>,
+        max_width: usize,
+    ) -> Compressed {
+        let q = query.dims()[1];
+        let Backbone::Decoder(stack) = &self.backbone else {
+            let whole = chunks
+                .into_iter()
+                .map(|c| ChunkInput {
+                    embeds: Tensor::cat(vec![query.clone(), c.embeds], 1),
+                    document: c.document.start + q..c.document.end + q,
+                })
+                .collect();
+            return self.compress_scored(whole);
+        };
+        // Rows of at most `max_width` positions (at least one chunk each): in a longer row
+        // the attention over the masked pairs would cost more than a pass saves.
+        let t = self.tail().map_or(0, |t| t.dims()[1]);
+        let mut packs: Vec<Vec<ChunkInput>> = Vec::new();
+        let mut width = 0;
+        for c in chunks {
+            let n = c.embeds.dims()[1] + t;
+            match packs.last_mut() {
+                Some(pack) if width + n <= max_width => pack.push(c),
+                _ => {
+                    packs.push(vec![c]);
+                    width = q;
+                }
+            }
+            width += n;
+        }
+        let states = packs
+            .into_iter()
+            .flat_map(|pack| self.packed_row(stack, query.clone(), pack))
             .collect();
+        self.scored(states)
+    }
+
+    /// The states of `chunks` run as one row `[query; chunk 1; chunk 2; ...]` (see
+    /// [`Compressor::compress_after_query`]).
+    fn packed_row(
+        &self,
+        stack: &DecoderStack,
+        query: Tensor<3>,
+        chunks: Vec<ChunkInput>,
+    ) -> Vec<ChunkStates> {
+        let q = query.dims()[1];
+        let device = self.device();
+        let tail = self.tail();
+        let t = tail.as_ref().map_or(0, |t| t.dims()[1]);
+        let mut parts = vec![query];
+        let mut positions: Vec<i64> = (0..q as i64).collect();
+        let mut placements = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            let n = c.embeds.dims()[1];
+            let start = positions.len();
+            positions.extend((q..q + n + t).map(|p| p as i64));
+            placements.push(Placement {
+                row: 0,
+                start,
+                len: n,
+                document: c.document,
+            });
+            parts.push(c.embeds);
+            parts.extend(tail.clone());
+        }
+        let width = positions.len();
+        // Query rows see the query (causally); a chunk's rows see the query and their own chunk.
+        let segment: Vec<usize> = {
+            let mut s = vec![0; width];
+            for (i, p) in placements.iter().enumerate() {
+                s[p.start..p.start + p.len + t].fill(i + 1);
+            }
+            s
+        };
+        let hidden: Vec<bool> = (0..width)
+            .flat_map(|i| {
+                let segment = &segment;
+                (0..width).map(move |j| segment[j] != 0 && segment[j] != segment[i])
+            })
+            .collect();
+        let mask =
+            Tensor::<4, Bool>::from_data(TensorData::new(hidden, [1, 1, width, width]), &device);
+        let positions = Tensor::<1, Int>::from_data(TensorData::new(positions, [width]), &device);
+        let mut cache = KvCache::new(stack.layers.len());
+        let mut h = Tensor::cat(parts, 1);
+        for (i, block) in stack.layers.iter().enumerate() {
+            let step = LayerStep {
+                rope: &stack.rope,
+                start: 0,
+                positions: Some(&positions),
+                layer: i,
+                cache: &mut cache,
+            };
+            h = block.forward(h, step, Some(mask.clone()));
+        }
+        self.readout(h, &placements)
+    }
+
+    /// Each chunk's states from runs of chunks of similar length, each run one padded batch.
+    fn padded_batches(&self, chunks: Vec<ChunkInput>) -> Vec<ChunkStates> {
+        let lens: Vec<usize> = chunks.iter().map(|c| c.embeds.dims()[1]).collect();
         let mut order: Vec<usize> = (0..chunks.len()).collect();
         order.sort_by_key(|&i| lens[i]);
         let mut chunks: Vec<Option<ChunkInput>> = chunks.into_iter().map(Some).collect();
@@ -368,13 +486,17 @@ impl Compressor {
             }
             rest = tail;
         }
-        let (memory_states, rr_states): (Vec<Tensor<2>>, Vec<Option<Tensor<2>>>) = states
+        states
             .into_iter()
-            .map(|s| {
-                let s = s.expect("every chunk");
-                (s.memory, s.rr)
-            })
-            .unzip();
+            .map(|s| s.expect("every chunk"))
+            .collect()
+    }
+
+    /// The memory (after the projector) and reranking scores of chunks' states.
+    fn scored(&self, states: Vec<ChunkStates>) -> Compressed {
+        let chunk_vectors = states.iter().map(|s| s.memory.dims()[0]).collect();
+        let (memory_states, rr_states): (Vec<Tensor<2>>, Vec<Option<Tensor<2>>>) =
+            states.into_iter().map(|s| (s.memory, s.rr)).unzip();
         let memory_states = Tensor::cat(memory_states, 0);
         let memory = match &self.projector {
             Some(p) => p.forward(memory_states),
@@ -398,17 +520,19 @@ impl Compressor {
     /// the decoder it sees the chunk and the memory tokens and they do not see it.
     fn padded_batch(&self, chunks: Vec<ChunkInput>) -> Vec<ChunkStates> {
         let device = self.device();
-        let mut tail = Vec::new();
-        if let Some(memory) = &self.memory {
-            tail.push(memory.val().unsqueeze::<3>());
-        }
-        if let Some(head) = &self.rerank {
-            tail.push(head.token.val().unsqueeze::<3>());
-        }
-        let tail = (!tail.is_empty()).then(|| Tensor::cat(tail, 1)); // [1, L and/or 1, d]
+        let tail = self.tail();
         let t = tail.as_ref().map_or(0, |t| t.dims()[1]);
         let lens: Vec<usize> = chunks.iter().map(|c| c.embeds.dims()[1]).collect();
-        let documents: Vec<Range<usize>> = chunks.iter().map(|c| c.document.clone()).collect();
+        let placements: Vec<Placement> = chunks
+            .iter()
+            .enumerate()
+            .map(|(row, c)| Placement {
+                row,
+                start: 0,
+                len: c.embeds.dims()[1],
+                document: c.document.clone(),
+            })
+            .collect();
         let width = lens.iter().max().copied().unwrap_or(0) + t;
         let rows: Vec<Tensor<3>> = chunks
             .into_iter()
@@ -423,7 +547,7 @@ impl Compressor {
             })
             .collect();
         let x = Tensor::cat(rows, 0);
-        let [batch, _, d] = x.dims();
+        let batch = x.dims()[0];
         let hidden = match &self.backbone {
             Backbone::Decoder(stack) => {
                 let mut cache = KvCache::new(stack.layers.len());
@@ -432,6 +556,7 @@ impl Compressor {
                     let step = LayerStep {
                         rope: &stack.rope,
                         start: 0,
+                        positions: None,
                         layer: i,
                         cache: &mut cache,
                     };
@@ -449,26 +574,50 @@ impl Compressor {
                 encoder.forward_word_embeds(x, mask)
             }
         };
+        self.readout(hidden, &placements)
+    }
+
+    /// What follows each chunk in the backbone's input: `[1, L and/or 1, d]` for
+    /// `MEM_1..MEM_L` (memory tokens only) and `RR` (with a reranking head), or None.
+    fn tail(&self) -> Option<Tensor<3>> {
+        let mut tail = Vec::new();
+        if let Some(memory) = &self.memory {
+            tail.push(memory.val().unsqueeze::<3>());
+        }
+        if let Some(head) = &self.rerank {
+            tail.push(head.token.val().unsqueeze::<3>());
+        }
+        (!tail.is_empty()).then(|| Tensor::cat(tail, 1))
+    }
+
+    /// Each chunk's memory states (and `RR` state) read off the backbone's states
+    /// `[rows, width, d]`: the means of its document's segments (pooled readout) or the states
+    /// at its memory tokens.
+    fn readout(&self, hidden: Tensor<3>, placements: &[Placement]) -> Vec<ChunkStates> {
+        let d = hidden.dims()[2];
+        let at = |p: &Placement, from: usize, n: usize| {
+            let from = p.start + p.len + from;
+            hidden
+                .clone()
+                .slice([p.row..p.row + 1, from..from + n, 0..d])
+                .reshape([n, d])
+        };
         let memory: Vec<Tensor<2>> = match self.pool_rate {
-            0 => {
-                let l = self.max_vectors;
-                lens.iter()
-                    .enumerate()
-                    .map(|(i, &n)| {
-                        hidden
-                            .clone()
-                            .slice([i..i + 1, n..n + l, 0..d])
-                            .reshape([l, d])
-                    })
-                    .collect()
-            }
+            0 => placements
+                .iter()
+                .map(|p| at(p, 0, self.max_vectors))
+                .collect(),
             r => {
+                let documents: Vec<(usize, Range<usize>)> = placements
+                    .iter()
+                    .map(|p| (p.row, p.start + p.document.start..p.start + p.document.end))
+                    .collect();
                 let pooled = segment_means(hidden.clone(), &documents, r);
                 let mut start = 0;
-                documents
+                placements
                     .iter()
-                    .map(|doc| {
-                        let v = self.vectors_for(doc.len());
+                    .map(|p| {
+                        let v = self.vectors_for(p.document.len());
                         start += v;
                         pooled.clone().slice([start - v..start, 0..d])
                     })
@@ -478,16 +627,10 @@ impl Compressor {
         let rr_at = self.memory.as_ref().map_or(0, |_| self.max_vectors);
         memory
             .into_iter()
-            .zip(&lens)
-            .enumerate()
-            .map(|(i, (memory, &n))| ChunkStates {
+            .zip(placements)
+            .map(|(memory, p)| ChunkStates {
                 memory,
-                rr: self.rerank.as_ref().map(|_| {
-                    hidden
-                        .clone()
-                        .slice([i..i + 1, n + rr_at..n + rr_at + 1, 0..d])
-                        .reshape([1, d])
-                }),
+                rr: self.rerank.as_ref().map(|_| at(p, rr_at, 1)),
             })
             .collect()
     }
@@ -501,19 +644,20 @@ impl Compressor {
     }
 }
 
-/// The means of `hidden` `[batch, width, d]` over segments of `r` positions of each row's
-/// `documents[i]` (a shorter last segment is averaged over what it has), rows in order:
+/// The means of `hidden` `[batch, width, d]` over segments of `r` positions of each
+/// `(row, document range)` (a shorter last segment is averaged over what it has), in order:
 /// `[Σ segments, d]`. One product with a matrix of averaging weights, so that the gradient
 /// of every state is one pass.
-fn segment_means(hidden: Tensor<3>, documents: &[Range<usize>], r: usize) -> Tensor<2> {
+fn segment_means(hidden: Tensor<3>, documents: &[(usize, Range<usize>)], r: usize) -> Tensor<2> {
     let [batch, width, d] = hidden.dims();
     let segments: usize = documents
         .iter()
-        .map(|doc| doc.len().div_ceil(r).max(1))
+        .map(|(_, doc)| doc.len().div_ceil(r).max(1))
         .sum();
     let mut weights = vec![0.0f32; segments * batch * width];
     let mut row = 0;
-    for (i, doc) in documents.iter().enumerate() {
+    for (i, doc) in documents {
+        let i = *i;
         for seg in (doc.start..doc.end.max(doc.start + 1)).step_by(r) {
             let end = (seg + r).min(doc.end.max(doc.start + 1));
             for t in seg..end {
@@ -526,6 +670,18 @@ fn segment_means(hidden: Tensor<3>, documents: &[Range<usize>], r: usize) -> Ten
     let weights =
         Tensor::<2>::from_data(TensorData::new(weights, [segments, batch * width]), &device);
     weights.matmul(hidden.reshape([batch * width, d]))
+}
+
+/// The most positions in a row of one question's chunks ([`Compressor::compress_after_query`]).
+const PACKED_WIDTH: usize = 512;
+
+/// Where a chunk's input lies in the backbone's states `[rows, width, d]`: its row, its first
+/// position there, its length (before the tail) and its document tokens (from its start).
+struct Placement {
+    row: usize,
+    start: usize,
+    len: usize,
+    document: Range<usize>,
 }
 
 /// One chunk's backbone states: `[vectors, d]` for its memory, `[1, d]` at `RR`.

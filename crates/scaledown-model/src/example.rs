@@ -32,6 +32,16 @@ impl Encoded {
             .map(|c| self.query_tokens..c.len().saturating_sub(self.tail_tokens))
     }
 
+    /// The query ids that every chunk begins with, when there are several chunks (the
+    /// compressor's work worth sharing).
+    pub fn shared_query(&self) -> Option<&[u32]> {
+        let first = self.chunks.first()?.get(..self.query_tokens)?;
+        let shared = self.chunks.len() > 1
+            && self.query_tokens > 0
+            && self.chunks.iter().all(|c| c.starts_with(first));
+        shared.then_some(first)
+    }
+
     /// How many memory vectors `config`'s compressor makes of this input's chunks.
     pub fn memory_vectors(&self, config: &CompressorConfig) -> usize {
         self.document_ranges()

@@ -273,17 +273,37 @@ impl Oscar {
             };
             return encoded.iter().map(|_| none()).collect();
         }
-        let inputs = encoded
-            .iter()
-            .flat_map(|e| e.chunks.iter().zip(e.document_ranges()))
-            .map(|(ids, document)| ChunkInput {
-                embeds: self
-                    .compressor
-                    .embed(&self.generator, ids_tensor(ids, &device)),
-                document,
-            })
-            .collect();
-        let all = self.compressor.compress_scored(inputs);
+        let embed = |ids: &[u32]| {
+            self.compressor
+                .embed(&self.generator, ids_tensor(ids, &device))
+        };
+        let all = match encoded {
+            // One question's chunks: its query runs once.
+            [e] if let Some(query) = e.shared_query() => {
+                let q = query.len();
+                let chunks = e
+                    .chunks
+                    .iter()
+                    .zip(e.document_ranges())
+                    .map(|(ids, document)| ChunkInput {
+                        embeds: embed(&ids[q..]),
+                        document: document.start - q..document.end - q,
+                    })
+                    .collect();
+                self.compressor.compress_after_query(embed(query), chunks)
+            }
+            _ => {
+                let inputs = encoded
+                    .iter()
+                    .flat_map(|e| e.chunks.iter().zip(e.document_ranges()))
+                    .map(|(ids, document)| ChunkInput {
+                        embeds: embed(ids),
+                        document,
+                    })
+                    .collect();
+                self.compressor.compress_scored(inputs)
+            }
+        };
         let [_, d] = all.memory.dims();
         let (mut chunk, mut row) = (0, 0);
         encoded

@@ -2,7 +2,7 @@
 //! generator, and that batching, caching, training and checkpoints keep it.
 
 use crate::checkpoint::{load_trainable, trainable_to_safetensors};
-use crate::compressor::{Backbone, CompressorConfig, CompressorType, Readout};
+use crate::compressor::{Backbone, ChunkInput, CompressorConfig, CompressorType, Readout};
 use crate::encoder::Encoder;
 use crate::example::{Encoded, ids_tensor};
 use crate::generation::{GenerationConfig, PrefixCache, argmax};
@@ -56,6 +56,7 @@ fn a_pooled_vector_is_the_mean_of_its_segments_layer_k_states() {
     let step = crate::llama::LayerStep {
         rope: &stack.rope,
         start: 0,
+        positions: None,
         layer: 0,
         cache: &mut KvCache::new(1),
     };
@@ -391,4 +392,61 @@ fn a_modernbert_encoder_batches_trains_and_reloads() {
     let reloaded = load_trainable(oscar_with_encoder(generator, &cfg, encoder()), &bytes).unwrap();
     let again = loss_of(&reloaded, &ex);
     assert!((after - again).abs() < 1e-5, "{after} vs {again}");
+}
+
+/// One question's chunks share its query: the decoder compressor runs it once and every chunk
+/// after its cache, which must give each chunk's memory as if compressed whole and alone.
+#[test]
+fn one_questions_chunks_run_its_query_once_and_equal_each_chunk_alone() {
+    for compressor_type in [CompressorType::NLayers, CompressorType::Encoder] {
+        let models = [
+            tiny_pooled(compressor_type, 4),
+            crate::oscar_tests::tiny_oscar(compressor_type, 4),
+        ];
+        for model in models {
+            let model = model.for_inference();
+            let encoded = Encoded {
+                chunks: vec![
+                    vec![1, 2, 3, 4, 5, 6, 7],
+                    vec![1, 2, 8, 9],
+                    vec![1, 2, 5, 4, 3, 2, 1, 7, 7],
+                ],
+                query_tokens: 2,
+                chunk_documents: vec![0, 0, 1],
+                ..example().encoded
+            };
+            assert_eq!(encoded.shared_query(), Some(&[1u32, 2][..]));
+            let alone = memory_of_each_chunk_alone(&model, &encoded);
+            let shared = model.memory_vectors(&encoded);
+            assert_eq!(shared.dims(), alone.dims());
+            let diff = max_diff(shared, alone.clone());
+            assert!(diff < 1e-5, "{compressor_type}: one row differs by {diff}");
+            // Rows of at most 12 positions: the first two chunks share one, the third its own.
+            let device = Device::flex();
+            let embed = |ids: &[u32]| {
+                model
+                    .compressor
+                    .embed(&model.generator, ids_tensor(ids, &device))
+            };
+            let pieces = encoded
+                .chunks
+                .iter()
+                .map(|ids| ChunkInput {
+                    embeds: embed(&ids[2..]),
+                    document: 0..ids.len() - 2 - encoded.tail_tokens,
+                })
+                .collect();
+            let rows = model
+                .compressor
+                .compress_in_rows(embed(&[1, 2]), pieces, 12);
+            let diff = max_diff(rows.memory, alone);
+            assert!(diff < 1e-5, "{compressor_type}: two rows differ by {diff}");
+        }
+    }
+    let other_queries = Encoded {
+        chunks: vec![vec![1, 2, 3], vec![1, 5, 3]],
+        query_tokens: 2,
+        ..example().encoded
+    };
+    assert_eq!(other_queries.shared_query(), None);
 }

@@ -37,6 +37,9 @@ pub struct Attention {
 pub struct LayerStep<'a> {
     pub rope: &'a Rope,
     pub start: usize,
+    /// Each input position's own position `[seq]`, in place of `start..start + seq` (several
+    /// sequences packed into one row, as the compressor runs one question's chunks).
+    pub positions: Option<&'a Tensor<1, Int>>,
     pub layer: usize,
     pub cache: &'a mut KvCache,
 }
@@ -55,9 +58,14 @@ impl Attention {
         let LayerStep {
             rope,
             start,
+            positions,
             layer,
             cache,
         } = step;
+        let rotate = |t: Tensor<4>| match positions {
+            Some(p) => rope.apply_at(t, p.clone()),
+            None => rope.apply(t, start),
+        };
         let [batch, seq, hidden] = x.dims();
         let heads =
             |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
@@ -80,8 +88,8 @@ impl Attention {
                 self.v_proj.forward(x),
             ),
         };
-        let q = rope.apply(heads(q, self.num_heads), start);
-        let k = rope.apply(heads(k, self.num_kv_heads), start);
+        let q = rotate(heads(q, self.num_heads));
+        let k = rotate(heads(k, self.num_kv_heads));
         let v = heads(v, self.num_kv_heads);
         let (k, v) = cache.append(layer, k, v);
 
@@ -668,6 +676,7 @@ impl Llama {
                     let step = LayerStep {
                         rope: &self.rope,
                         start,
+                        positions: None,
                         layer: i,
                         cache,
                     };
@@ -706,6 +715,7 @@ impl Llama {
             let step = LayerStep {
                 rope: &self.rope,
                 start,
+                positions: None,
                 layer,
                 cache,
             };
@@ -724,6 +734,7 @@ impl Llama {
             let step = LayerStep {
                 rope: &self.rope,
                 start: start + run.end,
+                positions: None,
                 layer,
                 cache,
             };

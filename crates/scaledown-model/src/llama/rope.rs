@@ -47,17 +47,24 @@ impl Rope {
     /// Rotates queries or keys.
     /// - x: `[batch, heads, seq, head_dim]`, positions `start..start + seq`
     pub fn apply(&self, x: Tensor<4>, start: usize) -> Tensor<4> {
-        let [_, _, seq, head_dim] = x.dims();
-        let cos = self
-            .cos
-            .clone()
-            .slice_dim(0, start..start + seq)
-            .unsqueeze::<4>();
-        let sin = self
-            .sin
-            .clone()
-            .slice_dim(0, start..start + seq)
-            .unsqueeze::<4>();
+        let seq = x.dims()[2];
+        let cos = self.cos.clone().slice_dim(0, start..start + seq);
+        let sin = self.sin.clone().slice_dim(0, start..start + seq);
+        Self::rotate(x, cos, sin)
+    }
+
+    /// Rotates queries or keys at their own `positions` `[seq]`.
+    /// - x: `[batch, heads, seq, head_dim]`
+    pub fn apply_at(&self, x: Tensor<4>, positions: Tensor<1, Int>) -> Tensor<4> {
+        let cos = self.cos.clone().select(0, positions.clone());
+        let sin = self.sin.clone().select(0, positions);
+        Self::rotate(x, cos, sin)
+    }
+
+    /// x `[batch, heads, seq, head_dim]` rotated by the angles' cos and sin `[seq, head_dim]`.
+    fn rotate(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>) -> Tensor<4> {
+        let head_dim = x.dims()[3];
+        let (cos, sin) = (cos.unsqueeze::<4>(), sin.unsqueeze::<4>());
         let half = head_dim / 2;
         let x1 = x.clone().slice_dim(3, 0..half);
         let x2 = x.clone().slice_dim(3, half..head_dim);
