@@ -355,7 +355,7 @@ impl Compressor {
     /// positions do, the weights being packed anew for every product). The same memory as
     /// each `[query; chunk]` compressed alone; a SQuAD question's two or three chunks in 15-20 %
     /// less time. The encoder backbone, whose query sees its chunk, compresses each
-    /// `[query; chunk]`.
+    /// `[query; chunk]` as [`Compressor::compress_scored`] would.
     pub fn compress_after_query(&self, query: Tensor<3>, chunks: Vec<ChunkInput>) -> Compressed {
         self.compress_in_rows(query, chunks, PACKED_WIDTH)
     }

@@ -5,7 +5,9 @@
 //! doc n>\nQuestion: q<|im_end|>\n<|im_start|>assistant\n`; the uncompressed baseline has the
 //! documents' text where the vectors are.
 
-use crate::compressor::{ChunkInput, Compressed, Compressor, CompressorConfig, CompressorType};
+use crate::compressor::{
+    Backbone, ChunkInput, Compressed, Compressor, CompressorConfig, CompressorType,
+};
 use crate::encoder::Encoder;
 use crate::example::{Encoded, TrainExample, ids_tensor};
 use crate::generation::{GenerationConfig, PrefixCache, continue_from, generate_batch_streaming};
@@ -278,8 +280,11 @@ impl Oscar {
                 .embed(&self.generator, ids_tensor(ids, &device))
         };
         let all = match encoded {
-            // One question's chunks: its query runs once.
-            [e] if let Some(query) = e.shared_query() => {
+            // One question's chunks: its query runs once (the decoder backbone, whose query
+            // does not read its chunk).
+            [e] if matches!(self.compressor.backbone, Backbone::Decoder(_))
+                && let Some(query) = e.shared_query() =>
+            {
                 let q = query.len();
                 let chunks = e
                     .chunks
