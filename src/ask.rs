@@ -1,13 +1,14 @@
 //! `scaledown eval` and `scaledown ask`: use a trained checkpoint.
 
 use crate::checkpoint;
-use crate::evaluate::{self, describe};
+use crate::evaluate::{self, Evaluator, describe};
 use crate::fsutil::{read_text, write_atomic};
 use anyhow::{Result, bail};
 use clap::Args;
 use scaledown_data::parse_examples;
 use scaledown_model::backend::BackendKind;
 use scaledown_model::burn::tensor::read_sync;
+use scaledown_model::generation::GenerationConfig;
 use scaledown_model::oscar::document_text;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -73,28 +74,16 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         tokenizers,
     } = loaded;
     let model = oscar.into_answering();
-    let run = evaluate::compressed(
-        &model,
-        &tokenizers,
-        &setup.compressor,
-        &examples,
-        &evaluate::answer_config(setup.max_new_tokens, a.keep_top),
-        a.eval_batch_size as usize,
-        "eval",
-    )?;
+    let evaluator = Evaluator::new(&tokenizers, &setup.compressor, setup.max_new_tokens)
+        .keep_top(a.keep_top as usize)
+        .batch(a.eval_batch_size as usize);
+    let run = evaluate::compressed(&evaluator, &model, &examples, "eval")?;
     println!("compressed:   {}", describe(&run));
-    let memory_use = evaluate::memory_use(&model, &tokenizers, &setup.compressor, &examples)?;
+    let memory_use = evaluate::memory_use(&evaluator, &model, &examples)?;
     println!("memory use:   {memory_use}");
     let mut out = serde_json::json!({ "compressed": run, "memory_use": memory_use });
     if a.baseline {
-        let base = evaluate::uncompressed(
-            &base_generator,
-            &tokenizers,
-            &examples,
-            setup.max_new_tokens,
-            a.eval_batch_size as usize,
-            "baseline",
-        )?;
+        let base = evaluate::uncompressed(&evaluator, &base_generator, &examples, "baseline")?;
         println!("uncompressed: {}", describe(&base));
         println!(
             "speed-up {:.2}x",
@@ -127,7 +116,10 @@ pub fn ask(a: AskArgs) -> Result<()> {
     let ids = read_sync(model.answer(
         &encoded,
         &loaded.tokenizers.generator.stop_ids,
-        &evaluate::answer_config(setup.max_new_tokens, 0),
+        &GenerationConfig {
+            max_new_tokens: setup.max_new_tokens,
+            ..Default::default()
+        },
     ))?;
     let answer = loaded.tokenizers.generator.decode(&ids, true);
     println!("{}", answer.trim());

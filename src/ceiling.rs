@@ -3,7 +3,7 @@
 //! the documents' full text instead of their memory vectors, then evaluated like the baseline.
 
 use crate::checkpoint::{self, OscarSetup};
-use crate::evaluate::{self, EvalRun, describe};
+use crate::evaluate::{self, EvalRun, Evaluator, describe};
 use crate::fsutil::write_atomic;
 use crate::progress;
 use crate::report::CeilingSummary;
@@ -94,14 +94,9 @@ pub fn run(
     bar.finish_and_clear();
     let train_seconds = started.elapsed().as_secs_f64();
     let generator = model.for_inference().generator.in_blocks();
-    let run = evaluate::uncompressed(
-        &generator,
-        tokenizers,
-        eval,
-        setup.max_new_tokens,
-        a.eval_batch_size as usize,
-        "eval fine-tuned uncompressed",
-    )?;
+    let evaluator = Evaluator::new(tokenizers, &setup.compressor, setup.max_new_tokens)
+        .batch(a.eval_batch_size as usize);
+    let run = evaluate::uncompressed(&evaluator, &generator, eval, "eval fine-tuned uncompressed")?;
     println!("fine-tuned uncompressed (ceiling): {}", describe(&run));
     let ceiling = Ceiling {
         run,

@@ -9,6 +9,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use scaledown_data::{Dataset, Example, Parsed, parse_source, push_row, split_train_eval, to_json};
 use scaledown_model::burn::prelude::Device;
+use scaledown_model::compressor::CompressorConfig;
+use scaledown_model::evaluation::Evaluator;
 use scaledown_model::oscar::OscarTokenizers;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -187,13 +189,10 @@ fn label_with_teacher(a: &PrepareArgs, train: &mut [Example]) -> Result<()> {
         encoder: None,
     };
     let cache = beside(&a.output_file, "teacher_labels.json");
-    let labels = teacher::labels(
-        &cache,
-        train,
-        &g.model,
-        &tokenizers,
-        a.max_new_tokens as usize,
-    )?;
+    // Full-text answers: the compressor's settings are not read.
+    let compressor = CompressorConfig::oscar();
+    let evaluator = Evaluator::new(&tokenizers, &compressor, a.max_new_tokens as usize);
+    let labels = teacher::labels(&cache, train, &g.model, &evaluator)?;
     for (ex, label) in train.iter_mut().zip(labels) {
         ex.teacher_answer = Some(label);
     }

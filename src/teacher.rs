@@ -2,7 +2,7 @@
 //! distributions from the full text, and MiniLM's question-document relevance. Each is
 //! computed once, cached in a JSON file and resumable.
 
-use crate::evaluate;
+use crate::evaluate::Evaluator;
 use crate::fsutil::write_atomic;
 use crate::{models, progress};
 use anyhow::{Context, Result};
@@ -24,8 +24,7 @@ pub fn labels(
     path: &Path,
     train: &[Example],
     generator: &Llama,
-    tokenizers: &OscarTokenizers,
-    max_new: usize,
+    evaluator: &Evaluator,
 ) -> Result<Vec<String>> {
     let mut cache: BTreeMap<String, String> = match std::fs::read_to_string(path) {
         Ok(text) => serde_json::from_str(&text)
@@ -41,12 +40,11 @@ pub fn labels(
         .filter(|e| !cache.contains_key(&key(e)))
         .collect();
     if !todo.is_empty() {
-        let config = evaluate::answer_config(max_new, 0);
-        let prefix = evaluate::shared_prefix(generator, tokenizers)?;
+        let prefix = evaluator.prefix(generator)?;
         let bar = progress::bar(todo.len() as u64, "teacher labels");
         for (i, ex) in todo.iter().enumerate() {
-            let (mut answer, _) =
-                evaluate::answer_uncompressed(generator, &prefix, tokenizers, ex, &config)?;
+            let mut answer =
+                read_sync(evaluator.answer_uncompressed(generator, &prefix, ex))?.prediction;
             if answer.is_empty() {
                 answer = ex.answers[0].clone();
             }

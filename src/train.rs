@@ -3,7 +3,7 @@
 //! plots and the checkpoints.
 
 use crate::checkpoint::{self, LORA_ALPHA, LORA_RANK, OscarSetup};
-use crate::evaluate::{self, EvalRun, describe};
+use crate::evaluate::{self, EvalRun, Evaluator, describe};
 use crate::fsutil::{read_text, write_atomic};
 use crate::report::{EvalPoint, PretrainProbe, QaProbe, Report, TrainState};
 use crate::schedule::{batch_at, trainer_for};
@@ -311,6 +311,9 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         tokenizers,
     } = loaded;
     let max_new = a.max_new_tokens as usize;
+    let evaluator = Evaluator::new(&tokenizers, &setup.compressor, max_new)
+        .keep_top(a.keep_top as usize)
+        .batch(a.eval_batch_size as usize);
 
     // Labels and tokenised training examples.
     let targets: Vec<String> = match a.labels {
@@ -326,8 +329,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
                 &out.join("teacher_labels.json"),
                 &unlabelled,
                 &base_generator,
-                &tokenizers,
-                max_new,
+                &evaluator,
             )?
             .into_iter();
             train
@@ -370,32 +372,21 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
     // Baseline and before-training evaluation (skipped on resume when already written).
     let baseline = cached_run(&out.join("baseline_results.json"), || {
         evaluate::uncompressed(
+            &evaluator,
             &base_generator,
-            &tokenizers,
             &eval,
-            max_new,
-            a.eval_batch_size as usize,
             "baseline (uncompressed)",
         )
     })?;
     println!("uncompressed baseline: {}", describe(&baseline));
-    let answer = evaluate::answer_config(max_new, a.keep_top);
     let before_model = oscar.for_inference().in_blocks();
     let before = cached_run(&out.join("before_training_results.json"), || {
-        evaluate::compressed(
-            &before_model,
-            &tokenizers,
-            &setup.compressor,
-            &eval,
-            &answer,
-            a.eval_batch_size as usize,
-            "eval before training",
-        )
+        evaluate::compressed(&evaluator, &before_model, &eval, "eval before training")
     })?;
     println!("before training:       {}", describe(&before));
     // Only a model that has not trained yet gives the "before" figure (not a resumed one).
     if state.memory_use_before.is_none() && state.step == 0 && state.pretrain_step == 0 {
-        let m = evaluate::memory_use(&before_model, &tokenizers, &setup.compressor, &eval)?;
+        let m = evaluate::memory_use(&evaluator, &before_model, &eval)?;
         println!("memory use, before:    {m}");
         state.memory_use_before = Some(m);
     }
@@ -463,12 +454,9 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         if a.eval_steps > 0 && state.step % a.eval_steps as usize == 0 && state.step < total {
             let run = bar.suspend(|| {
                 evaluate::compressed(
+                    &evaluator,
                     &model.for_inference().in_blocks(),
-                    &tokenizers,
-                    &setup.compressor,
                     &eval,
-                    &answer,
-                    a.eval_batch_size as usize,
                     "eval",
                 )
             })?;
@@ -490,18 +478,9 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
     bar.finish_and_clear();
 
     let after_model = model.for_inference().in_blocks();
-    let after = evaluate::compressed(
-        &after_model,
-        &tokenizers,
-        &setup.compressor,
-        &eval,
-        &answer,
-        a.eval_batch_size as usize,
-        "eval after training",
-    )?;
+    let after = evaluate::compressed(&evaluator, &after_model, &eval, "eval after training")?;
     println!("after training:        {}", describe(&after));
-    let memory_use_after =
-        evaluate::memory_use(&after_model, &tokenizers, &setup.compressor, &eval)?;
+    let memory_use_after = evaluate::memory_use(&evaluator, &after_model, &eval)?;
     println!("memory use, after:     {memory_use_after}");
     state.evals.push(EvalPoint {
         step: state.step,
@@ -830,17 +809,15 @@ impl Pretraining<'_> {
 impl Pretraining<'_> {
     /// The held-out questions answered from their compressed documents, and the memory use.
     fn answer_held_out(&self, answering: &Oscar, eval: &[Example], step: usize) -> Result<QaProbe> {
-        let compressor = &self.setup.compressor;
-        let run = evaluate::compressed(
-            answering,
+        let evaluator = Evaluator::new(
             self.tokenizers,
-            compressor,
-            eval,
-            &evaluate::answer_config(self.args.max_new_tokens as usize, self.args.keep_top),
-            self.args.eval_batch_size as usize,
-            "held-out QA",
-        )?;
-        let memory_use = evaluate::memory_use(answering, self.tokenizers, compressor, eval)?;
+            &self.setup.compressor,
+            self.args.max_new_tokens as usize,
+        )
+        .keep_top(self.args.keep_top as usize)
+        .batch(self.args.eval_batch_size as usize);
+        let run = evaluate::compressed(&evaluator, answering, eval, "held-out QA")?;
+        let memory_use = evaluate::memory_use(&evaluator, answering, eval)?;
         println!(
             "pretraining step {step}: held-out QA {}\n  memory use: {memory_use}",
             describe(&run)

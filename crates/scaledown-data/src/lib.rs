@@ -13,7 +13,7 @@ pub use corpus::parse_corpus;
 pub use metrics::{
     Scores, exact_match, match_accuracy, ndcg_at, normalize_answer, recall_at, rouge_l, token_f1,
 };
-pub use results::{EvalRun, Prediction, Ranking, Timing, percentile, smoothed};
+pub use results::{EvalRun, MemoryUse, Prediction, Ranking, Timing, percentile, smoothed};
 pub use schema::{DataError, Document, Example, parse_examples, to_json};
 pub use sources::{Dataset, Parsed, parse_source, push_row};
 pub use split::split_train_eval;

@@ -162,3 +162,25 @@ mod tests {
         assert!((s[2] - 1.81).abs() < 1e-12);
     }
 }
+
+/// Whether the answers lean on the memory vectors: the mean teacher-forced loss of the eval
+/// questions' gold answers after memory of their own documents, and after memory of another
+/// question's documents (the question itself unchanged). A model that reads its memory loses
+/// more with the wrong documents; one that has learnt to ignore it loses the same.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct MemoryUse {
+    pub own_documents_loss: f32,
+    pub other_documents_loss: f32,
+    /// Questions scored (those with an answer and with other documents to swap in).
+    pub questions: usize,
+}
+
+impl std::fmt::Display for MemoryUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "answer loss {:.3} with its own documents' memory, {:.3} with another question's ({} questions)",
+            self.own_documents_loss, self.other_documents_loss, self.questions
+        )
+    }
+}

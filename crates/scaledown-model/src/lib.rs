@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod compressor;
 pub mod distillation;
 pub mod encoder;
+pub mod evaluation;
 pub mod example;
 pub mod generation;
 mod guard;

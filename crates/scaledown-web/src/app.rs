@@ -1,11 +1,12 @@
 //! The page: wires `index.html`'s controls to the playground. Long work runs as one task at a
 //! time, yielding to the browser between steps so that charts and numbers update live.
 
-use crate::playground::{ModelFiles, Playground, Speed};
+use crate::playground::{ModelFiles, Playground};
 use crate::{charts, dom};
 use scaledown_data::results::{EvalRun, Prediction};
 use scaledown_data::{Dataset, Example, Scores, parse_examples, parse_source, split_train_eval};
 use scaledown_model::burn::prelude::*;
+use scaledown_model::evaluation::Speed;
 use scaledown_model::oscar::Oscar;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -398,23 +399,29 @@ async fn evaluate(
     full_text: bool,
 ) -> Result<(EvalRun, Option<EvalRun>), String> {
     let model: Oscar = p.model.for_inference();
-    let mut compressed = vec![];
-    let mut full = vec![];
-    for (i, ex) in examples.iter().enumerate() {
-        status(&format!(
-            "{label}: question {} of {}",
-            i + 1,
-            examples.len()
-        ));
-        compressed.push(p.answer_compressed(&model, ex).await?);
-        dom::yield_now().await;
-        if full_text {
-            full.push(p.answer_full_text(ex).await?);
-            dom::yield_now().await;
-        }
-    }
-    let full = full_text.then(|| EvalRun::of(full));
-    Ok((EvalRun::of(compressed), full))
+    let evaluator = p.evaluator();
+    let n = examples.len();
+    // Redraw after each answer: the browser paints only when the page yields.
+    let compressed = evaluator
+        .compressed(&model, examples, async |k| {
+            status(&format!("{label}: question {k} of {n}"));
+            dom::yield_now().await
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let full = match full_text {
+        true => Some(
+            evaluator
+                .uncompressed(&p.base_generator, examples, async |k| {
+                    status(&format!("{label}, full text: question {k} of {n}"));
+                    dom::yield_now().await
+                })
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+        false => None,
+    };
+    Ok((compressed, full))
 }
 
 async fn train(state: Shared) -> Result<(), String> {

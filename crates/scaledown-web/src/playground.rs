@@ -2,21 +2,19 @@
 //! steps, answer questions compressed and from the full text, compress a pasted document.
 //! Async because WebGPU reads results without blocking; it also builds natively, for its tests.
 
-use scaledown_data::results::Prediction;
 use scaledown_data::schema::Example;
 use scaledown_model::burn::prelude::*;
 use scaledown_model::checkpoint::{Manifest, OscarSetup, load_trainable};
 use scaledown_model::compressor::{CompressorConfig, CompressorType, Readout};
 use scaledown_model::encoder::Encoder;
+use scaledown_model::evaluation::{Evaluator, Speed};
 use scaledown_model::example::TrainExample;
-use scaledown_model::generation::{GenerationConfig, generate};
 use scaledown_model::llama::{Llama, LlamaConfig, generator_from_gguf};
 use scaledown_model::oscar::{LoraSettings, Oscar, OscarTokenizers, full_text_user_turn};
 use scaledown_model::questions::documents_of;
 use scaledown_model::tokenizer::{Tokenizer, chat_prompt, word_level_json, words_of};
 use scaledown_model::training::{StepStats, TrainSettings, Trainer};
 use std::collections::HashMap;
-use web_time::Instant;
 
 /// Words in the tiny model's vocabulary (besides the prompt template's).
 pub const TINY_VOCAB: usize = 3000;
@@ -51,7 +49,6 @@ pub struct ModelFiles {
 }
 
 pub struct Playground {
-    pub device: Device,
     /// Plain tensors (LoRA adapters unmerged); trained with `.train()`, answers from
     /// `for_inference()`.
     pub model: Oscar,
@@ -62,13 +59,6 @@ pub struct Playground {
     pub max_new_tokens: usize,
     /// What was loaded, for the page.
     pub description: String,
-}
-
-/// Mean ms per query of fixed-length answers (see `Playground::speed`).
-#[derive(Debug, Clone, Copy)]
-pub struct Speed {
-    pub compressed_ms: f64,
-    pub uncompressed_ms: f64,
 }
 
 /// What "compress your own text" shows.
@@ -122,7 +112,6 @@ impl Playground {
         let model =
             Oscar::assemble(&config, generator.clone(), None, Some(lora), device).map_err(err)?;
         Ok(Self {
-            device: device.clone(),
             model,
             base_generator: generator,
             description: format!(
@@ -204,7 +193,6 @@ impl Playground {
             (false, None) => "fresh compressor (untrained)",
         };
         Ok(Self {
-            device: device.clone(),
             model,
             base_generator: generator,
             description: format!(
@@ -270,106 +258,22 @@ impl Playground {
         Ok(())
     }
 
-    fn generation(&self) -> GenerationConfig {
-        GenerationConfig {
-            max_new_tokens: self.max_new_tokens,
-            ..Default::default()
-        }
+    /// How the page answers: greedy, at most `max_new_tokens`, one question at a time.
+    pub fn evaluator(&self) -> Evaluator<'_> {
+        Evaluator::new(&self.tokenizers, &self.config, self.max_new_tokens)
     }
 
-    /// Answers from compressed documents; `model` is `self.model.for_inference()`, made
-    /// once per evaluation.
-    pub async fn answer_compressed(
-        &self,
-        model: &Oscar,
-        ex: &Example,
-    ) -> Result<Prediction, String> {
-        self.compressed_with(model, ex, &self.tokenizers.generator.stop_ids)
-            .await
-    }
-
-    async fn compressed_with(
-        &self,
-        model: &Oscar,
-        ex: &Example,
-        stop: &[u32],
-    ) -> Result<Prediction, String> {
-        let start = Instant::now();
-        let encoded = self
-            .tokenizers
-            .encode_example(&self.config, ex)
-            .map_err(err)?;
-        let ids = model
-            .answer(&encoded, stop, &self.generation())
-            .await
-            .map_err(err)?;
-        let text = self.tokenizers.generator.decode(&ids, true);
-        Ok(Self::answered(
-            ex,
-            text,
-            start,
-            encoded.prompt_tokens(&self.config),
-        ))
-    }
-
-    /// Answers from the documents' full text with the published generator (the baseline).
-    pub async fn answer_full_text(&self, ex: &Example) -> Result<Prediction, String> {
-        self.full_text_with(ex, &self.tokenizers.generator.stop_ids)
-            .await
-    }
-
-    async fn full_text_with(&self, ex: &Example, stop: &[u32]) -> Result<Prediction, String> {
-        let start = Instant::now();
-        let tok = &self.tokenizers.generator;
-        let prompt = self.tokenizers.full_text_prompt(ex).map_err(err)?;
-        if prompt.len() + self.max_new_tokens > self.base_generator.max_len() {
-            return Err(format!(
-                "the full text of `{}` takes {} tokens, more than the generator's {}",
-                ex.id,
-                prompt.len(),
-                self.base_generator.max_len()
-            ));
-        }
-        let ids = generate(
-            &self.base_generator,
-            &prompt,
-            stop,
-            &self.generation(),
-            &self.device,
-        )
-        .await
-        .map_err(err)?;
-        Ok(Self::answered(
-            ex,
-            tok.decode(&ids, true),
-            start,
-            prompt.len(),
-        ))
-    }
-
-    /// Speed of compressed against uncompressed answering on `examples`: answers of exactly
-    /// `max_new_tokens` tokens (no stop token), so that every model and backend does the same
-    /// work, after one warm-up answer each way (shader compilation, allocations).
+    /// Speed of compressed against uncompressed answering on `examples` (see
+    /// [`Evaluator::speed`]).
     pub async fn speed(&self, examples: &[Example]) -> Result<Speed, String> {
-        let first = examples.first().ok_or("no questions to time")?;
-        let model = self.model.for_inference();
-        self.compressed_with(&model, first, &[]).await?;
-        self.full_text_with(first, &[]).await?;
-        let (mut compressed, mut uncompressed) = (0.0, 0.0);
-        for ex in examples {
-            compressed += self.compressed_with(&model, ex, &[]).await?.ms;
-            uncompressed += self.full_text_with(ex, &[]).await?.ms;
+        if examples.is_empty() {
+            return Err("no questions to time".into());
         }
-        let n = examples.len() as f64;
-        Ok(Speed {
-            compressed_ms: compressed / n,
-            uncompressed_ms: uncompressed / n,
-        })
-    }
-
-    fn answered(ex: &Example, text: String, start: Instant, prompt_tokens: usize) -> Prediction {
-        let ms = start.elapsed().as_secs_f64() * 1000.0;
-        Prediction::of(ex, text.trim().to_string(), ms, prompt_tokens)
+        let model = self.model.for_inference();
+        self.evaluator()
+            .speed(&model, &self.base_generator, examples)
+            .await
+            .map_err(err)
     }
 
     /// Compresses a pasted document for `question` and answers from its memory vectors.
@@ -398,7 +302,12 @@ impl Playground {
             .tokenizers
             .encode_example(&self.config, &ex)
             .map_err(err)?;
-        let answer = self.answer_compressed(model, &ex).await?;
+        let evaluator = self.evaluator();
+        let prefix = evaluator.prefix(&model.generator).map_err(err)?;
+        let answer = evaluator
+            .answer_compressed(model, &prefix, &ex)
+            .await
+            .map_err(err)?;
         let vectors = encoded.memory_vectors(&self.config);
         Ok(Compressed {
             document_tokens: encoded.document_tokens,
@@ -457,12 +366,23 @@ mod tests {
         assert!(last < 0.5 * first, "loss {first} -> {last}");
 
         let model = p.model.for_inference();
-        let a = read_sync(p.answer_compressed(&model, &data[0])).unwrap();
-        assert_eq!(a.answers, ["red"]);
-        assert!(a.ms > 0.0);
-        let full = read_sync(p.answer_full_text(&data[0])).unwrap();
-        let run = scaledown_data::EvalRun::of(vec![a, full]);
+        let mut answered = vec![];
+        let run = read_sync(
+            p.evaluator()
+                .compressed(&model, &data[..2], async |k| answered.push(k)),
+        )
+        .unwrap();
+        assert_eq!(answered, [1, 2], "progress after each question");
+        assert_eq!(run.predictions[0].answers, ["red"]);
+        assert!(run.predictions[0].ms > 0.0);
         assert!((0.0..=1.0).contains(&run.scores.f1));
+        let full = read_sync(p.evaluator().uncompressed(
+            &p.base_generator,
+            &data[..2],
+            async |_| {},
+        ))
+        .unwrap();
+        assert_eq!(full.predictions.len(), 2);
 
         let speed = read_sync(p.speed(&data[..2])).unwrap();
         assert!(speed.compressed_ms > 0.0 && speed.uncompressed_ms > 0.0);
