@@ -68,10 +68,11 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             a.checkpoint.display()
         );
     }
-    let checkpoint::Loaded {
+    let checkpoint::Pipeline {
         oscar,
         base_generator,
         tokenizers,
+        ..
     } = loaded;
     let model = oscar.into_answering();
     let evaluator = Evaluator::new(&tokenizers, &setup.compressor, setup.max_new_tokens)

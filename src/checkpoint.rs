@@ -10,10 +10,9 @@ use crate::models;
 use anyhow::{Context, Result, bail};
 
 use scaledown_model::burn::prelude::*;
-use scaledown_model::checkpoint::{Manifest, load_trainable, trainable_to_safetensors};
+use scaledown_model::checkpoint::{Manifest, trainable_to_safetensors};
 use scaledown_model::compressor::CompressorType;
-use scaledown_model::llama::Llama;
-use scaledown_model::oscar::{LoraSettings, Oscar, OscarTokenizers};
+use scaledown_model::oscar::{LoraSettings, Oscar};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -22,44 +21,31 @@ pub const LORA_ALPHA: f64 = LoraSettings::OSCAR.alpha;
 
 pub use scaledown_model::checkpoint::OscarSetup;
 
-/// The built model and what comes with it.
-pub struct Loaded {
-    pub oscar: Oscar,
-    /// The generator as published (no LoRA): the uncompressed baseline and the teacher.
-    pub base_generator: Llama,
-    pub tokenizers: OscarTokenizers,
-}
+pub use scaledown_model::pipeline::Pipeline;
 
 /// Builds the model of `setup` on `device` (plain; call `.train()` for training), with fresh
 /// compressor weights.
-pub fn build(setup: &OscarSetup, device: &Device) -> Result<Loaded> {
+pub fn build(setup: &OscarSetup, device: &Device) -> Result<Pipeline> {
+    build_with(setup, device, None)
+}
+
+/// [`build`] with a checkpoint's trained tensors when given.
+fn build_with(setup: &OscarSetup, device: &Device, trainable: Option<&[u8]>) -> Result<Pipeline> {
     let g = models::load_generator(&setup.generator, device)?;
-    let (encoder, encoder_tokenizer) = match setup.compressor.compressor_type {
-        CompressorType::NLayers => (None, None),
+    let encoder = match setup.compressor.compressor_type {
+        CompressorType::NLayers => None,
         CompressorType::Encoder => {
             let path = setup
                 .encoder
                 .as_ref()
                 .context("the encoder compressor needs an encoder")?;
-            let (encoder, tok) = models::load_compressor_encoder(path, device)?;
-            (Some(encoder), Some(tok))
+            Some(models::load_compressor_encoder(path, device)?)
         }
     };
+    let mut pipeline = Pipeline::assemble(setup, g.model, g.tokenizer, encoder, trainable)?;
     // Never trained: it answers from the full text, held in its 4- and 8-bit blocks only.
-    let base_generator = g.model.clone().in_blocks();
-    let lora = setup.lora_rank.map(|rank| LoraSettings {
-        rank,
-        alpha: setup.lora_alpha,
-    });
-    let oscar = Oscar::assemble(&setup.compressor, g.model, encoder, lora, device)?;
-    Ok(Loaded {
-        oscar,
-        base_generator,
-        tokenizers: OscarTokenizers {
-            generator: g.tokenizer,
-            encoder: encoder_tokenizer,
-        },
-    })
+    pipeline.base_generator = pipeline.base_generator.in_blocks();
+    Ok(pipeline)
 }
 
 pub fn read_setup(dir: &Path) -> Result<OscarSetup> {
@@ -102,7 +88,7 @@ pub fn verify(dir: &Path) -> Result<()> {
 }
 
 /// Rebuilds a checkpoint's model: the setup's files plus its trained tensors.
-pub fn load(dir: &Path, device: &Device) -> Result<(OscarSetup, Loaded)> {
+pub fn load(dir: &Path, device: &Device) -> Result<(OscarSetup, Pipeline)> {
     if !dir.join("trainable.safetensors").exists() {
         bail!(
             "{} is not a checkpoint folder (no trainable.safetensors)",
@@ -110,12 +96,10 @@ pub fn load(dir: &Path, device: &Device) -> Result<(OscarSetup, Loaded)> {
         );
     }
     let setup = read_setup(dir)?;
-    let mut loaded = build(&setup, device)?;
-    let path = dir.join("trainable.safetensors");
     let bytes = read_checked(dir, "trainable.safetensors")?;
-    loaded.oscar = load_trainable(loaded.oscar, &bytes)
-        .with_context(|| format!("loading {}", path.display()))?;
-    Ok((setup, loaded))
+    let pipeline = build_with(&setup, device, Some(&bytes))
+        .with_context(|| format!("loading checkpoint {}", dir.display()))?;
+    Ok((setup, pipeline))
 }
 
 /// Writes `dir` (e.g. `checkpoints/step-50`) atomically: a hidden temporary folder, renamed.

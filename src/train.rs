@@ -34,7 +34,7 @@ struct Run {
     held_out: Vec<Example>,
     setup: OscarSetup,
     checkpoints: PathBuf,
-    loaded: checkpoint::Loaded,
+    loaded: checkpoint::Pipeline,
     state: TrainState,
     compressor_lr: f64,
     /// AdamW's state in the checkpoint resumed from, if it has one: (file, bytes).
@@ -201,7 +201,7 @@ fn load_trained(
     setup: &OscarSetup,
     flag: &str,
     device: &scaledown_model::burn::prelude::Device,
-) -> Result<(checkpoint::Loaded, TrainState)> {
+) -> Result<(checkpoint::Pipeline, TrainState)> {
     let (saved_setup, mut loaded) = checkpoint::load(dir, device)?;
     if saved_setup.compressor != setup.compressor {
         bail!(
@@ -305,10 +305,11 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         compressor_lr,
         resumed_optimizer,
     } = start(models_dir, &a)?;
-    let checkpoint::Loaded {
+    let checkpoint::Pipeline {
         oscar,
         base_generator,
         tokenizers,
+        ..
     } = loaded;
     let max_new = a.max_new_tokens as usize;
     let evaluator = Evaluator::new(&tokenizers, &setup.compressor, max_new)

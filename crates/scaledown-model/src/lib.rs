@@ -15,6 +15,7 @@ mod guard;
 pub mod llama;
 pub mod modernbert;
 pub mod oscar;
+pub mod pipeline;
 pub mod pretraining;
 pub mod quant;
 pub mod questions;

@@ -274,7 +274,7 @@ fn device(state: &Shared) -> Result<Device, String> {
 
 fn show_model(p: &Playground) {
     dom::set_text("model-info", &p.description);
-    let c = &p.config;
+    let c = &p.pipeline.config;
     dom::set_text(
         "compression",
         &format!(
@@ -398,7 +398,7 @@ async fn evaluate(
     label: &str,
     full_text: bool,
 ) -> Result<(EvalRun, Option<EvalRun>), String> {
-    let model: Oscar = p.model.for_inference();
+    let model: Oscar = p.pipeline.oscar.for_inference();
     let evaluator = p.evaluator();
     let n = examples.len();
     // Redraw after each answer: the browser paints only when the page yields.
@@ -412,7 +412,7 @@ async fn evaluate(
     let full = match full_text {
         true => Some(
             evaluator
-                .uncompressed(&p.base_generator, examples, async |k| {
+                .uncompressed(&p.pipeline.base_generator, examples, async |k| {
                     status(&format!("{label}, full text: question {k} of {n}"));
                     dom::yield_now().await
                 })
@@ -556,7 +556,7 @@ async fn compress_own_text(state: Shared) -> Result<(), String> {
     let question = dom::value("own-question");
     let p = take_playground(&state).await?;
     status("compressing");
-    let model = p.model.for_inference();
+    let model = p.pipeline.oscar.for_inference();
     let result = p.compress_text(&model, &question, &document).await;
     state.borrow_mut().playground = Some(p);
     let c = result?;

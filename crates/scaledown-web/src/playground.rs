@@ -4,13 +4,14 @@
 
 use scaledown_data::schema::Example;
 use scaledown_model::burn::prelude::*;
-use scaledown_model::checkpoint::{Manifest, OscarSetup, load_trainable};
+use scaledown_model::checkpoint::{Manifest, OscarSetup};
 use scaledown_model::compressor::{CompressorConfig, CompressorType, Readout};
 use scaledown_model::encoder::Encoder;
 use scaledown_model::evaluation::{Evaluator, Speed};
 use scaledown_model::example::TrainExample;
-use scaledown_model::llama::{Llama, LlamaConfig, generator_from_gguf};
-use scaledown_model::oscar::{LoraSettings, Oscar, OscarTokenizers, full_text_user_turn};
+use scaledown_model::llama::{LlamaConfig, generator_from_gguf};
+use scaledown_model::oscar::{LoraSettings, Oscar, full_text_user_turn};
+use scaledown_model::pipeline::{Pipeline, PipelineError};
 use scaledown_model::questions::documents_of;
 use scaledown_model::tokenizer::{Tokenizer, chat_prompt, word_level_json, words_of};
 use scaledown_model::training::{StepStats, TrainSettings, Trainer};
@@ -49,13 +50,9 @@ pub struct ModelFiles {
 }
 
 pub struct Playground {
-    /// Plain tensors (LoRA adapters unmerged); trained with `.train()`, answers from
-    /// `for_inference()`.
-    pub model: Oscar,
-    /// The generator as loaded, without LoRA: the uncompressed baseline.
-    pub base_generator: Llama,
-    pub tokenizers: OscarTokenizers,
-    pub config: CompressorConfig,
+    /// The model, the published generator (the uncompressed baseline), their tokenizers and
+    /// the compressor's settings; trained with `pipeline.oscar.train()`.
+    pub pipeline: Pipeline,
     pub max_new_tokens: usize,
     /// What was loaded, for the page.
     pub description: String,
@@ -104,29 +101,26 @@ impl Playground {
             .chain(words.iter().take(TINY_VOCAB).map(|(w, _)| w.as_str()));
         let tokenizer = Tokenizer::from_json(word_level_json(vocab).as_bytes()).map_err(err)?;
         let generator = LlamaConfig::tiny(tokenizer.vocab_size()).init(device);
-        let config = tiny_compressor();
-        let lora = LoraSettings {
-            rank: 4,
-            alpha: 8.0,
+        let setup = OscarSetup {
+            compressor: tiny_compressor(),
+            generator: "tiny".into(),
+            encoder: None,
+            lora_rank: Some(4),
+            lora_alpha: 8.0,
+            max_new_tokens: 8,
         };
-        let model =
-            Oscar::assemble(&config, generator.clone(), None, Some(lora), device).map_err(err)?;
+        let words = tokenizer.vocab_size();
+        let pipeline = Pipeline::assemble(&setup, generator, tokenizer, None, None).map_err(err)?;
+        let config = &pipeline.config;
         Ok(Self {
-            model,
-            base_generator: generator,
             description: format!(
-                "tiny random model: 2 layers, width 64, {} words; compressor: 1 layer, up to \
+                "tiny random model: 2 layers, width 64, {words} words; compressor: 1 layer, up to \
                  {} memory vectors per {}-token chunk",
-                tokenizer.vocab_size(),
                 config.num_memory_tokens,
                 config.chunk_tokens()
             ),
-            tokenizers: OscarTokenizers {
-                generator: tokenizer,
-                encoder: None,
-            },
-            config,
-            max_new_tokens: 8,
+            pipeline,
+            max_new_tokens: setup.max_new_tokens,
         })
     }
 
@@ -152,49 +146,45 @@ impl Playground {
             ),
             None => None,
         };
-        let (config, lora, max_new_tokens) = match &setup {
-            Some(s) => (
-                s.compressor.clone(),
-                s.lora_rank.map(|rank| LoraSettings {
-                    rank,
-                    alpha: s.lora_alpha,
-                }),
-                s.max_new_tokens,
-            ),
-            None => (CompressorConfig::oscar(), Some(LoraSettings::OSCAR), 32),
+        let checkpoint = match (&setup, &files.trainable) {
+            (Some(_), Some(_)) => "trained checkpoint",
+            (Some(_), None) => return Err("setup.json needs its trainable.safetensors".into()),
+            (None, Some(_)) => return Err("trainable.safetensors needs its setup.json".into()),
+            (None, None) => "fresh compressor (untrained)",
         };
-        let (encoder, encoder_tokenizer) = match (config.compressor_type, files.encoder) {
-            (CompressorType::Encoder, Some((config_json, weights, tokenizer_json))) => {
+        let setup = setup.unwrap_or_else(|| OscarSetup {
+            compressor: CompressorConfig::oscar(),
+            generator: "SmolLM2 GGUF".into(),
+            encoder: None,
+            lora_rank: Some(LoraSettings::OSCAR.rank),
+            lora_alpha: LoraSettings::OSCAR.alpha,
+            max_new_tokens: 32,
+        });
+        let encoder = match files.encoder {
+            Some((config_json, weights, tokenizer_json)) => {
                 let encoder = Encoder::from_safetensors(&config_json, &weights, device)
                     .map_err(|e| format!("encoder model.safetensors: {e}"))?;
                 let tok = Tokenizer::from_json(&tokenizer_json)
                     .map_err(|e| format!("encoder tokenizer.json: {e}"))?;
-                (Some(encoder), Some(tok))
+                Some((encoder, tok))
             }
-            (CompressorType::Encoder, None) => {
-                return Err(
-                    "this checkpoint's compressor is an encoder: also choose its \
-                            config.json, model.safetensors and tokenizer.json"
-                        .into(),
-                );
-            }
-            _ => (None, None),
+            None => None,
         };
-        let mut model =
-            Oscar::assemble(&config, generator.clone(), encoder, lora, device).map_err(err)?;
-        let checkpoint = match (setup.is_some(), files.trainable) {
-            (true, Some(bytes)) => {
-                model = load_trainable(model, &bytes)
-                    .map_err(|e| format!("trainable.safetensors: {e}"))?;
-                "trained checkpoint"
-            }
-            (true, None) => return Err("setup.json needs its trainable.safetensors".into()),
-            (false, Some(_)) => return Err("trainable.safetensors needs its setup.json".into()),
-            (false, None) => "fresh compressor (untrained)",
-        };
+        let pipeline = Pipeline::assemble(
+            &setup,
+            generator,
+            tokenizer,
+            encoder,
+            files.trainable.as_deref(),
+        )
+        .map_err(|e| match e {
+            PipelineError::MissingEncoder => "this checkpoint's compressor is an encoder: also \
+                choose its config.json, model.safetensors and tokenizer.json"
+                .to_string(),
+            e => e.to_string(),
+        })?;
+        let config = &pipeline.config;
         Ok(Self {
-            model,
-            base_generator: generator,
             description: format!(
                 "generator: {} layers, width {}; {} {} compressor, {} readout, up to {} memory vectors per \
                  {}-token chunk",
@@ -206,20 +196,17 @@ impl Playground {
                 config.num_memory_tokens,
                 config.chunk_tokens()
             ),
-            tokenizers: OscarTokenizers {
-                generator: tokenizer,
-                encoder: encoder_tokenizer,
-            },
-            config,
-            max_new_tokens,
+            pipeline,
+            max_new_tokens: setup.max_new_tokens,
         })
     }
 
     /// The gold answer as a teacher-forced target.
     pub fn train_example(&self, ex: &Example) -> Result<TrainExample, String> {
         let answer = ex.answers.first().map_or("", String::as_str);
-        self.tokenizers
-            .answer_example(&self.config, ex, answer)
+        self.pipeline
+            .tokenizers
+            .answer_example(&self.pipeline.config, ex, answer)
             .map_err(err)
     }
 
@@ -241,7 +228,7 @@ impl Playground {
             warmup_steps: (steps / 10).max(1),
             ..TrainSettings::oscar(learning_rate, learning_rate, steps)
         });
-        let mut model = self.model.clone().train();
+        let mut model = self.pipeline.oscar.clone().train();
         for step in 0..steps {
             let example = &examples[step % examples.len()];
             let (m, stats) = trainer.step(model, &[example]).await;
@@ -249,18 +236,22 @@ impl Playground {
             match stats {
                 Ok(stats) => on_step(step, stats).await,
                 Err(e) => {
-                    self.model = model.valid();
+                    self.pipeline.oscar = model.valid();
                     return Err(e.to_string());
                 }
             }
         }
-        self.model = model.valid();
+        self.pipeline.oscar = model.valid();
         Ok(())
     }
 
     /// How the page answers: greedy, at most `max_new_tokens`, one question at a time.
     pub fn evaluator(&self) -> Evaluator<'_> {
-        Evaluator::new(&self.tokenizers, &self.config, self.max_new_tokens)
+        Evaluator::new(
+            &self.pipeline.tokenizers,
+            &self.pipeline.config,
+            self.max_new_tokens,
+        )
     }
 
     /// Speed of compressed against uncompressed answering on `examples` (see
@@ -269,9 +260,9 @@ impl Playground {
         if examples.is_empty() {
             return Err("no questions to time".into());
         }
-        let model = self.model.for_inference();
+        let model = self.pipeline.oscar.for_inference();
         self.evaluator()
-            .speed(&model, &self.base_generator, examples)
+            .speed(&model, &self.pipeline.base_generator, examples)
             .await
             .map_err(err)
     }
@@ -299,8 +290,9 @@ impl Playground {
             teacher_answer: None,
         };
         let encoded = self
+            .pipeline
             .tokenizers
-            .encode_example(&self.config, &ex)
+            .encode_example(&self.pipeline.config, &ex)
             .map_err(err)?;
         let evaluator = self.evaluator();
         let prefix = evaluator.prefix(&model.generator).map_err(err)?;
@@ -308,12 +300,12 @@ impl Playground {
             .answer_compressed(model, &prefix, &ex)
             .await
             .map_err(err)?;
-        let vectors = encoded.memory_vectors(&self.config);
+        let vectors = encoded.memory_vectors(&self.pipeline.config);
         Ok(Compressed {
             document_tokens: encoded.document_tokens,
             chunks: encoded.chunks.len(),
             vectors,
-            width: self.base_generator.hidden_size(),
+            width: self.pipeline.base_generator.hidden_size(),
             rate: encoded.document_tokens as f64 / vectors.max(1) as f64,
             answer: answer.prediction,
             ms: answer.ms,
@@ -355,7 +347,7 @@ mod tests {
         let data = examples();
         let mut p = Playground::tiny(&data, &device, 3).unwrap();
         assert!(
-            p.tokenizers.generator.vocab_size() < 3 + 40,
+            p.pipeline.tokenizers.generator.vocab_size() < 3 + 40,
             "vocabulary from the data"
         );
         let train: Vec<TrainExample> = data.iter().map(|e| p.train_example(e).unwrap()).collect();
@@ -365,7 +357,7 @@ mod tests {
         let last: f32 = losses[36..].iter().sum();
         assert!(last < 0.5 * first, "loss {first} -> {last}");
 
-        let model = p.model.for_inference();
+        let model = p.pipeline.oscar.for_inference();
         let mut answered = vec![];
         let run = read_sync(
             p.evaluator()
@@ -377,7 +369,7 @@ mod tests {
         assert!(run.predictions[0].ms > 0.0);
         assert!((0.0..=1.0).contains(&run.scores.f1));
         let full = read_sync(p.evaluator().uncompressed(
-            &p.base_generator,
+            &p.pipeline.base_generator,
             &data[..2],
             async |_| {},
         ))
