@@ -4,7 +4,7 @@
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use scaledown_model::backend::BackendKind;
-use scaledown_model::compressor::{CompressorType, Readout};
+use scaledown_model::compressor::{CompressorConfig, CompressorType, Readout};
 use scaledown_model::pretraining::Reconstruction;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -87,15 +87,15 @@ pub struct TrainArgs {
     pub compressor_type: CompressorFlag,
     /// Generator layers in the n_layers compressor (k: the memory enters after the generator's
     /// layer k). 20 is the measured best (README, "Rate 4 after layer 20" and "Rate 2").
-    #[arg(long, alias = "num_layers", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, alias = "num_layers", default_value_t = CompressorConfig::default().num_layers as u32, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub num_layers: u32,
     /// Memory vectors per chunk: L (the pooled readout gives a short last chunk fewer). 64 at
     /// rate 2: 128-token chunks.
-    #[arg(long, alias = "num_memory_tokens", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=256))]
+    #[arg(long, alias = "num_memory_tokens", default_value_t = CompressorConfig::default().num_memory_tokens as u32, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub num_memory_tokens: u32,
     /// Document tokens per memory vector: R. Chunks hold L×R tokens. 2 is the measured best
     /// at the seed's scale (README, "Rate 2").
-    #[arg(long, alias = "compression_rate", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=512))]
+    #[arg(long, alias = "compression_rate", default_value_t = CompressorConfig::default().compression_rate as u32, value_parser = clap::value_parser!(u32).range(1..=512))]
     pub compression_rate: u32,
     /// How the compressor's states become memory vectors: pooled (memory vector j is the mean
     /// of the states of the R document tokens it stands for; with n_layers they enter the

@@ -102,12 +102,29 @@ pub struct CompressorConfig {
     pub rerank: bool,
 }
 
+/// The measured best recipe at the seed's scale (README, "Rate 2"): a copy of the
+/// generator's first 20 layers, up to 64 memory vectors per 128-token chunk, each the mean of 2
+/// tokens' layer-20 states, entering the generator after its layer 20. `scaledown train`'s
+/// defaults and the page's fresh compressor.
+impl Default for CompressorConfig {
+    fn default() -> Self {
+        Self {
+            compressor_type: CompressorType::NLayers,
+            num_layers: 20,
+            num_memory_tokens: 64,
+            compression_rate: 2,
+            readout: Readout::Pooled,
+            projector: false,
+            rerank: false,
+        }
+    }
+}
+
 impl CompressorConfig {
     /// The pooled readout at rate 16: a copy of the generator's first 5 layers, at most 8
     /// memory vectors per 128-token chunk, each the mean of 16 tokens' layer-5 states, entering
-    /// the generator after its layer 5. What the benchmark's PyTorch twin runs and what the page
-    /// builds for a real model without a checkpoint (the CLI trains k = 20, rate 4: see
-    /// `scaledown train --help`).
+    /// the generator after its layer 5: what the benchmark's PyTorch twin runs. (`train`
+    /// and the page start from [`CompressorConfig::default`].)
     pub fn oscar() -> Self {
         Self {
             compressor_type: CompressorType::NLayers,

@@ -153,7 +153,7 @@ impl Playground {
             (None, None) => "fresh compressor (untrained)",
         };
         let setup = setup.unwrap_or_else(|| OscarSetup {
-            compressor: CompressorConfig::oscar(),
+            compressor: CompressorConfig::default(),
             generator: "SmolLM2 GGUF".into(),
             encoder: None,
             lora_rank: Some(LoraSettings::OSCAR.rank),
