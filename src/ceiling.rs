@@ -17,6 +17,8 @@ use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::example::{Encoded, TrainExample};
 use scaledown_model::oscar::OscarTokenizers;
 use serde::{Deserialize, Serialize};
+use std::convert::Infallible;
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 /// The fine-tuned uncompressed generator's evaluation and training cost.
@@ -71,26 +73,30 @@ pub fn run(
     }
     // A fresh model of the same setup: its LoRA factors start as the compressed run's did;
     // its compressor is never read.
-    let mut model = checkpoint::build(setup, device)?.oscar.train();
+    let model = checkpoint::build(setup, device)?.oscar.train();
     let mut trainer = trainer_for(a, 0.0, total, 0);
     let batch = a.batch_size as usize;
     let mut losses = Vec::with_capacity(total);
     let mut seen = 0;
     let bar = progress::bar(total as u64, "fine-tuning the uncompressed generator");
     let started = Instant::now();
-    for step in 0..total {
-        let batch_examples = batch_at(&examples, step, batch, a.seed);
-        let (m, result) = read_sync(trainer.step(model, &batch_examples));
-        model = m;
-        let stats = result.map_err(|e| anyhow!("fine-tuning the uncompressed generator: {e}"))?;
-        seen += batch_examples.len();
-        losses.push((step + 1, stats.loss));
-        bar.set_message(format!("loss {:.3}", stats.loss));
-        bar.inc(1);
-        if (step + 1) % a.logging_steps as usize == 0 || step + 1 == total {
-            bar.suspend(|| println!("ceiling step {}/{total} loss {:.4}", step + 1, stats.loss));
-        }
-    }
+    let (model, result) = read_sync(trainer.run(
+        model,
+        total,
+        |step| batch_at(&examples, step, batch, a.seed),
+        async |trainer, _, batch_examples, stats| -> Result<ControlFlow<()>, Infallible> {
+            let step = trainer.step;
+            seen += batch_examples.len();
+            losses.push((step, stats.loss));
+            bar.set_message(format!("loss {:.3}", stats.loss));
+            bar.inc(1);
+            if step % a.logging_steps as usize == 0 || step == total {
+                bar.suspend(|| println!("ceiling step {step}/{total} loss {:.4}", stats.loss));
+            }
+            Ok(ControlFlow::Continue(()))
+        },
+    ));
+    result.map_err(|e| anyhow!("fine-tuning the uncompressed generator: {e}"))?;
     bar.finish_and_clear();
     let train_seconds = started.elapsed().as_secs_f64();
     let generator = model.for_inference().generator.in_blocks();

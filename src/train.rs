@@ -18,8 +18,9 @@ use scaledown_model::compressor::{CompressorConfig, CompressorType};
 use scaledown_model::example::TrainExample;
 use scaledown_model::oscar::{Oscar, OscarTokenizers};
 use scaledown_model::pretraining::{self, PretrainingSet};
-use scaledown_model::training::Trainer;
+use scaledown_model::training::{RunError, Trainer};
 use serde::Serialize;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -417,65 +418,68 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
     if state.step > 0 {
         resume_optimizer(&mut trainer, resumed_optimizer.as_ref())?;
     }
-    let mut stopped = None;
     let bar = progress::bar(total as u64, "training");
     bar.set_position(state.step as u64);
     let started = Instant::now();
     let seconds_before = state.train_seconds;
-    while state.step < total {
-        let batch_examples = batch_at(&examples, state.step, batch, a.seed);
-        let (m, result) = read_sync(trainer.step(model, &batch_examples));
-        model = m;
-        let stats = match result {
-            Ok(s) => s,
-            Err(e) => {
-                let msg = format!(
-                    "{e}; the last good checkpoint is kept in {}",
-                    checkpoints.display()
-                );
-                eprintln!("error: {msg}");
-                stopped = Some(msg);
-                break;
+    let (m, result) = read_sync(trainer.run(
+        model,
+        total,
+        |step| batch_at(&examples, step, batch, a.seed),
+        async |trainer, model, batch_examples, stats| -> Result<ControlFlow<()>> {
+            state.step += 1;
+            state.examples_seen += batch_examples.len();
+            state.losses.push((state.step, stats.loss));
+            state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
+            bar.set_message(format!("training loss {:.3}", stats.loss));
+            bar.inc(1);
+            if state.step % a.logging_steps as usize == 0 || state.step == total {
+                bar.suspend(|| {
+                    println!(
+                        "step {}/{total} loss {:.4} grad-norm {:.3} lr {:.2e}",
+                        state.step, stats.loss, stats.grad_norm, stats.compressor_lr
+                    )
+                });
             }
-        };
-        state.step += 1;
-        state.examples_seen += batch_examples.len();
-        state.losses.push((state.step, stats.loss));
-        state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
-        bar.set_message(format!("training loss {:.3}", stats.loss));
-        bar.inc(1);
-        if state.step % a.logging_steps as usize == 0 || state.step == total {
-            bar.suspend(|| {
-                println!(
-                    "step {}/{total} loss {:.4} grad-norm {:.3} lr {:.2e}",
-                    state.step, stats.loss, stats.grad_norm, stats.compressor_lr
-                )
-            });
+            if a.eval_steps > 0 && state.step % a.eval_steps as usize == 0 && state.step < total {
+                let run = bar.suspend(|| {
+                    evaluate::compressed(
+                        &evaluator,
+                        &model.for_inference().in_blocks(),
+                        &eval,
+                        "eval",
+                    )
+                })?;
+                bar.suspend(|| println!("step {}: {}", state.step, describe(&run)));
+                state.evals.push(EvalPoint {
+                    step: state.step,
+                    scores: run.scores,
+                });
+                checkpoint::save(
+                    &checkpoints.join(format!("step-{}", state.step)),
+                    &setup,
+                    model,
+                    &state,
+                    Some(optimizer_state(trainer)?),
+                )?;
+                checkpoint::prune(&checkpoints, "step-", 2);
+            }
+            Ok(ControlFlow::Continue(()))
+        },
+    ));
+    model = m;
+    let stopped = match result {
+        Ok(()) => None,
+        Err(RunError::Step(e)) => {
+            let msg = format!(
+                "{e}; the last good checkpoint is kept in {}",
+                checkpoints.display()
+            );
+            eprintln!("error: {msg}");
+            Some(msg)
         }
-        if a.eval_steps > 0 && state.step % a.eval_steps as usize == 0 && state.step < total {
-            let run = bar.suspend(|| {
-                evaluate::compressed(
-                    &evaluator,
-                    &model.for_inference().in_blocks(),
-                    &eval,
-                    "eval",
-                )
-            })?;
-            bar.suspend(|| println!("step {}: {}", state.step, describe(&run)));
-            state.evals.push(EvalPoint {
-                step: state.step,
-                scores: run.scores,
-            });
-            checkpoint::save(
-                &checkpoints.join(format!("step-{}", state.step)),
-                &setup,
-                &model,
-                &state,
-                Some(optimizer_state(&trainer)?),
-            )?;
-            checkpoint::prune(&checkpoints, "step-", 2);
-        }
-    }
+        Err(RunError::After(e)) => return Err(e),
+    };
     bar.finish_and_clear();
 
     let after_model = model.for_inference().in_blocks();
@@ -667,51 +671,63 @@ impl Pretraining<'_> {
         let started = Instant::now();
         let seconds_before = state.pretrain_seconds;
         let first_step = state.pretrain_step;
-        while state.pretrain_step < total && !out_of_time(state) {
-            let batch_examples = set.batch(state.pretrain_step, batch, share, a.seed);
-            let (m, result) = read_sync(trainer.step(model, &batch_examples));
-            model = m;
-            let stats = result.map_err(|e| {
-                anyhow::anyhow!(
-                    "pretraining: {e}; the last good checkpoint is kept in {}",
-                    self.checkpoints.display()
-                )
-            })?;
-            state.pretrain_step += 1;
-            state
-                .pretrain_losses
-                .push((state.pretrain_step, stats.loss));
-            state.pretrain_seconds = seconds_before + started.elapsed().as_secs_f64();
-            // Windows (pretraining examples) per second over this session's steps.
-            let windows_per_second = ((state.pretrain_step - first_step) * batch) as f64
-                / started.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!(
-                "pretraining loss {:.3}, {windows_per_second:.2} windows/s",
-                stats.loss
-            ));
-            bar.inc(1);
-            let n = state.pretrain_step;
-            if n.is_multiple_of(a.logging_steps as usize) || n == total {
-                bar.suspend(|| {
-                    println!(
-                        "pretraining step {n}/{total} ({} windows) loss {:.4}, {windows_per_second:.2} windows/s",
-                        n * batch,
+        let (m, result) = match out_of_time(state) {
+            true => (model, Ok(())),
+            false => read_sync(trainer.run(
+                model,
+                total,
+                |step| set.batch(step, batch, share, a.seed),
+                async |trainer, model, _, stats| -> Result<ControlFlow<()>> {
+                    state.pretrain_step += 1;
+                    state
+                        .pretrain_losses
+                        .push((state.pretrain_step, stats.loss));
+                    state.pretrain_seconds = seconds_before + started.elapsed().as_secs_f64();
+                    // Windows (pretraining examples) per second over this session's steps.
+                    let windows_per_second = ((state.pretrain_step - first_step) * batch) as f64
+                        / started.elapsed().as_secs_f64().max(1e-9);
+                    bar.set_message(format!(
+                        "pretraining loss {:.3}, {windows_per_second:.2} windows/s",
                         stats.loss
-                    )
-                });
-            }
-            if a.eval_steps > 0 && n.is_multiple_of(a.eval_steps as usize) && n < total {
-                bar.suspend(|| self.probe(&model, &probe, eval, state))?;
-                let dir = self.checkpoints.join(format!("pretrain-{n}"));
-                checkpoint::save(
-                    &dir,
-                    self.setup,
-                    &model,
-                    state,
-                    Some(optimizer_state(&trainer)?),
-                )?;
-                checkpoint::prune(self.checkpoints, "pretrain-", 1);
-            }
+                    ));
+                    bar.inc(1);
+                    let n = state.pretrain_step;
+                    if n.is_multiple_of(a.logging_steps as usize) || n == total {
+                        bar.suspend(|| {
+                            println!(
+                                "pretraining step {n}/{total} ({} windows) loss {:.4}, {windows_per_second:.2} windows/s",
+                                n * batch,
+                                stats.loss
+                            )
+                        });
+                    }
+                    if a.eval_steps > 0 && n.is_multiple_of(a.eval_steps as usize) && n < total {
+                        bar.suspend(|| self.probe(model, &probe, eval, state))?;
+                        let dir = self.checkpoints.join(format!("pretrain-{n}"));
+                        checkpoint::save(
+                            &dir,
+                            self.setup,
+                            model,
+                            state,
+                            Some(optimizer_state(trainer)?),
+                        )?;
+                        checkpoint::prune(self.checkpoints, "pretrain-", 1);
+                    }
+                    Ok(match out_of_time(state) {
+                        true => ControlFlow::Break(()),
+                        false => ControlFlow::Continue(()),
+                    })
+                },
+            )),
+        };
+        model = m;
+        match result {
+            Ok(()) => {}
+            Err(RunError::Step(e)) => bail!(
+                "pretraining: {e}; the last good checkpoint is kept in {}",
+                self.checkpoints.display()
+            ),
+            Err(RunError::After(e)) => return Err(e),
         }
         bar.finish_and_clear();
         if out_of_time(state) && state.pretrain_step < total {

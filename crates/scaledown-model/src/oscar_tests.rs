@@ -12,6 +12,7 @@ use crate::training::{TrainError, TrainSettings, Trainer};
 use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::read_sync;
+use std::ops::ControlFlow;
 
 /// The tiny OSCAR's memory-token readout (these tests' default).
 pub(crate) fn config(compressor_type: CompressorType) -> CompressorConfig {
@@ -478,4 +479,49 @@ fn a_padded_batch_answers_as_each_question_alone() {
             &read_sync(generate(g, p, &[], &config, &device)).unwrap()
         );
     }
+}
+
+/// The one step loop: `after` sees every step in order, stops the run early when it breaks,
+/// and a caller's error ends it; every example comes once per epoch.
+#[test]
+fn the_step_loop_calls_after_each_step_and_stops_when_told() {
+    let examples: Vec<TrainExample> = (0..5).map(|_| example()).collect();
+    let epoch: Vec<*const TrainExample> = (0..3)
+        .flat_map(|s| crate::training::batch_at(&examples, s, 2, 9))
+        .map(|e| e as *const _)
+        .collect();
+    let mut unique = epoch.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!((epoch.len(), unique.len()), (5, 5), "3 batches of 2, 2, 1");
+
+    let model = tiny_oscar(CompressorType::NLayers, 4).train();
+    let mut trainer = Trainer::new(settings(6));
+    let mut seen = vec![];
+    let (model, result) = read_sync(trainer.run(
+        model,
+        6,
+        |s| crate::training::batch_at(&examples, s, 2, 9),
+        async |t, _, batch, stats| -> Result<ControlFlow<()>, String> {
+            seen.push((t.step, batch.len(), stats.loss.is_finite()));
+            Ok(match t.step {
+                4 => ControlFlow::Break(()),
+                _ => ControlFlow::Continue(()),
+            })
+        },
+    ));
+    result.unwrap();
+    let sizes: Vec<_> = seen.iter().map(|s| (s.0, s.1)).collect();
+    assert_eq!(sizes, [(1, 2), (2, 2), (3, 1), (4, 2)]);
+    assert!(seen.iter().all(|s| s.2));
+    assert_eq!(trainer.step, 4);
+
+    let (_, result) = read_sync(trainer.run(
+        model,
+        6,
+        |s| crate::training::batch_at(&examples, s, 2, 9),
+        async |_, _, _, _| -> Result<ControlFlow<()>, String> { Err("disk full".into()) },
+    ));
+    assert!(matches!(result, Err(crate::training::RunError::After(ref e)) if e == "disk full"));
+    assert_eq!(trainer.step, 5, "the step ran; its caller failed after it");
 }

@@ -12,6 +12,7 @@ use crate::oscar::Oscar;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
+use std::ops::ControlFlow;
 
 /// Examples per padded forward and backward pass: larger ones pack each weight fewer times
 /// but hold more activations.
@@ -256,6 +257,70 @@ impl Trainer {
             Ok(stats),
         )
     }
+}
+
+/// Why [`Trainer::run`] ended before its last step.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError<E> {
+    /// A step failed; the model is as the last good step left it.
+    #[error(transparent)]
+    Step(TrainError),
+    /// The caller's `after` failed.
+    #[error("{0}")]
+    After(E),
+}
+
+impl Trainer {
+    /// Optimiser steps from `self.step` until `total`, step s on `batch_of(s)`, calling
+    /// `after(trainer, model, batch, stats)` after each: where a caller logs, evaluates,
+    /// checkpoints or redraws, and may stop early with `ControlFlow::Break`. The one step loop
+    /// of question answering, pretraining, the fine-tuned ceiling and the page. Returns the
+    /// model as the last good step left it.
+    pub async fn run<'a, E>(
+        &mut self,
+        mut model: Oscar,
+        total: usize,
+        mut batch_of: impl FnMut(usize) -> Vec<&'a TrainExample>,
+        mut after: impl AsyncFnMut(
+            &Trainer,
+            &Oscar,
+            &[&'a TrainExample],
+            StepStats,
+        ) -> Result<ControlFlow<()>, E>,
+    ) -> (Oscar, Result<(), RunError<E>>) {
+        while self.step < total {
+            let batch = batch_of(self.step);
+            let (m, result) = self.step(model, &batch).await;
+            model = m;
+            let stats = match result {
+                Ok(stats) => stats,
+                Err(e) => return (model, Err(RunError::Step(e))),
+            };
+            match after(self, &model, &batch, stats).await {
+                Ok(ControlFlow::Continue(())) => {}
+                Ok(ControlFlow::Break(())) => break,
+                Err(e) => return (model, Err(RunError::After(e))),
+            }
+        }
+        (model, Ok(()))
+    }
+}
+
+/// The examples of optimiser step `step`: epochs in a seeded shuffled order, `batch` at a time.
+pub fn batch_at(
+    examples: &[TrainExample],
+    step: usize,
+    batch: usize,
+    seed: u64,
+) -> Vec<&TrainExample> {
+    let per_epoch = examples.len().div_ceil(batch);
+    let epoch = step / per_epoch;
+    let order = scaledown_data::split::shuffled_indices(examples.len(), seed + epoch as u64);
+    let at = (step % per_epoch) * batch;
+    order[at..(at + batch).min(order.len())]
+        .iter()
+        .map(|&i| &examples[i])
+        .collect()
 }
 
 /// The mean answer loss of `examples` (`model` without autodiff), run in [`MICRO_BATCH`]

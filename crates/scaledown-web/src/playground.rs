@@ -16,6 +16,8 @@ use scaledown_model::questions::documents_of;
 use scaledown_model::tokenizer::{Tokenizer, chat_prompt, word_level_json, words_of};
 use scaledown_model::training::{StepStats, TrainSettings, Trainer};
 use std::collections::HashMap;
+use std::convert::Infallible;
+use std::ops::ControlFlow;
 
 /// Words in the tiny model's vocabulary (besides the prompt template's).
 pub const TINY_VOCAB: usize = 3000;
@@ -228,21 +230,20 @@ impl Playground {
             warmup_steps: (steps / 10).max(1),
             ..TrainSettings::oscar(learning_rate, learning_rate, steps)
         });
-        let mut model = self.pipeline.oscar.clone().train();
-        for step in 0..steps {
-            let example = &examples[step % examples.len()];
-            let (m, stats) = trainer.step(model, &[example]).await;
-            model = m;
-            match stats {
-                Ok(stats) => on_step(step, stats).await,
-                Err(e) => {
-                    self.pipeline.oscar = model.valid();
-                    return Err(e.to_string());
-                }
-            }
-        }
+        let model = self.pipeline.oscar.clone().train();
+        let (model, result) = trainer
+            .run(
+                model,
+                steps,
+                |step| vec![&examples[step % examples.len()]],
+                async |trainer, _, _, stats| -> Result<ControlFlow<()>, Infallible> {
+                    on_step(trainer.step - 1, stats).await;
+                    Ok(ControlFlow::Continue(()))
+                },
+            )
+            .await;
         self.pipeline.oscar = model.valid();
-        Ok(())
+        result.map_err(err)
     }
 
     /// How the page answers: greedy, at most `max_new_tokens`, one question at a time.
