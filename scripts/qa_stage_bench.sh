@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Issue 22's QA figures at the seed's scale, with a question-answering stage first (README,
+# "Rate 2 after a HotpotQA stage"): one epoch of ../shared/data's 400 HotpotQA questions (each
+# with its two gold paragraphs), then a fresh epoch of the seed's 450 SQuAD questions from those
+# weights (--init-from), then the 200 more held-out SQuAD questions of the same held-out
+# articles. The defaults otherwise (rate 2, k = 20, LoRA). About 45 minutes per seed on 2 cores.
+#
+#   scripts/qa_stage_bench.sh [SEED ...]      (default: 42 7); results in runs/qa_stage_s<SEED>*
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scaledown/target}"
+cargo build --release --quiet
+sd="$CARGO_TARGET_DIR/release/scaledown"
+squad=../shared/data/squad_dev.jsonl
+[ -f "$squad" ] || { echo "needs $squad (../shared beside the clone)" >&2; exit 1; }
+
+"$sd" models fetch
+mkdir -p data runs
+[ -f data/squad500_eval.json ] ||
+  "$sd" prepare --dataset squad --source "$squad" --num-examples 500 --output-file data/squad500.json
+[ -f data/heldout200.json ] ||
+  python3 scripts/heldout_questions.py data/squad500.json data/squad500_eval.json "$squad" 200 data/heldout200.json
+[ -f data/hotpot400_gold.json ] || python3 scripts/hotpot_questions.py data/hotpot400_gold.json
+
+seeds=("$@")
+[ ${#seeds[@]} -gt 0 ] || seeds=(42 7)
+for s in "${seeds[@]}"; do
+  out=runs/qa_stage_s$s
+  "$sd" train --train-data data/hotpot400_gold.json --eval-data data/squad500_eval.json \
+    --max-eval-examples 10 --seed "$s" --resume --output-dir "$out/stage" | tee "$out.stage.log"
+  "$sd" train --train-data data/squad500.json --eval-data data/squad500_eval.json \
+    --max-eval-examples 50 --init-from "$out/stage" --seed "$s" --resume --output-dir "$out/qa" |
+    tee "$out.qa.log"
+  "$sd" eval --checkpoint "$out/qa/checkpoints/final" --eval-data data/heldout200.json \
+    --max-eval-examples 200 --eval-batch-size 4 --output "$out.200.json" | tee "$out.200.log"
+done
