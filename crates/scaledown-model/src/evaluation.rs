@@ -478,17 +478,25 @@ mod tests {
 
     #[test]
     fn without_stop_tokens_every_answer_takes_max_new_tokens() {
-        let (examples, tokenizers, config, model) = fixture();
+        let (examples, mut tokenizers, config, model) = fixture();
+        // Every token stops an answer that stops: one word each.
+        tokenizers.generator.stop_ids = (0..tokenizers.generator.vocab_size() as u32).collect();
+        let stopping = Evaluator::new(&tokenizers, &config, 5);
         let timed = Evaluator {
             stop: false,
-            ..Evaluator::new(&tokenizers, &config, 5)
+            ..stopping.clone()
         };
-        let stopping = Evaluator::new(&tokenizers, &config, 5);
-        let long = read_sync(timed.uncompressed(&model.generator, &examples, async |_| {}));
-        let short = read_sync(stopping.uncompressed(&model.generator, &examples, async |_| {}));
-        for (long, short) in texts(&long.unwrap()).iter().zip(texts(&short.unwrap())) {
-            assert!(long.starts_with(short), "{long:?} goes on from {short:?}");
-        }
+        let words = |e: &Evaluator| {
+            let run = read_sync(e.uncompressed(&model.generator, &examples, async |_| {}));
+            let run = run.unwrap();
+            let counts: Vec<usize> = texts(&run)
+                .iter()
+                .map(|t| t.split_whitespace().count())
+                .collect();
+            counts
+        };
+        assert_eq!(words(&stopping), [1, 1, 1, 1]);
+        assert_eq!(words(&timed), [5, 5, 5, 5]);
         let speed = read_sync(timed.speed(&model, &model.generator, &examples[..2])).unwrap();
         assert!(speed.compressed_ms > 0.0 && speed.uncompressed_ms > 0.0);
     }

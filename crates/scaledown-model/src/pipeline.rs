@@ -14,8 +14,8 @@ use crate::weights::WeightError;
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error(
-        "the compressor is an encoder: it needs the encoder's config.json, model.safetensors \
-         and tokenizer.json"
+        "this checkpoint's compressor is an encoder: also give its encoder's config.json, \
+         model.safetensors and tokenizer.json"
     )]
     MissingEncoder,
     #[error("trainable.safetensors: {0}")]

@@ -11,7 +11,7 @@ use scaledown_model::evaluation::{Evaluator, Speed};
 use scaledown_model::example::TrainExample;
 use scaledown_model::llama::{LlamaConfig, generator_from_gguf};
 use scaledown_model::oscar::{LoraSettings, Oscar, full_text_user_turn};
-use scaledown_model::pipeline::{Pipeline, PipelineError};
+use scaledown_model::pipeline::Pipeline;
 use scaledown_model::questions::documents_of;
 use scaledown_model::tokenizer::{Tokenizer, chat_prompt, word_level_json, words_of};
 use scaledown_model::training::{StepStats, TrainSettings, Trainer};
@@ -179,12 +179,7 @@ impl Playground {
             encoder,
             files.trainable.as_deref(),
         )
-        .map_err(|e| match e {
-            PipelineError::MissingEncoder => "this checkpoint's compressor is an encoder: also \
-                choose its config.json, model.safetensors and tokenizer.json"
-                .to_string(),
-            e => e.to_string(),
-        })?;
+        .map_err(err)?;
         let config = &pipeline.config;
         Ok(Self {
             description: format!(
