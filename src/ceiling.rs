@@ -7,7 +7,6 @@ use crate::evaluate::{self, EvalRun, Evaluator, describe};
 use crate::fsutil::write_atomic;
 use crate::progress;
 use crate::report::CeilingSummary;
-use crate::schedule::{batch_at, trainer_for};
 use crate::train_args::TrainArgs;
 use anyhow::{Context, Result, anyhow};
 use scaledown_data::Example;
@@ -16,6 +15,8 @@ use scaledown_model::burn::prelude::Device;
 use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::example::{Encoded, TrainExample};
 use scaledown_model::oscar::OscarTokenizers;
+use scaledown_model::recipe::RunConfig;
+use scaledown_model::training::{TrainSettings, Trainer, batch_at};
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::ops::ControlFlow;
@@ -49,6 +50,7 @@ impl From<&Ceiling> for CeilingSummary {
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     a: &TrainArgs,
+    recipe: &RunConfig,
     setup: &OscarSetup,
     tokenizers: &OscarTokenizers,
     train: &[Example],
@@ -74,8 +76,12 @@ pub fn run(
     // A fresh model of the same setup: its LoRA factors start as the compressed run's did;
     // its compressor is never read.
     let model = checkpoint::build(setup, device)?.oscar.train();
-    let mut trainer = trainer_for(a, 0.0, total, 0);
-    let batch = a.batch_size as usize;
+    let mut trainer = Trainer::new(TrainSettings {
+        compressor_lr: 0.0,
+        memory_lr: 0.0,
+        ..recipe.train_settings(total)
+    });
+    let batch = recipe.optimiser.batch_size;
     let mut losses = Vec::with_capacity(total);
     let mut seen = 0;
     let bar = progress::bar(total as u64, "fine-tuning the uncompressed generator");
@@ -83,7 +89,7 @@ pub fn run(
     let (model, result) = read_sync(trainer.run(
         model,
         total,
-        |step| batch_at(&examples, step, batch, a.seed),
+        |step| batch_at(&examples, step, batch, recipe.seed),
         async |trainer, _, batch_examples, stats| -> Result<ControlFlow<()>, Infallible> {
             let step = trainer.step;
             seen += batch_examples.len();
@@ -100,8 +106,9 @@ pub fn run(
     bar.finish_and_clear();
     let train_seconds = started.elapsed().as_secs_f64();
     let generator = model.for_inference().generator.in_blocks();
+    // The uncompressed answers read every document: no keep-top.
     let evaluator = Evaluator::new(tokenizers, &setup.compressor, setup.max_new_tokens)
-        .batch(a.eval_batch_size as usize);
+        .batch(recipe.evaluation.batch_size);
     let run = evaluate::uncompressed(&evaluator, &generator, eval, "eval fine-tuned uncompressed")?;
     println!("fine-tuned uncompressed (ceiling): {}", describe(&run));
     let ceiling = Ceiling {

@@ -1,6 +1,6 @@
 //! Checkpoint folders: `setup.json` (how to rebuild the model: compressor shapes, generator
-//! and encoder files, LoRA), `trainable.safetensors` (compressor, memory tokens, projector, LoRA
-//! factors), `state.json` (training progress, for `--resume`) and `manifest.json` (each
+//! and encoder files, LoRA), `recipe.json` (the run's whole recipe), `trainable.safetensors`
+//! (compressor, memory tokens, projector, LoRA factors), `state.json` (training progress, for `--resume`) and `manifest.json` (each
 //! file's SHA-256 and size, written last). A checkpoint is written into a temporary folder and
 //! renamed into place, so a crash never leaves half of one; a file damaged later is refused
 //! when read, by name.
@@ -12,12 +12,10 @@ use anyhow::{Context, Result, bail};
 use scaledown_model::burn::prelude::*;
 use scaledown_model::checkpoint::{Manifest, trainable_to_safetensors};
 use scaledown_model::compressor::CompressorType;
-use scaledown_model::oscar::{LoraSettings, Oscar};
+use scaledown_model::oscar::Oscar;
+use scaledown_model::recipe::RunConfig;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-
-pub const LORA_RANK: usize = LoraSettings::OSCAR.rank;
-pub const LORA_ALPHA: f64 = LoraSettings::OSCAR.alpha;
 
 pub use scaledown_model::checkpoint::OscarSetup;
 
@@ -110,6 +108,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<(OscarSetup, Pipeline)> {
 pub fn save(
     dir: &Path,
     setup: &OscarSetup,
+    recipe: &RunConfig,
     model: &Oscar,
     state: &impl Serialize,
     optimizer: Option<Vec<u8>>,
@@ -125,6 +124,7 @@ pub fn save(
     let write = || -> Result<()> {
         let mut files = vec![
             ("setup.json", serde_json::to_vec_pretty(setup)?),
+            (RECIPE_FILE, serde_json::to_vec_pretty(recipe)?),
             ("trainable.safetensors", trainable_to_safetensors(model)),
             ("state.json", serde_json::to_vec_pretty(state)?),
         ];
@@ -162,6 +162,19 @@ pub fn save(
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 
 /// The optimiser state of a checkpoint, checked against its manifest; None when it has none.
+pub const RECIPE_FILE: &str = "recipe.json";
+
+/// The recipe the checkpoint was trained with (None for checkpoints older than the file).
+pub fn read_recipe(dir: &Path) -> Result<Option<RunConfig>> {
+    if !dir.join(RECIPE_FILE).exists() {
+        return Ok(None);
+    }
+    let bytes = read_checked(dir, RECIPE_FILE)?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .with_context(|| format!("{}/{RECIPE_FILE}", dir.display()))
+}
+
 pub fn read_optimizer(dir: &Path) -> Result<Option<Vec<u8>>> {
     match dir.join(OPTIMIZER_FILE).exists() {
         true => read_checked(dir, OPTIMIZER_FILE).map(Some),

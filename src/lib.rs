@@ -14,7 +14,6 @@ pub mod prepare;
 pub mod progress;
 pub mod report;
 pub mod retrieval;
-pub mod schedule;
 pub mod serve;
 pub mod teacher;
 pub mod train;

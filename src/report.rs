@@ -5,6 +5,7 @@ use crate::checkpoint::OscarSetup;
 use crate::evaluate::{self, EvalRun};
 use crate::train_args::TrainArgs;
 use scaledown_data::Scores;
+use scaledown_model::recipe::RunConfig;
 use serde::{Deserialize, Serialize};
 
 /// One probe of pretraining after `step` steps (`windows` examples, `seconds` of training):
@@ -85,7 +86,10 @@ impl From<&EvalRun> for Summary {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Report {
+    /// The flags as given (files, logging) and the recipe they make.
     pub command: TrainArgs,
+    #[serde(default)]
+    pub recipe: RunConfig,
     pub setup: OscarSetup,
     pub backend: String,
     pub train_examples: usize,

@@ -2,23 +2,23 @@
 //! during and after, compare it with the uncompressed generator, and write the report, the
 //! plots and the checkpoints.
 
-use crate::checkpoint::{self, LORA_ALPHA, LORA_RANK, OscarSetup};
-use crate::evaluate::{self, EvalRun, Evaluator, describe};
+use crate::checkpoint::{self, OscarSetup};
+use crate::evaluate::{self, EvalRun, describe};
 use crate::fsutil::{read_text, write_atomic};
 use crate::report::{EvalPoint, PretrainProbe, QaProbe, Report, TrainState};
-use crate::schedule::{batch_at, trainer_for};
-use crate::train_args::{CompressorFlag, GeneratorTraining, Labels, TrainArgs};
+use crate::train_args::{CompressorFlag, TrainArgs};
 use crate::{ceiling, models, passages, plots, prepare, progress, teacher};
 use anyhow::{Context, Result, bail};
 use scaledown_data::{Example, parse_examples};
 use scaledown_model::burn::module::Module;
 use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::checkpoint::with_path_param_ids;
-use scaledown_model::compressor::{CompressorConfig, CompressorType};
+use scaledown_model::compressor::CompressorType;
 use scaledown_model::example::TrainExample;
 use scaledown_model::oscar::{Oscar, OscarTokenizers};
 use scaledown_model::pretraining::{self, PretrainingSet};
-use scaledown_model::training::{RunError, Trainer};
+use scaledown_model::recipe::{Labels, RunConfig};
+use scaledown_model::training::{RunError, Trainer, batch_at};
 use serde::Serialize;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -33,21 +33,22 @@ struct Run {
     eval: Vec<Example>,
     /// The whole eval file, whose articles pretraining must not see.
     held_out: Vec<Example>,
+    recipe: RunConfig,
     setup: OscarSetup,
     checkpoints: PathBuf,
     loaded: checkpoint::Pipeline,
     state: TrainState,
-    compressor_lr: f64,
     /// AdamW's state in the checkpoint resumed from, if it has one: (file, bytes).
     resumed_optimizer: Option<(PathBuf, Vec<u8>)>,
 }
 
 /// Checks the flags, reads the data and builds the model, or loads it with `--resume`.
 fn start(models_dir: &Path, a: &TrainArgs) -> Result<Run> {
-    let compressor_type = a.compressor_type.compressor_type();
+    let recipe = a.recipe();
+    let compressor_type = recipe.compressor.compressor_type;
     let device = a.backend.device().map_err(anyhow::Error::msg)?;
     // The compressor's memory tokens and projector, and the LoRA factors, start random.
-    device.seed(a.seed);
+    device.seed(recipe.seed);
     let out = a.output_dir.clone();
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
@@ -59,7 +60,7 @@ fn start(models_dir: &Path, a: &TrainArgs) -> Result<Run> {
     // All of the eval file's articles stay out of pretraining, also those not evaluated.
     let held_out = load_examples(&eval_file)?;
     let mut eval = held_out.clone();
-    eval.truncate(a.max_eval_examples as usize);
+    eval.truncate(recipe.evaluation.max_examples);
 
     let generator = a
         .generator
@@ -88,33 +89,18 @@ fn start(models_dir: &Path, a: &TrainArgs) -> Result<Run> {
             );
         }
     }
-    if a.finetuned_ceiling && a.generator_training == GeneratorTraining::Frozen {
+    if a.finetuned_ceiling && recipe.lora.is_none() {
         bail!(
             "--finetuned-ceiling fine-tunes the generator's LoRA: it needs --generator-training lora"
         );
     }
-    if a.keep_top > 0 && !a.rerank {
+    if recipe.evaluation.keep_top > 0 && !recipe.compressor.rerank {
         bail!(
             "--keep-top {} needs --rerank (a reranking head to choose the documents)",
             a.keep_top
         );
     }
-    let setup = OscarSetup {
-        compressor: CompressorConfig {
-            compressor_type,
-            num_layers: a.num_layers as usize,
-            num_memory_tokens: a.num_memory_tokens as usize,
-            compression_rate: a.compression_rate as usize,
-            readout: a.readout,
-            projector: CompressorConfig::needs_projector(compressor_type, a.readout),
-            rerank: a.rerank,
-        },
-        generator,
-        encoder,
-        lora_rank: (a.generator_training == GeneratorTraining::Lora).then_some(LORA_RANK),
-        lora_alpha: LORA_ALPHA,
-        max_new_tokens: a.max_new_tokens as usize,
-    };
+    let setup = recipe.setup(generator, encoder);
 
     let checkpoints = out.join("checkpoints");
     let resume_from = if a.resume {
@@ -135,6 +121,11 @@ fn start(models_dir: &Path, a: &TrainArgs) -> Result<Run> {
     let (mut loaded, state) = match (&resume_from, &init_from) {
         (Some((step, dir)), _) => {
             println!("resuming from {} (step {step})", dir.display());
+            if let Some(saved) = checkpoint::read_recipe(dir)? {
+                for change in saved.differences(&recipe) {
+                    println!("--resume: the flags change the checkpoint's recipe: {change}");
+                }
+            }
             let (loaded, state) = load_trained(dir, &setup, "--resume", &device)?;
             (loaded, state)
         }
@@ -159,21 +150,17 @@ fn start(models_dir: &Path, a: &TrainArgs) -> Result<Run> {
             .map(|bytes| (dir.join(checkpoint::OPTIMIZER_FILE), bytes)),
         None => None,
     };
-    let compressor_lr = a.compressor_learning_rate.unwrap_or(match compressor_type {
-        CompressorType::NLayers => 1.5e-4,
-        CompressorType::Encoder => 1e-4,
-    });
     Ok(Run {
         device,
         out,
         train,
         eval,
         held_out,
+        recipe,
         setup,
         checkpoints,
         loaded,
         state,
-        compressor_lr,
         resumed_optimizer,
     })
 }
@@ -220,7 +207,7 @@ fn load_trained(
             println!(
                 "{flag}: a frozen-generator checkpoint gets fresh LoRA (r {rank}) on the generator"
             );
-            loaded.oscar.generator = loaded.oscar.generator.with_lora(rank, LORA_ALPHA);
+            loaded.oscar.generator = loaded.oscar.generator.with_lora(rank, setup.lora_alpha);
         }
         _ => bail!(
             "{flag}: {} was trained with --generator-training {}",
@@ -261,21 +248,21 @@ pub fn pretrain(models_dir: &Path, a: TrainArgs) -> Result<()> {
         train,
         eval,
         held_out,
+        recipe,
         setup,
         checkpoints,
         loaded,
         mut state,
-        compressor_lr,
         resumed_optimizer,
         ..
     } = start(models_dir, &a)?;
     let pretrain = Pretraining {
         args: &a,
+        recipe: &recipe,
         setup: &setup,
         tokenizers: &loaded.tokenizers,
         out: &out,
         checkpoints: &checkpoints,
-        compressor_lr,
         held_out: &held_out,
         probe_qa: true,
         resumed_optimizer: resumed_optimizer.as_ref(),
@@ -284,7 +271,7 @@ pub fn pretrain(models_dir: &Path, a: TrainArgs) -> Result<()> {
     println!(
         "pretrained {} steps ({} windows) in {:.0} s; curve in {}, checkpoint in {}",
         state.pretrain_step,
-        state.pretrain_step * a.batch_size as usize,
+        state.pretrain_step * recipe.optimiser.batch_size,
         state.pretrain_seconds,
         out.join("scaling_curve.png").display(),
         checkpoints.join("pretrained").display()
@@ -299,11 +286,11 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         train,
         eval,
         held_out,
+        recipe,
         setup,
         checkpoints,
         loaded,
         mut state,
-        compressor_lr,
         resumed_optimizer,
     } = start(models_dir, &a)?;
     let checkpoint::Pipeline {
@@ -312,13 +299,10 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         tokenizers,
         ..
     } = loaded;
-    let max_new = a.max_new_tokens as usize;
-    let evaluator = Evaluator::new(&tokenizers, &setup.compressor, max_new)
-        .keep_top(a.keep_top as usize)
-        .batch(a.eval_batch_size as usize);
+    let evaluator = recipe.evaluator(&tokenizers);
 
     // Labels and tokenised training examples.
-    let targets: Vec<String> = match a.labels {
+    let targets: Vec<String> = match recipe.labels {
         Labels::Gold => train.iter().map(|e| e.answers[0].clone()).collect(),
         Labels::Teacher => {
             // `prepare --teacher` may have labelled the file already; the rest are generated.
@@ -343,7 +327,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
                 .collect()
         }
     };
-    let relevance = match a.rerank {
+    let relevance = match recipe.compressor.rerank {
         true => teacher::relevance(
             &out.join("teacher_relevance.json"),
             &train,
@@ -358,7 +342,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         example.teacher_scores = teacher_scores;
         examples.push(example);
     }
-    if a.distill_weight > 0.0 {
+    if recipe.loss.distill > 0.0 {
         let tokens = teacher::distributions(
             &out.join("teacher_tokens.json"),
             &train,
@@ -397,11 +381,11 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
     let mut model = oscar.train();
     let pretrain = Pretraining {
         args: &a,
+        recipe: &recipe,
         setup: &setup,
         tokenizers: &tokenizers,
         out: &out,
         checkpoints: &checkpoints,
-        compressor_lr,
         held_out: &held_out,
         probe_qa: false,
         resumed_optimizer: resumed_optimizer.as_ref(),
@@ -409,12 +393,10 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
     model = pretrain.run(model, &train, &eval, &mut state)?;
 
     // Training.
-    let batch = a.batch_size as usize;
-    let per_epoch = examples.len().div_ceil(batch);
-    let total =
-        (per_epoch * a.num_epochs as usize).min(a.max_steps.map_or(usize::MAX, |m| m as usize));
+    let batch = recipe.optimiser.batch_size;
+    let total = recipe.total_steps(examples.len());
     state.total_steps = total;
-    let mut trainer = trainer_for(&a, compressor_lr, total, state.step);
+    let mut trainer = recipe.trainer(total, state.step);
     if state.step > 0 {
         resume_optimizer(&mut trainer, resumed_optimizer.as_ref())?;
     }
@@ -425,7 +407,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
     let (m, result) = read_sync(trainer.run(
         model,
         total,
-        |step| batch_at(&examples, step, batch, a.seed),
+        |step| batch_at(&examples, step, batch, recipe.seed),
         async |trainer, model, batch_examples, stats| -> Result<ControlFlow<()>> {
             state.step += 1;
             state.examples_seen += batch_examples.len();
@@ -458,6 +440,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
                 checkpoint::save(
                     &checkpoints.join(format!("step-{}", state.step)),
                     &setup,
+                    &recipe,
                     model,
                     &state,
                     Some(optimizer_state(trainer)?),
@@ -492,7 +475,14 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         scores: after.scores,
     });
     if stopped.is_none() {
-        checkpoint::save(&checkpoints.join("final"), &setup, &model, &state, None)?;
+        checkpoint::save(
+            &checkpoints.join("final"),
+            &setup,
+            &recipe,
+            &model,
+            &state,
+            None,
+        )?;
     }
     write_atomic(
         &out.join("after_training_results.json"),
@@ -504,6 +494,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
             let answers: Vec<Vec<u32>> = examples.iter().map(|e| e.answer.clone()).collect();
             let c = ceiling::run(
                 &a,
+                &recipe,
                 &setup,
                 &tokenizers,
                 &train,
@@ -551,6 +542,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         training: state,
         stopped: stopped.clone(),
         setup,
+        recipe,
         command: a.clone(),
     };
     write_atomic(
@@ -594,12 +586,13 @@ fn cached_run(path: &Path, f: impl FnOnce() -> Result<EvalRun>) -> Result<EvalRu
 /// (`pretrain-K`, then `pretrained`), resumed like question answering, and its scaling curve
 /// (a [`PretrainProbe`] every --eval-steps) in `pretraining_curve.json` and `scaling_curve.png`.
 struct Pretraining<'a> {
+    /// The flags that name files and logging.
     args: &'a TrainArgs,
+    recipe: &'a RunConfig,
     setup: &'a OscarSetup,
     tokenizers: &'a OscarTokenizers,
     out: &'a Path,
     checkpoints: &'a Path,
-    compressor_lr: f64,
     /// The whole eval file, whose articles pretraining must not see.
     held_out: &'a [Example],
     /// Whether each probe also answers the held-out questions (`scaledown pretrain`; `train`
@@ -618,8 +611,9 @@ impl Pretraining<'_> {
         state: &mut TrainState,
     ) -> Result<Oscar> {
         let a = self.args;
-        let total = a.pretrain_steps as usize;
-        let budget = a.pretrain_minutes.map(|m| m * 60.0);
+        let r = self.recipe;
+        let total = r.pretraining.steps;
+        let budget = r.pretraining.minutes.map(|m| m * 60.0);
         let out_of_time = |state: &TrainState| budget.is_some_and(|b| state.pretrain_seconds >= b);
         // Pretraining comes first; a run resumed in question answering does not go back, and
         // one started --init-from keeps the record of its weights' pretraining.
@@ -643,7 +637,7 @@ impl Pretraining<'_> {
         for p in &passages {
             set.add_passage(self.tokenizers, &self.setup.compressor, p)?;
         }
-        let share = a.pretrain_reconstruction;
+        let share = r.pretraining.reconstruction;
         if let Some(objective) = set.missing(share) {
             bail!(
                 "--pretrain-reconstruction {}: the passages give no {objective} example",
@@ -655,14 +649,14 @@ impl Pretraining<'_> {
             passages.len(),
             set.auto_encoding.len(),
             set.continuation.len(),
-            a.batch_size
+            r.optimiser.batch_size
         );
         let probe = self.probe_examples(eval)?;
         if state.pretrain_step == 0 && state.pretrain_memory_gap.is_empty() {
             self.probe(&model, &probe, eval, state)?;
         }
-        let batch = a.batch_size as usize;
-        let mut trainer = trainer_for(a, self.compressor_lr, total, state.pretrain_step);
+        let batch = r.optimiser.batch_size;
+        let mut trainer = r.trainer(total, state.pretrain_step);
         if state.pretrain_step > 0 {
             resume_optimizer(&mut trainer, self.resumed_optimizer)?;
         }
@@ -676,7 +670,7 @@ impl Pretraining<'_> {
             false => read_sync(trainer.run(
                 model,
                 total,
-                |step| set.batch(step, batch, share, a.seed),
+                |step| set.batch(step, batch, share, r.seed),
                 async |trainer, model, _, stats| -> Result<ControlFlow<()>> {
                     state.pretrain_step += 1;
                     state
@@ -707,6 +701,7 @@ impl Pretraining<'_> {
                         checkpoint::save(
                             &dir,
                             self.setup,
+                            self.recipe,
                             model,
                             state,
                             Some(optimizer_state(trainer)?),
@@ -747,6 +742,7 @@ impl Pretraining<'_> {
         checkpoint::save(
             &self.checkpoints.join("pretrained"),
             self.setup,
+            self.recipe,
             &model,
             state,
             optimizer,
@@ -801,7 +797,7 @@ impl Pretraining<'_> {
         };
         state.pretrain_memory_gap.push(PretrainProbe {
             step,
-            windows: step * a.batch_size as usize,
+            windows: step * self.recipe.optimiser.batch_size,
             seconds: state.pretrain_seconds,
             own,
             other,
@@ -809,6 +805,7 @@ impl Pretraining<'_> {
         });
         let curve = ScalingCurve {
             command: a,
+            recipe: self.recipe,
             setup: self.setup,
             probes: &state.pretrain_memory_gap,
         };
@@ -826,13 +823,7 @@ impl Pretraining<'_> {
 impl Pretraining<'_> {
     /// The held-out questions answered from their compressed documents, and the memory use.
     fn answer_held_out(&self, answering: &Oscar, eval: &[Example], step: usize) -> Result<QaProbe> {
-        let evaluator = Evaluator::new(
-            self.tokenizers,
-            &self.setup.compressor,
-            self.args.max_new_tokens as usize,
-        )
-        .keep_top(self.args.keep_top as usize)
-        .batch(self.args.eval_batch_size as usize);
+        let evaluator = self.recipe.evaluator(self.tokenizers);
         let run = evaluate::compressed(&evaluator, answering, eval, "held-out QA")?;
         let memory_use = evaluate::memory_use(&evaluator, answering, eval)?;
         println!(
@@ -850,6 +841,7 @@ impl Pretraining<'_> {
 #[derive(Serialize)]
 struct ScalingCurve<'a> {
     command: &'a TrainArgs,
+    recipe: &'a RunConfig,
     setup: &'a OscarSetup,
     probes: &'a [PretrainProbe],
 }

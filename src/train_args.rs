@@ -5,7 +5,11 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 use scaledown_model::backend::BackendKind;
 use scaledown_model::compressor::{CompressorConfig, CompressorType, Readout};
+use scaledown_model::oscar::{LoraSettings, LossWeights};
 use scaledown_model::pretraining::Reconstruction;
+use scaledown_model::recipe::{
+    EvaluationConfig, Labels, OptimiserConfig, PretrainingConfig, RunConfig,
+};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -32,16 +36,6 @@ impl CompressorFlag {
             Self::Encoder | Self::Modernbert | Self::Bert => CompressorType::Encoder,
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Labels {
-    /// The dataset's first answer.
-    Gold,
-    /// The uncompressed generator's own answer from the full text (`teacher_answer` of
-    /// `prepare --teacher`, else generated and cached in the output folder).
-    Teacher,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -104,9 +98,9 @@ pub struct TrainArgs {
     #[arg(long, default_value = "pooled")]
     #[serde(default = "memory_tokens")]
     pub readout: Readout,
-    #[arg(long, alias = "batch_size", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, alias = "batch_size", default_value_t = RunConfig::default().optimiser.batch_size as u32, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub batch_size: u32,
-    #[arg(long, alias = "num_epochs", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(long, alias = "num_epochs", default_value_t = RunConfig::default().optimiser.epochs as u32, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub num_epochs: u32,
     /// Stop after this many optimiser steps (default: all epochs).
     #[arg(long, alias = "max_steps", value_parser = clap::value_parser!(u32).range(1..))]
@@ -114,7 +108,7 @@ pub struct TrainArgs {
     /// Learning rate of the LoRA factors. 3e-4 (with 1.5e-4 for the n_layers compressor) is
     /// the measured best for one epoch of a few hundred questions (README, "The learning
     /// rates"); OSCAR's 1e-4 is for epochs of 500k.
-    #[arg(long, alias = "learning_rate", default_value = "3e-4", value_parser = positive)]
+    #[arg(long, alias = "learning_rate", default_value_t = RunConfig::default().optimiser.learning_rate, value_parser = positive)]
     pub learning_rate: f64,
     /// Learning rate of the compressor (default: 1.5e-4 for n_layers, 1e-4 for encoder).
     #[arg(long, alias = "compressor_learning_rate", value_parser = positive)]
@@ -149,23 +143,26 @@ pub struct TrainArgs {
     /// Print the loss every K steps.
     #[arg(long, alias = "logging_steps", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub logging_steps: u32,
-    #[arg(long, value_enum, default_value = "gold")]
+    /// gold (the dataset's first answer) or teacher (the uncompressed generator's own answer
+    /// from the full text: `teacher_answer` of `prepare --teacher`, else generated and cached
+    /// in the output folder).
+    #[arg(long, default_value = "gold")]
     pub labels: Labels,
     #[arg(long, alias = "generator_training", value_enum, default_value = "lora")]
     pub generator_training: GeneratorTraining,
     #[arg(long, alias = "output_dir", default_value = "training_with_eval")]
     pub output_dir: PathBuf,
     /// Evaluate on at most this many eval examples.
-    #[arg(long, alias = "max_eval_examples", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, alias = "max_eval_examples", default_value_t = RunConfig::default().evaluation.max_examples as u32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_eval_examples: u32,
     /// Longest generated answer, in tokens.
-    #[arg(long, alias = "max_new_tokens", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=512))]
+    #[arg(long, alias = "max_new_tokens", default_value_t = RunConfig::default().evaluation.max_new_tokens as u32, value_parser = clap::value_parser!(u32).range(1..=512))]
     pub max_new_tokens: u32,
     /// Questions answered together in evaluation (left-padded, padding masked): more
     /// questions per second; each question's time is then its batch's time / the batch size.
-    #[arg(long, alias = "eval_batch_size", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    #[arg(long, alias = "eval_batch_size", default_value_t = RunConfig::default().evaluation.batch_size as u32, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub eval_batch_size: u32,
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = RunConfig::default().seed)]
     pub seed: u64,
     /// OSCAR's reranking head: an `RR` token in the compressor input whose hidden state a
     /// dense layer turns into each document's relevance score, trained toward the teacher's
@@ -174,7 +171,7 @@ pub struct TrainArgs {
     #[serde(default)]
     pub rerank: bool,
     /// λ of the reranking loss: answer cross-entropy + λ·Σ(score − teacher score)².
-    #[arg(long, default_value = "0.05", value_parser = weight)]
+    #[arg(long, default_value_t = RunConfig::default().loss.rerank, value_parser = weight)]
     #[serde(default)]
     pub rerank_weight: f64,
     /// In evaluation, answer from the reranking head's M best documents only (0: all; needs
@@ -184,7 +181,7 @@ pub struct TrainArgs {
     pub keep_top: u32,
     /// Distillation from the uncompressed generator: weight of the cross-entropy against its
     /// token distributions over the answer (top 16 per token, read from the full text; 0: off).
-    #[arg(long, default_value = "0", value_parser = weight)]
+    #[arg(long, default_value_t = RunConfig::default().loss.distill, value_parser = weight)]
     #[serde(default)]
     pub distill_weight: f64,
     /// After training, also fine-tune the uncompressed generator with the same LoRA recipe,
@@ -214,6 +211,54 @@ pub struct TrainArgs {
     #[arg(long, default_value = "flex")]
     #[serde(skip, default = "default_backend")]
     pub backend: BackendKind,
+}
+
+impl TrainArgs {
+    /// The recipe these flags give (the flags that name files and logging stay here).
+    pub fn recipe(&self) -> RunConfig {
+        let compressor_type = self.compressor_type.compressor_type();
+        let optimiser = OptimiserConfig::for_compressor(compressor_type);
+        RunConfig {
+            compressor: CompressorConfig {
+                compressor_type,
+                num_layers: self.num_layers as usize,
+                num_memory_tokens: self.num_memory_tokens as usize,
+                compression_rate: self.compression_rate as usize,
+                readout: self.readout,
+                projector: CompressorConfig::needs_projector(compressor_type, self.readout),
+                rerank: self.rerank,
+            },
+            lora: (self.generator_training == GeneratorTraining::Lora)
+                .then_some(LoraSettings::OSCAR),
+            optimiser: OptimiserConfig {
+                learning_rate: self.learning_rate,
+                compressor_learning_rate: self
+                    .compressor_learning_rate
+                    .unwrap_or(optimiser.compressor_learning_rate),
+                batch_size: self.batch_size as usize,
+                epochs: self.num_epochs as usize,
+                max_steps: self.max_steps.map(|m| m as usize),
+                ..optimiser
+            },
+            labels: self.labels,
+            loss: LossWeights {
+                rerank: self.rerank_weight,
+                distill: self.distill_weight,
+            },
+            evaluation: EvaluationConfig {
+                max_new_tokens: self.max_new_tokens as usize,
+                batch_size: self.eval_batch_size as usize,
+                keep_top: self.keep_top as usize,
+                max_examples: self.max_eval_examples as usize,
+            },
+            pretraining: PretrainingConfig {
+                steps: self.pretrain_steps as usize,
+                reconstruction: self.pretrain_reconstruction,
+                minutes: self.pretrain_minutes,
+            },
+            seed: self.seed,
+        }
+    }
 }
 
 fn minutes(s: &str) -> Result<f64, String> {

@@ -164,6 +164,30 @@ fn an_interrupted_training_resumes_from_its_last_checkpoint() {
     let steps = logged_steps(&report, "losses");
     assert_eq!(steps, (1..=10).collect::<Vec<_>>());
     assert!(out.join("checkpoints/final/trainable.safetensors").exists());
+    // Every checkpoint keeps the run's recipe, the report's.
+    let recipe = read_json(&out.join("checkpoints/final/recipe.json"));
+    assert_eq!(recipe, report["recipe"]);
+    assert_eq!(recipe["optimiser"]["batch_size"], 4, "{recipe}");
+    // Resumed with other flags, the run says which fields of the recipe they change.
+    std::fs::remove_dir_all(out.join("checkpoints/final")).unwrap();
+    let log = ok(&s.train(
+        "run",
+        &[
+            "--max-steps",
+            "10",
+            "--resume",
+            "--learning-rate",
+            "0.0002",
+            "--seed",
+            "5",
+        ],
+    ));
+    assert!(
+        log.contains(
+            "the flags change the checkpoint's recipe: optimiser.learning_rate: 0.003 -> 0.0002"
+        ) && log.contains("recipe: seed: 42 -> 5"),
+        "{log}"
+    );
     // Another compressor configuration refuses to resume from it.
     let o = s.train(
         "run",

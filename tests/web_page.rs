@@ -410,11 +410,12 @@ fn without_webgpu_the_page_runs_on_the_cpu_backend_and_says_so() {
 #[test]
 #[ignore = "needs the built page, Chromium, chromedriver and the models: scripts/test.sh runs it"]
 fn the_page_answers_with_smollm2_and_a_checkpoint_fetched_by_url() {
-    use scaledown::checkpoint::{OscarSetup, build, save};
+    use scaledown::checkpoint::{build, save};
     use scaledown_model::burn::prelude::Device;
     use scaledown_model::burn::tensor::read_sync;
     use scaledown_model::compressor::{CompressorConfig, CompressorType, Readout};
     use scaledown_model::generation::GenerationConfig;
+    use scaledown_model::recipe::RunConfig;
 
     let models = scaledown::models::models_dir(None);
     let gguf = scaledown::models::default_generator(&models);
@@ -423,7 +424,7 @@ fn the_page_answers_with_smollm2_and_a_checkpoint_fetched_by_url() {
         "{} (run `scaledown models fetch`)",
         gguf.display()
     );
-    let setup = OscarSetup {
+    let mut recipe = RunConfig {
         compressor: CompressorConfig {
             compressor_type: CompressorType::NLayers,
             num_layers: 2,
@@ -433,12 +434,10 @@ fn the_page_answers_with_smollm2_and_a_checkpoint_fetched_by_url() {
             projector: false,
             rerank: false,
         },
-        generator: gguf.clone(),
-        encoder: None,
-        lora_rank: Some(16),
-        lora_alpha: 32.0,
-        max_new_tokens: 4,
+        ..RunConfig::default()
     };
+    recipe.evaluation.max_new_tokens = 4;
+    let setup = recipe.setup(gguf.clone(), None);
     let device = Device::flex();
     device.seed(11);
     let loaded = build(&setup, &device).unwrap();
@@ -446,6 +445,7 @@ fn the_page_answers_with_smollm2_and_a_checkpoint_fetched_by_url() {
     save(
         &checkpoints.path().join("final"),
         &setup,
+        &recipe,
         &loaded.oscar,
         &json!({"step": 0}),
         None,

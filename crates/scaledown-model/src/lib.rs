@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod pretraining;
 pub mod quant;
 pub mod questions;
+pub mod recipe;
 #[cfg(not(target_arch = "wasm32"))]
 mod spin_pool;
 pub mod tiny;

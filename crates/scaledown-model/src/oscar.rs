@@ -28,7 +28,7 @@ pub struct Oscar {
 }
 
 /// LoRA on the generator's linear layers (OSCAR: rank 16, alpha 32).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LoraSettings {
     pub rank: usize,
     pub alpha: f64,
@@ -123,7 +123,7 @@ impl Oscar {
 }
 
 /// The weights of the training loss's terms besides the answer's cross-entropy (weight 1).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LossWeights {
     /// λ of the reranking loss (examples with teacher scores, a compressor with the head).
     pub rerank: f64,

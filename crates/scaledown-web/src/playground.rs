@@ -13,8 +13,9 @@ use scaledown_model::llama::{LlamaConfig, generator_from_gguf};
 use scaledown_model::oscar::{LoraSettings, Oscar, full_text_user_turn};
 use scaledown_model::pipeline::Pipeline;
 use scaledown_model::questions::documents_of;
+use scaledown_model::recipe::{OptimiserConfig, RunConfig};
 use scaledown_model::tokenizer::{Tokenizer, chat_prompt, word_level_json, words_of};
-use scaledown_model::training::{StepStats, TrainSettings, Trainer};
+use scaledown_model::training::StepStats;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::ops::ControlFlow;
@@ -24,7 +25,20 @@ pub const TINY_VOCAB: usize = 3000;
 
 /// The tiny model: a 2-layer generator, a 1-layer compressor copy, up to 4 pooled memory vectors per
 /// 64-token chunk (rate 16), LoRA rank 4.
-pub fn tiny_compressor() -> CompressorConfig {
+pub fn tiny_recipe() -> RunConfig {
+    let mut recipe = RunConfig {
+        compressor: tiny_compressor(),
+        lora: Some(LoraSettings {
+            rank: 4,
+            alpha: 8.0,
+        }),
+        ..RunConfig::default()
+    };
+    recipe.evaluation.max_new_tokens = 8;
+    recipe
+}
+
+fn tiny_compressor() -> CompressorConfig {
     CompressorConfig {
         compressor_type: CompressorType::NLayers,
         num_layers: 1,
@@ -55,7 +69,8 @@ pub struct Playground {
     /// The model, the published generator (the uncompressed baseline), their tokenizers and
     /// the compressor's settings; trained with `pipeline.oscar.train()`.
     pub pipeline: Pipeline,
-    pub max_new_tokens: usize,
+    /// How it answers and trains: the page's form sets the optimiser.
+    pub recipe: RunConfig,
     /// What was loaded, for the page.
     pub description: String,
 }
@@ -103,14 +118,8 @@ impl Playground {
             .chain(words.iter().take(TINY_VOCAB).map(|(w, _)| w.as_str()));
         let tokenizer = Tokenizer::from_json(word_level_json(vocab).as_bytes()).map_err(err)?;
         let generator = LlamaConfig::tiny(tokenizer.vocab_size()).init(device);
-        let setup = OscarSetup {
-            compressor: tiny_compressor(),
-            generator: "tiny".into(),
-            encoder: None,
-            lora_rank: Some(4),
-            lora_alpha: 8.0,
-            max_new_tokens: 8,
-        };
+        let recipe = tiny_recipe();
+        let setup = recipe.setup("tiny".into(), None);
         let words = tokenizer.vocab_size();
         let pipeline = Pipeline::assemble(&setup, generator, tokenizer, None, None).map_err(err)?;
         let config = &pipeline.config;
@@ -122,7 +131,7 @@ impl Playground {
                 config.chunk_tokens()
             ),
             pipeline,
-            max_new_tokens: setup.max_new_tokens,
+            recipe,
         })
     }
 
@@ -154,14 +163,9 @@ impl Playground {
             (None, Some(_)) => return Err("trainable.safetensors needs its setup.json".into()),
             (None, None) => "fresh compressor (untrained)",
         };
-        let setup = setup.unwrap_or_else(|| OscarSetup {
-            compressor: CompressorConfig::default(),
-            generator: "SmolLM2 GGUF".into(),
-            encoder: None,
-            lora_rank: Some(LoraSettings::OSCAR.rank),
-            lora_alpha: LoraSettings::OSCAR.alpha,
-            max_new_tokens: 32,
-        });
+        let setup =
+            setup.unwrap_or_else(|| RunConfig::default().setup("SmolLM2 GGUF".into(), None));
+        let recipe = RunConfig::from(&setup);
         let encoder = match files.encoder {
             Some((config_json, weights, tokenizer_json)) => {
                 let encoder = Encoder::from_safetensors(&config_json, &weights, device)
@@ -194,7 +198,7 @@ impl Playground {
                 config.chunk_tokens()
             ),
             pipeline,
-            max_new_tokens: setup.max_new_tokens,
+            recipe,
         })
     }
 
@@ -220,11 +224,16 @@ impl Playground {
         if examples.is_empty() {
             return Err("no training examples".into());
         }
-        // A short run in the page: 10 % warm-up.
-        let mut trainer = Trainer::new(TrainSettings {
-            warmup_steps: (steps / 10).max(1),
-            ..TrainSettings::oscar(learning_rate, learning_rate, steps)
-        });
+        // The page's form: one rate for all, batches of 1, a short run's 10 % warm-up.
+        self.recipe.optimiser = OptimiserConfig {
+            learning_rate,
+            compressor_learning_rate: learning_rate,
+            batch_size: 1,
+            max_steps: Some(steps),
+            warmup: 0.1,
+            ..OptimiserConfig::default()
+        };
+        let mut trainer = self.recipe.trainer(steps, 0);
         let model = self.pipeline.oscar.clone().train();
         let (model, result) = trainer
             .run(
@@ -241,12 +250,13 @@ impl Playground {
         result.map_err(err)
     }
 
-    /// How the page answers: greedy, at most `max_new_tokens`, one question at a time.
+    /// How the page answers: greedy, at most the recipe's answer length, one question at a
+    /// time.
     pub fn evaluator(&self) -> Evaluator<'_> {
         Evaluator::new(
             &self.pipeline.tokenizers,
             &self.pipeline.config,
-            self.max_new_tokens,
+            self.recipe.evaluation.max_new_tokens,
         )
     }
 
