@@ -3,10 +3,10 @@
 //! compressor was pretrained.
 
 use crate::evaluate::EvalRun;
-use crate::report::{PretrainProbe, Report, TrainState};
 use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 use scaledown_data::Scores;
+use scaledown_model::report::{PretrainProbe, Report, TrainState};
 use std::path::Path;
 use std::sync::Once;
 

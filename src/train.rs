@@ -5,7 +5,6 @@
 use crate::checkpoint::{self, OscarSetup};
 use crate::evaluate::{self, EvalRun, describe};
 use crate::fsutil::{read_text, write_atomic};
-use crate::report::{EvalPoint, PretrainProbe, QaProbe, Report, TrainState};
 use crate::train_args::{CompressorFlag, TrainArgs};
 use crate::{ceiling, models, passages, plots, prepare, progress, teacher};
 use anyhow::{Context, Result, bail};
@@ -18,6 +17,7 @@ use scaledown_model::example::TrainExample;
 use scaledown_model::oscar::{Oscar, OscarTokenizers};
 use scaledown_model::pretraining::{self, PretrainingSet};
 use scaledown_model::recipe::{Labels, RunConfig};
+use scaledown_model::report::{EvalPoint, PretrainProbe, QaProbe, Report, TrainState};
 use scaledown_model::training::{RunError, Trainer, batch_at};
 use serde::Serialize;
 use std::ops::ControlFlow;
@@ -543,7 +543,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         stopped: stopped.clone(),
         setup,
         recipe,
-        command: a.clone(),
+        command: serde_json::to_value(&a)?,
     };
     write_atomic(
         &out.join("metrics_report.json"),

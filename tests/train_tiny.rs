@@ -50,6 +50,15 @@ fn training_lowers_the_loss_and_writes_every_output() {
         2,
         "step 40 and the end"
     );
+    // The report is the model crate's typed Report, as the page reads it.
+    let text = std::fs::read_to_string(out.join("metrics_report.json")).unwrap();
+    let typed: scaledown_model::report::Report = serde_json::from_str(&text).unwrap();
+    assert_eq!(typed.training.step, 80);
+    assert_eq!(typed.recipe.optimiser.learning_rate, 3e-3);
+    assert_eq!(
+        Some(typed.after.timing.mean_ms),
+        report["after"]["timing"]["mean_ms"].as_f64()
+    );
     for c in ["checkpoints/step-40", "checkpoints/final"] {
         let c = out.join(c);
         assert!(c.join("trainable.safetensors").exists(), "{}", c.display());

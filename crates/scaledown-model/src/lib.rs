@@ -20,6 +20,7 @@ pub mod pretraining;
 pub mod quant;
 pub mod questions;
 pub mod recipe;
+pub mod report;
 #[cfg(not(target_arch = "wasm32"))]
 mod spin_pool;
 pub mod tiny;

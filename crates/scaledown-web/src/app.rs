@@ -8,6 +8,7 @@ use scaledown_data::{Dataset, Example, Scores, parse_examples, parse_source, spl
 use scaledown_model::burn::prelude::*;
 use scaledown_model::evaluation::Speed;
 use scaledown_model::oscar::Oscar;
+use scaledown_model::report::Report;
 use std::cell::RefCell;
 use std::rc::Rc;
 use wasm_bindgen::JsCast;
@@ -585,18 +586,13 @@ async fn load_report(state: Shared, files: Vec<File>) -> Result<(), String> {
         return Ok(());
     };
     let text = dom::read_text(file).await?;
-    let report: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", file.name()))?;
-    let ms = |run: &str| report[run]["timing"]["mean_ms"].as_f64();
-    let (Some(compressed), Some(full)) = (ms("after"), ms("baseline_uncompressed")) else {
-        return Err(format!(
-            "{}: not a metrics_report.json (no after.timing.mean_ms or \
-             baseline_uncompressed.timing.mean_ms)",
-            file.name()
-        ));
-    };
-    let backend = report["backend"].as_str().unwrap_or("native").to_string();
-    state.borrow_mut().native = Some((backend, compressed, full));
+    let report: Report = serde_json::from_str(&text)
+        .map_err(|e| format!("{}: not a metrics_report.json: {e}", file.name()))?;
+    state.borrow_mut().native = Some((
+        report.backend,
+        report.after.timing.mean_ms,
+        report.baseline_uncompressed.timing.mean_ms,
+    ));
     redraw(&state);
     Ok(())
 }

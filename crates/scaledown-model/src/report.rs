@@ -1,16 +1,14 @@
 //! What a run records: its progress (saved with each checkpoint), its pretraining probes and
-//! its report (`metrics_report.json`), which the plots are drawn from.
+//! its report (`metrics_report.json`), which the CLI draws its plots from and the page reads.
 
 use crate::checkpoint::OscarSetup;
-use crate::evaluate::{self, EvalRun};
-use crate::train_args::TrainArgs;
-use scaledown_data::Scores;
-use scaledown_model::recipe::RunConfig;
+use crate::recipe::RunConfig;
+use scaledown_data::{EvalRun, MemoryUse, Scores, Timing};
 use serde::{Deserialize, Serialize};
 
 /// One probe of pretraining after `step` steps (`windows` examples, `seconds` of training):
 /// the memory gap, i.e. the auto-encoding loss of held-out passages after their own memory
-/// (`own`) and after another passage's (`other`, [`pretraining::memory_gap`]), and held-out
+/// (`own`) and after another passage's (`other`, [`crate::pretraining::memory_gap`]), and held-out
 /// question answering from the compressed documents (`qa`). Pretraining has done its job when
 /// `own` falls clearly below `other`, and `qa` says what that buys.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,7 +28,7 @@ pub struct PretrainProbe {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct QaProbe {
     pub scores: Scores,
-    pub memory_use: evaluate::MemoryUse,
+    pub memory_use: MemoryUse,
 }
 
 /// One evaluation during training.
@@ -61,17 +59,17 @@ pub struct TrainState {
     /// The auto-encoding memory gap during pretraining, on passages of the eval examples.
     #[serde(default)]
     pub pretrain_memory_gap: Vec<PretrainProbe>,
-    /// [`evaluate::MemoryUse`] of the untrained model.
+    /// [`MemoryUse`] of the untrained model.
     #[serde(default)]
-    pub memory_use_before: Option<evaluate::MemoryUse>,
+    pub memory_use_before: Option<MemoryUse>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Summary {
     pub scores: Scores,
-    pub timing: evaluate::Timing,
+    pub timing: Timing,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ranking: Option<evaluate::Ranking>,
+    pub ranking: Option<scaledown_data::Ranking>,
 }
 
 impl From<&EvalRun> for Summary {
@@ -86,8 +84,8 @@ impl From<&EvalRun> for Summary {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Report {
-    /// The flags as given (files, logging) and the recipe they make.
-    pub command: TrainArgs,
+    /// The command's flags as given (files, logging; the CLI's), and the recipe they make.
+    pub command: serde_json::Value,
     #[serde(default)]
     pub recipe: RunConfig,
     pub setup: OscarSetup,
@@ -104,7 +102,7 @@ pub struct Report {
     pub speedup: f64,
     /// Whether the trained model's answers depend on its memory vectors (gold-answer loss
     /// with its own documents' memory vs another question's).
-    pub memory_use_after: evaluate::MemoryUse,
+    pub memory_use_after: MemoryUse,
     /// The uncompressed generator fine-tuned like the compressed model (--finetuned-ceiling).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finetuned_ceiling: Option<CeilingSummary>,
@@ -118,7 +116,7 @@ pub struct Report {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct CeilingSummary {
     pub scores: scaledown_data::Scores,
-    pub timing: evaluate::Timing,
+    pub timing: Timing,
     pub train_seconds: f64,
     pub examples_per_second: f64,
     pub losses: Vec<(usize, f32)>,
