@@ -12,7 +12,6 @@ pub mod passages;
 pub mod plots;
 pub mod prepare;
 pub mod progress;
-pub mod retrieval;
 pub mod serve;
 pub mod teacher;
 pub mod train;

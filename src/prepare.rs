@@ -3,7 +3,6 @@
 
 use crate::fsutil::{read_text, write_atomic};
 use crate::progress;
-use crate::retrieval::Retriever;
 use crate::{models, passages, teacher};
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -12,6 +11,7 @@ use scaledown_model::burn::prelude::Device;
 use scaledown_model::compressor::CompressorConfig;
 use scaledown_model::evaluation::Evaluator;
 use scaledown_model::oscar::OscarTokenizers;
+use scaledown_retrieval::{Recall, Retriever};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -134,12 +134,12 @@ pub fn run(a: PrepareArgs) -> Result<()> {
             let k = a.top_k as usize;
             let eval_k = a.eval_top_k.unwrap_or(a.top_k) as usize;
             if eval_k == k {
-                let found = r.attach(dataset, k, [&mut t, &mut e]);
+                let found = attach(r, &dataset.to_string(), k, [&mut t, &mut e]);
                 println!("{dataset}: {}", found.summary(k));
                 recall.push((dataset.to_string(), k, found));
             } else {
-                let found = r.attach(dataset, k, [&mut t]);
-                let eval_found = r.attach(dataset, eval_k, [&mut e]);
+                let found = attach(r, &dataset.to_string(), k, [&mut t]);
+                let eval_found = attach(r, &dataset.to_string(), eval_k, [&mut e]);
                 println!("{dataset} train: {}", found.summary(k));
                 println!("{dataset} eval: {}", eval_found.summary(eval_k));
                 recall.push((format!("{dataset} train"), k, found));
@@ -204,6 +204,20 @@ fn label_with_teacher(a: &PrepareArgs, train: &mut [Example]) -> Result<()> {
     Ok(())
 }
 
+/// [`Retriever::attach`] with a progress bar.
+fn attach<const N: usize>(
+    r: &Retriever,
+    dataset: &str,
+    k: usize,
+    sides: [&mut Vec<Example>; N],
+) -> Recall {
+    let total = sides.iter().map(|s| s.len()).sum::<usize>();
+    let bar = progress::bar(total as u64, &format!("retrieving for {dataset}"));
+    let recall = r.attach(k, sides, || bar.inc(1));
+    bar.finish_and_clear();
+    recall
+}
+
 /// The `--corpus` paragraphs, cut by the generator's tokenizer and indexed.
 fn open_retriever(corpus: &Path, a: &PrepareArgs) -> Result<Retriever> {
     let paragraphs = if corpus.is_dir() {
@@ -227,8 +241,10 @@ fn open_retriever(corpus: &Path, a: &PrepareArgs) -> Result<Retriever> {
         passages::read_documents(corpus, "--corpus")?
     };
     let tokenizer = models::generator_tokenizer(&models::models_dir(a.models_dir.as_deref()))?;
+    let bar = progress::bar(1, &format!("indexing {} paragraphs", paragraphs.len()));
     let r = Retriever::new(paragraphs, &tokenizer, a.chunk_tokens as usize)
         .with_context(|| format!("--corpus {}", corpus.display()))?;
+    bar.finish_and_clear();
     println!(
         "corpus {}: {} paragraphs, {} passages of at most {} tokens",
         corpus.display(),

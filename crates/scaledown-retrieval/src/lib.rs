@@ -1,10 +1,10 @@
 //! Retrieval for `prepare --corpus`: the corpus cut into passages of at most `chunk_tokens`
 //! generator tokens (each keeps its title), a BM25 index over them (the `bm25` crate, with
-//! English stemming and stop words), the top K passages per question, and recall@K.
+//! English stemming and stop words), the top K passages per question, and recall@K. The
+//! CLI reads the corpus and shows the progress.
 
-use crate::progress;
 use bm25::{Language, SearchEngine, SearchEngineBuilder};
-use scaledown_data::{Dataset, Document, Example, normalize_answer};
+use scaledown_data::{Document, Example, normalize_answer};
 use scaledown_model::oscar::document_text;
 use scaledown_model::tokenizer::Tokenizer;
 use std::collections::{HashMap, HashSet};
@@ -98,9 +98,7 @@ impl Retriever {
         if paragraphs.is_empty() {
             anyhow::bail!("the corpus holds no text");
         }
-        let bar = progress::bar(1, &format!("indexing {} paragraphs", paragraphs.len()));
         let index = Index::new(passages(&paragraphs, tokenizer, chunk_tokens)?);
-        bar.finish_and_clear();
         Ok(Self {
             paragraphs,
             index,
@@ -117,13 +115,14 @@ impl Retriever {
     }
 
     /// Replaces each example's documents with its `k` best passages and counts recall@k
-    /// against the documents it came with. Questions that share no word with any passage are
-    /// dropped (counted in `Recall::without_passages`).
+    /// against the documents it came with, calling `on_question` after each question.
+    /// Questions that share no word with any passage are dropped (counted in
+    /// `Recall::without_passages`).
     pub fn attach<'a>(
         &self,
-        dataset: Dataset,
         k: usize,
         sides: impl IntoIterator<Item = &'a mut Vec<Example>>,
+        mut on_question: impl FnMut(),
     ) -> Recall {
         let by_document: HashMap<&Document, usize> = self
             .paragraphs
@@ -131,11 +130,8 @@ impl Retriever {
             .enumerate()
             .map(|(i, d)| (d, i))
             .collect();
-        let sides: Vec<&mut Vec<Example>> = sides.into_iter().collect();
-        let total = sides.iter().map(|s| s.len()).sum::<usize>();
-        let bar = progress::bar(total as u64, &format!("retrieving for {dataset}"));
         let mut recall = Recall::default();
-        for side in sides {
+        for side in sides.into_iter() {
             for ex in side.iter_mut() {
                 let gold = gold_paragraphs(ex, &self.paragraphs, &by_document);
                 let top: Vec<&Passage> = self
@@ -146,13 +142,12 @@ impl Retriever {
                     .collect();
                 recall.add(&gold, &top, &ex.answers);
                 ex.documents = top.iter().map(|p| p.document.clone()).collect();
-                bar.inc(1);
+                on_question();
             }
             let before = side.len();
             side.retain(|ex| !ex.documents.is_empty());
             recall.without_passages += before - side.len();
         }
-        bar.finish_and_clear();
         recall
     }
 
