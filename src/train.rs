@@ -3,7 +3,7 @@
 //! plots and the checkpoints.
 
 use crate::checkpoint::{self, OscarSetup};
-use crate::evaluate::{self, EvalRun, describe};
+use crate::evaluate::{self, EvalRun, Evaluator, describe};
 use crate::fsutil::{read_text, write_atomic};
 use crate::train_args::{CompressorFlag, TrainArgs};
 use crate::{ceiling, models, passages, plots, prepare, progress, teacher};
@@ -14,6 +14,7 @@ use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::checkpoint::with_path_param_ids;
 use scaledown_model::compressor::CompressorType;
 use scaledown_model::example::TrainExample;
+use scaledown_model::llama::Llama;
 use scaledown_model::oscar::{Oscar, OscarTokenizers};
 use scaledown_model::pretraining::{self, PretrainingSet};
 use scaledown_model::recipe::{Labels, RunConfig};
@@ -36,14 +37,13 @@ struct Run {
     recipe: RunConfig,
     setup: OscarSetup,
     checkpoints: PathBuf,
-    loaded: checkpoint::Pipeline,
-    state: TrainState,
     /// AdamW's state in the checkpoint resumed from, if it has one: (file, bytes).
     resumed_optimizer: Option<(PathBuf, Vec<u8>)>,
 }
 
-/// Checks the flags, reads the data and builds the model, or loads it with `--resume`.
-fn start(models_dir: &Path, a: &TrainArgs) -> Result<Run> {
+/// Checks the flags, reads the data and builds the model, or loads it with `--resume`: the
+/// run, its model and its progress so far.
+fn start(models_dir: &Path, a: &TrainArgs) -> Result<(Run, checkpoint::Pipeline, TrainState)> {
     let recipe = a.recipe();
     let compressor_type = recipe.compressor.compressor_type;
     let device = a.backend.device().map_err(anyhow::Error::msg)?;
@@ -150,7 +150,7 @@ fn start(models_dir: &Path, a: &TrainArgs) -> Result<Run> {
             .map(|bytes| (dir.join(checkpoint::OPTIMIZER_FILE), bytes)),
         None => None,
     };
-    Ok(Run {
+    let run = Run {
         device,
         out,
         train,
@@ -159,10 +159,187 @@ fn start(models_dir: &Path, a: &TrainArgs) -> Result<Run> {
         recipe,
         setup,
         checkpoints,
-        loaded,
-        state,
         resumed_optimizer,
-    })
+    };
+    Ok((run, loaded, state))
+}
+
+impl Run {
+    /// The pretraining stage of this run (`probe_qa`: also answer the held-out questions at
+    /// each probe, as `scaledown pretrain` does).
+    fn pretraining<'a>(
+        &'a self,
+        args: &'a TrainArgs,
+        tokenizers: &'a OscarTokenizers,
+        probe_qa: bool,
+    ) -> Pretraining<'a> {
+        Pretraining {
+            args,
+            run: self,
+            tokenizers,
+            probe_qa,
+        }
+    }
+
+    /// The training examples: each question with its target answer (gold, or the teacher's),
+    /// the teacher's relevance scores with --rerank and its token distributions with
+    /// --distill-weight (both cached in the output folder).
+    fn training_examples(
+        &self,
+        models_dir: &Path,
+        tokenizers: &OscarTokenizers,
+        base_generator: &Llama,
+        evaluator: &Evaluator,
+    ) -> Result<Vec<TrainExample>> {
+        let (out, train) = (&self.out, &self.train);
+        let targets: Vec<String> = match self.recipe.labels {
+            Labels::Gold => train.iter().map(|e| e.answers[0].clone()).collect(),
+            Labels::Teacher => {
+                // `prepare --teacher` may have labelled the file already; the rest are generated.
+                let unlabelled: Vec<Example> = train
+                    .iter()
+                    .filter(|e| e.teacher_answer.is_none())
+                    .cloned()
+                    .collect();
+                let mut generated = teacher::labels(
+                    &out.join("teacher_labels.json"),
+                    &unlabelled,
+                    base_generator,
+                    evaluator,
+                )?
+                .into_iter();
+                train
+                    .iter()
+                    .map(|e| match &e.teacher_answer {
+                        Some(answer) => answer.clone(),
+                        None => generated.next().expect("one label per unlabelled example"),
+                    })
+                    .collect()
+            }
+        };
+        let relevance = match self.recipe.compressor.rerank {
+            true => teacher::relevance(
+                &out.join("teacher_relevance.json"),
+                train,
+                models_dir,
+                &self.device,
+            )?,
+            false => vec![vec![]; train.len()],
+        };
+        let mut examples = Vec::with_capacity(train.len());
+        for ((ex, target), teacher_scores) in train.iter().zip(&targets).zip(relevance) {
+            let mut example = tokenizers.answer_example(&self.setup.compressor, ex, target)?;
+            example.teacher_scores = teacher_scores;
+            examples.push(example);
+        }
+        if self.recipe.loss.distill > 0.0 {
+            let tokens = teacher::distributions(
+                &out.join("teacher_tokens.json"),
+                train,
+                &examples,
+                base_generator,
+                tokenizers,
+            )?;
+            for (ex, t) in examples.iter_mut().zip(tokens) {
+                ex.teacher_tokens = t;
+            }
+        }
+        Ok(examples)
+    }
+
+    /// Question answering: the optimiser steps over `examples` from `state.step` on,
+    /// logging, evaluating and checkpointing every --eval-steps. Returns the model as the last
+    /// good step left it and, when a step failed (a NaN loss), why.
+    fn answer_steps(
+        &self,
+        a: &TrainArgs,
+        model: Oscar,
+        examples: &[TrainExample],
+        evaluator: &Evaluator,
+        state: &mut TrainState,
+    ) -> Result<(Oscar, Option<String>)> {
+        let Run {
+            eval,
+            recipe,
+            setup,
+            checkpoints,
+            ..
+        } = self;
+        let batch = recipe.optimiser.batch_size;
+        let total = recipe.total_steps(examples.len());
+        state.total_steps = total;
+        let mut trainer = recipe.trainer(total, state.step);
+        if state.step > 0 {
+            resume_optimizer(&mut trainer, self.resumed_optimizer.as_ref())?;
+        }
+        let bar = progress::bar(total as u64, "training");
+        bar.set_position(state.step as u64);
+        let started = Instant::now();
+        let seconds_before = state.train_seconds;
+        let (model, result) = read_sync(trainer.run(
+            model,
+            total,
+            |step| batch_at(examples, step, batch, recipe.seed),
+            async |trainer, model, batch_examples, stats| -> Result<ControlFlow<()>> {
+                state.step += 1;
+                state.examples_seen += batch_examples.len();
+                state.losses.push((state.step, stats.loss));
+                state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
+                bar.set_message(format!("training loss {:.3}", stats.loss));
+                bar.inc(1);
+                if state.step.is_multiple_of(a.logging_steps as usize) || state.step == total {
+                    bar.suspend(|| {
+                        println!(
+                            "step {}/{total} loss {:.4} grad-norm {:.3} lr {:.2e}",
+                            state.step, stats.loss, stats.grad_norm, stats.compressor_lr
+                        )
+                    });
+                }
+                if a.eval_steps > 0
+                    && state.step.is_multiple_of(a.eval_steps as usize)
+                    && state.step < total
+                {
+                    let run = bar.suspend(|| {
+                        evaluate::compressed(
+                            evaluator,
+                            &model.for_inference().in_blocks(),
+                            eval,
+                            "eval",
+                        )
+                    })?;
+                    bar.suspend(|| println!("step {}: {}", state.step, describe(&run)));
+                    state.evals.push(EvalPoint {
+                        step: state.step,
+                        scores: run.scores,
+                    });
+                    checkpoint::save(
+                        &checkpoints.join(format!("step-{}", state.step)),
+                        setup,
+                        recipe,
+                        model,
+                        state,
+                        Some(optimizer_state(trainer)?),
+                    )?;
+                    checkpoint::prune(checkpoints, "step-", 2);
+                }
+                Ok(ControlFlow::Continue(()))
+            },
+        ));
+        let stopped = match result {
+            Ok(()) => None,
+            Err(RunError::Step(e)) => {
+                let msg = format!(
+                    "{e}; the last good checkpoint is kept in {}",
+                    checkpoints.display()
+                );
+                eprintln!("error: {msg}");
+                Some(msg)
+            }
+            Err(RunError::After(e)) => return Err(e),
+        };
+        bar.finish_and_clear();
+        Ok((model, stopped))
+    }
 }
 
 /// The checkpoint that `--init-from PATH` names: PATH itself, or the latest under
@@ -243,31 +420,15 @@ pub fn pretrain(models_dir: &Path, a: TrainArgs) -> Result<()> {
     if a.pretrain_steps == 0 {
         bail!("--pretrain-steps: give the pretraining budget in steps of --batch-size windows");
     }
+    let (run, loaded, mut state) = start(models_dir, &a)?;
+    run.pretraining(&a, &loaded.tokenizers, true)
+        .run(loaded.oscar.train(), &mut state)?;
     let Run {
         out,
-        train,
-        eval,
-        held_out,
         recipe,
-        setup,
         checkpoints,
-        loaded,
-        mut state,
-        resumed_optimizer,
         ..
-    } = start(models_dir, &a)?;
-    let pretrain = Pretraining {
-        args: &a,
-        recipe: &recipe,
-        setup: &setup,
-        tokenizers: &loaded.tokenizers,
-        out: &out,
-        checkpoints: &checkpoints,
-        held_out: &held_out,
-        probe_qa: true,
-        resumed_optimizer: resumed_optimizer.as_ref(),
-    };
-    pretrain.run(loaded.oscar.train(), &train, &eval, &mut state)?;
+    } = &run;
     println!(
         "pretrained {} steps ({} windows) in {:.0} s; curve in {}, checkpoint in {}",
         state.pretrain_step,
@@ -280,195 +441,54 @@ pub fn pretrain(models_dir: &Path, a: TrainArgs) -> Result<()> {
 }
 
 pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
-    let Run {
-        device,
-        out,
-        train,
-        eval,
-        held_out,
-        recipe,
-        setup,
-        checkpoints,
-        loaded,
-        mut state,
-        resumed_optimizer,
-    } = start(models_dir, &a)?;
+    let (run, loaded, mut state) = start(models_dir, &a)?;
     let checkpoint::Pipeline {
         oscar,
         base_generator,
         tokenizers,
         ..
     } = loaded;
+    let Run {
+        device,
+        out,
+        train,
+        eval,
+        recipe,
+        setup,
+        checkpoints,
+        ..
+    } = &run;
     let evaluator = recipe.evaluator(&tokenizers);
-
-    // Labels and tokenised training examples.
-    let targets: Vec<String> = match recipe.labels {
-        Labels::Gold => train.iter().map(|e| e.answers[0].clone()).collect(),
-        Labels::Teacher => {
-            // `prepare --teacher` may have labelled the file already; the rest are generated.
-            let unlabelled: Vec<Example> = train
-                .iter()
-                .filter(|e| e.teacher_answer.is_none())
-                .cloned()
-                .collect();
-            let mut generated = teacher::labels(
-                &out.join("teacher_labels.json"),
-                &unlabelled,
-                &base_generator,
-                &evaluator,
-            )?
-            .into_iter();
-            train
-                .iter()
-                .map(|e| match &e.teacher_answer {
-                    Some(answer) => answer.clone(),
-                    None => generated.next().expect("one label per unlabelled example"),
-                })
-                .collect()
-        }
-    };
-    let relevance = match recipe.compressor.rerank {
-        true => teacher::relevance(
-            &out.join("teacher_relevance.json"),
-            &train,
-            models_dir,
-            &device,
-        )?,
-        false => vec![vec![]; train.len()],
-    };
-    let mut examples = Vec::with_capacity(train.len());
-    for ((ex, target), teacher_scores) in train.iter().zip(&targets).zip(relevance) {
-        let mut example = tokenizers.answer_example(&setup.compressor, ex, target)?;
-        example.teacher_scores = teacher_scores;
-        examples.push(example);
-    }
-    if recipe.loss.distill > 0.0 {
-        let tokens = teacher::distributions(
-            &out.join("teacher_tokens.json"),
-            &train,
-            &examples,
-            &base_generator,
-            &tokenizers,
-        )?;
-        for (ex, t) in examples.iter_mut().zip(tokens) {
-            ex.teacher_tokens = t;
-        }
-    }
+    let examples = run.training_examples(models_dir, &tokenizers, &base_generator, &evaluator)?;
 
     // Baseline and before-training evaluation (skipped on resume when already written).
     let baseline = cached_run(&out.join("baseline_results.json"), || {
-        evaluate::uncompressed(
-            &evaluator,
-            &base_generator,
-            &eval,
-            "baseline (uncompressed)",
-        )
+        evaluate::uncompressed(&evaluator, &base_generator, eval, "baseline (uncompressed)")
     })?;
     println!("uncompressed baseline: {}", describe(&baseline));
     let before_model = oscar.for_inference().in_blocks();
     let before = cached_run(&out.join("before_training_results.json"), || {
-        evaluate::compressed(&evaluator, &before_model, &eval, "eval before training")
+        evaluate::compressed(&evaluator, &before_model, eval, "eval before training")
     })?;
     println!("before training:       {}", describe(&before));
     // Only a model that has not trained yet gives the "before" figure (not a resumed one).
     if state.memory_use_before.is_none() && state.step == 0 && state.pretrain_step == 0 {
-        let m = evaluate::memory_use(&evaluator, &before_model, &eval)?;
+        let m = evaluate::memory_use(&evaluator, &before_model, eval)?;
         println!("memory use, before:    {m}");
         state.memory_use_before = Some(m);
     }
     drop(before_model);
 
-    let mut model = oscar.train();
-    let pretrain = Pretraining {
-        args: &a,
-        recipe: &recipe,
-        setup: &setup,
-        tokenizers: &tokenizers,
-        out: &out,
-        checkpoints: &checkpoints,
-        held_out: &held_out,
-        probe_qa: false,
-        resumed_optimizer: resumed_optimizer.as_ref(),
-    };
-    model = pretrain.run(model, &train, &eval, &mut state)?;
-
-    // Training.
-    let batch = recipe.optimiser.batch_size;
+    let model = run
+        .pretraining(&a, &tokenizers, false)
+        .run(oscar.train(), &mut state)?;
     let total = recipe.total_steps(examples.len());
-    state.total_steps = total;
-    let mut trainer = recipe.trainer(total, state.step);
-    if state.step > 0 {
-        resume_optimizer(&mut trainer, resumed_optimizer.as_ref())?;
-    }
-    let bar = progress::bar(total as u64, "training");
-    bar.set_position(state.step as u64);
-    let started = Instant::now();
-    let seconds_before = state.train_seconds;
-    let (m, result) = read_sync(trainer.run(
-        model,
-        total,
-        |step| batch_at(&examples, step, batch, recipe.seed),
-        async |trainer, model, batch_examples, stats| -> Result<ControlFlow<()>> {
-            state.step += 1;
-            state.examples_seen += batch_examples.len();
-            state.losses.push((state.step, stats.loss));
-            state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
-            bar.set_message(format!("training loss {:.3}", stats.loss));
-            bar.inc(1);
-            if state.step % a.logging_steps as usize == 0 || state.step == total {
-                bar.suspend(|| {
-                    println!(
-                        "step {}/{total} loss {:.4} grad-norm {:.3} lr {:.2e}",
-                        state.step, stats.loss, stats.grad_norm, stats.compressor_lr
-                    )
-                });
-            }
-            if a.eval_steps > 0 && state.step % a.eval_steps as usize == 0 && state.step < total {
-                let run = bar.suspend(|| {
-                    evaluate::compressed(
-                        &evaluator,
-                        &model.for_inference().in_blocks(),
-                        &eval,
-                        "eval",
-                    )
-                })?;
-                bar.suspend(|| println!("step {}: {}", state.step, describe(&run)));
-                state.evals.push(EvalPoint {
-                    step: state.step,
-                    scores: run.scores,
-                });
-                checkpoint::save(
-                    &checkpoints.join(format!("step-{}", state.step)),
-                    &setup,
-                    &recipe,
-                    model,
-                    &state,
-                    Some(optimizer_state(trainer)?),
-                )?;
-                checkpoint::prune(&checkpoints, "step-", 2);
-            }
-            Ok(ControlFlow::Continue(()))
-        },
-    ));
-    model = m;
-    let stopped = match result {
-        Ok(()) => None,
-        Err(RunError::Step(e)) => {
-            let msg = format!(
-                "{e}; the last good checkpoint is kept in {}",
-                checkpoints.display()
-            );
-            eprintln!("error: {msg}");
-            Some(msg)
-        }
-        Err(RunError::After(e)) => return Err(e),
-    };
-    bar.finish_and_clear();
+    let (model, stopped) = run.answer_steps(&a, model, &examples, &evaluator, &mut state)?;
 
     let after_model = model.for_inference().in_blocks();
-    let after = evaluate::compressed(&evaluator, &after_model, &eval, "eval after training")?;
+    let after = evaluate::compressed(&evaluator, &after_model, eval, "eval after training")?;
     println!("after training:        {}", describe(&after));
-    let memory_use_after = evaluate::memory_use(&evaluator, &after_model, &eval)?;
+    let memory_use_after = evaluate::memory_use(&evaluator, &after_model, eval)?;
     println!("memory use, after:     {memory_use_after}");
     state.evals.push(EvalPoint {
         step: state.step,
@@ -477,8 +497,8 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
     if stopped.is_none() {
         checkpoint::save(
             &checkpoints.join("final"),
-            &setup,
-            &recipe,
+            setup,
+            recipe,
             &model,
             &state,
             None,
@@ -494,14 +514,14 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
             let answers: Vec<Vec<u32>> = examples.iter().map(|e| e.answer.clone()).collect();
             let c = ceiling::run(
                 &a,
-                &recipe,
-                &setup,
+                recipe,
+                setup,
                 &tokenizers,
-                &train,
+                train,
                 &answers,
-                &eval,
+                eval,
                 total,
-                &device,
+                device,
             )?;
             println!(
                 "compressed match / fine-tuned uncompressed match: {:.0} %",
@@ -541,8 +561,8 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         examples_per_second: steps_run as f64 / state.train_seconds.max(1e-9),
         training: state,
         stopped: stopped.clone(),
-        setup,
-        recipe,
+        setup: setup.clone(),
+        recipe: recipe.clone(),
         command: serde_json::to_value(&a)?,
     };
     write_atomic(
@@ -550,7 +570,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         serde_json::to_string_pretty(&report)?.as_bytes(),
     )?;
     let ceiling_run = finetuned.as_ref().map(|c| &c.run);
-    plots::write_all(&out, &report, &baseline, &before, &after, ceiling_run)?;
+    plots::write_all(out, &report, &baseline, &before, &after, ceiling_run)?;
     println!(
         "speed-up {:.2}x ({:.0} ms -> {:.0} ms per query); report, plots and checkpoints in {}",
         report.speedup,
@@ -588,30 +608,18 @@ fn cached_run(path: &Path, f: impl FnOnce() -> Result<EvalRun>) -> Result<EvalRu
 struct Pretraining<'a> {
     /// The flags that name files and logging.
     args: &'a TrainArgs,
-    recipe: &'a RunConfig,
-    setup: &'a OscarSetup,
+    run: &'a Run,
     tokenizers: &'a OscarTokenizers,
-    out: &'a Path,
-    checkpoints: &'a Path,
-    /// The whole eval file, whose articles pretraining must not see.
-    held_out: &'a [Example],
     /// Whether each probe also answers the held-out questions (`scaledown pretrain`; `train`
     /// evaluates them after question answering instead).
     probe_qa: bool,
-    /// AdamW's state in the checkpoint resumed from, if it has one: (file, bytes).
-    resumed_optimizer: Option<&'a (PathBuf, Vec<u8>)>,
 }
 
 impl Pretraining<'_> {
-    fn run(
-        &self,
-        mut model: Oscar,
-        train: &[Example],
-        eval: &[Example],
-        state: &mut TrainState,
-    ) -> Result<Oscar> {
+    fn run(&self, mut model: Oscar, state: &mut TrainState) -> Result<Oscar> {
+        let (train, eval) = (&self.run.train, &self.run.eval);
         let a = self.args;
-        let r = self.recipe;
+        let r = &self.run.recipe;
         let total = r.pretraining.steps;
         let budget = r.pretraining.minutes.map(|m| m * 60.0);
         let out_of_time = |state: &TrainState| budget.is_some_and(|b| state.pretrain_seconds >= b);
@@ -624,7 +632,8 @@ impl Pretraining<'_> {
         let passages = match a.pretrain_data.is_empty() {
             true => passages::of_examples(train),
             false => {
-                let (kept, left_out) = passages::read_all_outside(&a.pretrain_data, self.held_out)?;
+                let (kept, left_out) =
+                    passages::read_all_outside(&a.pretrain_data, &self.run.held_out)?;
                 if left_out > 0 {
                     println!(
                         "pretraining: {left_out} entries of --pretrain-data (repeats counted) belong to eval articles and are left out"
@@ -635,7 +644,7 @@ impl Pretraining<'_> {
         };
         let mut set = PretrainingSet::default();
         for p in &passages {
-            set.add_passage(self.tokenizers, &self.setup.compressor, p)?;
+            set.add_passage(self.tokenizers, &self.run.setup.compressor, p)?;
         }
         let share = r.pretraining.reconstruction;
         if let Some(objective) = set.missing(share) {
@@ -658,7 +667,7 @@ impl Pretraining<'_> {
         let batch = r.optimiser.batch_size;
         let mut trainer = r.trainer(total, state.pretrain_step);
         if state.pretrain_step > 0 {
-            resume_optimizer(&mut trainer, self.resumed_optimizer)?;
+            resume_optimizer(&mut trainer, self.run.resumed_optimizer.as_ref())?;
         }
         let bar = progress::bar(total as u64, "pretraining");
         bar.set_position(state.pretrain_step as u64);
@@ -697,16 +706,16 @@ impl Pretraining<'_> {
                     }
                     if a.eval_steps > 0 && n.is_multiple_of(a.eval_steps as usize) && n < total {
                         bar.suspend(|| self.probe(model, &probe, eval, state))?;
-                        let dir = self.checkpoints.join(format!("pretrain-{n}"));
+                        let dir = &self.run.checkpoints.join(format!("pretrain-{n}"));
                         checkpoint::save(
-                            &dir,
-                            self.setup,
-                            self.recipe,
+                            dir,
+                            &self.run.setup,
+                            &self.run.recipe,
                             model,
                             state,
                             Some(optimizer_state(trainer)?),
                         )?;
-                        checkpoint::prune(self.checkpoints, "pretrain-", 1);
+                        checkpoint::prune(&self.run.checkpoints, "pretrain-", 1);
                     }
                     Ok(match out_of_time(state) {
                         true => ControlFlow::Break(()),
@@ -720,7 +729,7 @@ impl Pretraining<'_> {
             Ok(()) => {}
             Err(RunError::Step(e)) => bail!(
                 "pretraining: {e}; the last good checkpoint is kept in {}",
-                self.checkpoints.display()
+                &self.run.checkpoints.display()
             ),
             Err(RunError::After(e)) => return Err(e),
         }
@@ -740,14 +749,14 @@ impl Pretraining<'_> {
             false => None,
         };
         checkpoint::save(
-            &self.checkpoints.join("pretrained"),
-            self.setup,
-            self.recipe,
+            &self.run.checkpoints.join("pretrained"),
+            &self.run.setup,
+            &self.run.recipe,
             &model,
             state,
             optimizer,
         )?;
-        checkpoint::prune(self.checkpoints, "pretrain-", 0);
+        checkpoint::prune(&self.run.checkpoints, "pretrain-", 0);
         Ok(model)
     }
 
@@ -760,7 +769,7 @@ impl Pretraining<'_> {
             .map(|p| {
                 Ok(pretraining::first_window_auto_encoding(
                     self.tokenizers,
-                    &self.setup.compressor,
+                    &self.run.setup.compressor,
                     p,
                 )?)
             })
@@ -797,7 +806,7 @@ impl Pretraining<'_> {
         };
         state.pretrain_memory_gap.push(PretrainProbe {
             step,
-            windows: step * self.recipe.optimiser.batch_size,
+            windows: step * self.run.recipe.optimiser.batch_size,
             seconds: state.pretrain_seconds,
             own,
             other,
@@ -805,16 +814,16 @@ impl Pretraining<'_> {
         });
         let curve = ScalingCurve {
             command: a,
-            recipe: self.recipe,
-            setup: self.setup,
+            recipe: &self.run.recipe,
+            setup: &self.run.setup,
             probes: &state.pretrain_memory_gap,
         };
         write_atomic(
-            &self.out.join("pretraining_curve.json"),
+            &self.run.out.join("pretraining_curve.json"),
             serde_json::to_string_pretty(&curve)?.as_bytes(),
         )?;
         plots::scaling_curve(
-            &self.out.join("scaling_curve.png"),
+            &self.run.out.join("scaling_curve.png"),
             &state.pretrain_memory_gap,
         )
     }
@@ -823,7 +832,7 @@ impl Pretraining<'_> {
 impl Pretraining<'_> {
     /// The held-out questions answered from their compressed documents, and the memory use.
     fn answer_held_out(&self, answering: &Oscar, eval: &[Example], step: usize) -> Result<QaProbe> {
-        let evaluator = self.recipe.evaluator(self.tokenizers);
+        let evaluator = self.run.recipe.evaluator(self.tokenizers);
         let run = evaluate::compressed(&evaluator, answering, eval, "held-out QA")?;
         let memory_use = evaluate::memory_use(&evaluator, answering, eval)?;
         println!(
