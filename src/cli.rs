@@ -59,7 +59,7 @@ pub enum Command {
     Serve(Box<crate::serve::ServeArgs>),
     /// Load-test a running `scaledown serve`: queries/s and latency at each concurrency, or
     /// --hostile N malformed bodies between valid ones.
-    Load(crate::serve::load::LoadArgs),
+    Load(scaledown_bench::load::LoadArgs),
 }
 
 #[derive(Args)]
@@ -220,7 +220,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => crate::ask::eval(args),
         Command::Ask(args) => crate::ask::ask(args),
         Command::Serve(args) => crate::serve::serve(&dir, *args),
-        Command::Load(args) => crate::serve::load::load(args),
+        Command::Load(args) => scaledown_bench::load::load(args),
     }
 }
 
@@ -280,7 +280,7 @@ fn generate_cmd(dir: &std::path::Path, a: GenerateArgs) -> Result<()> {
         let out = serde_json::json!({
             "prompt_ids": prompt, "ids": ids, "text": text,
             "backend": a.run.backend.to_string(), "seconds": secs,
-            "peak_memory_mb": crate::bench::peak_rss_mb(),
+            "peak_memory_mb": scaledown_bench::peak_rss_mb(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -346,7 +346,7 @@ fn bench_cmd(dir: &std::path::Path, a: BenchArgs) -> Result<()> {
         );
         None
     };
-    let options = crate::bench::BenchOptions {
+    let options = scaledown_bench::BenchOptions {
         runs: a.runs as usize,
         threads,
         prefill: a.prefill,
@@ -362,5 +362,38 @@ fn bench_cmd(dir: &std::path::Path, a: BenchArgs) -> Result<()> {
         json: a.run.json,
         only: a.only,
     };
-    crate::bench::run(dir, &path, &device, &a.run.backend.to_string(), &options)
+    let encoder_dir = models::default_encoder(dir);
+    let (generator, encoder) = match options.random_weights {
+        true => (
+            models::random_generator(&path, &device)?,
+            options
+                .data_dir
+                .as_ref()
+                .map(|_| models::random_encoder(&encoder_dir, &device))
+                .transpose()?,
+        ),
+        false => (
+            models::load_generator(&path, &device)?,
+            options
+                .data_dir
+                .as_ref()
+                .map(|_| models::load_encoder(&encoder_dir, &device))
+                .transpose()?,
+        ),
+    };
+    let bench_models = scaledown_bench::BenchModels {
+        generator_path: path,
+        generator: generator.model,
+        tokenizer: generator.tokenizer,
+        encoder_dir,
+        encoder,
+    };
+    let bar = crate::progress::bar(0, "bench");
+    scaledown_bench::run(
+        bench_models,
+        &device,
+        &a.run.backend.to_string(),
+        &options,
+        bar,
+    )
 }

@@ -1,7 +1,6 @@
 //! The `scaledown` command line: thin shells over `scaledown-model` and `scaledown-data`.
 
 pub mod ask;
-pub mod bench;
 pub mod ceiling;
 pub mod checkpoint;
 pub mod cli;

@@ -246,6 +246,59 @@ fn serve_answers_batches_streams_refuses_bad_input_and_stops_cleanly() {
     assert!(rest.contains("stopped"), "{rest}");
 }
 
+/// `scaledown load` against the tiny server: every timed request answered, the figures
+/// reported per concurrency; hostile bodies all refused with a 4xx while the valid ones between
+/// them are answered.
+#[test]
+fn the_load_test_answers_every_request_and_refuses_every_hostile_body() {
+    let s = Setup::new();
+    ok(&s.train("run", &["--max-steps", "2"]));
+    let server = Server::start(&["--checkpoint", &s.p("run/checkpoints/final")]);
+    let data = s.p("train_eval.json");
+    let load = |extra: &[&str]| {
+        let mut args = vec!["load", "--url", &server.url, "--data", &data];
+        args.extend(["--max-new-tokens", "3", "--json"]);
+        args.extend(extra);
+        let out = ok(&tiny::scaledown(&args));
+        let last = out.lines().last().unwrap_or_default().to_string();
+        (out, serde_json::from_str::<Value>(&last).unwrap())
+    };
+    let (table, levels) = load(&["--requests", "6", "--concurrency", "1,3"]);
+    assert!(table.contains("| clients |"), "{table}");
+    let levels = levels.as_array().unwrap().clone();
+    assert_eq!(levels.len(), 2, "{levels:?}");
+    for (level, clients) in levels.iter().zip([1, 3]) {
+        assert_eq!(level["concurrency"], clients, "{level}");
+        assert_eq!(
+            (level["requests"].as_u64(), level["failed"].as_u64()),
+            (Some(6), Some(0))
+        );
+        assert!(
+            level["queries_per_second"].as_f64().unwrap() > 0.0,
+            "{level}"
+        );
+        assert!(
+            level["p99_ms"].as_f64() >= level["p50_ms"].as_f64(),
+            "{level}"
+        );
+    }
+    let (_, hostile) = load(&["--hostile", "40"]);
+    assert_eq!(
+        (hostile["bad_4xx"].as_u64(), hostile["bad_other"].as_u64()),
+        (Some(40), Some(0)),
+        "{hostile}"
+    );
+    assert_eq!(
+        (
+            hostile["valid_ok"].as_u64(),
+            hostile["valid_failed"].as_u64()
+        ),
+        (Some(4), Some(0)),
+        "{hostile}"
+    );
+    assert!(server.stop().0);
+}
+
 #[test]
 fn without_a_checkpoint_it_serves_the_full_text_only() {
     let s = Setup::new();

@@ -1,16 +1,18 @@
 //! `scaledown bench`: the same work in this project, in PyTorch (transformers, float32) and
 //! in llama.cpp (the same GGUF, its quantized kernels), at the same thread count, measured in
 //! one invocation and printed as ratios. Single runs alternate between the sides, so that a
-//! busy machine slows them alike.
+//! busy machine slows them alike. `scaledown load` ([`load`]) loads a running server.
 
+pub mod load;
 mod work;
 mod worker;
 
-use crate::models;
 use anyhow::{Result, bail};
+use indicatif::ProgressBar;
 use scaledown_data::Dataset;
 use scaledown_model::bert::Bert;
 use scaledown_model::burn::prelude::*;
+use scaledown_model::llama::Llama;
 use scaledown_model::oscar::OscarTokenizers;
 use scaledown_model::tokenizer::Tokenizer;
 use serde_json::{Value, json};
@@ -29,7 +31,8 @@ pub struct BenchOptions {
     pub queries: usize,
     /// Batch sizes of the batched answers.
     pub answer_batches: Vec<usize>,
-    /// Random weights of the models' architectures (see `models::random_generator`).
+    /// The models hold random weights of their architectures (said in the report; llama.cpp
+    /// needs the real GGUF).
     pub random_weights: bool,
     /// "cpu" or "cuda".
     pub pytorch_device: String,
@@ -218,8 +221,16 @@ fn data_items(
     Ok(())
 }
 
-type LoadGenerator = fn(&Path, &Device) -> Result<models::Generator>;
-type LoadEncoder = fn(&Path, &Device) -> Result<(Bert, Tokenizer)>;
+/// The models measured, loaded by the caller, and where their files are (the other sides
+/// load the same files).
+pub struct BenchModels {
+    pub generator_path: PathBuf,
+    pub generator: Llama,
+    pub tokenizer: Tokenizer,
+    /// MiniLM's folder, and MiniLM when the measurements need it (questions from --data-dir).
+    pub encoder_dir: PathBuf,
+    pub encoder: Option<(Bert, Tokenizer)>,
+}
 
 /// Peak resident memory of this process, from /proc (Linux).
 pub fn peak_rss_mb() -> Option<f64> {
@@ -229,37 +240,29 @@ pub fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// Measures every item on this side and the other sides, alternating, and prints the table
+/// (or JSON); `bar` shows the runs.
 pub fn run(
-    models_dir: &Path,
-    generator: &Path,
+    models: BenchModels,
     device: &Device,
     backend: &str,
     o: &BenchOptions,
+    bar: ProgressBar,
 ) -> Result<()> {
-    let minilm_dir = models::default_encoder(models_dir);
-    let (load_generator, load_encoder) = if o.random_weights {
-        (
-            models::random_generator as LoadGenerator,
-            models::random_encoder as LoadEncoder,
-        )
-    } else {
-        (
-            models::load_generator as LoadGenerator,
-            models::load_encoder as LoadEncoder,
-        )
-    };
-    let g = load_generator(generator, device)?;
-    let minilm = o
-        .data_dir
-        .as_ref()
-        .map(|_| load_encoder(&minilm_dir, device))
-        .transpose()?;
+    let BenchModels {
+        generator_path,
+        generator: model,
+        tokenizer,
+        encoder_dir: minilm_dir,
+        encoder: minilm,
+    } = models;
+    let generator = generator_path.as_path();
     let tokenizers = OscarTokenizers {
-        generator: g.tokenizer,
+        generator: tokenizer,
         encoder: None,
     };
     let items = items(o, &tokenizers, minilm.as_ref().map(|m| &m.1))?;
-    let mut ours = Ours::new(g.model, &tokenizers, minilm.map(|m| m.0), device)?;
+    let mut ours = Ours::new(model, &tokenizers, minilm.map(|m| m.0), device)?;
     let mut workers = Vec::new();
     if let Some(py) = &o.python {
         let load = json!({
@@ -312,7 +315,7 @@ pub fn run(
         sides.concat()
     );
 
-    let bar = crate::progress::bar((items.len() * (o.runs + 1)) as u64, "bench");
+    bar.set_length((items.len() * (o.runs + 1)) as u64);
     let mut rows = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let key = i.to_string();

@@ -1,7 +1,5 @@
 //! `scaledown serve`: the flags, and the model they name loaded for the HTTP API
-//! (`scaledown_serve`); `scaledown load` (load.rs) is its load test.
-
-pub mod load;
+//! (`scaledown_serve`); `scaledown load` (`scaledown_bench::load`) is its load test.
 
 use crate::{checkpoint, models};
 use anyhow::Result;

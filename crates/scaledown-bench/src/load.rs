@@ -4,9 +4,9 @@
 //! valid ones and checks that each bad one gets a 4xx, each valid one its answer, and that the
 //! server's memory comes back.
 
-use crate::evaluate::percentile;
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use scaledown_data::percentile;
 use scaledown_data::{Example, parse_examples};
 use serde_json::{Value, json};
 use std::path::PathBuf;
