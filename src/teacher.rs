@@ -138,25 +138,9 @@ pub fn relevance(
     if !todo.is_empty() {
         let (minilm, tokenizer) =
             models::load_encoder(&models::default_encoder(models_dir), device)?;
-        // MiniLM reads at most 512 positions; a long document is judged by its beginning.
-        let embed = |text: &str| -> Result<Vec<f32>> {
-            let mut ids = tokenizer.encode_with(text, true)?;
-            ids.truncate(256);
-            let v = minilm.sentence_embedding(&ids, device).into_data();
-            Ok(v.iter::<f32>().collect())
-        };
-        let cosine = |a: &[f32], b: &[f32]| {
-            let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-            let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-            dot / (norm(a) * norm(b))
-        };
         let bar = progress::bar(todo.len() as u64, "teacher relevance (MiniLM)");
         for ex in todo {
-            let q = embed(&ex.question)?;
-            let docs = documents_of(ex)
-                .iter()
-                .map(|d| Ok(cosine(&q, &embed(d)?)))
-                .collect::<Result<Vec<f32>>>()?;
+            let docs = minilm.relevance(&tokenizer, &ex.question, &documents_of(ex), device)?;
             cache.insert(ex.id.clone(), docs);
             bar.inc(1);
         }

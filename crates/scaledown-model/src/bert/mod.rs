@@ -1,8 +1,10 @@
-//! BERT encoder (all-MiniLM-L6-v2): config, model with mean pooling, and weight loading.
+//! BERT encoder (all-MiniLM-L6-v2): config, model with mean pooling, weight loading, and
+//! question-document relevance (the reranking teacher).
 
 pub mod config;
 pub mod load;
 pub mod model;
+pub mod relevance;
 
 pub use config::BertConfig;
 pub use load::bert_from_safetensors;
