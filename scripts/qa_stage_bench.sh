@@ -6,6 +6,9 @@
 # articles. The defaults otherwise (rate 2, k = 20, LoRA). About 45 minutes per seed on 2 cores.
 #
 #   scripts/qa_stage_bench.sh [SEED ...]      (default: 42 7); results in runs/qa_stage_s<SEED>*
+#   QUESTIONS=900 scripts/qa_stage_bench.sh   the SQuAD epoch on the seed's 450 and 450 more
+#                                             questions of the train articles (results in
+#                                             runs/qa_stage900_s<SEED>*; the same stage)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scaledown/target}"
@@ -21,6 +24,13 @@ mkdir -p data runs
 [ -f data/heldout200.json ] ||
   python3 scripts/heldout_questions.py data/squad500.json data/squad500_eval.json "$squad" 200 data/heldout200.json
 [ -f data/hotpot400_gold.json ] || python3 scripts/hotpot_questions.py data/hotpot400_gold.json
+questions=${QUESTIONS:-450}
+case "$questions" in
+  450) train=data/squad500.json; epoch=qa_stage ;;
+  900) train=data/squad900.json; epoch=qa_stage900
+       [ -f "$train" ] || python3 scripts/more_questions.py data/squad500.json "$train" 450 ;;
+  *) echo "QUESTIONS=$questions: 450 or 900" >&2; exit 1 ;;
+esac
 
 seeds=("$@")
 [ ${#seeds[@]} -gt 0 ] || seeds=(42 7)
@@ -28,9 +38,10 @@ for s in "${seeds[@]}"; do
   out=runs/qa_stage_s$s
   "$sd" train --train-data data/hotpot400_gold.json --eval-data data/squad500_eval.json \
     --max-eval-examples 10 --seed "$s" --resume --output-dir "$out/stage" | tee "$out.stage.log"
-  "$sd" train --train-data data/squad500.json --eval-data data/squad500_eval.json \
-    --max-eval-examples 50 --init-from "$out/stage" --seed "$s" --resume --output-dir "$out/qa" |
-    tee "$out.qa.log"
-  "$sd" eval --checkpoint "$out/qa/checkpoints/final" --eval-data data/heldout200.json \
-    --max-eval-examples 200 --eval-batch-size 4 --output "$out.200.json" | tee "$out.200.log"
+  qa=runs/${epoch}_s$s
+  "$sd" train --train-data "$train" --eval-data data/squad500_eval.json \
+    --max-eval-examples 50 --init-from "$out/stage" --seed "$s" --resume --output-dir "$qa/qa" |
+    tee "$qa.qa.log"
+  "$sd" eval --checkpoint "$qa/qa/checkpoints/final" --eval-data data/heldout200.json \
+    --max-eval-examples 200 --eval-batch-size 4 --output "$qa.200.json" | tee "$qa.200.log"
 done
