@@ -140,13 +140,7 @@ fn lora_trains_adapters_only_and_the_schedule_warms_up_then_decays() {
 fn checkpoint_round_trip_and_refusals() {
     // The frozen generator is not in checkpoints: both sides share it, as they share its file.
     let generator = LlamaConfig::tiny(tiny::VOCAB).init(&Device::flex());
-    let mut model = oscar_over(generator.clone(), CompressorType::NLayers).train();
-    let mut trainer = Trainer::new(settings(5));
-    for _ in 0..3 {
-        let (m, s) = read_sync(trainer.step(model, &[&example()]));
-        model = m;
-        s.unwrap();
-    }
+    let model = tiny::trained(oscar_over(generator.clone(), CompressorType::NLayers), 3);
     let bytes = trainable_to_safetensors(&model);
     // A fresh model with other random compressor weights gets the trained ones back.
     let fresh = oscar_over(generator.clone(), CompressorType::NLayers);
@@ -444,14 +438,7 @@ fn a_padded_batch_answers_as_each_question_alone() {
         ..Default::default()
     };
     // Compressed prompts of different lengths (1, 2 and 3 chunks); a stop token ends one row.
-    let questions: Vec<Encoded> = [1usize, 2, 3]
-        .iter()
-        .map(|&chunks| Encoded {
-            chunks: (0..chunks).map(|c| vec![1, 2, 3 + c as u32, 9]).collect(),
-            chunk_documents: (0..chunks).collect(),
-            ..example().encoded
-        })
-        .collect();
+    let questions = tiny::questions_of_1_2_3_chunks(|c| vec![1, 2, 3 + c, 9]);
     let alone: Vec<Vec<u32>> = questions
         .iter()
         .map(|e| read_sync(model.answer(e, &[], &config)).unwrap())

@@ -95,11 +95,9 @@ mod tests {
     use crate::checkpoint::trainable_to_safetensors;
     use crate::compressor::Readout;
     use crate::llama::LlamaConfig;
-    use crate::tiny::{VOCAB, compressor_config, example, settings};
+    use crate::tiny::{VOCAB, compressor_config, example};
     use crate::tokenizer::word_level_json;
-    use crate::training::Trainer;
     use burn::prelude::*;
-    use burn::tensor::read_sync;
 
     fn setup(compressor_type: CompressorType) -> OscarSetup {
         OscarSetup {
@@ -129,13 +127,7 @@ mod tests {
         let setup = setup(CompressorType::NLayers);
         let (generator, first) = parts();
         let fresh = Pipeline::assemble(&setup, generator.clone(), first, None, None).unwrap();
-        let mut model = fresh.oscar.clone().train();
-        let mut trainer = Trainer::new(settings(5));
-        for _ in 0..5 {
-            let (m, stats) = read_sync(trainer.step(model, &[&example()]));
-            model = m;
-            stats.unwrap();
-        }
+        let model = crate::tiny::trained(fresh.oscar.clone(), 5);
         // Saved as training saves it: the trainable tensors are the ones that take gradients.
         let bytes = trainable_to_safetensors(&model);
         let trained = model.valid();

@@ -294,16 +294,7 @@ fn cached_pooled_generation_equals_uncached() {
         max_new_tokens: 6,
         ..Default::default()
     };
-    let questions: Vec<Encoded> = [1usize, 2, 3]
-        .iter()
-        .map(|&chunks| Encoded {
-            chunks: (0..chunks)
-                .map(|c| vec![1, 2, 3 + c as u32, 9, 4, 5])
-                .collect(),
-            chunk_documents: (0..chunks).collect(),
-            ..example().encoded
-        })
-        .collect();
+    let questions = crate::tiny::questions_of_1_2_3_chunks(|c| vec![1, 2, 3 + c, 9, 4, 5]);
     let prefix = PrefixCache::new(&model.generator, &questions[0].prefix, &device);
     let mut alone = Vec::new();
     for e in &questions {

@@ -80,6 +80,33 @@ pub fn example() -> TrainExample {
     )
 }
 
+/// Questions of 1, 2 and 3 chunks (`chunk(c)` each) in [`example`]'s prompt: prompts of
+/// different lengths, for the batching and caching tests.
+pub fn questions_of_1_2_3_chunks(chunk: impl Fn(u32) -> Vec<u32>) -> Vec<Encoded> {
+    [1u32, 2, 3]
+        .iter()
+        .map(|&chunks| Encoded {
+            chunks: (0..chunks).map(&chunk).collect(),
+            chunk_documents: (0..chunks as usize).collect(),
+            ..example().encoded
+        })
+        .collect()
+}
+
+/// `model` (a plain one) after `steps` optimiser steps on [`example`], scheduled over
+/// `steps`, in training mode.
+#[cfg(feature = "flex")]
+pub fn trained(model: Oscar, steps: usize) -> Oscar {
+    let mut trainer = crate::training::Trainer::new(settings(steps));
+    let mut model = model.train();
+    for _ in 0..steps {
+        let (m, stats) = burn::tensor::read_sync(trainer.step(model, &[&example()]));
+        model = m;
+        stats.expect("a finite loss");
+    }
+    model
+}
+
 /// AdamW fast enough to move the tiny model within `steps` steps.
 pub fn settings(steps: usize) -> TrainSettings {
     TrainSettings {
