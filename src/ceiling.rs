@@ -1,12 +1,13 @@
 //! The compressed model's fair ceiling (`train --finetuned-ceiling`): the uncompressed
-//! generator fine-tuned with the same LoRA recipe, steps, batches and target answers, reading
-//! the documents' full text instead of their memory vectors, then evaluated like the baseline.
+//! generator alone (no compressor) fine-tuned with the same LoRA recipe, steps, batches and
+//! target answers, reading the documents' full text instead of their memory vectors, then
+//! evaluated like the baseline.
 
-use crate::checkpoint::{self, OscarSetup};
+use crate::checkpoint::OscarSetup;
 use crate::evaluate::{self, EvalRun, Evaluator, describe};
 use crate::fsutil::write_atomic;
-use crate::progress;
 use crate::train_args::TrainArgs;
+use crate::{models, progress};
 use anyhow::{Context, Result, anyhow};
 use scaledown_data::Example;
 use scaledown_model::burn::module::Module;
@@ -16,7 +17,7 @@ use scaledown_model::example::{Encoded, TrainExample};
 use scaledown_model::oscar::OscarTokenizers;
 use scaledown_model::recipe::RunConfig;
 use scaledown_model::report::CeilingSummary;
-use scaledown_model::training::{TrainSettings, Trainer, batch_at};
+use scaledown_model::training::batch_at;
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::ops::ControlFlow;
@@ -73,14 +74,18 @@ pub fn run(
             answer.clone(),
         ));
     }
-    // A fresh model of the same setup: its LoRA factors start as the compressed run's did;
-    // its compressor is never read.
-    let model = checkpoint::build(setup, device)?.oscar.train();
-    let mut trainer = Trainer::new(TrainSettings {
-        compressor_lr: 0.0,
-        memory_lr: 0.0,
-        ..recipe.train_settings(total)
-    });
+    // The published generator with fresh LoRA of the recipe's shape, drawn from its seed; no
+    // compressor.
+    let lora = recipe
+        .lora
+        .context("the fine-tuned ceiling trains the generator's LoRA")?;
+    device.seed(recipe.seed);
+    let model = models::load_generator(&setup.generator, device)?
+        .model
+        .no_grad()
+        .with_lora(lora.rank, lora.alpha)
+        .train();
+    let mut trainer = recipe.trainer(total, 0);
     let batch = recipe.optimiser.batch_size;
     let mut losses = Vec::with_capacity(total);
     let mut seen = 0;
@@ -105,7 +110,7 @@ pub fn run(
     result.map_err(|e| anyhow!("fine-tuning the uncompressed generator: {e}"))?;
     bar.finish_and_clear();
     let train_seconds = started.elapsed().as_secs_f64();
-    let generator = model.for_inference().generator.in_blocks();
+    let generator = model.valid().merged_in_blocks();
     // The uncompressed answers read every document: no keep-top.
     let evaluator = Evaluator::new(tokenizers, &setup.compressor, setup.max_new_tokens)
         .batch(recipe.evaluation.batch_size);

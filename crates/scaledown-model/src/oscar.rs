@@ -453,54 +453,10 @@ impl Oscar {
                 self.prompt_around(&ex.encoded, c.memory, &ex.answer[..ex.answer.len() - 1])
             })
             .collect();
-        let lens: Vec<usize> = prompts.iter().map(PromptInput::len).collect();
-        let n = lens.iter().copied().max().unwrap_or(0);
-        let d = self.generator.hidden_size();
-        let (x, inserted) = PromptInput::stack(prompts, n, false);
-        let mut cache = KvCache::new(self.generator.layers.len());
-        let hidden = self
-            .generator
-            .forward_input(x, inserted, &mut cache, None, |_, _| {});
-        // Position t predicts token t + 1: the last `a` positions of a prompt predict its answer.
-        let rows = examples
-            .iter()
-            .zip(&lens)
-            .enumerate()
-            .map(|(i, (ex, &len))| {
-                let a = ex.answer.len();
-                hidden
-                    .clone()
-                    .slice([i..i + 1, len - a..len, 0..d])
-                    .reshape([a, d])
-            })
-            .collect();
-        let rows: Tensor<2> = Tensor::cat(rows, 0);
-        let total = rows.dims()[0];
-        let logits = self.generator.logits(rows.unsqueeze::<3>());
-        let log_probs = log_softmax(logits.reshape([total, self.generator.vocab_size()]), 1);
-        let (targets, weights): (Vec<i64>, Vec<f32>) = examples
-            .iter()
-            .flat_map(|ex| {
-                let w = 1.0 / (ex.answer.len() * examples.len()) as f32;
-                ex.answer.iter().map(move |&t| (t as i64, w))
-            })
-            .unzip();
-        let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [total]), &device);
-        let weights = Tensor::<1>::from_data(TensorData::new(weights, [total]), &device);
-        let picked = log_probs
-            .clone()
-            .gather(1, targets.reshape([total, 1]))
-            .reshape([total]);
-        let mut loss = (picked * weights).sum().neg().reshape([1]);
+        let mut loss = answer_cross_entropy(&self.generator, prompts, examples, distill_weight);
         if !rerank.is_empty() {
             let mse = Tensor::cat(rerank, 0).sum() / examples.len() as f64;
             loss = loss + mse * rerank_weight;
-        }
-        if distill_weight > 0.0
-            && let Some(soft) =
-                crate::distillation::soft_cross_entropy(log_probs, examples, &device)
-        {
-            loss = loss + soft * distill_weight;
         }
         loss
     }
@@ -669,4 +625,61 @@ fn top_documents(encoded: &Encoded, scores: &[f32], keep: usize) -> Vec<usize> {
 async fn read_f32s(t: Tensor<1>) -> Result<Vec<f32>, ExecutionError> {
     let data = t.into_data_async().await?;
     Ok(data.iter::<f32>().collect())
+}
+
+/// The cross-entropy of each answer (ids, ending with `<|im_end|>`) after its prompt
+/// (`prompts[i]`: the prompt and the answer but its last token), averaged over the answer's
+/// tokens and then over the examples, plus `distill_weight` × the cross-entropy against the
+/// teacher's token distributions: `[1]`. The prompts run as one right-padded batch: causal
+/// attention keeps each prompt's rows from seeing the padding after it.
+pub(crate) fn answer_cross_entropy(
+    generator: &Llama,
+    prompts: Vec<PromptInput>,
+    examples: &[&TrainExample],
+    distill_weight: f64,
+) -> Tensor<1> {
+    let device = generator.device();
+    let lens: Vec<usize> = prompts.iter().map(PromptInput::len).collect();
+    let n = lens.iter().copied().max().unwrap_or(0);
+    let d = generator.hidden_size();
+    let (x, inserted) = PromptInput::stack(prompts, n, false);
+    let mut cache = KvCache::new(generator.layers.len());
+    let hidden = generator.forward_input(x, inserted, &mut cache, None, |_, _| {});
+    // Position t predicts token t + 1: the last `a` positions of a prompt predict its answer.
+    let rows = examples
+        .iter()
+        .zip(&lens)
+        .enumerate()
+        .map(|(i, (ex, &len))| {
+            let a = ex.answer.len();
+            hidden
+                .clone()
+                .slice([i..i + 1, len - a..len, 0..d])
+                .reshape([a, d])
+        })
+        .collect();
+    let rows: Tensor<2> = Tensor::cat(rows, 0);
+    let total = rows.dims()[0];
+    let logits = generator.logits(rows.unsqueeze::<3>());
+    let log_probs = log_softmax(logits.reshape([total, generator.vocab_size()]), 1);
+    let (targets, weights): (Vec<i64>, Vec<f32>) = examples
+        .iter()
+        .flat_map(|ex| {
+            let w = 1.0 / (ex.answer.len() * examples.len()) as f32;
+            ex.answer.iter().map(move |&t| (t as i64, w))
+        })
+        .unzip();
+    let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [total]), &device);
+    let weights = Tensor::<1>::from_data(TensorData::new(weights, [total]), &device);
+    let picked = log_probs
+        .clone()
+        .gather(1, targets.reshape([total, 1]))
+        .reshape([total]);
+    let mut loss = (picked * weights).sum().neg().reshape([1]);
+    if distill_weight > 0.0
+        && let Some(soft) = crate::distillation::soft_cross_entropy(log_probs, examples, &device)
+    {
+        loss = loss + soft * distill_weight;
+    }
+    loss
 }

@@ -5,10 +5,11 @@
 //! scratch (memory tokens, projector, reranking head) and the generator's LoRA.
 
 use crate::compressor::Compressor;
-use crate::example::TrainExample;
+use crate::example::{TrainExample, ids_tensor};
+use crate::llama::{Llama, PromptInput};
 // The loss's weights live beside the loss (oscar.rs), so that oscar.rs needs nothing from here.
 pub use crate::oscar::LossWeights;
-use crate::oscar::Oscar;
+use crate::oscar::{Oscar, answer_cross_entropy};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
@@ -49,6 +50,74 @@ impl TrainSettings {
             max_grad_norm: 1.0,
             loss: LossWeights::OSCAR,
         }
+    }
+}
+
+/// What the optimiser trains: OSCAR (its compressor and its generator's LoRA), or a generator
+/// alone (its LoRA: the fine-tuned uncompressed ceiling, on full-text examples).
+pub trait Trainable: Sized {
+    /// The loss of one micro-batch: `[1]`.
+    fn loss(&self, batch: &[&TrainExample], weights: LossWeights) -> Tensor<1>;
+    fn compressor(&self) -> Option<&Compressor>;
+    fn generator(&self) -> &Llama;
+    /// The model with the optimiser's steps applied to its parts.
+    fn update(
+        self,
+        compressor: impl FnOnce(Compressor) -> Compressor,
+        generator: impl FnOnce(Llama) -> Llama,
+    ) -> Self;
+}
+
+impl Trainable for Oscar {
+    fn loss(&self, batch: &[&TrainExample], weights: LossWeights) -> Tensor<1> {
+        self.training_loss(batch, weights)
+    }
+    fn compressor(&self) -> Option<&Compressor> {
+        Some(&self.compressor)
+    }
+    fn generator(&self) -> &Llama {
+        &self.generator
+    }
+    fn update(
+        self,
+        compressor: impl FnOnce(Compressor) -> Compressor,
+        generator: impl FnOnce(Llama) -> Llama,
+    ) -> Self {
+        Self {
+            compressor: compressor(self.compressor),
+            generator: generator(self.generator),
+        }
+    }
+}
+
+/// A generator alone reads each example's ids whole (`Encoded::full_text`: no chunks, no
+/// memory vectors) before its answer.
+impl Trainable for Llama {
+    fn loss(&self, batch: &[&TrainExample], weights: LossWeights) -> Tensor<1> {
+        let device = self.device();
+        let prompts = batch
+            .iter()
+            .map(|ex| {
+                let e = &ex.encoded;
+                debug_assert!(e.chunks.is_empty(), "a generator alone reads full text");
+                let ids = [&e.prefix, &e.suffix, &ex.answer[..ex.answer.len() - 1]].concat();
+                PromptInput::tokens(self.embed(ids_tensor(&ids, &device)))
+            })
+            .collect();
+        answer_cross_entropy(self, prompts, batch, weights.distill)
+    }
+    fn compressor(&self) -> Option<&Compressor> {
+        None
+    }
+    fn generator(&self) -> &Llama {
+        self
+    }
+    fn update(
+        self,
+        _: impl FnOnce(Compressor) -> Compressor,
+        generator: impl FnOnce(Llama) -> Llama,
+    ) -> Self {
+        generator(self)
     }
 }
 
@@ -170,16 +239,16 @@ impl Trainer {
 
     /// One step over `batch`. On a NaN or infinite loss the model comes back unchanged with
     /// the error. Async because WebGPU reads the loss without blocking; native callers block.
-    pub async fn step(
+    pub async fn step<M: Trainable>(
         &mut self,
-        model: Oscar,
+        model: M,
         batch: &[&TrainExample],
-    ) -> (Oscar, Result<StepStats, TrainError>) {
+    ) -> (M, Result<StepStats, TrainError>) {
         let mut acc_c = GradientsAccumulator::new();
         let mut acc_g = GradientsAccumulator::new();
         let mut total = 0.0f32;
         for part in batch.chunks(MICRO_BATCH) {
-            let loss = model.training_loss(part, self.settings.loss);
+            let loss = model.loss(part, self.settings.loss);
             let value = match self.read(loss.clone()).await {
                 Ok(v) => v,
                 Err(e) => return (model, Err(e)),
@@ -196,14 +265,11 @@ impl Trainer {
             total += value * part.len() as f32;
             let share = part.len() as f32 / batch.len() as f32;
             let mut grads = loss.mul_scalar(share).backward();
-            acc_c.accumulate(
-                &model.compressor,
-                GradientsParams::from_module(&mut grads, &model.compressor),
-            );
-            acc_g.accumulate(
-                &model.generator,
-                GradientsParams::from_module(&mut grads, &model.generator),
-            );
+            if let Some(c) = model.compressor() {
+                acc_c.accumulate(c, GradientsParams::from_module(&mut grads, c));
+            }
+            let g = model.generator();
+            acc_g.accumulate(g, GradientsParams::from_module(&mut grads, g));
         }
         let (mut grads_c, mut grads_g) = (acc_c.grads(), acc_g.grads());
         let norm = match self.read(grad_sq_sum(&model, &grads_c, &grads_g)).await {
@@ -221,41 +287,38 @@ impl Trainer {
         }
         if norm > self.settings.max_grad_norm {
             let factor = self.settings.max_grad_norm / norm;
-            scale_grads(&model.compressor, &mut grads_c, factor);
-            scale_grads(&model.generator, &mut grads_g, factor);
+            if let Some(c) = model.compressor() {
+                scale_grads(c, &mut grads_c, factor);
+            }
+            scale_grads(model.generator(), &mut grads_g, factor);
         }
         let factor = self.lr_factor(self.step);
-        let Oscar {
-            compressor,
-            generator,
-        } = model;
+        let settings = &self.settings;
+        let (compressor_optim, memory_optim, generator_optim) = (
+            &mut self.compressor_optim,
+            &mut self.memory_optim,
+            &mut self.generator_optim,
+        );
         // Disjoint parameter sets, each with its own optimiser state and learning rate.
-        let grads_m = take_memory_grads(&compressor, &mut grads_c);
-        let compressor =
-            self.compressor_optim
-                .step(self.settings.compressor_lr * factor, compressor, grads_c);
-        let compressor =
-            self.memory_optim
-                .step(self.settings.memory_lr * factor, compressor, grads_m);
-        let generator = if grads_g.is_empty() {
-            generator
-        } else {
-            self.generator_optim
-                .step(self.settings.generator_lr * factor, generator, grads_g)
-        };
+        let model = model.update(
+            |compressor| {
+                let grads_m = take_memory_grads(&compressor, &mut grads_c);
+                let compressor =
+                    compressor_optim.step(settings.compressor_lr * factor, compressor, grads_c);
+                memory_optim.step(settings.memory_lr * factor, compressor, grads_m)
+            },
+            |generator| match grads_g.is_empty() {
+                true => generator,
+                false => generator_optim.step(settings.generator_lr * factor, generator, grads_g),
+            },
+        );
         self.step += 1;
         let stats = StepStats {
             loss: total / batch.len().max(1) as f32,
             grad_norm: norm,
             compressor_lr: self.settings.compressor_lr * factor,
         };
-        (
-            Oscar {
-                compressor,
-                generator,
-            },
-            Ok(stats),
-        )
+        (model, Ok(stats))
     }
 }
 
@@ -276,18 +339,18 @@ impl Trainer {
     /// checkpoints or redraws, and may stop early with `ControlFlow::Break`. The one step loop
     /// of question answering, pretraining, the fine-tuned ceiling and the page. Returns the
     /// model as the last good step left it.
-    pub async fn run<'a, E>(
+    pub async fn run<'a, M: Trainable, E>(
         &mut self,
-        mut model: Oscar,
+        mut model: M,
         total: usize,
         mut batch_of: impl FnMut(usize) -> Vec<&'a TrainExample>,
         mut after: impl AsyncFnMut(
             &Trainer,
-            &Oscar,
+            &M,
             &[&'a TrainExample],
             StepStats,
         ) -> Result<ControlFlow<()>, E>,
-    ) -> (Oscar, Result<(), RunError<E>>) {
+    ) -> (M, Result<(), RunError<E>>) {
         while self.step < total {
             let batch = batch_of(self.step);
             let (m, result) = self.step(model, &batch).await;
@@ -371,15 +434,21 @@ impl ModuleVisitor for SqSum<'_> {
 }
 
 /// Sum of squared gradients over both modules `[1]`, to be read from the device once per step.
-fn grad_sq_sum(model: &Oscar, grads_c: &GradientsParams, grads_g: &GradientsParams) -> Tensor<1> {
+fn grad_sq_sum(
+    model: &impl Trainable,
+    grads_c: &GradientsParams,
+    grads_g: &GradientsParams,
+) -> Tensor<1> {
     let mut v = SqSum {
         grads: grads_c,
         sum: None,
     };
-    model.compressor.visit(&mut v);
+    if let Some(c) = model.compressor() {
+        c.visit(&mut v);
+    }
     v.grads = grads_g;
-    model.generator.visit(&mut v);
-    let device = model.generator.device();
+    model.generator().visit(&mut v);
+    let device = model.generator().device();
     v.sum.unwrap_or_else(|| Tensor::zeros([1], &device))
 }
 
