@@ -363,23 +363,17 @@ fn bench_cmd(dir: &std::path::Path, a: BenchArgs) -> Result<()> {
         only: a.only,
     };
     let encoder_dir = models::default_encoder(dir);
-    let (generator, encoder) = match options.random_weights {
-        true => (
-            models::random_generator(&path, &device)?,
-            options
-                .data_dir
-                .as_ref()
-                .map(|_| models::random_encoder(&encoder_dir, &device))
-                .transpose()?,
-        ),
-        false => (
-            models::load_generator(&path, &device)?,
-            options
-                .data_dir
-                .as_ref()
-                .map(|_| models::load_encoder(&encoder_dir, &device))
-                .transpose()?,
-        ),
+    type Load<T> = fn(&std::path::Path, &Device) -> Result<T>;
+    let (load_generator, load_encoder): (Load<models::Generator>, Load<_>) =
+        match options.random_weights {
+            true => (models::random_generator, models::random_encoder),
+            false => (models::load_generator, models::load_encoder),
+        };
+    let generator = load_generator(&path, &device)?;
+    // MiniLM runs in the measurements of the questions from --data-dir only.
+    let encoder = match options.data_dir {
+        Some(_) => Some(load_encoder(&encoder_dir, &device)?),
+        None => None,
     };
     let bench_models = scaledown_bench::BenchModels {
         generator_path: path,
