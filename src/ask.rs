@@ -86,10 +86,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     if a.baseline {
         let base = evaluate::uncompressed(&evaluator, &base_generator, &examples, "baseline")?;
         println!("uncompressed: {}", describe(&base));
-        println!(
-            "speed-up {:.2}x",
-            base.timing.mean_ms / run.timing.mean_ms.max(1e-9)
-        );
+        println!("speed-up {:.2}x", base.timing.speedup_to(&run.timing));
         out["uncompressed"] = serde_json::to_value(&base)?;
     }
     if let Some(path) = a.output {

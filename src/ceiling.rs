@@ -16,7 +16,7 @@ use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::example::{Encoded, TrainExample};
 use scaledown_model::oscar::OscarTokenizers;
 use scaledown_model::recipe::RunConfig;
-use scaledown_model::report::CeilingSummary;
+use scaledown_model::report::{CeilingSummary, TrainState};
 use scaledown_model::training::batch_at;
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
@@ -87,8 +87,7 @@ pub fn run(
         .train();
     let mut trainer = recipe.trainer(total, 0);
     let batch = recipe.optimiser.batch_size;
-    let mut losses = Vec::with_capacity(total);
-    let mut seen = 0;
+    let mut state = TrainState::default();
     let bar = progress::bar(total as u64, "fine-tuning the uncompressed generator");
     let started = Instant::now();
     let (model, result) = read_sync(trainer.run(
@@ -97,8 +96,8 @@ pub fn run(
         |step| batch_at(&examples, step, batch, recipe.seed),
         async |trainer, _, batch_examples, stats| -> Result<ControlFlow<()>, Infallible> {
             let step = trainer.step;
-            seen += batch_examples.len();
-            losses.push((step, stats.loss));
+            let seconds = started.elapsed().as_secs_f64();
+            state.record_step(batch_examples.len(), stats.loss, seconds);
             bar.set_message(format!("loss {:.3}", stats.loss));
             bar.inc(1);
             if step % a.logging_steps as usize == 0 || step == total {
@@ -109,7 +108,6 @@ pub fn run(
     ));
     result.map_err(|e| anyhow!("fine-tuning the uncompressed generator: {e}"))?;
     bar.finish_and_clear();
-    let train_seconds = started.elapsed().as_secs_f64();
     let generator = model.valid().merged_in_blocks();
     // The uncompressed answers read every document: no keep-top.
     let evaluator = Evaluator::new(tokenizers, &setup.compressor, setup.max_new_tokens)
@@ -119,9 +117,9 @@ pub fn run(
     let ceiling = Ceiling {
         run,
         steps: total,
-        losses,
-        train_seconds,
-        examples_per_second: seen as f64 / train_seconds.max(1e-9),
+        examples_per_second: state.examples_per_second(),
+        losses: state.losses,
+        train_seconds: state.train_seconds,
     };
     write_atomic(&path, serde_json::to_string_pretty(&ceiling)?.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;

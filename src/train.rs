@@ -18,7 +18,7 @@ use scaledown_model::llama::Llama;
 use scaledown_model::oscar::{Oscar, OscarTokenizers};
 use scaledown_model::pretraining::{self, PretrainingSet};
 use scaledown_model::recipe::{Labels, RunConfig};
-use scaledown_model::report::{EvalPoint, PretrainProbe, QaProbe, Report, TrainState};
+use scaledown_model::report::{Compression, EvalPoint, PretrainProbe, QaProbe, Report, TrainState};
 use scaledown_model::training::{RunError, Trainer, batch_at};
 use serde::Serialize;
 use std::ops::ControlFlow;
@@ -137,7 +137,7 @@ fn start(models_dir: &Path, a: &TrainArgs) -> Result<(Run, checkpoint::Pipeline,
                 from.pretrain_step,
                 from.step
             );
-            (loaded, pretraining_record(from))
+            (loaded, from.pretraining_record())
         }
         (None, None) => (checkpoint::build(&setup, &device)?, TrainState::default()),
     };
@@ -281,10 +281,8 @@ impl Run {
             total,
             |step| batch_at(examples, step, batch, recipe.seed),
             async |trainer, model, batch_examples, stats| -> Result<ControlFlow<()>> {
-                state.step += 1;
-                state.examples_seen += batch_examples.len();
-                state.losses.push((state.step, stats.loss));
-                state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
+                let seconds = seconds_before + started.elapsed().as_secs_f64();
+                state.record_step(batch_examples.len(), stats.loss, seconds);
                 bar.set_message(format!("training loss {:.3}", stats.loss));
                 bar.inc(1);
                 if state.step.is_multiple_of(a.logging_steps as usize) || state.step == total {
@@ -396,21 +394,6 @@ fn load_trained(
         ),
     }
     Ok((loaded, state))
-}
-
-/// What a run started with `--init-from` keeps of its checkpoint's progress: the record of
-/// the pretraining its weights went through (so that it is not run again, and the report
-/// shows it), not its question-answering steps.
-fn pretraining_record(from: TrainState) -> TrainState {
-    TrainState {
-        pretrain_step: from.pretrain_step,
-        pretrain_total: from.pretrain_total,
-        pretrain_losses: from.pretrain_losses,
-        pretrain_seconds: from.pretrain_seconds,
-        pretrain_memory_gap: from.pretrain_memory_gap,
-        memory_use_before: from.memory_use_before,
-        ..TrainState::default()
-    }
 }
 
 /// `scaledown pretrain`: the pretraining stage alone, probed every --eval-steps, with its
@@ -532,33 +515,18 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         false => None,
     };
 
-    let steps_run = state.examples_seen.max(1);
-    let encoded_eval: Vec<_> = eval
-        .iter()
-        .map(|e| tokenizers.encode_example(&setup.compressor, e))
-        .collect::<Result<_, _>>()?;
-    let n_eval = encoded_eval.len().max(1) as f64;
     let report = Report {
         backend: a.backend.to_string(),
         train_examples: train.len(),
         eval_examples: eval.len(),
-        mean_document_tokens: encoded_eval
-            .iter()
-            .map(|e| e.document_tokens as f64)
-            .sum::<f64>()
-            / n_eval,
-        mean_memory_vectors: encoded_eval
-            .iter()
-            .map(|e| e.memory_vectors(&setup.compressor) as f64)
-            .sum::<f64>()
-            / n_eval,
+        compression: Compression::of(&tokenizers, &setup.compressor, eval)?,
         baseline_uncompressed: (&baseline).into(),
         before: (&before).into(),
         after: (&after).into(),
-        speedup: baseline.timing.mean_ms / after.timing.mean_ms.max(1e-9),
+        speedup: baseline.timing.speedup_to(&after.timing),
         memory_use_after,
         finetuned_ceiling: finetuned.as_ref().map(Into::into),
-        examples_per_second: steps_run as f64 / state.train_seconds.max(1e-9),
+        examples_per_second: state.examples_per_second(),
         training: state,
         stopped: stopped.clone(),
         setup: setup.clone(),
@@ -621,11 +589,9 @@ impl Pretraining<'_> {
         let a = self.args;
         let r = &self.run.recipe;
         let total = r.pretraining.steps;
-        let budget = r.pretraining.minutes.map(|m| m * 60.0);
-        let out_of_time = |state: &TrainState| budget.is_some_and(|b| state.pretrain_seconds >= b);
-        // Pretraining comes first; a run resumed in question answering does not go back, and
-        // one started --init-from keeps the record of its weights' pretraining.
-        if state.pretrain_step >= total || state.step > 0 || out_of_time(state) {
+        let out_of_time = |state: &TrainState| state.pretraining_out_of_time(&r.pretraining);
+        // A run started --init-from keeps the record of its weights' pretraining.
+        if state.pretraining_is_over(&r.pretraining) {
             return Ok(model);
         }
         state.pretrain_total = total;
@@ -681,11 +647,8 @@ impl Pretraining<'_> {
                 total,
                 |step| set.batch(step, batch, share, r.seed),
                 async |trainer, model, _, stats| -> Result<ControlFlow<()>> {
-                    state.pretrain_step += 1;
-                    state
-                        .pretrain_losses
-                        .push((state.pretrain_step, stats.loss));
-                    state.pretrain_seconds = seconds_before + started.elapsed().as_secs_f64();
+                    let seconds = seconds_before + started.elapsed().as_secs_f64();
+                    state.record_pretraining_step(stats.loss, seconds);
                     // Windows (pretraining examples) per second over this session's steps.
                     let windows_per_second = ((state.pretrain_step - first_step) * batch) as f64
                         / started.elapsed().as_secs_f64().max(1e-9);

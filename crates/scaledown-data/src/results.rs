@@ -67,6 +67,12 @@ impl Timing {
             queries_per_second: 1000.0 / mean,
         }
     }
+
+    /// How many times faster than `self` (the slower run) `faster` answers: the ratio of their
+    /// mean times (the speed-up of a compressed answer over the uncompressed one).
+    pub fn speedup_to(&self, faster: &Timing) -> f64 {
+        self.mean_ms / faster.mean_ms.max(1e-9)
+    }
 }
 
 /// The answers to a set of questions, their mean scores and their latency.

@@ -2,8 +2,11 @@
 //! its report (`metrics_report.json`), which the CLI draws its plots from and the page reads.
 
 use crate::checkpoint::OscarSetup;
-use crate::recipe::RunConfig;
-use scaledown_data::{EvalRun, MemoryUse, Scores, Timing};
+use crate::compressor::CompressorConfig;
+use crate::oscar::OscarTokenizers;
+use crate::recipe::{PretrainingConfig, RunConfig};
+use crate::weights::WeightError;
+use scaledown_data::{EvalRun, Example, MemoryUse, Scores, Timing};
 use serde::{Deserialize, Serialize};
 
 /// One probe of pretraining after `step` steps (`windows` examples, `seconds` of training):
@@ -64,6 +67,83 @@ pub struct TrainState {
     pub memory_use_before: Option<MemoryUse>,
 }
 
+impl TrainState {
+    /// Records a question-answering step on `examples` examples, `seconds` into training.
+    pub fn record_step(&mut self, examples: usize, loss: f32, seconds: f64) {
+        self.step += 1;
+        self.examples_seen += examples;
+        self.losses.push((self.step, loss));
+        self.train_seconds = seconds;
+    }
+
+    /// Records a pretraining step, `seconds` into pretraining.
+    pub fn record_pretraining_step(&mut self, loss: f32, seconds: f64) {
+        self.pretrain_step += 1;
+        self.pretrain_losses.push((self.pretrain_step, loss));
+        self.pretrain_seconds = seconds;
+    }
+
+    /// Whether pretraining is over at this point: its steps done, its minutes spent, or
+    /// question answering begun (a run resumed there does not go back).
+    pub fn pretraining_is_over(&self, pretraining: &PretrainingConfig) -> bool {
+        self.pretrain_step >= pretraining.steps
+            || self.step > 0
+            || self.pretraining_out_of_time(pretraining)
+    }
+
+    /// Whether pretraining has spent the minutes it was given.
+    pub fn pretraining_out_of_time(&self, pretraining: &PretrainingConfig) -> bool {
+        pretraining
+            .minutes
+            .is_some_and(|m| self.pretrain_seconds >= m * 60.0)
+    }
+
+    /// Training examples per second of question answering.
+    pub fn examples_per_second(&self) -> f64 {
+        self.examples_seen.max(1) as f64 / self.train_seconds.max(1e-9)
+    }
+
+    /// What a run started from these weights (`--init-from`) keeps of this progress: the
+    /// record of the pretraining they went through (so that it is not run again, and the
+    /// report shows it), not their question-answering steps.
+    pub fn pretraining_record(self) -> TrainState {
+        TrainState {
+            pretrain_step: self.pretrain_step,
+            pretrain_total: self.pretrain_total,
+            pretrain_losses: self.pretrain_losses,
+            pretrain_seconds: self.pretrain_seconds,
+            pretrain_memory_gap: self.pretrain_memory_gap,
+            memory_use_before: self.memory_use_before,
+            ..TrainState::default()
+        }
+    }
+}
+
+/// How much an eval set is compressed: mean document tokens per example and the memory
+/// vectors that replace them.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Compression {
+    pub mean_document_tokens: f64,
+    pub mean_memory_vectors: f64,
+}
+
+impl Compression {
+    pub fn of(
+        tokenizers: &OscarTokenizers,
+        config: &CompressorConfig,
+        examples: &[Example],
+    ) -> Result<Self, WeightError> {
+        let n = examples.len().max(1) as f64;
+        let mut c = Compression::default();
+        for e in examples {
+            let encoded = tokenizers.encode_example(config, e)?;
+            c.mean_document_tokens += encoded.document_tokens as f64 / n;
+            c.mean_memory_vectors += encoded.memory_vectors(config) as f64 / n;
+        }
+        Ok(c)
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Summary {
     pub scores: Scores,
@@ -93,8 +173,8 @@ pub struct Report {
     pub train_examples: usize,
     pub eval_examples: usize,
     /// Mean document tokens per eval example, and memory vectors that replace them.
-    pub mean_document_tokens: f64,
-    pub mean_memory_vectors: f64,
+    #[serde(flatten)]
+    pub compression: Compression,
     pub baseline_uncompressed: Summary,
     pub before: Summary,
     pub after: Summary,
@@ -120,4 +200,46 @@ pub struct CeilingSummary {
     pub train_seconds: f64,
     pub examples_per_second: f64,
     pub losses: Vec<(usize, f32)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_records_steps_and_knows_when_pretraining_is_over() {
+        let pretraining = PretrainingConfig {
+            steps: 2,
+            minutes: Some(1.0),
+            ..Default::default()
+        };
+        let mut state = TrainState::default();
+        assert!(!state.pretraining_is_over(&pretraining));
+        state.record_pretraining_step(3.0, 20.0);
+        assert!(!state.pretraining_is_over(&pretraining));
+        // The minutes run out before the steps do.
+        state.record_pretraining_step(2.5, 61.0);
+        assert!(state.pretraining_out_of_time(&pretraining));
+        assert_eq!(state.pretrain_losses, vec![(1, 3.0), (2, 2.5)]);
+
+        state.record_step(4, 1.5, 2.0);
+        state.record_step(2, 1.0, 3.0);
+        assert_eq!((state.step, state.examples_seen), (2, 6));
+        assert_eq!(state.losses, vec![(1, 1.5), (2, 1.0)]);
+        assert_eq!(state.examples_per_second(), 2.0);
+        // Question answering begun: pretraining does not come back, whatever its budget.
+        let longer = PretrainingConfig {
+            steps: 100,
+            minutes: None,
+            ..Default::default()
+        };
+        assert!(state.pretraining_is_over(&longer));
+
+        // --init-from keeps the pretraining's record, not the question answering's.
+        let record = state.pretraining_record();
+        assert_eq!((record.step, record.examples_seen), (0, 0));
+        assert!(record.losses.is_empty());
+        assert_eq!((record.pretrain_step, record.pretrain_seconds), (2, 61.0));
+        assert!(!record.pretraining_is_over(&longer));
+    }
 }
