@@ -365,33 +365,19 @@ fn load_trained(
     flag: &str,
     device: &scaledown_model::burn::prelude::Device,
 ) -> Result<(checkpoint::Pipeline, TrainState)> {
-    let (saved_setup, mut loaded) = checkpoint::load(dir, device)?;
-    if saved_setup.compressor != setup.compressor {
-        bail!(
-            "{flag}: {} was trained with another compressor configuration",
-            dir.display()
-        );
-    }
+    let (saved_setup, loaded) = checkpoint::load(dir, device)?;
     let state: TrainState = serde_json::from_slice(&checkpoint::read_checked(dir, "state.json")?)
         .with_context(|| format!("{}/state.json", dir.display()))?;
-    match (saved_setup.lora_rank, setup.lora_rank) {
-        (x, y) if x == y => {}
-        // Pretrained with the generator frozen, question answering with LoRA: the
-        // pretrained compressor goes on, the generator gets fresh adapters.
-        (None, Some(rank)) if state.step == 0 || flag == "--init-from" => {
-            println!(
-                "{flag}: a frozen-generator checkpoint gets fresh LoRA (r {rank}) on the generator"
-            );
-            loaded.oscar.generator = loaded.oscar.generator.with_lora(rank, setup.lora_alpha);
-        }
-        _ => bail!(
-            "{flag}: {} was trained with --generator-training {}",
-            dir.display(),
-            match saved_setup.lora_rank {
-                Some(_) => "lora",
-                None => "frozen",
-            }
-        ),
+    // Pretrained with the generator frozen, question answering with LoRA: the pretrained
+    // compressor goes on, the generator gets fresh adapters.
+    let fresh_lora = state.step == 0 || flag == "--init-from";
+    let (loaded, added) = loaded
+        .continued_as(&saved_setup, setup, fresh_lora)
+        .map_err(|e| anyhow::anyhow!("{flag}: {} {e}", dir.display()))?;
+    if let Some(rank) = added {
+        println!(
+            "{flag}: a frozen-generator checkpoint gets fresh LoRA (r {rank}) on the generator"
+        );
     }
     Ok((loaded, state))
 }

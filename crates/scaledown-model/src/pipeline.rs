@@ -46,7 +46,40 @@ impl OscarSetup {
     }
 }
 
+/// Why a checkpoint cannot go on training under another run's setup.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupMismatch {
+    #[error("was trained with another compressor configuration")]
+    Compressor,
+    #[error("was trained with --generator-training {0}")]
+    GeneratorTraining(&'static str),
+}
+
 impl Pipeline {
+    /// This checkpoint's pipeline (trained under `saved`) made ready to train under `setup`:
+    /// the same compressor; the same generator training, or, where `fresh_lora` allows it
+    /// (before any question answering, or a fresh epoch), fresh LoRA on a generator that was
+    /// frozen in pretraining. Returns the pipeline and the rank of the LoRA added, if any.
+    pub fn continued_as(
+        mut self,
+        saved: &OscarSetup,
+        setup: &OscarSetup,
+        fresh_lora: bool,
+    ) -> Result<(Self, Option<usize>), SetupMismatch> {
+        if saved.compressor != setup.compressor {
+            return Err(SetupMismatch::Compressor);
+        }
+        match (saved.lora_rank, setup.lora_rank) {
+            (x, y) if x == y => Ok((self, None)),
+            (None, Some(rank)) if fresh_lora => {
+                self.oscar.generator = self.oscar.generator.with_lora(rank, setup.lora_alpha);
+                Ok((self, Some(rank)))
+            }
+            (Some(_), _) => Err(SetupMismatch::GeneratorTraining("lora")),
+            (None, _) => Err(SetupMismatch::GeneratorTraining("frozen")),
+        }
+    }
+
     /// The model of `setup` around `generator` and its tokenizer (with `encoder` and its
     /// tokenizer for an encoder compressor), carrying a checkpoint's `trainable` tensors or,
     /// without them, fresh compressor weights. The base generator is `generator` as given.
@@ -157,5 +190,48 @@ mod tests {
         let e = Pipeline::assemble(&setup, generator, tokenizer(), None, Some(b"not tensors"));
         let message = e.err().unwrap().to_string();
         assert!(message.starts_with("trainable.safetensors:"), "{message}");
+    }
+
+    #[test]
+    fn a_frozen_generator_checkpoint_goes_on_with_fresh_lora_only_where_allowed() {
+        let with_lora = setup(CompressorType::NLayers);
+        let frozen = OscarSetup {
+            lora_rank: None,
+            ..with_lora.clone()
+        };
+        let pretrained = || {
+            let (generator, tokenizer) = parts();
+            Pipeline::assemble(&frozen, generator, tokenizer, None, None).unwrap()
+        };
+        let params = |p: &Pipeline| p.oscar.generator.num_params();
+        let before = params(&pretrained());
+        let (same, added) = pretrained().continued_as(&frozen, &frozen, false).unwrap();
+        assert_eq!((added, params(&same)), (None, before));
+        let (lora, added) = pretrained()
+            .continued_as(&frozen, &with_lora, true)
+            .unwrap();
+        assert_eq!(added, Some(4));
+        assert!(params(&lora) > before, "the adapters are new parameters");
+        // After question answering has begun, a frozen run does not turn into a LoRA run.
+        let e = pretrained()
+            .continued_as(&frozen, &with_lora, false)
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "was trained with --generator-training frozen"
+        );
+        let other = OscarSetup {
+            compressor: CompressorConfig {
+                compression_rate: 2,
+                ..frozen.compressor.clone()
+            },
+            ..frozen.clone()
+        };
+        let e = pretrained()
+            .continued_as(&frozen, &other, true)
+            .err()
+            .unwrap();
+        assert!(matches!(e, SetupMismatch::Compressor));
     }
 }
