@@ -6,9 +6,8 @@
 use crate::checkpoint::OscarSetup;
 use crate::evaluate::{self, EvalRun, Evaluator, describe};
 use crate::fsutil::write_atomic;
-use crate::train_args::TrainArgs;
-use crate::{models, progress};
-use anyhow::{Context, Result, anyhow};
+use crate::models;
+use anyhow::{Context, Result};
 use scaledown_data::Example;
 use scaledown_model::burn::module::Module;
 use scaledown_model::burn::prelude::Device;
@@ -16,12 +15,10 @@ use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::example::{Encoded, TrainExample};
 use scaledown_model::oscar::OscarTokenizers;
 use scaledown_model::recipe::RunConfig;
-use scaledown_model::report::{CeilingSummary, TrainState};
-use scaledown_model::training::batch_at;
+use scaledown_model::report::CeilingSummary;
+use scaledown_model::stages::{self, RunEvents};
 use serde::{Deserialize, Serialize};
-use std::convert::Infallible;
-use std::ops::ControlFlow;
-use std::time::Instant;
+use std::path::Path;
 
 /// The fine-tuned uncompressed generator's evaluation and training cost.
 #[derive(Debug, Serialize, Deserialize)]
@@ -50,7 +47,7 @@ impl From<&Ceiling> for CeilingSummary {
 /// The result is cached in `finetuned_ceiling.json`; an interrupted fine-tuning starts over.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
-    a: &TrainArgs,
+    out: &Path,
     recipe: &RunConfig,
     setup: &OscarSetup,
     tokenizers: &OscarTokenizers,
@@ -59,8 +56,9 @@ pub fn run(
     eval: &[Example],
     total: usize,
     device: &Device,
+    events: &mut impl RunEvents<Error = anyhow::Error>,
 ) -> Result<Ceiling> {
-    let path = a.output_dir.join("finetuned_ceiling.json");
+    let path = out.join("finetuned_ceiling.json");
     if let Ok(text) = std::fs::read_to_string(&path)
         && let Ok(ceiling) = serde_json::from_str::<Ceiling>(&text)
         && ceiling.steps == total
@@ -85,29 +83,10 @@ pub fn run(
         .no_grad()
         .with_lora(lora.rank, lora.alpha)
         .train();
-    let mut trainer = recipe.trainer(total, 0);
-    let batch = recipe.optimiser.batch_size;
-    let mut state = TrainState::default();
-    let bar = progress::bar(total as u64, "fine-tuning the uncompressed generator");
-    let started = Instant::now();
-    let (model, result) = read_sync(trainer.run(
-        model,
-        total,
-        |step| batch_at(&examples, step, batch, recipe.seed),
-        async |trainer, _, batch_examples, stats| -> Result<ControlFlow<()>, Infallible> {
-            let step = trainer.step;
-            let seconds = started.elapsed().as_secs_f64();
-            state.record_step(batch_examples.len(), stats.loss, seconds);
-            bar.set_message(format!("loss {:.3}", stats.loss));
-            bar.inc(1);
-            if step % a.logging_steps as usize == 0 || step == total {
-                bar.suspend(|| println!("ceiling step {step}/{total} loss {:.4}", stats.loss));
-            }
-            Ok(ControlFlow::Continue(()))
-        },
-    ));
-    result.map_err(|e| anyhow!("fine-tuning the uncompressed generator: {e}"))?;
-    bar.finish_and_clear();
+    let (model, state) = read_sync(stages::fine_tune_generator(
+        recipe, model, &examples, total, events,
+    ))
+    .context("fine-tuning the uncompressed generator")?;
     let generator = model.valid().merged_in_blocks();
     // The uncompressed answers read every document: no keep-top.
     let evaluator = Evaluator::new(tokenizers, &setup.compressor, setup.max_new_tokens)

@@ -4,7 +4,7 @@
 use crate::progress;
 use anyhow::Result;
 use scaledown_data::Example;
-pub use scaledown_data::{EvalRun, MemoryUse, Prediction, Ranking, Timing, percentile};
+pub use scaledown_data::{EvalRun, MemoryUse, Prediction, Ranking, Scores, Timing, percentile};
 use scaledown_model::burn::tensor::read_sync;
 pub use scaledown_model::evaluation::Evaluator;
 use scaledown_model::llama::Llama;
@@ -52,13 +52,9 @@ pub fn memory_use(evaluator: &Evaluator, model: &Oscar, examples: &[Example]) ->
 
 /// One line of an evaluation: scores, timing and, with reranking, its quality.
 pub fn describe(r: &EvalRun) -> String {
-    let s = r.scores;
     let mut line = format!(
-        "EM {:.3}  F1 {:.3}  ROUGE-L {:.3}  match {:.3}  {:.0} ms/query (p50 {:.0}, p95 {:.0})",
-        s.exact_match,
-        s.f1,
-        s.rouge_l,
-        s.match_accuracy,
+        "{}  {:.0} ms/query (p50 {:.0}, p95 {:.0})",
+        describe_scores(&r.scores),
         r.timing.mean_ms,
         r.timing.p50_ms,
         r.timing.p95_ms
@@ -70,6 +66,14 @@ pub fn describe(r: &EvalRun) -> String {
         );
     }
     line
+}
+
+/// The scores of an evaluation, on one line.
+pub fn describe_scores(s: &Scores) -> String {
+    format!(
+        "EM {:.3}  F1 {:.3}  ROUGE-L {:.3}  match {:.3}",
+        s.exact_match, s.f1, s.rouge_l, s.match_accuracy
+    )
 }
 
 #[cfg(test)]

@@ -3,11 +3,12 @@
 //! plots and the checkpoints.
 
 use crate::checkpoint::{self, OscarSetup};
-use crate::evaluate::{self, EvalRun, Evaluator, describe};
+use crate::evaluate::{self, EvalRun, Evaluator, describe, describe_scores};
 use crate::fsutil::{read_text, write_atomic};
 use crate::train_args::{CompressorFlag, TrainArgs};
 use crate::{ceiling, models, passages, plots, prepare, progress, teacher};
 use anyhow::{Context, Result, bail};
+use indicatif::{MultiProgress, ProgressBar};
 use scaledown_data::{Example, parse_examples};
 use scaledown_model::burn::module::Module;
 use scaledown_model::burn::tensor::read_sync;
@@ -16,12 +17,13 @@ use scaledown_model::compressor::CompressorType;
 use scaledown_model::example::TrainExample;
 use scaledown_model::llama::Llama;
 use scaledown_model::oscar::{Oscar, OscarTokenizers};
-use scaledown_model::pretraining::{self, PretrainingSet};
 use scaledown_model::recipe::{Labels, RunConfig};
-use scaledown_model::report::{Compression, EvalPoint, PretrainProbe, QaProbe, Report, TrainState};
-use scaledown_model::training::{RunError, Trainer, batch_at};
+use scaledown_model::report::{Compression, EvalPoint, PretrainProbe, Report, TrainState};
+use scaledown_model::stages::{
+    self, Checkpoint, Every, ResumedOptimizer, RunEvents, Stage, StageError,
+};
+use scaledown_model::training::StepStats;
 use serde::Serialize;
-use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -38,7 +40,7 @@ struct Run {
     setup: OscarSetup,
     checkpoints: PathBuf,
     /// AdamW's state in the checkpoint resumed from, if it has one: (file, bytes).
-    resumed_optimizer: Option<(PathBuf, Vec<u8>)>,
+    resumed_optimizer: Option<(String, Vec<u8>)>,
 }
 
 /// Checks the flags, reads the data and builds the model, or loads it with `--resume`: the
@@ -146,8 +148,10 @@ fn start(models_dir: &Path, a: &TrainArgs) -> Result<(Run, checkpoint::Pipeline,
     loaded.oscar = with_path_param_ids(loaded.oscar);
     // --init-from starts the optimiser afresh: its moments belong to another schedule.
     let resumed_optimizer = match &resume_from {
-        Some((_, dir)) => checkpoint::read_optimizer(dir)?
-            .map(|bytes| (dir.join(checkpoint::OPTIMIZER_FILE), bytes)),
+        Some((_, dir)) => checkpoint::read_optimizer(dir)?.map(|bytes| {
+            let file = dir.join(checkpoint::OPTIMIZER_FILE);
+            (format!("--resume: {}", file.display()), bytes)
+        }),
         None => None,
     };
     let run = Run {
@@ -165,20 +169,83 @@ fn start(models_dir: &Path, a: &TrainArgs) -> Result<(Run, checkpoint::Pipeline,
 }
 
 impl Run {
-    /// The pretraining stage of this run (`probe_qa`: also answer the held-out questions at
-    /// each probe, as `scaledown pretrain` does).
+    /// The pretraining stage of this run over --pretrain-data (or the training passages),
+    /// probed on the eval passages; `answer_held_out`: also answer the held-out questions at
+    /// each probe, as `scaledown pretrain` does.
     fn pretraining<'a>(
         &'a self,
-        args: &'a TrainArgs,
+        a: &TrainArgs,
         tokenizers: &'a OscarTokenizers,
-        probe_qa: bool,
-    ) -> Pretraining<'a> {
-        Pretraining {
-            args,
-            run: self,
-            tokenizers,
-            probe_qa,
+        answer_held_out: bool,
+    ) -> Result<stages::Pretraining<'a>> {
+        let passages = match a.pretrain_data.is_empty() {
+            true => passages::of_examples(&self.train),
+            false => {
+                let (kept, left_out) =
+                    passages::read_all_outside(&a.pretrain_data, &self.held_out)?;
+                if left_out > 0 {
+                    println!(
+                        "pretraining: {left_out} entries of --pretrain-data (repeats counted) belong to eval articles and are left out"
+                    );
+                }
+                kept
+            }
+        };
+        let every = Every {
+            eval_steps: a.eval_steps as usize,
+        };
+        let eval_passages = passages::of_examples(&self.eval);
+        let mut stage =
+            stages::Pretraining::new(&self.recipe, tokenizers, &passages, &eval_passages, every)
+                .map_err(|e| match e {
+                    StageError::NoExamples(_) => anyhow::anyhow!(
+                        "--pretrain-reconstruction {}: {e}",
+                        self.recipe.pretraining.reconstruction.permille as f64 / 1000.0
+                    ),
+                    e => e.into(),
+                })?;
+        if answer_held_out {
+            stage.answer_held_out = &self.eval;
         }
+        Ok(stage)
+    }
+
+    /// Runs the pretraining stage on `model` (at once returned when pretraining is over).
+    fn pretrain(
+        &self,
+        a: &TrainArgs,
+        tokenizers: &OscarTokenizers,
+        answer_held_out: bool,
+        model: Oscar,
+        state: &mut TrainState,
+    ) -> Result<Oscar> {
+        if state.pretraining_is_over(&self.recipe.pretraining) {
+            return Ok(model);
+        }
+        let stage = self.pretraining(a, tokenizers, answer_held_out)?;
+        let mut shell = Shell::new(a, self);
+        let model =
+            read_sync(stage.run(model, state, self.resumed(), &mut shell)).with_context(|| {
+                format!(
+                    "pretraining (the last good checkpoint is kept in {})",
+                    self.checkpoints.display()
+                )
+            })?;
+        let total = self.recipe.pretraining.steps;
+        if state.pretraining_out_of_time(&self.recipe.pretraining) && state.pretrain_step < total {
+            println!(
+                "pretraining: --pretrain-minutes reached after {} of {total} steps",
+                state.pretrain_step
+            );
+        }
+        Ok(model)
+    }
+
+    /// AdamW's state in the checkpoint resumed from, for a stage to continue.
+    fn resumed(&self) -> Option<ResumedOptimizer<'_>> {
+        self.resumed_optimizer
+            .as_ref()
+            .map(|(from, bytes)| ResumedOptimizer { from, bytes })
     }
 
     /// The training examples: each question with its target answer (gold, or the teacher's),
@@ -246,98 +313,6 @@ impl Run {
         }
         Ok(examples)
     }
-
-    /// Question answering: the optimiser steps over `examples` from `state.step` on,
-    /// logging, evaluating and checkpointing every --eval-steps. Returns the model as the last
-    /// good step left it and, when a step failed (a NaN loss), why.
-    fn answer_steps(
-        &self,
-        a: &TrainArgs,
-        model: Oscar,
-        examples: &[TrainExample],
-        evaluator: &Evaluator,
-        state: &mut TrainState,
-    ) -> Result<(Oscar, Option<String>)> {
-        let Run {
-            eval,
-            recipe,
-            setup,
-            checkpoints,
-            ..
-        } = self;
-        let batch = recipe.optimiser.batch_size;
-        let total = recipe.total_steps(examples.len());
-        state.total_steps = total;
-        let mut trainer = recipe.trainer(total, state.step);
-        if state.step > 0 {
-            resume_optimizer(&mut trainer, self.resumed_optimizer.as_ref())?;
-        }
-        let bar = progress::bar(total as u64, "training");
-        bar.set_position(state.step as u64);
-        let started = Instant::now();
-        let seconds_before = state.train_seconds;
-        let (model, result) = read_sync(trainer.run(
-            model,
-            total,
-            |step| batch_at(examples, step, batch, recipe.seed),
-            async |trainer, model, batch_examples, stats| -> Result<ControlFlow<()>> {
-                let seconds = seconds_before + started.elapsed().as_secs_f64();
-                state.record_step(batch_examples.len(), stats.loss, seconds);
-                bar.set_message(format!("training loss {:.3}", stats.loss));
-                bar.inc(1);
-                if state.step.is_multiple_of(a.logging_steps as usize) || state.step == total {
-                    bar.suspend(|| {
-                        println!(
-                            "step {}/{total} loss {:.4} grad-norm {:.3} lr {:.2e}",
-                            state.step, stats.loss, stats.grad_norm, stats.compressor_lr
-                        )
-                    });
-                }
-                if a.eval_steps > 0
-                    && state.step.is_multiple_of(a.eval_steps as usize)
-                    && state.step < total
-                {
-                    let run = bar.suspend(|| {
-                        evaluate::compressed(
-                            evaluator,
-                            &model.for_inference().in_blocks(),
-                            eval,
-                            "eval",
-                        )
-                    })?;
-                    bar.suspend(|| println!("step {}: {}", state.step, describe(&run)));
-                    state.evals.push(EvalPoint {
-                        step: state.step,
-                        scores: run.scores,
-                    });
-                    checkpoint::save(
-                        &checkpoints.join(format!("step-{}", state.step)),
-                        setup,
-                        recipe,
-                        model,
-                        state,
-                        Some(optimizer_state(trainer)?),
-                    )?;
-                    checkpoint::prune(checkpoints, "step-", 2);
-                }
-                Ok(ControlFlow::Continue(()))
-            },
-        ));
-        let stopped = match result {
-            Ok(()) => None,
-            Err(RunError::Step(e)) => {
-                let msg = format!(
-                    "{e}; the last good checkpoint is kept in {}",
-                    checkpoints.display()
-                );
-                eprintln!("error: {msg}");
-                Some(msg)
-            }
-            Err(RunError::After(e)) => return Err(e),
-        };
-        bar.finish_and_clear();
-        Ok((model, stopped))
-    }
 }
 
 /// The checkpoint that `--init-from PATH` names: PATH itself, or the latest under
@@ -390,8 +365,13 @@ pub fn pretrain(models_dir: &Path, a: TrainArgs) -> Result<()> {
         bail!("--pretrain-steps: give the pretraining budget in steps of --batch-size windows");
     }
     let (run, loaded, mut state) = start(models_dir, &a)?;
-    run.pretraining(&a, &loaded.tokenizers, true)
-        .run(loaded.oscar.train(), &mut state)?;
+    run.pretrain(
+        &a,
+        &loaded.tokenizers,
+        true,
+        loaded.oscar.train(),
+        &mut state,
+    )?;
     let Run {
         out,
         recipe,
@@ -448,11 +428,28 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
     }
     drop(before_model);
 
-    let model = run
-        .pretraining(&a, &tokenizers, false)
-        .run(oscar.train(), &mut state)?;
+    let model = run.pretrain(&a, &tokenizers, false, oscar.train(), &mut state)?;
     let total = recipe.total_steps(examples.len());
-    let (model, stopped) = run.answer_steps(&a, model, &examples, &evaluator, &mut state)?;
+    let every = Every {
+        eval_steps: a.eval_steps as usize,
+    };
+    let (model, stopped) = read_sync(stages::answer_questions(
+        recipe,
+        model,
+        &examples,
+        (&evaluator, eval, every),
+        &mut state,
+        run.resumed(),
+        &mut Shell::new(&a, &run),
+    ))?;
+    let stopped = stopped.map(|e| {
+        let msg = format!(
+            "{e}; the last good checkpoint is kept in {}",
+            checkpoints.display()
+        );
+        eprintln!("error: {msg}");
+        msg
+    });
 
     let after_model = model.for_inference().in_blocks();
     let after = evaluate::compressed(&evaluator, &after_model, eval, "eval after training")?;
@@ -482,7 +479,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
         true => {
             let answers: Vec<Vec<u32>> = examples.iter().map(|e| e.answer.clone()).collect();
             let c = ceiling::run(
-                &a,
+                out,
                 recipe,
                 setup,
                 &tokenizers,
@@ -491,6 +488,7 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
                 eval,
                 total,
                 device,
+                &mut Shell::new(&a, &run),
             )?;
             println!(
                 "compressed match / fine-tuned uncompressed match: {:.0} %",
@@ -556,242 +554,191 @@ fn cached_run(path: &Path, f: impl FnOnce() -> Result<EvalRun>) -> Result<EvalRu
     Ok(run)
 }
 
-/// The pretraining stage: its own step count, schedule, loss curve and checkpoints
-/// (`pretrain-K`, then `pretrained`), resumed like question answering, and its scaling curve
-/// (a [`PretrainProbe`] every --eval-steps) in `pretraining_curve.json` and `scaling_curve.png`.
-struct Pretraining<'a> {
-    /// The flags that name files and logging.
+/// The terminal and the files around a run's stages: progress bars and log lines, the
+/// checkpoints they ask for, and the scaling curve after each pretraining probe.
+struct Shell<'a> {
     args: &'a TrainArgs,
     run: &'a Run,
-    tokenizers: &'a OscarTokenizers,
-    /// Whether each probe also answers the held-out questions (`scaledown pretrain`; `train`
-    /// evaluates them after question answering instead).
-    probe_qa: bool,
+    bars: MultiProgress,
+    /// The stage's steps, and an evaluation or probe inside it.
+    steps: Option<ProgressBar>,
+    inner: Option<(String, ProgressBar)>,
+    /// When this session's steps began, and at which step.
+    started: (Instant, usize),
 }
 
-impl Pretraining<'_> {
-    fn run(&self, mut model: Oscar, state: &mut TrainState) -> Result<Oscar> {
-        let (train, eval) = (&self.run.train, &self.run.eval);
-        let a = self.args;
-        let r = &self.run.recipe;
-        let total = r.pretraining.steps;
-        let out_of_time = |state: &TrainState| state.pretraining_out_of_time(&r.pretraining);
-        // A run started --init-from keeps the record of its weights' pretraining.
-        if state.pretraining_is_over(&r.pretraining) {
-            return Ok(model);
+impl<'a> Shell<'a> {
+    fn new(args: &'a TrainArgs, run: &'a Run) -> Self {
+        Self {
+            args,
+            run,
+            bars: MultiProgress::new(),
+            steps: None,
+            inner: None,
+            started: (Instant::now(), 0),
         }
-        state.pretrain_total = total;
-        let passages = match a.pretrain_data.is_empty() {
-            true => passages::of_examples(train),
-            false => {
-                let (kept, left_out) =
-                    passages::read_all_outside(&a.pretrain_data, &self.run.held_out)?;
-                if left_out > 0 {
-                    println!(
-                        "pretraining: {left_out} entries of --pretrain-data (repeats counted) belong to eval articles and are left out"
-                    );
-                }
-                kept
+    }
+
+    fn println(&self, line: &str) {
+        self.bars.suspend(|| println!("{line}"));
+    }
+
+    fn clear_inner(&mut self) {
+        if let Some((_, bar)) = self.inner.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl RunEvents for Shell<'_> {
+    type Error = anyhow::Error;
+
+    fn started(&mut self, stage: Stage, done: usize, total: usize) {
+        let label = match stage {
+            Stage::Pretraining => "pretraining",
+            Stage::QuestionAnswering => "training",
+            Stage::Ceiling => "fine-tuning the uncompressed generator",
+        };
+        let bar = self.bars.add(progress::bar(total as u64, label));
+        bar.set_position(done as u64);
+        self.steps = Some(bar);
+        self.started = (Instant::now(), done);
+    }
+
+    fn stepped(&mut self, stage: Stage, state: &TrainState, stats: &StepStats) {
+        self.clear_inner();
+        let Some(bar) = &self.steps else { return };
+        bar.inc(1);
+        let every = self.args.logging_steps as usize;
+        let line = match stage {
+            Stage::Pretraining => {
+                let (n, total) = (state.pretrain_step, state.pretrain_total);
+                let batch = self.run.recipe.optimiser.batch_size;
+                // Windows (pretraining examples) per second over this session's steps.
+                let (since, first) = self.started;
+                let per_second =
+                    ((n - first) * batch) as f64 / since.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!(
+                    "pretraining loss {:.3}, {per_second:.2} windows/s",
+                    stats.loss
+                ));
+                (n.is_multiple_of(every) || n == total).then(|| {
+                    format!(
+                        "pretraining step {n}/{total} ({} windows) loss {:.4}, {per_second:.2} windows/s",
+                        n * batch,
+                        stats.loss
+                    )
+                })
+            }
+            Stage::QuestionAnswering => {
+                let (n, total) = (state.step, state.total_steps);
+                bar.set_message(format!("training loss {:.3}", stats.loss));
+                (n.is_multiple_of(every) || n == total).then(|| {
+                    format!(
+                        "step {n}/{total} loss {:.4} grad-norm {:.3} lr {:.2e}",
+                        stats.loss, stats.grad_norm, stats.compressor_lr
+                    )
+                })
+            }
+            Stage::Ceiling => {
+                let (n, total) = (state.step, state.total_steps);
+                bar.set_message(format!("loss {:.3}", stats.loss));
+                (n.is_multiple_of(every) || n == total)
+                    .then(|| format!("ceiling step {n}/{total} loss {:.4}", stats.loss))
             }
         };
-        let mut set = PretrainingSet::default();
-        for p in &passages {
-            set.add_passage(self.tokenizers, &self.run.setup.compressor, p)?;
+        if let Some(line) = line {
+            self.println(&line);
         }
-        let share = r.pretraining.reconstruction;
-        if let Some(objective) = set.missing(share) {
-            bail!(
-                "--pretrain-reconstruction {}: the passages give no {objective} example",
-                share.permille as f64 / 1000.0
-            );
-        }
-        println!(
-            "pretraining ({share}): {} passages, {} auto-encoding and {} continuation windows, {total} steps of {}",
-            passages.len(),
-            set.auto_encoding.len(),
-            set.continuation.len(),
-            r.optimiser.batch_size
-        );
-        let probe = self.probe_examples(eval)?;
-        if state.pretrain_step == 0 && state.pretrain_memory_gap.is_empty() {
-            self.probe(&model, &probe, eval, state)?;
-        }
-        let batch = r.optimiser.batch_size;
-        let mut trainer = r.trainer(total, state.pretrain_step);
-        if state.pretrain_step > 0 {
-            resume_optimizer(&mut trainer, self.run.resumed_optimizer.as_ref())?;
-        }
-        let bar = progress::bar(total as u64, "pretraining");
-        bar.set_position(state.pretrain_step as u64);
-        let started = Instant::now();
-        let seconds_before = state.pretrain_seconds;
-        let first_step = state.pretrain_step;
-        let (m, result) = match out_of_time(state) {
-            true => (model, Ok(())),
-            false => read_sync(trainer.run(
-                model,
-                total,
-                |step| set.batch(step, batch, share, r.seed),
-                async |trainer, model, _, stats| -> Result<ControlFlow<()>> {
-                    let seconds = seconds_before + started.elapsed().as_secs_f64();
-                    state.record_pretraining_step(stats.loss, seconds);
-                    // Windows (pretraining examples) per second over this session's steps.
-                    let windows_per_second = ((state.pretrain_step - first_step) * batch) as f64
-                        / started.elapsed().as_secs_f64().max(1e-9);
-                    bar.set_message(format!(
-                        "pretraining loss {:.3}, {windows_per_second:.2} windows/s",
-                        stats.loss
-                    ));
-                    bar.inc(1);
-                    let n = state.pretrain_step;
-                    if n.is_multiple_of(a.logging_steps as usize) || n == total {
-                        bar.suspend(|| {
-                            println!(
-                                "pretraining step {n}/{total} ({} windows) loss {:.4}, {windows_per_second:.2} windows/s",
-                                n * batch,
-                                stats.loss
-                            )
-                        });
-                    }
-                    if a.eval_steps > 0 && n.is_multiple_of(a.eval_steps as usize) && n < total {
-                        bar.suspend(|| self.probe(model, &probe, eval, state))?;
-                        let dir = &self.run.checkpoints.join(format!("pretrain-{n}"));
-                        checkpoint::save(
-                            dir,
-                            &self.run.setup,
-                            &self.run.recipe,
-                            model,
-                            state,
-                            Some(optimizer_state(trainer)?),
-                        )?;
-                        checkpoint::prune(&self.run.checkpoints, "pretrain-", 1);
-                    }
-                    Ok(match out_of_time(state) {
-                        true => ControlFlow::Break(()),
-                        false => ControlFlow::Continue(()),
-                    })
-                },
-            )),
-        };
-        model = m;
-        match result {
-            Ok(()) => {}
-            Err(RunError::Step(e)) => bail!(
-                "pretraining: {e}; the last good checkpoint is kept in {}",
-                &self.run.checkpoints.display()
-            ),
-            Err(RunError::After(e)) => return Err(e),
-        }
-        bar.finish_and_clear();
-        if out_of_time(state) && state.pretrain_step < total {
-            println!(
-                "pretraining: --pretrain-minutes reached after {} of {total} steps",
-                state.pretrain_step
-            );
-        }
-        if state.pretrain_memory_gap.last().map(|p| p.step) != Some(state.pretrain_step) {
-            self.probe(&model, &probe, eval, state)?;
-        }
-        // Stopped by --pretrain-minutes, pretraining may go on from here: keep its moments.
-        let optimizer = match state.pretrain_step < total {
-            true => Some(optimizer_state(&trainer)?),
-            false => None,
-        };
-        checkpoint::save(
-            &self.run.checkpoints.join("pretrained"),
-            &self.run.setup,
-            &self.run.recipe,
-            &model,
-            state,
-            optimizer,
-        )?;
-        checkpoint::prune(&self.run.checkpoints, "pretrain-", 0);
-        Ok(model)
     }
 
-    /// Up to [`PROBE_PASSAGES`] auto-encoding examples, the first window of each eval passage
-    /// (text that pretraining does not see).
-    fn probe_examples(&self, eval: &[Example]) -> Result<Vec<TrainExample>> {
-        passages::of_examples(eval)
-            .iter()
-            .take(PROBE_PASSAGES)
-            .map(|p| {
-                Ok(pretraining::first_window_auto_encoding(
-                    self.tokenizers,
-                    &self.run.setup.compressor,
-                    p,
-                )?)
-            })
-            .collect()
+    fn progress(&mut self, label: &str, done: usize, total: usize) {
+        if self.inner.as_ref().is_none_or(|(l, _)| l != label) {
+            self.clear_inner();
+            let bar = self.bars.add(progress::bar(total as u64, label));
+            self.inner = Some((label.to_string(), bar));
+        }
+        let (_, bar) = self.inner.as_ref().expect("made above");
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
     }
 
-    /// Measures and prints the memory gap and held-out QA now, adds them to `state`, and
-    /// rewrites the scaling curve.
-    fn probe(
-        &self,
-        model: &Oscar,
-        probe: &[TrainExample],
-        eval: &[Example],
-        state: &mut TrainState,
-    ) -> Result<()> {
-        if probe.len() < 2 {
+    fn note(&mut self, line: &str) {
+        self.println(line);
+    }
+
+    fn evaluated(&mut self, step: usize, run: &EvalRun) {
+        self.clear_inner();
+        self.println(&format!("step {step}: {}", describe(run)));
+    }
+
+    fn probed(&mut self, state: &TrainState, passages: usize) -> Result<()> {
+        self.clear_inner();
+        let Some(p) = state.pretrain_memory_gap.last() else {
             return Ok(());
-        }
-        let a = self.args;
-        let bar = progress::bar(2 * probe.len() as u64, "memory gap");
-        let answering = model.for_inference();
-        let (own, other) =
-            pretraining::memory_gap(&answering, probe, |k| bar.set_position(k as u64));
-        bar.finish_and_clear();
-        let step = state.pretrain_step;
-        println!(
-            "pretraining step {step}: auto-encoding loss {own:.3} with its own memory, \
-             {other:.3} with another passage's ({} passages)",
-            probe.len()
-        );
-        let qa = match self.probe_qa {
-            true => Some(self.answer_held_out(&answering, eval, step)?),
-            false => None,
         };
-        state.pretrain_memory_gap.push(PretrainProbe {
-            step,
-            windows: step * self.run.recipe.optimiser.batch_size,
-            seconds: state.pretrain_seconds,
-            own,
-            other,
-            qa,
-        });
+        self.println(&format!(
+            "pretraining step {}: auto-encoding loss {:.3} with its own memory, \
+             {:.3} with another passage's ({} passages)",
+            p.step, p.own, p.other, passages
+        ));
+        if let Some(qa) = &p.qa {
+            self.println(&format!(
+                "pretraining step {}: held-out QA {}\n  memory use: {}",
+                p.step,
+                describe_scores(&qa.scores),
+                qa.memory_use
+            ));
+        }
+        let out = &self.run.out;
         let curve = ScalingCurve {
-            command: a,
+            command: self.args,
             recipe: &self.run.recipe,
             setup: &self.run.setup,
             probes: &state.pretrain_memory_gap,
         };
         write_atomic(
-            &self.run.out.join("pretraining_curve.json"),
+            &out.join("pretraining_curve.json"),
             serde_json::to_string_pretty(&curve)?.as_bytes(),
         )?;
-        plots::scaling_curve(
-            &self.run.out.join("scaling_curve.png"),
-            &state.pretrain_memory_gap,
-        )
+        plots::scaling_curve(&out.join("scaling_curve.png"), &state.pretrain_memory_gap)
     }
-}
 
-impl Pretraining<'_> {
-    /// The held-out questions answered from their compressed documents, and the memory use.
-    fn answer_held_out(&self, answering: &Oscar, eval: &[Example], step: usize) -> Result<QaProbe> {
-        let evaluator = self.run.recipe.evaluator(self.tokenizers);
-        let run = evaluate::compressed(&evaluator, answering, eval, "held-out QA")?;
-        let memory_use = evaluate::memory_use(&evaluator, answering, eval)?;
-        println!(
-            "pretraining step {step}: held-out QA {}\n  memory use: {memory_use}",
-            describe(&run)
-        );
-        Ok(QaProbe {
-            scores: run.scores,
-            memory_use,
-        })
+    fn checkpoint(
+        &mut self,
+        at: Checkpoint,
+        model: &Oscar,
+        state: &TrainState,
+        optimizer: Option<Vec<u8>>,
+    ) -> Result<()> {
+        let Run {
+            setup,
+            recipe,
+            checkpoints,
+            ..
+        } = self.run;
+        let (name, prune, keep) = match at {
+            Checkpoint::Pretraining(n) => (format!("pretrain-{n}"), "pretrain-", 1),
+            Checkpoint::Pretrained => ("pretrained".to_string(), "pretrain-", 0),
+            Checkpoint::Step(n) => (format!("step-{n}"), "step-", 2),
+        };
+        checkpoint::save(
+            &checkpoints.join(name),
+            setup,
+            recipe,
+            model,
+            state,
+            optimizer,
+        )?;
+        checkpoint::prune(checkpoints, prune, keep);
+        Ok(())
+    }
+
+    fn finished(&mut self, _: Stage) {
+        self.clear_inner();
+        if let Some(bar) = self.steps.take() {
+            bar.finish_and_clear();
+        }
     }
 }
 
@@ -802,27 +749,4 @@ struct ScalingCurve<'a> {
     recipe: &'a RunConfig,
     setup: &'a OscarSetup,
     probes: &'a [PretrainProbe],
-}
-
-/// Eval passages whose auto-encoding loss gauges the memory during pretraining.
-const PROBE_PASSAGES: usize = 16;
-
-fn optimizer_state(trainer: &Trainer) -> Result<Vec<u8>> {
-    trainer.optimizer_state().map_err(anyhow::Error::msg)
-}
-
-/// Continues AdamW's moments from the checkpoint resumed (older checkpoints have none: the
-/// moments then start again from zero and the run is no longer step-for-step the same).
-fn resume_optimizer(trainer: &mut Trainer, state: Option<&(PathBuf, Vec<u8>)>) -> Result<()> {
-    match state {
-        Some((file, bytes)) => trainer
-            .load_optimizer_state(bytes)
-            .map_err(|e| anyhow::anyhow!("--resume: {}: {e}", file.display())),
-        None => {
-            println!(
-                "--resume: the checkpoint holds no optimizer state; AdamW's moments start again"
-            );
-            Ok(())
-        }
-    }
 }

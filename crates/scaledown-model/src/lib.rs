@@ -23,6 +23,7 @@ pub mod recipe;
 pub mod report;
 #[cfg(not(target_arch = "wasm32"))]
 mod spin_pool;
+pub mod stages;
 pub mod tiny;
 pub mod tokenizer;
 pub mod training;
@@ -36,5 +37,7 @@ mod pretraining_tests;
 mod readout_tests;
 #[cfg(test)]
 mod rerank_tests;
+#[cfg(test)]
+mod stages_tests;
 
 pub use burn;
