@@ -8,7 +8,6 @@ pub mod evaluate;
 pub mod fsutil;
 pub mod models;
 pub mod passages;
-pub mod plots;
 pub mod prepare;
 pub mod progress;
 pub mod serve;

@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result, bail};
 use scaledown_data::{Document, Example};
+use scaledown_model::oscar::document_text;
 use scaledown_model::questions::documents_of;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -12,31 +13,21 @@ pub fn read(path: &Path) -> Result<Vec<String>> {
     Ok(read_outside(path, &[])?.0)
 }
 
-/// [`read`] without the passages of `held_out`'s articles (a document of theirs with the same
-/// title, or the same text when untitled), so that pretraining never sees an eval article;
-/// with how many passages were left out.
+/// [`read`] without the passages of `held_out`'s articles
+/// ([`scaledown_data::outside_articles`]), with how many were left out.
 pub fn read_outside(path: &Path, held_out: &[Example]) -> Result<(Vec<String>, usize)> {
-    let documents = held_out.iter().flat_map(|e| &e.documents);
-    let titles: HashSet<&str> = documents
-        .clone()
-        .filter(|d| !d.title.trim().is_empty())
-        .map(|d| d.title.as_str())
-        .collect();
-    let texts: HashSet<&str> = documents.map(|d| d.text.trim()).collect();
     let all = read_documents(path, "--pretrain-data")?;
-    let total = all.len();
-    let kept: Vec<String> = all
-        .iter()
-        .filter(|d| !titles.contains(d.title.as_str()) && !texts.contains(d.text.trim()))
-        .map(|d| scaledown_model::oscar::document_text(&d.title, &d.text))
-        .collect();
+    let (kept, left_out) = scaledown_data::outside_articles(all, held_out);
     if kept.is_empty() {
         bail!(
             "--pretrain-data {}: every passage belongs to an eval article",
             path.display()
         );
     }
-    let left_out = total - kept.len();
+    let kept = kept
+        .iter()
+        .map(|d| document_text(&d.title, &d.text))
+        .collect();
     Ok((kept, left_out))
 }
 
@@ -80,77 +71,20 @@ pub fn of_examples(examples: &[Example]) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn write(name: &str, text: &str) -> std::path::PathBuf {
+    /// The file side of reading a corpus (its parsing and filtering are scaledown-data's).
+    #[test]
+    fn reads_a_file_by_its_extension_and_names_it_in_errors() {
         let dir = std::env::temp_dir().join(format!("scaledown-passages-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-
-    #[test]
-    fn reads_text_jsonl_and_kilt_and_names_broken_lines() {
-        let p = write("a.txt", "first passage\nstill first\n\n\nsecond\n");
-        assert_eq!(read(&p).unwrap(), ["first passage\nstill first", "second"]);
-        let p = write(
-            "b.jsonl",
-            "{\"context\": \"c1\"}\n\n{\"wikipedia_title\": \"Paris\", \"paragraphs\": [\"p1\", \"p2\"]}\n",
-        );
-        assert_eq!(read(&p).unwrap(), ["c1", "Paris\np1", "Paris\np2"]);
-        let p = write(
-            "hotpot.jsonl",
-            "{\"question\": \"q\", \"context\": [[\"Rhine\", [\"A river.\", \" Long.\"]], [\"Empty\", []]]}\n",
-        );
-        assert_eq!(read(&p).unwrap(), ["Rhine\nA river. Long."]);
-        let p = write("bad_hotpot.jsonl", "{\"context\": [[1, []]]}\n");
-        let e = format!("{:#}", read(&p).unwrap_err());
+        let (txt, jsonl) = (dir.join("a.txt"), dir.join("b.jsonl"));
+        std::fs::write(&txt, "first\n\nsecond {\"text\": 1}\n").unwrap();
+        std::fs::write(&jsonl, "{\"title\": \"Oslo\", \"text\": \"o\"}\n").unwrap();
+        assert_eq!(read(&txt).unwrap(), ["first", "second {\"text\": 1}"]);
+        assert_eq!(read(&jsonl).unwrap(), ["Oslo\no"]);
+        let e = format!("{:#}", read(&dir.join("missing.jsonl")).unwrap_err());
         assert!(
-            e.contains("bad_hotpot.jsonl: line 1") && e.contains("title"),
+            e.contains("--pretrain-data") && e.contains("missing.jsonl"),
             "{e}"
         );
-        let p = write("c.jsonl", "{\"text\": \"ok\"}\n{\"text\": \n");
-        let e = format!("{:#}", read(&p).unwrap_err());
-        assert!(
-            e.contains("c.jsonl: line 2") && e.contains("not JSON"),
-            "{e}"
-        );
-        let p = write("d.jsonl", "{\"question\": \"q\"}\n");
-        let e = format!("{:#}", read(&p).unwrap_err());
-        assert!(
-            e.contains("d.jsonl: line 1") && e.contains("no `text`"),
-            "{e}"
-        );
-        // Passages of held-out articles are left out, by title or by text.
-        let p = write(
-            "f.jsonl",
-            "{\"title\": \"Rhine\", \"text\": \"r\"}\n{\"text\": \"held\"}\n{\"title\": \"Oslo\", \"text\": \"o\"}\n",
-        );
-        let eval = Example {
-            id: "e".into(),
-            dataset: "squad".into(),
-            question: "q".into(),
-            documents: vec![
-                Document {
-                    title: "Rhine".into(),
-                    text: "other".into(),
-                },
-                Document {
-                    title: String::new(),
-                    text: "held".into(),
-                },
-            ],
-            answers: vec!["a".into()],
-            supporting_titles: vec![],
-            teacher_answer: None,
-        };
-        assert_eq!(
-            read_outside(&p, std::slice::from_ref(&eval)).unwrap(),
-            (vec!["Oslo\no".to_string()], 2)
-        );
-        let p = write("g.jsonl", "{\"title\": \"Rhine\", \"text\": \"r\"}\n");
-        let e = format!("{:#}", read_outside(&p, &[eval]).unwrap_err());
-        assert!(e.contains("eval article"), "{e}");
-        let p = write("e.txt", "\n\n");
-        assert!(format!("{:#}", read(&p).unwrap_err()).contains("no passages"));
     }
 }

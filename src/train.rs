@@ -6,7 +6,7 @@ use crate::checkpoint::{self, OscarSetup};
 use crate::evaluate::{self, EvalRun, Evaluator, describe, describe_scores};
 use crate::fsutil::{read_text, write_atomic};
 use crate::train_args::{CompressorFlag, TrainArgs};
-use crate::{ceiling, models, passages, plots, prepare, progress, teacher};
+use crate::{ceiling, models, passages, prepare, progress, teacher};
 use anyhow::{Context, Result, bail};
 use indicatif::{MultiProgress, ProgressBar};
 use scaledown_data::{Example, parse_examples};
@@ -23,6 +23,7 @@ use scaledown_model::stages::{
     self, Checkpoint, Every, ResumedOptimizer, RunEvents, Stage, StageError,
 };
 use scaledown_model::training::StepStats;
+use scaledown_plots as plots;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -701,7 +702,8 @@ impl RunEvents for Shell<'_> {
             &out.join("pretraining_curve.json"),
             serde_json::to_string_pretty(&curve)?.as_bytes(),
         )?;
-        plots::scaling_curve(&out.join("scaling_curve.png"), &state.pretrain_memory_gap)
+        plots::scaling_curve(&out.join("scaling_curve.png"), &state.pretrain_memory_gap)?;
+        Ok(())
     }
 
     fn checkpoint(

@@ -9,7 +9,7 @@ pub mod schema;
 pub mod sources;
 pub mod split;
 
-pub use corpus::parse_corpus;
+pub use corpus::{outside_articles, parse_corpus};
 pub use metrics::{
     Scores, exact_match, match_accuracy, ndcg_at, normalize_answer, recall_at, rouge_l, token_f1,
 };

@@ -1,11 +1,10 @@
 //! The PNG figures of a training run: metrics before/after with the uncompressed baseline,
 //! training curves, latency (uncompressed vs compressed), and the pretraining loss when the
-//! compressor was pretrained.
+//! compressor was pretrained, and the scaling curve of `scaledown pretrain`. Drawn with a
+//! bundled font, so that they look the same on machines without fonts.
 
-use crate::evaluate::EvalRun;
-use anyhow::{Result, anyhow};
 use plotters::prelude::*;
-use scaledown_data::Scores;
+use scaledown_data::{EvalRun, Scores};
 use scaledown_model::report::{PretrainProbe, Report, TrainState};
 use std::path::Path;
 use std::sync::Once;
@@ -29,8 +28,21 @@ fn fonts() {
     });
 }
 
-fn err<E: std::fmt::Debug>(path: &Path) -> impl Fn(E) -> anyhow::Error + '_ {
-    move |e| anyhow!("drawing {}: {e:?}", path.display())
+/// A figure that could not be drawn or written.
+#[derive(Debug, thiserror::Error)]
+#[error("drawing {path}: {message}")]
+pub struct PlotError {
+    pub path: String,
+    pub message: String,
+}
+
+pub type Result<T> = std::result::Result<T, PlotError>;
+
+fn err<E: std::fmt::Debug>(path: &Path) -> impl Fn(E) -> PlotError + '_ {
+    move |e| PlotError {
+        path: path.display().to_string(),
+        message: format!("{e:?}"),
+    }
 }
 
 pub fn write_all(
@@ -490,8 +502,8 @@ pub fn scaling_curve(path: &Path, probes: &[PretrainProbe]) -> Result<()> {
                 .collect(),
         },
     ];
-    let drawing = |m: String| anyhow!("drawing {}: {m}", path.display());
-    log_chart(&left, "Held-out memory gap", "nats (other − own)", &gaps).map_err(drawing)?;
+    let drawing = err(path);
+    log_chart(&left, "Held-out memory gap", "nats (other − own)", &gaps).map_err(&drawing)?;
     let score = |label, color, of: fn(&Scores) -> f64| Curve {
         label,
         color,
@@ -504,7 +516,7 @@ pub fn scaling_curve(path: &Path, probes: &[PretrainProbe]) -> Result<()> {
         score("F1", AFTER, |s| s.f1),
         score("match", BASELINE, |s| s.match_accuracy),
     ];
-    log_chart(&right, "Held-out QA, before QA training", "score (%)", &qa).map_err(drawing)?;
+    log_chart(&right, "Held-out QA, before QA training", "score (%)", &qa).map_err(&drawing)?;
     root.present().map_err(&e)?;
     Ok(())
 }
