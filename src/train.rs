@@ -295,24 +295,25 @@ impl Run {
             false => vec![vec![]; train.len()],
         };
         let mut examples = Vec::with_capacity(train.len());
-        for ((ex, target), teacher_scores) in train.iter().zip(&targets).zip(relevance) {
-            let mut example = tokenizers.answer_example(&self.setup.compressor, ex, target)?;
-            example.teacher_scores = teacher_scores;
-            examples.push(example);
+        for ((ex, target), scores) in train.iter().zip(&targets).zip(relevance) {
+            let example = tokenizers.answer_example(&self.setup.compressor, ex, target)?;
+            examples.push(example.with_relevance(scores));
         }
-        if self.recipe.loss.distill > 0.0 {
-            let tokens = teacher::distributions(
-                &out.join("teacher_tokens.json"),
-                train,
-                &examples,
-                base_generator,
-                tokenizers,
-            )?;
-            for (ex, t) in examples.iter_mut().zip(tokens) {
-                ex.teacher_tokens = t;
-            }
+        if self.recipe.loss.distill == 0.0 {
+            return Ok(examples);
         }
-        Ok(examples)
+        let tokens = teacher::distributions(
+            &out.join("teacher_tokens.json"),
+            train,
+            &examples,
+            base_generator,
+            tokenizers,
+        )?;
+        Ok(examples
+            .into_iter()
+            .zip(tokens)
+            .map(|(ex, t)| ex.with_teacher_tokens(t))
+            .collect())
     }
 }
 

@@ -128,14 +128,11 @@ mod loss_tests {
     #[test]
     fn a_one_hot_teacher_on_the_answer_doubles_the_answer_loss() {
         let model = tiny_oscar(CompressorType::NLayers, 22).valid();
-        let mut ex = example();
-        let plain: f32 = model.answer_loss(&[&ex]).into_scalar();
+        let plain: f32 = model.answer_loss(&[&example()]).into_scalar();
         // The teacher is certain of each gold token: its cross-entropy is the answer's own.
-        ex.teacher_tokens = ex
-            .answer
-            .iter()
-            .map(|&t| vec![(t, 1.0), (5, 0.0)])
-            .collect();
+        let answer = example().answer;
+        let ex = example()
+            .with_teacher_tokens(answer.iter().map(|&t| vec![(t, 1.0), (5, 0.0)]).collect());
         let distill = LossWeights {
             distill: 1.0,
             ..LossWeights::ANSWER
@@ -146,7 +143,8 @@ mod loss_tests {
             "{distilled} vs 2 × {plain}"
         );
         // Any other teacher gives another loss; weight 0 turns it off.
-        ex.teacher_tokens = ex.answer.iter().map(|_| vec![(7, 0.6), (8, 0.4)]).collect();
+        let ex = example()
+            .with_teacher_tokens(answer.iter().map(|_| vec![(7, 0.6), (8, 0.4)]).collect());
         let other: f32 = model.training_loss(&[&ex], distill).into_scalar();
         assert!((other - 2.0 * plain).abs() > 1e-3);
         let off: f32 = model

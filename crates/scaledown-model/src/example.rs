@@ -104,6 +104,23 @@ impl TrainExample {
             teacher_tokens: vec![],
         }
     }
+
+    /// With the teacher's relevance score of each document (the reranking loss's target).
+    pub fn with_relevance(self, teacher_scores: Vec<f32>) -> Self {
+        Self {
+            teacher_scores,
+            ..self
+        }
+    }
+
+    /// With the uncompressed teacher's top tokens at each answer position (distillation's
+    /// target).
+    pub fn with_teacher_tokens(self, teacher_tokens: TeacherTokens) -> Self {
+        Self {
+            teacher_tokens,
+            ..self
+        }
+    }
 }
 
 /// The teacher's `k` most likely tokens and their probabilities at each answer position.

@@ -377,17 +377,15 @@ fn a_padded_batch_loss_is_the_mean_of_the_examples_losses() {
         let long = example();
         // Shorter prompt, fewer chunks and a longer answer: padded in both the compressor
         // and the generator batch.
-        let short = TrainExample {
-            encoded: Encoded {
+        let short = TrainExample::new(
+            Encoded {
                 chunks: vec![vec![1, 9, 9]],
                 chunk_documents: vec![0],
                 suffix: vec![12],
                 ..example().encoded
             },
-            answer: vec![25, 26, 27, 28, 29, 30],
-            teacher_scores: vec![],
-            teacher_tokens: vec![],
-        };
+            vec![25, 26, 27, 28, 29, 30],
+        );
         let alone: Vec<f32> = [&long, &short]
             .iter()
             .map(|ex| loss_of(&model, ex))

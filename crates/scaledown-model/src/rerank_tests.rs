@@ -82,12 +82,7 @@ fn the_reranking_loss_puts_the_teachers_best_document_first() {
     let teacher: Vec<f32> = (0..4)
         .map(|d| if d == target { 1.0 } else { 0.0 })
         .collect();
-    let ex = TrainExample {
-        encoded: e.clone(),
-        answer: vec![20, 21, 2],
-        teacher_scores: teacher,
-        teacher_tokens: vec![],
-    };
+    let ex = TrainExample::new(e.clone(), vec![20, 21, 2]).with_relevance(teacher);
     let mut trainer = Trainer::new(TrainSettings {
         compressor_lr: 3e-3,
         memory_lr: 3e-3,
@@ -115,11 +110,9 @@ fn ten_document_questions_train_and_answer_from_the_kept_top_documents() {
     let generator = LlamaConfig::tiny(tiny::VOCAB).init(&Device::flex());
     let mut model = reranking_oscar_over(generator.clone()).train();
     let examples: Vec<TrainExample> = (0..2)
-        .map(|i| TrainExample {
-            encoded: encoded(10),
-            answer: vec![20 + i, 21, 2],
-            teacher_scores: (0..10).map(|d| d as f32 / 10.0).collect(),
-            teacher_tokens: vec![],
+        .map(|i| {
+            TrainExample::new(encoded(10), vec![20 + i, 21, 2])
+                .with_relevance((0..10).map(|d| d as f32 / 10.0).collect())
         })
         .collect();
     let mut trainer = Trainer::new(TrainSettings {

@@ -57,8 +57,8 @@ async fn webgpu_matches_the_cpu_backend_generates_and_trains() {
     // The training step on WebGPU: the answer's cross-entropy falls.
     let config = tiny::compressor_config(CompressorType::NLayers, Readout::MemoryTokens);
     let oscar = tiny::oscar_over(model, &config);
-    let example = TrainExample {
-        encoded: Encoded {
+    let example = TrainExample::new(
+        Encoded {
             query_tokens: 0,
             tail_tokens: 0,
             chunks: vec![vec![5, 6, 7, 8, 9, 10, 11, 12, 13], vec![5, 6, 14, 15]],
@@ -67,10 +67,8 @@ async fn webgpu_matches_the_cpu_backend_generates_and_trains() {
             document_tokens: 10,
             chunk_documents: vec![0, 0],
         },
-        answer: vec![30, 31, 2],
-        teacher_scores: vec![],
-        teacher_tokens: vec![],
-    };
+        vec![30, 31, 2],
+    );
     let loss = async |m: &Oscar| {
         let l = m.valid().answer_loss(&[&example]);
         l.into_scalar_async::<f32>().await.unwrap()
