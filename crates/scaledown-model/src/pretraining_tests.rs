@@ -5,11 +5,8 @@ use crate::compressor::{CompressorConfig, CompressorType, Readout};
 use crate::example::TrainExample;
 use crate::llama::LlamaConfig;
 use crate::oscar::{Oscar, OscarTokenizers};
-use crate::pretraining::{
-    AUTO_ENCODE_INSTRUCTION, CONTINUE_INSTRUCTION, PretrainingSet, Reconstruction, memory_gap,
-};
+use crate::pretraining::{PretrainingSet, Reconstruction, memory_gap};
 use crate::tiny;
-use crate::tokenizer::{Tokenizer, word_level_json, words_of};
 use crate::training::{LossWeights, TrainSettings, Trainer};
 use burn::prelude::*;
 use burn::tensor::read_sync;
@@ -18,13 +15,7 @@ const PASSAGE: &str = "the red fox runs past the old mill and the blue river \
     turns north where green hills meet a gray sky over the quiet town";
 
 fn tokenizers() -> OscarTokenizers {
-    let template = format!("{AUTO_ENCODE_INSTRUCTION} {CONTINUE_INSTRUCTION} question document");
-    let words = words_of(&format!("{template} {PASSAGE}"));
-    let json = word_level_json(words.iter().map(String::as_str));
-    OscarTokenizers {
-        generator: Tokenizer::from_json(json.as_bytes()).unwrap(),
-        encoder: None,
-    }
+    tiny::word_tokenizers(PASSAGE)
 }
 
 /// Chunks of 8 tokens: 2 memory vectors at rate 4.
@@ -163,15 +154,7 @@ fn auto_encoding_opens_the_memory_gap(config: CompressorConfig) {
             picked.join(" ")
         })
         .collect();
-    let template = format!(
-        "{AUTO_ENCODE_INSTRUCTION} question document {}",
-        words.join(" ")
-    );
-    let json = word_level_json(words_of(&template).iter().map(String::as_str));
-    let tok = OscarTokenizers {
-        generator: Tokenizer::from_json(json.as_bytes()).unwrap(),
-        encoder: None,
-    };
+    let tok = tiny::word_tokenizers(&words.join(" "));
     let device = Device::flex();
     device.seed(5);
     let generator = LlamaConfig::tiny(tok.generator.vocab_size()).init(&device);

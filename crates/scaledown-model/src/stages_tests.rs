@@ -3,15 +3,13 @@
 
 use crate::compressor::{CompressorType, Readout};
 use crate::llama::LlamaConfig;
-use crate::oscar::{Oscar, OscarTokenizers};
-use crate::pretraining::{AUTO_ENCODE_INSTRUCTION, CONTINUE_INSTRUCTION};
+use crate::oscar::Oscar;
 use crate::recipe::RunConfig;
 use crate::report::TrainState;
 use crate::stages::{
     Checkpoint, Every, Pretraining, ResumedOptimizer, RunEvents, Stage, StageError,
 };
 use crate::tiny;
-use crate::tokenizer::{Tokenizer, word_level_json, words_of};
 use crate::training::StepStats;
 use burn::prelude::*;
 use burn::tensor::read_sync;
@@ -70,15 +68,7 @@ impl RunEvents for Recorder {
 
 #[test]
 fn the_pretraining_stage_probes_checkpoints_and_resumes_step_for_step() {
-    let words = format!(
-        "{AUTO_ENCODE_INSTRUCTION} {CONTINUE_INSTRUCTION} question document {}",
-        PASSAGES.join(" ")
-    );
-    let json = word_level_json(words_of(&words).iter().map(String::as_str));
-    let tokenizers = OscarTokenizers {
-        generator: Tokenizer::from_json(json.as_bytes()).unwrap(),
-        encoder: None,
-    };
+    let tokenizers = tiny::word_tokenizers(&PASSAGES.join(" "));
     let mut recipe = RunConfig {
         compressor: tiny::compressor_config(CompressorType::NLayers, Readout::Pooled),
         ..RunConfig::default()

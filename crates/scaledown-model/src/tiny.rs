@@ -9,7 +9,9 @@ use crate::example::{Encoded, TrainExample};
 use crate::llama::Llama;
 #[cfg(feature = "flex")]
 use crate::llama::LlamaConfig;
-use crate::oscar::{LoraSettings, Oscar};
+use crate::oscar::{LoraSettings, Oscar, OscarTokenizers};
+use crate::pretraining::{AUTO_ENCODE_INSTRUCTION, CONTINUE_INSTRUCTION};
+use crate::tokenizer::{Tokenizer, word_level_json, words_of};
 use crate::training::{LossWeights, TrainSettings};
 #[cfg(feature = "flex")]
 use burn::prelude::*;
@@ -118,5 +120,18 @@ pub fn settings(steps: usize) -> TrainSettings {
         total_steps: steps,
         max_grad_norm: 1.0,
         loss: LossWeights::OSCAR,
+    }
+}
+
+/// Word-level tokenizers (no encoder tokenizer) that know every word of `text`, of the
+/// pretraining instructions and of the prompt's labels: for the pretraining tests over
+/// real-looking text.
+pub fn word_tokenizers(text: &str) -> OscarTokenizers {
+    let words =
+        format!("{AUTO_ENCODE_INSTRUCTION} {CONTINUE_INSTRUCTION} question document {text}");
+    let json = word_level_json(words_of(&words).iter().map(String::as_str));
+    OscarTokenizers {
+        generator: Tokenizer::from_json(json.as_bytes()).expect("a word-level tokenizer"),
+        encoder: None,
     }
 }
