@@ -1,6 +1,6 @@
 //! What the uncompressed teachers give the training: the generator's answers and token
 //! distributions from the full text, and MiniLM's question-document relevance. Each is
-//! computed once, cached in a JSON file and resumable.
+//! computed once per example, cached in a JSON file and resumable.
 
 use crate::evaluate::Evaluator;
 use crate::fsutil::write_atomic;
@@ -14,49 +14,44 @@ use scaledown_model::example::{TeacherTokens, TrainExample};
 use scaledown_model::llama::Llama;
 use scaledown_model::oscar::{OscarTokenizers, full_text_user_turn};
 use scaledown_model::questions::documents_of;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// The uncompressed generator's answers from the full text, generated once and cached in
-/// `path` (resumable: saved every few examples). An entry is keyed by the example's id
-/// and a digest of its prompt, so that other retrieved documents get a new answer.
+/// The uncompressed generator's answers from the full text. An entry is keyed by the
+/// example's id and a digest of its prompt, so that other retrieved documents get a new answer.
 pub fn labels(
     path: &Path,
     train: &[Example],
     generator: &Llama,
     evaluator: &Evaluator,
 ) -> Result<Vec<String>> {
-    let mut cache: BTreeMap<String, String> = match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a label cache", path.display()))?,
-        Err(_) => BTreeMap::new(),
-    };
     let key = |e: &Example| {
         let prompt = full_text_user_turn(&e.question, &documents_of(e));
         format!("{} {:016x}", e.id, fnv1a(prompt.as_bytes()))
     };
-    let todo: Vec<&Example> = train
-        .iter()
-        .filter(|e| !cache.contains_key(&key(e)))
-        .collect();
-    if !todo.is_empty() {
-        let prefix = evaluator.prefix(generator)?;
-        let bar = progress::bar(todo.len() as u64, "teacher labels");
-        for (i, ex) in todo.iter().enumerate() {
-            let mut answer =
-                read_sync(evaluator.answer_uncompressed(generator, &prefix, ex))?.prediction;
-            if answer.is_empty() {
-                answer = ex.answers[0].clone();
-            }
-            cache.insert(key(ex), answer);
-            bar.inc(1);
-            if i % 10 == 9 || i + 1 == todo.len() {
-                write_atomic(path, serde_json::to_string_pretty(&cache)?.as_bytes())?;
-            }
-        }
-        bar.finish_and_clear();
-    }
-    Ok(train.iter().map(|e| cache[&key(e)].clone()).collect())
+    let keys: Vec<String> = train.iter().map(key).collect();
+    let mut prefix = None;
+    cached(
+        path,
+        "teacher labels",
+        &keys,
+        |_, _: &String| true,
+        |i| {
+            let prefix = match &mut prefix {
+                Some(p) => p,
+                None => prefix.insert(evaluator.prefix(generator)?),
+            };
+            let ex = &train[i];
+            let answer =
+                read_sync(evaluator.answer_uncompressed(generator, prefix, ex))?.prediction;
+            Ok(match answer.is_empty() {
+                true => ex.answers[0].clone(),
+                false => answer,
+            })
+        },
+    )
 }
 
 /// 64-bit FNV-1a: a stable digest for cache keys (std's hasher may change between releases).
@@ -70,8 +65,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 const DISTILL_TOP_K: usize = 16;
 
 /// The uncompressed generator's top tokens at each answer position of each training example,
-/// read from the full text (`teacher_tokens.json`, resumable: saved every few examples; an
-/// entry is reused only for the same answer ids).
+/// read from the full text (an entry is reused only for the same answer ids).
 pub fn distributions(
     path: &Path,
     train: &[Example],
@@ -79,73 +73,74 @@ pub fn distributions(
     generator: &Llama,
     tokenizers: &OscarTokenizers,
 ) -> Result<Vec<TeacherTokens>> {
-    type Entry = (Vec<u32>, TeacherTokens);
-    let mut cache: BTreeMap<String, Entry> = match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a teacher-token cache", path.display()))?,
-        Err(_) => BTreeMap::new(),
-    };
-    let todo: Vec<usize> = (0..train.len())
-        .filter(|&i| {
-            cache
-                .get(&train[i].id)
-                .is_none_or(|(a, _)| *a != examples[i].answer)
-        })
-        .collect();
-    if !todo.is_empty() {
-        let bar = progress::bar(todo.len() as u64, "teacher token distributions");
-        for (n, &i) in todo.iter().enumerate() {
-            let (ex, answer) = (&train[i], &examples[i].answer);
-            let prompt = tokenizers.full_text_prompt(ex)?;
-            let tokens = read_sync(distillation::teacher_tokens(
-                generator,
-                &prompt,
-                answer,
-                DISTILL_TOP_K,
-            ))?;
-            cache.insert(ex.id.clone(), (answer.clone(), tokens));
-            bar.inc(1);
-            if n % 20 == 19 || n + 1 == todo.len() {
-                write_atomic(path, serde_json::to_string(&cache)?.as_bytes())?;
-            }
-        }
-        bar.finish_and_clear();
-    }
-    Ok(train.iter().map(|e| cache[&e.id].1.clone()).collect())
+    let keys: Vec<String> = train.iter().map(|e| e.id.clone()).collect();
+    let entries = cached(
+        path,
+        "teacher token distributions",
+        &keys,
+        |i, (answer, _): &(Vec<u32>, TeacherTokens)| *answer == examples[i].answer,
+        |i| {
+            let answer = &examples[i].answer;
+            let prompt = tokenizers.full_text_prompt(&train[i])?;
+            let tokens = distillation::teacher_tokens(generator, &prompt, answer, DISTILL_TOP_K);
+            Ok((answer.clone(), read_sync(tokens)?))
+        },
+    )?;
+    Ok(entries.into_iter().map(|(_, tokens)| tokens).collect())
 }
 
 /// The teacher's relevance score of each training document: MiniLM's cosine similarity
-/// between the question and the document, cached by example id in `teacher_relevance.json`.
+/// between the question and the document (an entry counts only with one score per document).
 pub fn relevance(
     path: &Path,
     train: &[Example],
     models_dir: &Path,
     device: &Device,
 ) -> Result<Vec<Vec<f32>>> {
-    // Keyed by example id; an entry counts only with one score per document.
-    let mut cache: BTreeMap<String, Vec<f32>> = std::fs::read_to_string(path)
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or_default();
-    let todo: Vec<&Example> = train
-        .iter()
-        .filter(|e| {
-            cache
-                .get(&e.id)
-                .is_none_or(|s| s.len() != e.documents.len())
-        })
+    let keys: Vec<String> = train.iter().map(|e| e.id.clone()).collect();
+    let mut minilm = None;
+    let valid = |i: usize, scores: &Vec<f32>| scores.len() == train[i].documents.len();
+    cached(path, "teacher relevance (MiniLM)", &keys, valid, |i| {
+        let (bert, tokenizer) = match &minilm {
+            Some(m) => m,
+            None => minilm.insert(models::load_encoder(
+                &models::default_encoder(models_dir),
+                device,
+            )?),
+        };
+        let ex = &train[i];
+        Ok(bert.relevance(tokenizer, &ex.question, &documents_of(ex), device)?)
+    })
+}
+
+/// The value of each of `keys`: from the cache file at `path` where it holds a `valid` one,
+/// else computed (with a progress bar labelled `what`) and saved every few values, so that an
+/// interrupted run picks up where it stopped.
+fn cached<V: Serialize + DeserializeOwned + Clone>(
+    path: &Path,
+    what: &str,
+    keys: &[String],
+    valid: impl Fn(usize, &V) -> bool,
+    mut compute: impl FnMut(usize) -> Result<V>,
+) -> Result<Vec<V>> {
+    let mut cache: BTreeMap<String, V> = match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a cache of {what}", path.display()))?,
+        Err(_) => BTreeMap::new(),
+    };
+    let todo: Vec<usize> = (0..keys.len())
+        .filter(|&i| cache.get(&keys[i]).is_none_or(|v| !valid(i, v)))
         .collect();
     if !todo.is_empty() {
-        let (minilm, tokenizer) =
-            models::load_encoder(&models::default_encoder(models_dir), device)?;
-        let bar = progress::bar(todo.len() as u64, "teacher relevance (MiniLM)");
-        for ex in todo {
-            let docs = minilm.relevance(&tokenizer, &ex.question, &documents_of(ex), device)?;
-            cache.insert(ex.id.clone(), docs);
+        let bar = progress::bar(todo.len() as u64, what);
+        for (n, &i) in todo.iter().enumerate() {
+            cache.insert(keys[i].clone(), compute(i)?);
             bar.inc(1);
+            if n % 10 == 9 || n + 1 == todo.len() {
+                write_atomic(path, serde_json::to_string(&cache)?.as_bytes())?;
+            }
         }
         bar.finish_and_clear();
-        write_atomic(path, serde_json::to_string(&cache)?.as_bytes())?;
     }
-    Ok(train.iter().map(|e| cache[&e.id].clone()).collect())
+    Ok(keys.iter().map(|k| cache[k].clone()).collect())
 }
