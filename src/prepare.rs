@@ -6,7 +6,10 @@ use crate::progress;
 use crate::{models, passages, teacher};
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use scaledown_data::{Dataset, Example, Parsed, parse_source, push_row, split_train_eval, to_json};
+use scaledown_data::{
+    Dataset, Example, HF_PAGE, Parsed, hf_page_offsets, parse_source, push_hf_page,
+    split_train_eval, to_json,
+};
 use scaledown_model::burn::prelude::Device;
 use scaledown_model::compressor::CompressorConfig;
 use scaledown_model::evaluation::Evaluator;
@@ -270,11 +273,7 @@ fn from_file(dataset: Dataset, src: &Path, mixed: bool) -> Result<(Parsed, Strin
 }
 
 fn find_in_dir(dataset: Dataset, dir: &Path) -> Result<PathBuf> {
-    let key = match dataset {
-        Dataset::Squad => "squad",
-        Dataset::HotpotQa => "hotpot",
-        Dataset::TriviaQa => "trivia",
-    };
+    let key = dataset.file_prefix();
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("--source {}: not a readable folder", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -308,28 +307,17 @@ fn report_skips(dataset: Dataset, file: &str, p: &Parsed) {
     }
 }
 
-/// Which datasets-server table holds each dataset.
-fn hf_table(dataset: Dataset) -> (&'static str, &'static str, &'static str) {
-    match dataset {
-        Dataset::Squad => ("rajpurkar/squad", "plain_text", "train"),
-        Dataset::HotpotQa => ("hotpotqa/hotpot_qa", "distractor", "train"),
-        Dataset::TriviaQa => ("mandarjoshi/trivia_qa", "rc.wikipedia", "train"),
-    }
-}
-
-const PAGE: usize = 100;
-
-/// Downloads enough rows for `n` examples: pages spread over the whole table (SQuAD's rows are
-/// ordered by article, and the split needs many articles), with retries.
+/// Downloads enough rows for `n` examples from the Hugging Face datasets-server, with
+/// retries (which pages: [`hf_page_offsets`]).
 fn download(dataset: Dataset, n: usize, endpoint: &str, seed: u64) -> Result<(Parsed, String)> {
-    let (name, config, split) = hf_table(dataset);
+    let (name, config, split) = dataset.hf_table();
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(60)))
         .build()
         .into();
     let url = |offset: usize| {
         format!(
-            "{}/rows?dataset={}&config={config}&split={split}&offset={offset}&length={PAGE}",
+            "{}/rows?dataset={}&config={config}&split={split}&offset={offset}&length={HF_PAGE}",
             endpoint.trim_end_matches('/'),
             name.replace('/', "%2F")
         )
@@ -337,31 +325,17 @@ fn download(dataset: Dataset, n: usize, endpoint: &str, seed: u64) -> Result<(Pa
     let first = fetch_json(&agent, &url(0))?;
     let total = first["num_rows_total"]
         .as_u64()
-        .with_context(|| format!("{}: the answer has no `num_rows_total`", url(0)))?
-        as usize;
-    // Twice the rows needed, so that the split can keep eval articles apart.
-    let pages = (2 * n).div_ceil(PAGE).clamp(1, total.div_ceil(PAGE));
-    let stride = total.div_ceil(PAGE) / pages;
-    let offsets: Vec<usize> = (0..pages)
-        .map(|i| (i * stride.max(1) + (seed as usize % stride.max(1))) * PAGE)
-        .filter(|&o| o < total)
-        .collect();
+        .with_context(|| format!("{}: the answer has no `num_rows_total`", url(0)))?;
+    let offsets = hf_page_offsets(total as usize, n, seed);
     let bar = progress::bar(offsets.len() as u64, &format!("downloading {name}"));
     let mut parsed = Parsed::default();
     for &offset in &offsets {
-        let page = if offset == 0 {
-            first.clone()
-        } else {
-            fetch_json(&agent, &url(offset))?
+        let page = match offset {
+            0 => first.clone(),
+            _ => fetch_json(&agent, &url(offset))?,
         };
-        let rows = page["rows"]
-            .as_array()
-            .with_context(|| format!("{}: the answer has no `rows` list", url(offset)))?;
-        for (i, r) in rows.iter().enumerate() {
-            let row = r.get("row").unwrap_or(r);
-            push_row(dataset, row, &mut parsed)
-                .map_err(|e| anyhow::anyhow!("{}: row {}: {e}", url(offset), offset + i))?;
-        }
+        push_hf_page(dataset, &page, offset, &mut parsed)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", url(offset)))?;
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -369,7 +343,7 @@ fn download(dataset: Dataset, n: usize, endpoint: &str, seed: u64) -> Result<(Pa
     if parsed.examples.is_empty() && parsed.without_documents.is_empty() {
         bail!(
             "{name}: no usable examples in {} rows",
-            offsets.len() * PAGE
+            offsets.len() * HF_PAGE
         );
     }
     Ok((parsed, name.to_string()))

@@ -15,5 +15,7 @@ pub use metrics::{
 };
 pub use results::{EvalRun, MemoryUse, Prediction, Ranking, Timing, percentile, smoothed};
 pub use schema::{DataError, Document, Example, parse_examples, to_json};
-pub use sources::{Dataset, Parsed, parse_source, push_row};
+pub use sources::{
+    Dataset, HF_PAGE, Parsed, hf_page_offsets, parse_source, push_hf_page, push_row,
+};
 pub use split::split_train_eval;

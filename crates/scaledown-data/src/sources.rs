@@ -27,6 +27,59 @@ impl Dataset {
             Self::HotpotQa => "hotpot_qa",
         }
     }
+
+    /// How a dataset's file in a folder begins (`squad*.json[l]`, `hotpot*`, `trivia*`).
+    pub fn file_prefix(self) -> &'static str {
+        match self {
+            Self::Squad => "squad",
+            Self::HotpotQa => "hotpot",
+            Self::TriviaQa => "trivia",
+        }
+    }
+
+    /// The Hugging Face datasets-server table that holds it: (dataset, config, split).
+    pub fn hf_table(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Self::Squad => ("rajpurkar/squad", "plain_text", "train"),
+            Self::HotpotQa => ("hotpotqa/hotpot_qa", "distractor", "train"),
+            Self::TriviaQa => ("mandarjoshi/trivia_qa", "rc.wikipedia", "train"),
+        }
+    }
+}
+
+/// Rows per datasets-server page.
+pub const HF_PAGE: usize = 100;
+
+/// The offsets of the pages to download for `wanted` examples from a table of `total` rows:
+/// twice the rows needed, so that the split can keep eval articles apart, spread evenly over
+/// the whole table (SQuAD's rows are ordered by article, and the split needs many articles),
+/// shifted by `seed`.
+pub fn hf_page_offsets(total: usize, wanted: usize, seed: u64) -> Vec<usize> {
+    let pages_total = total.div_ceil(HF_PAGE);
+    let pages = (2 * wanted).div_ceil(HF_PAGE).clamp(1, pages_total.max(1));
+    let stride = (pages_total / pages).max(1);
+    (0..pages)
+        .map(|i| (i * stride + seed as usize % stride) * HF_PAGE)
+        .filter(|&o| o < total)
+        .collect()
+}
+
+/// The rows of one datasets-server page (its `rows` list, each `{"row": …}`) into `parsed`;
+/// an error names the row by its offset in the table.
+pub fn push_hf_page(
+    dataset: Dataset,
+    page: &Value,
+    offset: usize,
+    parsed: &mut Parsed,
+) -> Result<(), String> {
+    let rows = page["rows"]
+        .as_array()
+        .ok_or("the answer has no `rows` list")?;
+    for (i, r) in rows.iter().enumerate() {
+        push_row(dataset, r.get("row").unwrap_or(r), parsed)
+            .map_err(|e| format!("row {}: {e}", offset + i))?;
+    }
+    Ok(())
 }
 
 impl fmt::Display for Dataset {
@@ -407,6 +460,34 @@ fn trivia_row(row: &Value) -> Result<Example, String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn pages_spread_over_the_table_and_stay_inside_it() {
+        // SQuAD's train table: 87,599 rows; 200 examples need 4 pages of 100.
+        let offsets = hf_page_offsets(87_599, 200, 0);
+        assert_eq!(offsets, [0, 21_900, 43_800, 65_700]);
+        assert_eq!(
+            hf_page_offsets(87_599, 200, 5),
+            [500, 22_400, 44_300, 66_200]
+        );
+        // More wanted than the table holds: every page once.
+        assert_eq!(hf_page_offsets(250, 1_000, 3), [0, 100, 200]);
+        assert_eq!(hf_page_offsets(0, 10, 0), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn a_page_of_rows_is_parsed_and_a_bad_row_named_by_offset() {
+        let row = serde_json::json!({"row": {"id": "a", "title": "T", "context": "Paris is in France.",
+            "question": "Where is Paris?", "answers": {"text": ["France"], "answer_start": [12]}}});
+        let page = serde_json::json!({"rows": [row.clone(), {"row": {"id": 3}}]});
+        let mut parsed = Parsed::default();
+        let e = push_hf_page(Dataset::Squad, &page, 200, &mut parsed).unwrap_err();
+        assert!(e.starts_with("row 201: "), "{e}");
+        assert_eq!(parsed.examples.len(), 1);
+        let e = push_hf_page(Dataset::Squad, &serde_json::json!({}), 0, &mut parsed).unwrap_err();
+        assert!(e.contains("`rows`"), "{e}");
+    }
+
     use super::*;
 
     #[test]
