@@ -9,6 +9,7 @@
 #   QUESTIONS=900 scripts/qa_stage_bench.sh   the SQuAD epoch on the seed's 450 and 450 more
 #                                             questions of the train articles (results in
 #                                             runs/qa_stage900_s<SEED>*; the same stage)
+#   QUESTIONS=1800 scripts/qa_stage_bench.sh  the same with 1,350 more (runs/qa_stage1800_s<SEED>*)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scaledown/target}"
@@ -27,9 +28,9 @@ mkdir -p data runs
 questions=${QUESTIONS:-450}
 case "$questions" in
   450) train=data/squad500.json; epoch=qa_stage ;;
-  900) train=data/squad900.json; epoch=qa_stage900
-       [ -f "$train" ] || python3 scripts/more_questions.py data/squad500.json "$train" 450 ;;
-  *) echo "QUESTIONS=$questions: 450 or 900" >&2; exit 1 ;;
+  900 | 1800) train=data/squad$questions.json; epoch=qa_stage$questions
+       [ -f "$train" ] || python3 scripts/more_questions.py data/squad500.json "$train" $((questions - 450)) ;;
+  *) echo "QUESTIONS=$questions: 450, 900 or 1800" >&2; exit 1 ;;
 esac
 
 seeds=("$@")
