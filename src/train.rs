@@ -226,11 +226,15 @@ impl Run {
         let stage = self.pretraining(a, tokenizers, answer_held_out)?;
         let mut shell = Shell::new(a, self);
         let model =
-            read_sync(stage.run(model, state, self.resumed(), &mut shell)).with_context(|| {
-                format!(
-                    "pretraining (the last good checkpoint is kept in {})",
-                    self.checkpoints.display()
-                )
+            read_sync(stage.run(model, state, self.resumed(), &mut shell)).map_err(|e| {
+                match e.downcast_ref::<StageError>() {
+                    // A failed step (a NaN loss) leaves the last good checkpoint to go on from.
+                    Some(StageError::Step(_)) => e.context(format!(
+                        "pretraining (the last good checkpoint is kept in {})",
+                        self.checkpoints.display()
+                    )),
+                    _ => e,
+                }
             })?;
         let total = self.recipe.pretraining.steps;
         if state.pretraining_out_of_time(&self.recipe.pretraining) && state.pretrain_step < total {
@@ -435,15 +439,15 @@ pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
     let every = Every {
         eval_steps: a.eval_steps as usize,
     };
-    let (model, stopped) = read_sync(stages::answer_questions(
+    let stage = stages::QuestionAnswering {
         recipe,
-        model,
-        &examples,
-        (&evaluator, eval, every),
-        &mut state,
-        run.resumed(),
-        &mut Shell::new(&a, &run),
-    ))?;
+        examples: &examples,
+        evaluator: &evaluator,
+        eval,
+        every,
+    };
+    let (model, stopped) =
+        read_sync(stage.run(model, &mut state, run.resumed(), &mut Shell::new(&a, &run)))?;
     let stopped = stopped.map(|e| {
         let msg = format!(
             "{e}; the last good checkpoint is kept in {}",

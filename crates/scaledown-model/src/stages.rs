@@ -273,61 +273,81 @@ impl<'a> Pretraining<'a> {
     }
 }
 
-/// Question answering: optimiser steps over `examples` from `state.step` on, evaluating
-/// `eval` and checkpointing every `eval_steps`. Returns the model as the last good step left
-/// it and, when a step failed (a NaN loss), why.
-pub async fn answer_questions<E: RunEvents>(
-    recipe: &RunConfig,
-    model: Oscar,
-    examples: &[TrainExample],
-    (evaluator, eval, every): (&Evaluator<'_>, &[Example], Every),
-    state: &mut TrainState,
-    resumed: Option<ResumedOptimizer<'_>>,
-    events: &mut E,
-) -> Result<(Oscar, Option<TrainError>), E::Error> {
-    let batch = recipe.optimiser.batch_size;
-    let total = recipe.total_steps(examples.len());
-    state.total_steps = total;
-    let mut trainer = recipe.trainer(total, state.step);
-    if state.step > 0 {
-        resume(&mut trainer, resumed, events)?;
-    }
-    events.started(Stage::QuestionAnswering, state.step, total);
-    let (started, seconds_before) = (Instant::now(), state.train_seconds);
-    let (model, result) = trainer
-        .run(
-            model,
-            total,
-            |step| batch_at(examples, step, batch, recipe.seed),
-            async |trainer, model, batch_examples, stats| -> Result<ControlFlow<()>, E::Error> {
-                let seconds = seconds_before + started.elapsed().as_secs_f64();
-                state.record_step(batch_examples.len(), stats.loss, seconds);
-                events.stepped(Stage::QuestionAnswering, state, &stats);
-                if every.due(state.step, total) {
-                    let answering = model.for_inference().in_blocks();
-                    let run = compressed(evaluator, &answering, eval, "eval", events).await?;
-                    state.evals.push(EvalPoint {
-                        step: state.step,
-                        scores: run.scores,
-                    });
-                    events.evaluated(state.step, &run);
-                    let optimizer = optimizer_state(trainer)?;
-                    events.checkpoint(
-                        Checkpoint::Step(state.step),
-                        model,
-                        state,
-                        Some(optimizer),
-                    )?;
-                }
-                Ok(ControlFlow::Continue(()))
-            },
-        )
-        .await;
-    events.finished(Stage::QuestionAnswering);
-    match result {
-        Ok(()) => Ok((model, None)),
-        Err(RunError::Step(e)) => Ok((model, Some(e))),
-        Err(RunError::After(e)) => Err(e),
+/// The question-answering stage: optimiser steps over its examples, evaluating `eval` with
+/// `evaluator` and checkpointing every `every.eval_steps`.
+pub struct QuestionAnswering<'a> {
+    pub recipe: &'a RunConfig,
+    pub examples: &'a [TrainExample],
+    pub evaluator: &'a Evaluator<'a>,
+    pub eval: &'a [Example],
+    pub every: Every,
+}
+
+impl QuestionAnswering<'_> {
+    /// Trains `model` from `state.step` on. Returns the model as the last good step left it
+    /// and, when a step failed (a NaN loss), why.
+    pub async fn run<E: RunEvents>(
+        &self,
+        model: Oscar,
+        state: &mut TrainState,
+        resumed: Option<ResumedOptimizer<'_>>,
+        events: &mut E,
+    ) -> Result<(Oscar, Option<TrainError>), E::Error> {
+        let Self {
+            recipe,
+            examples,
+            evaluator,
+            eval,
+            every,
+        } = *self;
+        let batch = recipe.optimiser.batch_size;
+        let total = recipe.total_steps(examples.len());
+        state.total_steps = total;
+        let mut trainer = recipe.trainer(total, state.step);
+        if state.step > 0 {
+            resume(&mut trainer, resumed, events)?;
+        }
+        events.started(Stage::QuestionAnswering, state.step, total);
+        let (started, seconds_before) = (Instant::now(), state.train_seconds);
+        let (model, result) = trainer
+            .run(
+                model,
+                total,
+                |step| batch_at(examples, step, batch, recipe.seed),
+                async |trainer,
+                       model,
+                       batch_examples,
+                       stats|
+                       -> Result<ControlFlow<()>, E::Error> {
+                    let seconds = seconds_before + started.elapsed().as_secs_f64();
+                    state.record_step(batch_examples.len(), stats.loss, seconds);
+                    events.stepped(Stage::QuestionAnswering, state, &stats);
+                    if every.due(state.step, total) {
+                        let answering = model.for_inference().in_blocks();
+                        let run = compressed(evaluator, &answering, eval, "eval", events).await?;
+                        state.evals.push(EvalPoint {
+                            step: state.step,
+                            scores: run.scores,
+                        });
+                        events.evaluated(state.step, &run);
+                        let optimizer = optimizer_state(trainer)?;
+                        events.checkpoint(
+                            Checkpoint::Step(state.step),
+                            model,
+                            state,
+                            Some(optimizer),
+                        )?;
+                    }
+                    Ok(ControlFlow::Continue(()))
+                },
+            )
+            .await;
+        events.finished(Stage::QuestionAnswering);
+        match result {
+            Ok(()) => Ok((model, None)),
+            Err(RunError::Step(e)) => Ok((model, Some(e))),
+            Err(RunError::After(e)) => Err(e),
+        }
     }
 }
 
