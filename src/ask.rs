@@ -1,11 +1,11 @@
 //! `scaledown eval` and `scaledown ask`: use a trained checkpoint.
 
-use crate::checkpoint;
 use crate::evaluate::{self, Evaluator, describe};
-use crate::fsutil::{read_text, write_atomic};
 use anyhow::{Result, bail};
 use clap::Args;
 use scaledown_data::parse_examples;
+use scaledown_files::checkpoint;
+use scaledown_files::fs::{read_text, write_atomic};
 use scaledown_model::backend::BackendKind;
 use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::generation::GenerationConfig;

@@ -3,12 +3,12 @@
 //! target answers, reading the documents' full text instead of their memory vectors, then
 //! evaluated like the baseline.
 
-use crate::checkpoint::OscarSetup;
 use crate::evaluate::{self, EvalRun, Evaluator, describe};
-use crate::fsutil::write_atomic;
-use crate::models;
 use anyhow::{Context, Result};
 use scaledown_data::Example;
+use scaledown_files::checkpoint::OscarSetup;
+use scaledown_files::fs::write_atomic;
+use scaledown_files::models;
 use scaledown_model::burn::module::Module;
 use scaledown_model::burn::prelude::Device;
 use scaledown_model::burn::tensor::read_sync;

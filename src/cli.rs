@@ -1,8 +1,8 @@
 //! Command-line parsing and the commands that do not need their own module.
 
-use crate::models;
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
+use scaledown_files::models;
 use scaledown_model::backend::BackendKind;
 use scaledown_model::burn::prelude::*;
 use scaledown_model::burn::tensor::read_sync;

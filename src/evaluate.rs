@@ -4,7 +4,7 @@
 use crate::progress;
 use anyhow::Result;
 use scaledown_data::Example;
-pub use scaledown_data::{EvalRun, MemoryUse, Prediction, Ranking, Scores, Timing, percentile};
+pub use scaledown_data::{EvalRun, MemoryUse, Prediction, Ranking, Scores};
 use scaledown_model::burn::tensor::read_sync;
 pub use scaledown_model::evaluation::Evaluator;
 use scaledown_model::llama::Llama;
@@ -74,18 +74,4 @@ pub fn describe_scores(s: &Scores) -> String {
         "EM {:.3}  F1 {:.3}  ROUGE-L {:.3}  match {:.3}",
         s.exact_match, s.f1, s.rouge_l, s.match_accuracy
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timing_percentiles() {
-        let t = Timing::of(&[10.0, 20.0, 30.0, 40.0, 100.0]);
-        assert_eq!(t.p50_ms, 30.0);
-        assert_eq!(t.p95_ms, 100.0);
-        assert_eq!(t.mean_ms, 40.0);
-        assert_eq!(t.queries_per_second, 25.0);
-    }
 }

@@ -2,12 +2,8 @@
 
 pub mod ask;
 pub mod ceiling;
-pub mod checkpoint;
 pub mod cli;
 pub mod evaluate;
-pub mod fsutil;
-pub mod models;
-pub mod passages;
 pub mod prepare;
 pub mod progress;
 pub mod serve;

@@ -1,15 +1,16 @@
 //! `scaledown prepare`: real QA data, from the Hugging Face datasets-server rows API or from a
 //! local file in the official formats, split 90/10 into train and eval files.
 
-use crate::fsutil::{read_text, write_atomic};
 use crate::progress;
-use crate::{models, passages, teacher};
+use crate::teacher;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use scaledown_data::{
     Dataset, Example, HF_PAGE, Parsed, hf_page_offsets, parse_source, push_hf_page,
     split_train_eval, to_json,
 };
+use scaledown_files::fs::{read_text, write_atomic};
+use scaledown_files::{models, passages};
 use scaledown_model::burn::prelude::Device;
 use scaledown_model::compressor::CompressorConfig;
 use scaledown_model::evaluation::Evaluator;

@@ -1,9 +1,9 @@
 //! `scaledown serve`: the flags, and the model they name loaded for the HTTP API
 //! (`scaledown_serve`); `scaledown load` (`scaledown_bench::load`) is its load test.
 
-use crate::{checkpoint, models};
 use anyhow::Result;
 use clap::Args;
+use scaledown_files::{checkpoint, models};
 use scaledown_model::backend::BackendKind;
 use scaledown_model::oscar::OscarTokenizers;
 use scaledown_serve::engine::{Engine, Limits};

@@ -3,10 +3,11 @@
 //! computed once per example, cached in a JSON file and resumable.
 
 use crate::evaluate::Evaluator;
-use crate::fsutil::write_atomic;
-use crate::{models, progress};
+use crate::progress;
 use anyhow::{Context, Result};
 use scaledown_data::Example;
+use scaledown_files::fs::write_atomic;
+use scaledown_files::models;
 use scaledown_model::burn::prelude::Device;
 use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::distillation;

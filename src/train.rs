@@ -2,14 +2,15 @@
 //! during and after, compare it with the uncompressed generator, and write the report, the
 //! plots and the checkpoints.
 
-use crate::checkpoint::{self, OscarSetup};
 use crate::evaluate::{self, EvalRun, Evaluator, describe, describe_scores};
-use crate::fsutil::{read_text, write_atomic};
 use crate::train_args::{CompressorFlag, TrainArgs};
-use crate::{ceiling, models, passages, prepare, progress, teacher};
+use crate::{ceiling, prepare, progress, teacher};
 use anyhow::{Context, Result, bail};
 use indicatif::{MultiProgress, ProgressBar};
 use scaledown_data::{Example, parse_examples};
+use scaledown_files::checkpoint::{self, OscarSetup};
+use scaledown_files::fs::{read_text, write_atomic};
+use scaledown_files::{models, passages};
 use scaledown_model::burn::module::Module;
 use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::checkpoint::with_path_param_ids;
@@ -118,7 +119,7 @@ fn start(models_dir: &Path, a: &TrainArgs) -> Result<(Run, checkpoint::Pipeline,
         );
     }
     let init_from = match (&resume_from, &a.init_from) {
-        (None, Some(path)) => Some(init_checkpoint(path)?),
+        (None, Some(path)) => Some(checkpoint::named_by(path).context("--init-from")?),
         _ => None,
     };
     let (mut loaded, state) = match (&resume_from, &init_from) {
@@ -321,40 +322,17 @@ impl Run {
     }
 }
 
-/// The checkpoint that `--init-from PATH` names: PATH itself, or the latest under
-/// PATH/checkpoints when PATH is a run's output folder.
-fn init_checkpoint(path: &Path) -> Result<PathBuf> {
-    if path.join("manifest.json").is_file() {
-        checkpoint::verify(path).with_context(|| format!("--init-from {}", path.display()))?;
-        return Ok(path.to_path_buf());
-    }
-    match checkpoint::latest(&path.join("checkpoints")) {
-        Some((_, dir)) => Ok(dir),
-        None => bail!(
-            "--init-from {}: neither a checkpoint (no manifest.json) nor a run's output folder with one under checkpoints/",
-            path.display()
-        ),
-    }
-}
-
-/// A trained checkpoint and its progress, checked against this run's setup: the same
-/// compressor; the same generator training, or LoRA added to a frozen-generator checkpoint
-/// before any question answering.
+/// A trained checkpoint and its progress, checked against this run's setup (see
+/// [`checkpoint::load_continued`]).
 fn load_trained(
     dir: &Path,
     setup: &OscarSetup,
     flag: &str,
     device: &scaledown_model::burn::prelude::Device,
 ) -> Result<(checkpoint::Pipeline, TrainState)> {
-    let (saved_setup, loaded) = checkpoint::load(dir, device)?;
-    let state: TrainState = serde_json::from_slice(&checkpoint::read_checked(dir, "state.json")?)
-        .with_context(|| format!("{}/state.json", dir.display()))?;
-    // Pretrained with the generator frozen, question answering with LoRA: the pretrained
-    // compressor goes on, the generator gets fresh adapters.
-    let fresh_lora = state.step == 0 || flag == "--init-from";
-    let (loaded, added) = loaded
-        .continued_as(&saved_setup, setup, fresh_lora)
-        .map_err(|e| anyhow::anyhow!("{flag}: {} {e}", dir.display()))?;
+    let fresh_lora = flag == "--init-from";
+    let (loaded, state, added) = checkpoint::load_continued(dir, setup, fresh_lora, device)
+        .with_context(|| flag.to_string())?;
     if let Some(rank) = added {
         println!(
             "{flag}: a frozen-generator checkpoint gets fresh LoRA (r {rank}) on the generator"

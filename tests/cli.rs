@@ -107,7 +107,7 @@ fn bad_model_files_are_refused_with_the_reason() {
     assert!(stderr(&o).contains("wrong magic"), "{}", stderr(&o));
 
     // The real file cut short: its tensor data lies past the end.
-    let real = std::fs::read(scaledown::models::default_generator(&models_dir())).unwrap();
+    let real = std::fs::read(scaledown_files::models::default_generator(&models_dir())).unwrap();
     let cut = dir.path().join("cut.gguf");
     std::fs::write(&cut, &real[..real.len() / 2]).unwrap();
     let o = scaledown(&[
@@ -128,7 +128,7 @@ fn bad_model_files_are_refused_with_the_reason() {
     // A Hugging Face folder whose safetensors is broken.
     let hf = dir.path().join("hf");
     std::fs::create_dir(&hf).unwrap();
-    let minilm = scaledown::models::default_encoder(&models_dir());
+    let minilm = scaledown_files::models::default_encoder(&models_dir());
     for f in ["config.json", "tokenizer.json"] {
         std::fs::copy(minilm.join(f), hf.join(f)).unwrap();
     }

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use scaledown::models;
+use scaledown_files::models;
 use scaledown_model::burn::prelude::*;
 use scaledown_model::burn::tensor::read_sync;
 use scaledown_model::generation::{GenerationConfig, generate};

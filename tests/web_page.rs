@@ -410,15 +410,15 @@ fn without_webgpu_the_page_runs_on_the_cpu_backend_and_says_so() {
 #[test]
 #[ignore = "needs the built page, Chromium, chromedriver and the models: scripts/test.sh runs it"]
 fn the_page_answers_with_smollm2_and_a_checkpoint_fetched_by_url() {
-    use scaledown::checkpoint::{build, save};
+    use scaledown_files::checkpoint::{build, save};
     use scaledown_model::burn::prelude::Device;
     use scaledown_model::burn::tensor::read_sync;
     use scaledown_model::compressor::{CompressorConfig, CompressorType, Readout};
     use scaledown_model::generation::GenerationConfig;
     use scaledown_model::recipe::RunConfig;
 
-    let models = scaledown::models::models_dir(None);
-    let gguf = scaledown::models::default_generator(&models);
+    let models = scaledown_files::models::models_dir(None);
+    let gguf = scaledown_files::models::default_generator(&models);
     assert!(
         gguf.exists(),
         "{} (run `scaledown models fetch`)",

@@ -26,9 +26,9 @@ pub fn reference(name: &str) -> serde_json::Value {
 /// The models folder; the real-model tests need `scaledown models fetch` to have run
 /// (`.ci/run` does it). They fail, rather than skip, when the models are missing.
 pub fn models_dir() -> PathBuf {
-    let dir = scaledown::models::models_dir(None);
+    let dir = scaledown_files::models::models_dir(None);
     assert!(
-        scaledown::models::default_generator(&dir).exists(),
+        scaledown_files::models::default_generator(&dir).exists(),
         "models missing in {}: run `cargo run --release -- models fetch` first",
         dir.display()
     );

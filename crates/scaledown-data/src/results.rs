@@ -154,6 +154,15 @@ mod tests {
     }
 
     #[test]
+    fn timing_percentiles() {
+        let t = Timing::of(&[10.0, 20.0, 30.0, 40.0, 100.0]);
+        assert_eq!(t.p50_ms, 30.0);
+        assert_eq!(t.p95_ms, 100.0);
+        assert_eq!(t.mean_ms, 40.0);
+        assert_eq!(t.queries_per_second, 25.0);
+    }
+
+    #[test]
     fn empty_run_is_zero_not_nan() {
         let run = EvalRun::of(vec![]);
         assert_eq!(run.timing.mean_ms, 0.0);

@@ -5,7 +5,7 @@
 //! renamed into place, so a crash never leaves half of one; a file damaged later is refused
 //! when read, by name.
 
-use crate::fsutil::{read_text, write_atomic};
+use crate::fs::{read_text, write_atomic};
 use crate::models;
 use anyhow::{Context, Result, bail};
 
@@ -14,6 +14,7 @@ use scaledown_model::checkpoint::{Manifest, trainable_to_safetensors};
 use scaledown_model::compressor::CompressorType;
 use scaledown_model::oscar::Oscar;
 use scaledown_model::recipe::RunConfig;
+use scaledown_model::report::TrainState;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -66,7 +67,7 @@ fn manifest(dir: &Path) -> Result<Option<Manifest>> {
 /// The bytes of `dir/name`, refused (naming the file) when they are not what the
 /// checkpoint's manifest records.
 pub fn read_checked(dir: &Path, name: &str) -> Result<Vec<u8>> {
-    let bytes = crate::fsutil::read(&dir.join(name))?;
+    let bytes = crate::fs::read(&dir.join(name))?;
     if let Some(m) = manifest(dir)? {
         m.check(name, &bytes)
             .map_err(|e| anyhow::anyhow!("checkpoint {} is damaged: {e}", dir.display()))?;
@@ -98,6 +99,43 @@ pub fn load(dir: &Path, device: &Device) -> Result<(OscarSetup, Pipeline)> {
     let pipeline = build_with(&setup, device, Some(&bytes))
         .with_context(|| format!("loading checkpoint {}", dir.display()))?;
     Ok((setup, pipeline))
+}
+
+/// The checkpoint that `path` names (as `--init-from` takes it): `path` itself, or the latest
+/// under `path/checkpoints` when `path` is a run's output folder.
+pub fn named_by(path: &Path) -> Result<PathBuf> {
+    if path.join(Manifest::FILE).is_file() {
+        verify(path)?;
+        return Ok(path.to_path_buf());
+    }
+    match latest(&path.join("checkpoints")) {
+        Some((_, dir)) => Ok(dir),
+        None => bail!(
+            "{}: neither a checkpoint (no {}) nor a run's output folder with one under checkpoints/",
+            path.display(),
+            Manifest::FILE
+        ),
+    }
+}
+
+/// A trained checkpoint and its progress, to go on from with `setup`: the same compressor;
+/// the same generator training, or LoRA added to a frozen-generator checkpoint. The
+/// generator gets fresh adapters when `fresh_lora` (a new run from these weights) or when
+/// the checkpoint has not trained on questions yet (pretrained with the generator frozen,
+/// question answering with LoRA). The rank of LoRA added, if any, comes third.
+pub fn load_continued(
+    dir: &Path,
+    setup: &OscarSetup,
+    fresh_lora: bool,
+    device: &Device,
+) -> Result<(Pipeline, TrainState, Option<usize>)> {
+    let (saved_setup, loaded) = load(dir, device)?;
+    let state: TrainState = serde_json::from_slice(&read_checked(dir, "state.json")?)
+        .with_context(|| format!("{}/state.json", dir.display()))?;
+    let (loaded, added) = loaded
+        .continued_as(&saved_setup, setup, fresh_lora || state.step == 0)
+        .map_err(|e| anyhow::anyhow!("{} {e}", dir.display()))?;
+    Ok((loaded, state, added))
 }
 
 /// Writes `dir` (e.g. `checkpoints/step-50`) atomically: a hidden temporary folder, renamed.
@@ -161,7 +199,6 @@ pub fn save(
 
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 
-/// The optimiser state of a checkpoint, checked against its manifest; None when it has none.
 pub const RECIPE_FILE: &str = "recipe.json";
 
 /// The recipe the checkpoint was trained with (None for checkpoints older than the file).
@@ -175,6 +212,7 @@ pub fn read_recipe(dir: &Path) -> Result<Option<RunConfig>> {
         .with_context(|| format!("{}/{RECIPE_FILE}", dir.display()))
 }
 
+/// The optimiser state of a checkpoint, checked against its manifest; None when it has none.
 pub fn read_optimizer(dir: &Path) -> Result<Option<Vec<u8>>> {
     match dir.join(OPTIMIZER_FILE).exists() {
         true => read_checked(dir, OPTIMIZER_FILE).map(Some),

@@ -103,7 +103,7 @@ pub fn fetch(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-use crate::fsutil::{read, read_text};
+use crate::fs::{read, read_text};
 
 /// A generator and its tokenizer.
 pub struct Generator {
