@@ -40,13 +40,13 @@ pub enum Command {
     /// Get real QA data (download or local file) and split it 90/10 into train and eval files.
     Prepare(crate::prepare::PrepareArgs),
     /// Train the OSCAR compressor, with evaluation before/after, report, plots and checkpoints.
-    Train(Box<crate::train_args::TrainArgs>),
+    Train(Box<crate::train::TrainArgs>),
     /// Pretrain the compressor alone (auto-encoding and continuation on unlabelled passages)
     /// and write its scaling curve: the held-out memory gap and held-out QA against windows
     /// seen, every --eval-steps (`pretraining_curve.json`, `scaling_curve.png`). Continue a
     /// stopped run with --resume; `train --resume` in the same --output-dir then trains
     /// question answering from the pretrained checkpoint.
-    Pretrain(Box<crate::train_args::TrainArgs>),
+    Pretrain(Box<crate::train::TrainArgs>),
     /// Evaluate a trained checkpoint on a prepared file.
     Eval(crate::ask::EvalArgs),
     /// Answer a question from documents with a trained checkpoint.

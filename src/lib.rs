@@ -9,4 +9,3 @@ pub mod progress;
 pub mod serve;
 pub mod teacher;
 pub mod train;
-pub mod train_args;
