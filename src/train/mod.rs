@@ -128,11 +128,11 @@ fn start(models_dir: &Path, a: &TrainArgs) -> Result<(Run, checkpoint::Pipeline,
                     println!("--resume: the flags change the checkpoint's recipe: {change}");
                 }
             }
-            let (loaded, state) = load_trained(dir, &setup, "--resume", &device)?;
+            let (loaded, state) = load_trained(dir, &setup, false, &device)?;
             (loaded, state)
         }
         (None, Some(dir)) => {
-            let (loaded, from) = load_trained(dir, &setup, "--init-from", &device)?;
+            let (loaded, from) = load_trained(dir, &setup, true, &device)?;
             println!(
                 "starting from the weights of {} ({} pretraining and {} question-answering steps): a fresh epoch",
                 dir.display(),
@@ -321,16 +321,20 @@ impl Run {
 }
 
 /// A trained checkpoint and its progress, checked against this run's setup (see
-/// [`checkpoint::load_continued`]).
+/// [`checkpoint::load_continued`]); `fresh_epoch`: `--init-from`, else `--resume`.
 fn load_trained(
     dir: &Path,
     setup: &OscarSetup,
-    flag: &str,
+    fresh_epoch: bool,
     device: &scaledown_model::burn::prelude::Device,
 ) -> Result<(checkpoint::Pipeline, TrainState)> {
-    let fresh_lora = flag == "--init-from";
-    let (loaded, state, added) = checkpoint::load_continued(dir, setup, fresh_lora, device)
-        .with_context(|| flag.to_string())?;
+    let flag = if fresh_epoch {
+        "--init-from"
+    } else {
+        "--resume"
+    };
+    let (loaded, state, added) =
+        checkpoint::load_continued(dir, setup, fresh_epoch, device).context(flag)?;
     if let Some(rank) = added {
         println!(
             "{flag}: a frozen-generator checkpoint gets fresh LoRA (r {rank}) on the generator"
