@@ -48,8 +48,8 @@ fn build_with(setup: &OscarSetup, device: &Device, trainable: Option<&[u8]>) -> 
 }
 
 pub fn read_setup(dir: &Path) -> Result<OscarSetup> {
-    let path = dir.join("setup.json");
-    serde_json::from_slice(&read_checked(dir, "setup.json")?)
+    let path = dir.join(SETUP_FILE);
+    serde_json::from_slice(&read_checked(dir, SETUP_FILE)?)
         .with_context(|| format!("{}: not a checkpoint setup", path.display()))
 }
 
@@ -88,14 +88,14 @@ pub fn verify(dir: &Path) -> Result<()> {
 
 /// Rebuilds a checkpoint's model: the setup's files plus its trained tensors.
 pub fn load(dir: &Path, device: &Device) -> Result<(OscarSetup, Pipeline)> {
-    if !dir.join("trainable.safetensors").exists() {
+    if !dir.join(TRAINABLE_FILE).exists() {
         bail!(
             "{} is not a checkpoint folder (no trainable.safetensors)",
             dir.display()
         );
     }
     let setup = read_setup(dir)?;
-    let bytes = read_checked(dir, "trainable.safetensors")?;
+    let bytes = read_checked(dir, TRAINABLE_FILE)?;
     let pipeline = build_with(&setup, device, Some(&bytes))
         .with_context(|| format!("loading checkpoint {}", dir.display()))?;
     Ok((setup, pipeline))
@@ -130,7 +130,7 @@ pub fn load_continued(
     device: &Device,
 ) -> Result<(Pipeline, TrainState, Option<usize>)> {
     let (saved_setup, loaded) = load(dir, device)?;
-    let state: TrainState = serde_json::from_slice(&read_checked(dir, "state.json")?)
+    let state: TrainState = serde_json::from_slice(&read_checked(dir, STATE_FILE)?)
         .with_context(|| format!("{}/state.json", dir.display()))?;
     let (loaded, added) = loaded
         .continued_as(&saved_setup, setup, fresh_lora || state.step == 0)
@@ -161,10 +161,10 @@ pub fn save(
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let write = || -> Result<()> {
         let mut files = vec![
-            ("setup.json", serde_json::to_vec_pretty(setup)?),
+            (SETUP_FILE, serde_json::to_vec_pretty(setup)?),
             (RECIPE_FILE, serde_json::to_vec_pretty(recipe)?),
-            ("trainable.safetensors", trainable_to_safetensors(model)),
-            ("state.json", serde_json::to_vec_pretty(state)?),
+            (TRAINABLE_FILE, trainable_to_safetensors(model)),
+            (STATE_FILE, serde_json::to_vec_pretty(state)?),
         ];
         if let Some(bytes) = optimizer {
             files.push((OPTIMIZER_FILE, bytes));
@@ -197,9 +197,17 @@ pub fn save(
     Ok(())
 }
 
-pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-
+// The files of a checkpoint folder (besides the manifest).
+/// The compressor's shapes, the model files, LoRA: what rebuilds the model ([`scaledown_model::checkpoint::OscarSetup`]).
+pub const SETUP_FILE: &str = "setup.json";
+/// The trained tensors (compressor, LoRA factors) by module path.
+pub const TRAINABLE_FILE: &str = "trainable.safetensors";
+/// Where the run stood: steps, losses, evaluations ([`TrainState`]).
+pub const STATE_FILE: &str = "state.json";
+/// The run's settings, so that `--resume` and `--init-from` go on with them.
 pub const RECIPE_FILE: &str = "recipe.json";
+/// AdamW's moments, for `--resume`.
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 
 /// The recipe the checkpoint was trained with (None for checkpoints older than the file).
 pub fn read_recipe(dir: &Path) -> Result<Option<RunConfig>> {
@@ -283,11 +291,10 @@ fn candidates(checkpoints: &Path) -> Vec<((usize, usize), PathBuf)> {
             }
             let dir = e.path();
             let state: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).ok()?)
-                    .ok()?;
+                serde_json::from_str(&std::fs::read_to_string(dir.join(STATE_FILE)).ok()?).ok()?;
             let step = state["step"].as_u64()? as usize;
             let pretrain_step = state["pretrain_step"].as_u64().unwrap_or(0) as usize;
-            dir.join("trainable.safetensors")
+            dir.join(TRAINABLE_FILE)
                 .exists()
                 .then_some(((pretrain_step, step), dir))
         })
