@@ -16,7 +16,7 @@ use burn::module::{ModuleMapper, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use burn::tensor::activation::gelu;
+use burn::tensor::activation::{gelu, softmax};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::ops::Range;
@@ -283,7 +283,16 @@ pub struct Compressor {
     /// Generator layers the memory vectors skip (see [`CompressorConfig::memory_layer`]).
     /// A setting, not a weight.
     pub memory_layer: usize,
+    /// The pooled readout's scorer `[d]`: a segment's weights are the softmax of
+    /// `POOL_SCORE_SCALE * w · rmsnorm(state)` over its tokens. Zero at the start, so the
+    /// pooled vectors begin as plain means; training lets a segment keep the tokens a question
+    /// needs instead of their blur. (A checkpoint without it loads with the zero start.)
+    pub pool_scorer: Option<Param<Tensor<1>>>,
 }
+
+/// Multiplies the scorer's logits: with Adam the scorer moves about one learning rate per
+/// step, so a few hundred steps at 1.5e-4 would leave the logits' spread under one.
+const POOL_SCORE_SCALE: f32 = 4.0;
 
 impl Compressor {
     fn new(
@@ -303,6 +312,7 @@ impl Compressor {
             max_vectors: config.num_memory_tokens,
             pool_rate: if pooled { config.compression_rate } else { 0 },
             memory_layer: config.memory_layer(),
+            pool_scorer: pooled.then(|| Param::from_tensor(Tensor::zeros([d], device))),
         }
     }
 
@@ -629,7 +639,7 @@ impl Compressor {
                     .iter()
                     .map(|p| (p.row, p.start + p.document.start..p.start + p.document.end))
                     .collect();
-                let pooled = segment_means(hidden.clone(), &documents, r);
+                let pooled = segment_pool(hidden.clone(), &documents, r, self.pool_scorer.as_ref());
                 let mut start = 0;
                 placements
                     .iter()
@@ -661,32 +671,53 @@ impl Compressor {
     }
 }
 
-/// The means of `hidden` `[batch, width, d]` over segments of `r` positions of each
-/// `(row, document range)` (a shorter last segment is averaged over what it has), in order:
-/// `[Σ segments, d]`. One product with a matrix of averaging weights, so that the gradient
-/// of every state is one pass.
-fn segment_means(hidden: Tensor<3>, documents: &[(usize, Range<usize>)], r: usize) -> Tensor<2> {
+/// The weighted means of `hidden` `[batch, width, d]` over segments of `r` positions of each
+/// `(row, document range)` (a shorter last segment pools what it has), in order:
+/// `[Σ segments, d]`. Without a scorer every token of a segment weighs the same; with one, a
+/// segment's weights are the softmax of its tokens' scores. One product with a matrix of
+/// weights, so that the gradient of every state is one pass.
+fn segment_pool(
+    hidden: Tensor<3>,
+    documents: &[(usize, Range<usize>)],
+    r: usize,
+    scorer: Option<&Param<Tensor<1>>>,
+) -> Tensor<2> {
     let [batch, width, d] = hidden.dims();
     let segments: usize = documents
         .iter()
         .map(|(_, doc)| doc.len().div_ceil(r).max(1))
         .sum();
-    let mut weights = vec![0.0f32; segments * batch * width];
+    let mut member = vec![false; segments * batch * width];
     let mut row = 0;
     for (i, doc) in documents {
         let i = *i;
         for seg in (doc.start..doc.end.max(doc.start + 1)).step_by(r) {
             let end = (seg + r).min(doc.end.max(doc.start + 1));
             for t in seg..end {
-                weights[row * batch * width + i * width + t] = 1.0 / (end - seg) as f32;
+                member[row * batch * width + i * width + t] = true;
             }
             row += 1;
         }
     }
     let device = hidden.device();
-    let weights =
-        Tensor::<2>::from_data(TensorData::new(weights, [segments, batch * width]), &device);
-    weights.matmul(hidden.reshape([batch * width, d]))
+    let flat = hidden.reshape([batch * width, d]);
+    let outside =
+        Tensor::<2, Bool>::from_data(TensorData::new(member, [segments, batch * width]), &device)
+            .bool_not();
+    let scores = match scorer {
+        // `[batch * width, 1]` -> `[1, batch * width]`, the same for every segment.
+        Some(w) => {
+            let normed = flat.clone() / (flat.clone().powf_scalar(2.0).mean_dim(1) + 1e-6).sqrt();
+            normed
+                .matmul(w.val().reshape([d, 1]))
+                .mul_scalar(POOL_SCORE_SCALE)
+                .reshape([1, batch * width])
+                .expand([segments, batch * width])
+        }
+        None => Tensor::zeros([segments, batch * width], &device),
+    };
+    let weights = softmax(scores.mask_fill(outside, f32::NEG_INFINITY), 1);
+    weights.matmul(flat)
 }
 
 /// The most positions in a row of one question's chunks ([`Compressor::compress_after_query`]).
