@@ -1,8 +1,9 @@
 //! The OSCAR compressor: it reads `[query; document chunk]` and turns the chunk's L×R tokens
 //! into at most L memory vectors (compression rate R), which replace them in the generator's
 //! prompt. Two readouts:
-//! - pooled (the default): memory vector j is the mean of the backbone's states over the R
-//!   document tokens it stands for. The n_layers backbone is a copy of the generator's first
+//! - pooled (the default): memory vector j is a weighted mean of the backbone's states over the
+//!   R document tokens it stands for, the weights a softmax of a learned score per token (zero
+//!   at the start: the plain mean). The n_layers backbone is a copy of the generator's first
 //!   k layers, so its layer-k states are what the generator's layer k + 1 reads: they enter
 //!   the generator's residual stream after its layer k, without a projector.
 //! - memory tokens (OSCAR's): the backbone reads `[query; chunk; MEM_1..MEM_L]` and the
@@ -44,7 +45,7 @@ impl fmt::Display for CompressorType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Readout {
-    /// Segment means of the backbone's states; for n_layers they enter the generator after
+    /// Weighted segment means of the backbone's states; for n_layers they enter the generator after
     /// its layer k.
     Pooled,
     /// OSCAR's learned memory tokens, projected, at the generator's input.
@@ -103,7 +104,7 @@ pub struct CompressorConfig {
 }
 
 /// The measured best recipe at the seed's scale (README, "Rate 2"): a copy of the
-/// generator's first 20 layers, up to 64 memory vectors per 128-token chunk, each the mean of 2
+/// generator's first 20 layers, up to 64 memory vectors per 128-token chunk, each a weighted mean of 2
 /// tokens' layer-20 states, entering the generator after its layer 20. `scaledown train`'s
 /// defaults and the page's fresh compressor.
 impl Default for CompressorConfig {
@@ -618,7 +619,7 @@ impl Compressor {
     }
 
     /// Each chunk's memory states (and `RR` state) read off the backbone's states
-    /// `[rows, width, d]`: the means of its document's segments (pooled readout) or the states
+    /// `[rows, width, d]`: the weighted means of its document's segments (pooled readout) or the states
     /// at its memory tokens.
     fn readout(&self, hidden: Tensor<3>, placements: &[Placement]) -> Vec<ChunkStates> {
         let d = hidden.dims()[2];
@@ -716,7 +717,8 @@ fn segment_pool(
         }
         None => Tensor::zeros([segments, batch * width], &device),
     };
-    let weights = softmax(scores.mask_fill(outside, f32::NEG_INFINITY), 1);
+    // Finite, so that no backend meets inf - inf; exp(-1e9) is 0 in f32 all the same.
+    let weights = softmax(scores.mask_fill(outside, -1.0e9), 1);
     weights.matmul(flat)
 }
 

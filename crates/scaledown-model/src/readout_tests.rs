@@ -27,6 +27,7 @@ fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
     (a - b).abs().max().into_scalar()
 }
 
+/// A fresh compressor: its scorer is zero, every token of a segment weighs the same.
 #[test]
 fn a_pooled_vector_is_the_mean_of_its_segments_layer_k_states() {
     let model = tiny_pooled(CompressorType::NLayers, 2).for_inference();
@@ -400,10 +401,24 @@ fn the_pooled_readout_trains_and_reloads() {
             after < 0.5 * before,
             "{compressor_type}: {before} -> {after}"
         );
+        let scorer = |m: &Oscar| m.compressor.pool_scorer.as_ref().expect("pooled").val();
+        let moved: f32 = scorer(&model).abs().max().into_scalar();
+        assert!(
+            moved > 0.0,
+            "{compressor_type}: the scorer left its zero start"
+        );
         let bytes = trainable_to_safetensors(&model);
-        let reloaded = load_trainable(oscar_over(generator, &cfg), &bytes).unwrap();
+        let reloaded = load_trainable(oscar_over(generator.clone(), &cfg), &bytes).unwrap();
         let again = loss_of(&reloaded, &ex);
         assert!((after - again).abs() < 1e-5, "{after} vs {again}");
+
+        // A checkpoint written before the scorer existed loads with the zero start: plain means.
+        let mut older = oscar_over(generator.clone(), &cfg);
+        older.compressor.pool_scorer = None;
+        let bytes = trainable_to_safetensors(&older);
+        let loaded = load_trainable(oscar_over(generator, &cfg), &bytes).unwrap();
+        let zero: f32 = scorer(&loaded).abs().max().into_scalar();
+        assert_eq!(zero, 0.0, "{compressor_type}");
     }
 }
 
