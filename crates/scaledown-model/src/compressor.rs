@@ -1,8 +1,9 @@
 //! The OSCAR compressor: it reads `[query; document chunk]` and turns the chunk's L×R tokens
 //! into at most L memory vectors (compression rate R), which replace them in the generator's
 //! prompt. Two readouts:
-//! - pooled (the default): memory vector j is the mean of the backbone's states over the R
-//!   document tokens it stands for. The n_layers backbone is a copy of the generator's first
+//! - pooled (the default): memory vector j is a weighted mean of the backbone's states over the
+//!   R document tokens it stands for, the weights a softmax of a learned score per token (zero
+//!   at the start: the plain mean). The n_layers backbone is a copy of the generator's first
 //!   k layers, so its layer-k states are what the generator's layer k + 1 reads: they enter
 //!   the generator's residual stream after its layer k, without a projector.
 //! - memory tokens (OSCAR's): the backbone reads `[query; chunk; MEM_1..MEM_L]` and the
@@ -16,7 +17,7 @@ use burn::module::{ModuleMapper, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use burn::tensor::activation::gelu;
+use burn::tensor::activation::{gelu, softmax};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::ops::Range;
@@ -44,7 +45,7 @@ impl fmt::Display for CompressorType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Readout {
-    /// Segment means of the backbone's states; for n_layers they enter the generator after
+    /// Weighted segment means of the backbone's states; for n_layers they enter the generator after
     /// its layer k.
     Pooled,
     /// OSCAR's learned memory tokens, projected, at the generator's input.
@@ -103,7 +104,7 @@ pub struct CompressorConfig {
 }
 
 /// The measured best recipe at the seed's scale (README, "Rate 2"): a copy of the
-/// generator's first 20 layers, up to 64 memory vectors per 128-token chunk, each the mean of 2
+/// generator's first 20 layers, up to 64 memory vectors per 128-token chunk, each a weighted mean of 2
 /// tokens' layer-20 states, entering the generator after its layer 20. `scaledown train`'s
 /// defaults and the page's fresh compressor.
 impl Default for CompressorConfig {
@@ -283,7 +284,16 @@ pub struct Compressor {
     /// Generator layers the memory vectors skip (see [`CompressorConfig::memory_layer`]).
     /// A setting, not a weight.
     pub memory_layer: usize,
+    /// The pooled readout's scorer `[d]`: a segment's weights are the softmax of
+    /// `POOL_SCORE_SCALE * w · rmsnorm(state)` over its tokens. Zero at the start, so the
+    /// pooled vectors begin as plain means; training lets a segment keep the tokens a question
+    /// needs instead of their blur. (A checkpoint without it loads with the zero start.)
+    pub pool_scorer: Option<Param<Tensor<1>>>,
 }
+
+/// Multiplies the scorer's logits: with Adam the scorer moves about one learning rate per
+/// step, so a few hundred steps at 1.5e-4 would leave the logits' spread under one.
+const POOL_SCORE_SCALE: f32 = 4.0;
 
 impl Compressor {
     fn new(
@@ -303,6 +313,7 @@ impl Compressor {
             max_vectors: config.num_memory_tokens,
             pool_rate: if pooled { config.compression_rate } else { 0 },
             memory_layer: config.memory_layer(),
+            pool_scorer: pooled.then(|| Param::from_tensor(Tensor::zeros([d], device))),
         }
     }
 
@@ -608,7 +619,7 @@ impl Compressor {
     }
 
     /// Each chunk's memory states (and `RR` state) read off the backbone's states
-    /// `[rows, width, d]`: the means of its document's segments (pooled readout) or the states
+    /// `[rows, width, d]`: the weighted means of its document's segments (pooled readout) or the states
     /// at its memory tokens.
     fn readout(&self, hidden: Tensor<3>, placements: &[Placement]) -> Vec<ChunkStates> {
         let d = hidden.dims()[2];
@@ -629,7 +640,7 @@ impl Compressor {
                     .iter()
                     .map(|p| (p.row, p.start + p.document.start..p.start + p.document.end))
                     .collect();
-                let pooled = segment_means(hidden.clone(), &documents, r);
+                let pooled = segment_pool(hidden.clone(), &documents, r, self.pool_scorer.as_ref());
                 let mut start = 0;
                 placements
                     .iter()
@@ -661,32 +672,54 @@ impl Compressor {
     }
 }
 
-/// The means of `hidden` `[batch, width, d]` over segments of `r` positions of each
-/// `(row, document range)` (a shorter last segment is averaged over what it has), in order:
-/// `[Σ segments, d]`. One product with a matrix of averaging weights, so that the gradient
-/// of every state is one pass.
-fn segment_means(hidden: Tensor<3>, documents: &[(usize, Range<usize>)], r: usize) -> Tensor<2> {
+/// The weighted means of `hidden` `[batch, width, d]` over segments of `r` positions of each
+/// `(row, document range)` (a shorter last segment pools what it has), in order:
+/// `[Σ segments, d]`. Without a scorer every token of a segment weighs the same; with one, a
+/// segment's weights are the softmax of its tokens' scores. One product with a matrix of
+/// weights, so that the gradient of every state is one pass.
+fn segment_pool(
+    hidden: Tensor<3>,
+    documents: &[(usize, Range<usize>)],
+    r: usize,
+    scorer: Option<&Param<Tensor<1>>>,
+) -> Tensor<2> {
     let [batch, width, d] = hidden.dims();
     let segments: usize = documents
         .iter()
         .map(|(_, doc)| doc.len().div_ceil(r).max(1))
         .sum();
-    let mut weights = vec![0.0f32; segments * batch * width];
+    let mut member = vec![false; segments * batch * width];
     let mut row = 0;
     for (i, doc) in documents {
         let i = *i;
         for seg in (doc.start..doc.end.max(doc.start + 1)).step_by(r) {
             let end = (seg + r).min(doc.end.max(doc.start + 1));
             for t in seg..end {
-                weights[row * batch * width + i * width + t] = 1.0 / (end - seg) as f32;
+                member[row * batch * width + i * width + t] = true;
             }
             row += 1;
         }
     }
     let device = hidden.device();
-    let weights =
-        Tensor::<2>::from_data(TensorData::new(weights, [segments, batch * width]), &device);
-    weights.matmul(hidden.reshape([batch * width, d]))
+    let flat = hidden.reshape([batch * width, d]);
+    let outside =
+        Tensor::<2, Bool>::from_data(TensorData::new(member, [segments, batch * width]), &device)
+            .bool_not();
+    let scores = match scorer {
+        // `[batch * width, 1]` -> `[1, batch * width]`, the same for every segment.
+        Some(w) => {
+            let normed = flat.clone() / (flat.clone().powf_scalar(2.0).mean_dim(1) + 1e-6).sqrt();
+            normed
+                .matmul(w.val().reshape([d, 1]))
+                .mul_scalar(POOL_SCORE_SCALE)
+                .reshape([1, batch * width])
+                .expand([segments, batch * width])
+        }
+        None => Tensor::zeros([segments, batch * width], &device),
+    };
+    // Finite, so that no backend meets inf - inf; exp(-1e9) is 0 in f32 all the same.
+    let weights = softmax(scores.mask_fill(outside, -1.0e9), 1);
+    weights.matmul(flat)
 }
 
 /// The most positions in a row of one question's chunks ([`Compressor::compress_after_query`]).

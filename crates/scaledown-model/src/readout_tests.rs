@@ -27,6 +27,7 @@ fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
     (a - b).abs().max().into_scalar()
 }
 
+/// A fresh compressor: its scorer is zero, every token of a segment weighs the same.
 #[test]
 fn a_pooled_vector_is_the_mean_of_its_segments_layer_k_states() {
     let model = tiny_pooled(CompressorType::NLayers, 2).for_inference();
@@ -71,6 +72,74 @@ fn a_pooled_vector_is_the_mean_of_its_segments_layer_k_states() {
     let expected = Tensor::cat(vec![mean(2..6), mean(6..8)], 0);
     let err = max_diff(memory, expected);
     assert!(err < 1e-5, "{err}");
+}
+
+/// With a trained scorer a segment's vector is the softmax-weighted mean of its states, and
+/// the chunks of a batch or of one row still equal each chunk alone.
+#[test]
+fn a_scored_segment_weighs_its_states_by_the_softmax_of_their_scores() {
+    let mut model = tiny_pooled(CompressorType::NLayers, 2);
+    let device = Device::flex();
+    device.seed(11);
+    let w = Tensor::<1>::random([64], burn::tensor::Distribution::Normal(0.0, 0.5), &device);
+    model.compressor.pool_scorer = Some(burn::module::Param::from_tensor(w.clone()));
+    let model = model.for_inference();
+    let encoded = Encoded {
+        chunks: vec![vec![1, 2, 3, 4, 5, 6, 7, 8]],
+        query_tokens: 2,
+        chunk_documents: vec![0],
+        ..example().encoded
+    };
+    let memory = model.memory_vectors(&encoded);
+    let Backbone::Decoder(stack) = &model.compressor.backbone else {
+        unreachable!("n_layers")
+    };
+    let x = model
+        .generator
+        .embed(ids_tensor(&encoded.chunks[0], &device));
+    let step = crate::llama::LayerStep {
+        rope: &stack.rope,
+        start: 0,
+        positions: None,
+        layer: 0,
+        cache: &mut KvCache::new(1),
+    };
+    let states = stack.layers[0].forward(x, step, None).reshape([8, 64]);
+    let normed = states.clone() / (states.clone().powf_scalar(2.0).mean_dim(1) + 1e-6).sqrt();
+    let scores = normed
+        .matmul(w.reshape([64, 1]))
+        .mul_scalar(4.0)
+        .reshape([1, 8]);
+    let pool = |r: std::ops::Range<usize>| {
+        let weights = burn::tensor::activation::softmax(scores.clone().slice([0..1, r.clone()]), 1);
+        weights.matmul(states.clone().slice([r, 0..64]))
+    };
+    let expected = Tensor::cat(vec![pool(2..6), pool(6..8)], 0);
+    let plain = Tensor::cat(
+        vec![
+            states.clone().slice([2..6, 0..64]).mean_dim(0),
+            states.clone().slice([6..8, 0..64]).mean_dim(0),
+        ],
+        0,
+    );
+    assert!(
+        max_diff(memory.clone(), plain) > 1e-3,
+        "the scorer changes the vectors"
+    );
+    let err = max_diff(memory, expected);
+    assert!(err < 1e-5, "{err}");
+
+    let encoded = Encoded {
+        chunks: vec![vec![1, 2, 3, 4, 5, 6], vec![1, 2, 7], vec![9, 8, 7, 6, 5]],
+        query_tokens: 1,
+        chunk_documents: vec![0, 0, 1],
+        ..example().encoded
+    };
+    let diff = max_diff(
+        model.memory_vectors(&encoded),
+        memory_of_each_chunk_alone(&model, &encoded),
+    );
+    assert!(diff < 1e-5, "batched differs by {diff}");
 }
 
 #[test]
@@ -332,10 +401,24 @@ fn the_pooled_readout_trains_and_reloads() {
             after < 0.5 * before,
             "{compressor_type}: {before} -> {after}"
         );
+        let scorer = |m: &Oscar| m.compressor.pool_scorer.as_ref().expect("pooled").val();
+        let moved: f32 = scorer(&model).abs().max().into_scalar();
+        assert!(
+            moved > 0.0,
+            "{compressor_type}: the scorer left its zero start"
+        );
         let bytes = trainable_to_safetensors(&model);
-        let reloaded = load_trainable(oscar_over(generator, &cfg), &bytes).unwrap();
+        let reloaded = load_trainable(oscar_over(generator.clone(), &cfg), &bytes).unwrap();
         let again = loss_of(&reloaded, &ex);
         assert!((after - again).abs() < 1e-5, "{after} vs {again}");
+
+        // A checkpoint written before the scorer existed loads with the zero start: plain means.
+        let mut older = oscar_over(generator.clone(), &cfg);
+        older.compressor.pool_scorer = None;
+        let bytes = trainable_to_safetensors(&older);
+        let loaded = load_trainable(oscar_over(generator, &cfg), &bytes).unwrap();
+        let zero: f32 = scorer(&loaded).abs().max().into_scalar();
+        assert_eq!(zero, 0.0, "{compressor_type}");
     }
 }
 

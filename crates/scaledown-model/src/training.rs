@@ -468,6 +468,9 @@ fn take_memory_grads(compressor: &Compressor, grads: &mut GradientsParams) -> Gr
     if let Some(head) = &compressor.rerank {
         head.visit(&mut taken);
     }
+    if let Some(scorer) = &compressor.pool_scorer {
+        taken.visit_float(scorer);
+    }
     taken.to
 }
 
