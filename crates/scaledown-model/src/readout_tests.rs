@@ -27,6 +27,24 @@ fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
     (a - b).abs().max().into_scalar()
 }
 
+/// The states `[n, 64]` of a tiny n_layers compressor's one copied layer over `tokens` alone.
+fn copied_layer_states(model: &Oscar, tokens: &[u32]) -> Tensor<2> {
+    let Backbone::Decoder(stack) = &model.compressor.backbone else {
+        unreachable!("n_layers")
+    };
+    let x = model.generator.embed(ids_tensor(tokens, &Device::flex()));
+    let step = crate::llama::LayerStep {
+        rope: &stack.rope,
+        start: 0,
+        positions: None,
+        layer: 0,
+        cache: &mut KvCache::new(1),
+    };
+    stack.layers[0]
+        .forward(x, step, None)
+        .reshape([tokens.len(), 64])
+}
+
 /// A fresh compressor: its scorer is zero, every token of a segment weighs the same.
 #[test]
 fn a_pooled_vector_is_the_mean_of_its_segments_layer_k_states() {
@@ -47,28 +65,8 @@ fn a_pooled_vector_is_the_mean_of_its_segments_layer_k_states() {
         "one vector per 4 tokens, a short last one"
     );
     assert_eq!(encoded.memory_vectors(&pooled(CompressorType::NLayers)), 2);
-    let Backbone::Decoder(stack) = &model.compressor.backbone else {
-        unreachable!("n_layers")
-    };
-    let device = Device::flex();
-    let x = model
-        .generator
-        .embed(ids_tensor(&encoded.chunks[0], &device));
-    let step = crate::llama::LayerStep {
-        rope: &stack.rope,
-        start: 0,
-        positions: None,
-        layer: 0,
-        cache: &mut KvCache::new(1),
-    };
-    let states = stack.layers[0].forward(x, step, None);
-    let mean = |r: std::ops::Range<usize>| {
-        states
-            .clone()
-            .slice([0..1, r, 0..64])
-            .mean_dim(1)
-            .reshape([1, 64])
-    };
+    let states = copied_layer_states(&model, &encoded.chunks[0]);
+    let mean = |r: std::ops::Range<usize>| states.clone().slice([r, 0..64]).mean_dim(0);
     let expected = Tensor::cat(vec![mean(2..6), mean(6..8)], 0);
     let err = max_diff(memory, expected);
     assert!(err < 1e-5, "{err}");
@@ -91,20 +89,7 @@ fn a_scored_segment_weighs_its_states_by_the_softmax_of_their_scores() {
         ..example().encoded
     };
     let memory = model.memory_vectors(&encoded);
-    let Backbone::Decoder(stack) = &model.compressor.backbone else {
-        unreachable!("n_layers")
-    };
-    let x = model
-        .generator
-        .embed(ids_tensor(&encoded.chunks[0], &device));
-    let step = crate::llama::LayerStep {
-        rope: &stack.rope,
-        start: 0,
-        positions: None,
-        layer: 0,
-        cache: &mut KvCache::new(1),
-    };
-    let states = stack.layers[0].forward(x, step, None).reshape([8, 64]);
+    let states = copied_layer_states(&model, &encoded.chunks[0]);
     let normed = states.clone() / (states.clone().powf_scalar(2.0).mean_dim(1) + 1e-6).sqrt();
     let scores = normed
         .matmul(w.reshape([64, 1]))
