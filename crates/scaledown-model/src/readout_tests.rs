@@ -27,6 +27,16 @@ fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
     (a - b).abs().max().into_scalar()
 }
 
+/// One chunk: a query of 2 tokens, then 6 document tokens.
+fn query_of_2_then_6_document_tokens() -> Encoded {
+    Encoded {
+        chunks: vec![vec![1, 2, 3, 4, 5, 6, 7, 8]],
+        query_tokens: 2,
+        chunk_documents: vec![0],
+        ..example().encoded
+    }
+}
+
 /// The states `[n, 64]` of a tiny n_layers compressor's one copied layer over `tokens` alone.
 fn copied_layer_states(model: &Oscar, tokens: &[u32]) -> Tensor<2> {
     let Backbone::Decoder(stack) = &model.compressor.backbone else {
@@ -51,13 +61,8 @@ fn a_pooled_vector_is_the_mean_of_its_segments_layer_k_states() {
     let model = tiny_pooled(CompressorType::NLayers, 2).for_inference();
     assert_eq!(model.compressor.memory_layer, 1, "after the copied layer");
     assert!(model.compressor.memory.is_none() && model.compressor.projector.is_none());
-    // A query of 2 tokens, then 6 document tokens: segments of 4 (rate 4) hold 4 and 2.
-    let encoded = Encoded {
-        chunks: vec![vec![1, 2, 3, 4, 5, 6, 7, 8]],
-        query_tokens: 2,
-        chunk_documents: vec![0],
-        ..example().encoded
-    };
+    // Segments of 4 (rate 4) hold 4 and 2 of the 6 document tokens.
+    let encoded = query_of_2_then_6_document_tokens();
     let memory = model.memory_vectors(&encoded);
     assert_eq!(
         memory.dims(),
@@ -82,12 +87,7 @@ fn a_scored_segment_weighs_its_states_by_the_softmax_of_their_scores() {
     let w = Tensor::<1>::random([64], burn::tensor::Distribution::Normal(0.0, 0.5), &device);
     model.compressor.pool_scorer = Some(burn::module::Param::from_tensor(w.clone()));
     let model = model.for_inference();
-    let encoded = Encoded {
-        chunks: vec![vec![1, 2, 3, 4, 5, 6, 7, 8]],
-        query_tokens: 2,
-        chunk_documents: vec![0],
-        ..example().encoded
-    };
+    let encoded = query_of_2_then_6_document_tokens();
     let memory = model.memory_vectors(&encoded);
     let states = copied_layer_states(&model, &encoded.chunks[0]);
     let normed = states.clone() / (states.clone().powf_scalar(2.0).mean_dim(1) + 1e-6).sqrt();
