@@ -91,9 +91,9 @@ pub struct TrainArgs {
     /// at the seed's scale (README, "Rate 2").
     #[arg(long, alias = "compression_rate", default_value_t = CompressorConfig::default().compression_rate as u32, value_parser = clap::value_parser!(u32).range(1..=512))]
     pub compression_rate: u32,
-    /// How the compressor's states become memory vectors: pooled (memory vector j is the mean
-    /// of the states of the R document tokens it stands for; with n_layers they enter the
-    /// generator after its layer N) or memory-tokens (OSCAR's L learned tokens after the
+    /// How the compressor's states become memory vectors: pooled (memory vector j is a
+    /// weighted mean of the states of the R document tokens it stands for, the weights learned,
+    /// plain at the start; with n_layers they enter the generator after its layer N) or memory-tokens (OSCAR's L learned tokens after the
     /// chunk, through an MLP projector, at the generator's input).
     #[arg(long, default_value = "pooled")]
     #[serde(default = "memory_tokens")]
