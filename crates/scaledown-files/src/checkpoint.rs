@@ -198,7 +198,8 @@ pub fn save(
 }
 
 // The files of a checkpoint folder (besides the manifest).
-/// The compressor's shapes, the model files, LoRA: what rebuilds the model ([`scaledown_model::checkpoint::OscarSetup`]).
+/// The compressor's shapes, the model files, LoRA: what rebuilds the model
+/// ([`scaledown_model::checkpoint::OscarSetup`]).
 pub const SETUP_FILE: &str = "setup.json";
 /// The trained tensors (compressor, LoRA factors) by module path.
 pub const TRAINABLE_FILE: &str = "trainable.safetensors";

@@ -45,8 +45,8 @@ impl fmt::Display for CompressorType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Readout {
-    /// Weighted segment means of the backbone's states; for n_layers they enter the generator after
-    /// its layer k.
+    /// Weighted segment means of the backbone's states; for n_layers they enter the generator
+    /// after its layer k.
     Pooled,
     /// OSCAR's learned memory tokens, projected, at the generator's input.
     MemoryTokens,
@@ -104,9 +104,9 @@ pub struct CompressorConfig {
 }
 
 /// The measured best recipe at the seed's scale (README, "Rate 2"): a copy of the
-/// generator's first 20 layers, up to 64 memory vectors per 128-token chunk, each a weighted mean of 2
-/// tokens' layer-20 states, entering the generator after its layer 20. `scaledown train`'s
-/// defaults and the page's fresh compressor.
+/// generator's first 20 layers, up to 64 memory vectors per 128-token chunk, each a weighted
+/// mean of 2 tokens' layer-20 states, entering the generator after its layer 20. `scaledown
+/// train`'s defaults and the page's fresh compressor.
 impl Default for CompressorConfig {
     fn default() -> Self {
         Self {
@@ -293,7 +293,7 @@ pub struct Compressor {
 
 /// Multiplies the scorer's logits: with Adam the scorer moves about one learning rate per
 /// step, so a few hundred steps at 1.5e-4 would leave the logits' spread under one.
-const POOL_SCORE_SCALE: f32 = 4.0;
+pub(crate) const POOL_SCORE_SCALE: f32 = 4.0;
 
 impl Compressor {
     fn new(
@@ -619,8 +619,8 @@ impl Compressor {
     }
 
     /// Each chunk's memory states (and `RR` state) read off the backbone's states
-    /// `[rows, width, d]`: the weighted means of its document's segments (pooled readout) or the states
-    /// at its memory tokens.
+    /// `[rows, width, d]`: the weighted means of its document's segments (pooled readout) or the
+    /// states at its memory tokens.
     fn readout(&self, hidden: Tensor<3>, placements: &[Placement]) -> Vec<ChunkStates> {
         let d = hidden.dims()[2];
         let at = |p: &Placement, from: usize, n: usize| {

@@ -2,7 +2,9 @@
 //! generator, and that batching, caching, training and checkpoints keep it.
 
 use crate::checkpoint::{load_trainable, trainable_to_safetensors};
-use crate::compressor::{Backbone, ChunkInput, CompressorConfig, CompressorType, Readout};
+use crate::compressor::{
+    Backbone, ChunkInput, CompressorConfig, CompressorType, POOL_SCORE_SCALE, Readout,
+};
 use crate::encoder::Encoder;
 use crate::example::{Encoded, ids_tensor};
 use crate::generation::{GenerationConfig, PrefixCache, argmax};
@@ -93,7 +95,7 @@ fn a_scored_segment_weighs_its_states_by_the_softmax_of_their_scores() {
     let normed = states.clone() / (states.clone().powf_scalar(2.0).mean_dim(1) + 1e-6).sqrt();
     let scores = normed
         .matmul(w.reshape([64, 1]))
-        .mul_scalar(4.0)
+        .mul_scalar(POOL_SCORE_SCALE)
         .reshape([1, 8]);
     let pool = |r: std::ops::Range<usize>| {
         let weights = burn::tensor::activation::softmax(scores.clone().slice([0..1, r.clone()]), 1);
