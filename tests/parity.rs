@@ -309,6 +309,7 @@ fn the_pooled_readout_answers_alike_on_wgpu_and_flex() {
         readout: Readout::Pooled,
         projector: false,
         rerank: false,
+        ..CompressorConfig::default()
     };
     let generator = LlamaConfig::tiny(40).init(&flex);
     let model = Oscar::assemble(&config, generator, None, None, &flex)

@@ -259,6 +259,37 @@ fn init_from_starts_a_fresh_epoch_from_another_runs_weights() {
         &["--max-steps", "5", "--init-from", &s.p("nowhere")],
     );
     fails_with(&o, &["--init-from", "nowhere"]);
+
+    // A checkpoint from before the scores' factor was recorded (no such field in its setup,
+    // no manifest) goes on with the factor its scorer trained with, 4, not today's default.
+    let older = s.dir.join("older/checkpoints/final");
+    std::fs::create_dir_all(&older).unwrap();
+    for file in [
+        "setup.json",
+        "recipe.json",
+        "state.json",
+        "trainable.safetensors",
+    ] {
+        std::fs::copy(
+            s.dir.join("stage1/checkpoints/final").join(file),
+            older.join(file),
+        )
+        .unwrap();
+    }
+    let mut setup = read_json(&older.join("setup.json"));
+    let factor = |setup: &serde_json::Value| setup["compressor"]["pool_score_scale"].as_f64();
+    assert_eq!(factor(&setup), Some(16.0));
+    setup["compressor"]
+        .as_object_mut()
+        .unwrap()
+        .remove("pool_score_scale");
+    std::fs::write(older.join("setup.json"), setup.to_string()).unwrap();
+    ok(&s.train(
+        "stage5",
+        &["--max-steps", "1", "--init-from", &s.p("older")],
+    ));
+    let continued = read_json(&s.dir.join("stage5/checkpoints/final/setup.json"));
+    assert_eq!(factor(&continued), Some(4.0));
 }
 
 /// Every checkpoint carries a manifest (each file's SHA-256 and size): `eval` refuses a

@@ -227,6 +227,7 @@ impl TrainArgs {
                 readout: self.readout,
                 projector: CompressorConfig::needs_projector(compressor_type, self.readout),
                 rerank: self.rerank,
+                ..CompressorConfig::default()
             },
             lora: (self.generator_training == GeneratorTraining::Lora)
                 .then_some(LoraSettings::OSCAR),

@@ -46,7 +46,7 @@ struct Run {
 /// Checks the flags, reads the data and builds the model, or loads it with `--resume`: the
 /// run, its model and its progress so far.
 fn start(models_dir: &Path, a: &TrainArgs) -> Result<(Run, checkpoint::Pipeline, TrainState)> {
-    let recipe = a.recipe();
+    let mut recipe = a.recipe();
     let compressor_type = recipe.compressor.compressor_type;
     let device = a.backend.device().map_err(anyhow::Error::msg)?;
     // The compressor's memory tokens and projector, and the LoRA factors, start random.
@@ -102,7 +102,7 @@ fn start(models_dir: &Path, a: &TrainArgs) -> Result<(Run, checkpoint::Pipeline,
             a.keep_top
         );
     }
-    let setup = recipe.setup(generator, encoder);
+    let mut setup = recipe.setup(generator, encoder);
 
     let checkpoints = out.join("checkpoints");
     let resume_from = if a.resume {
@@ -120,6 +120,13 @@ fn start(models_dir: &Path, a: &TrainArgs) -> Result<(Run, checkpoint::Pipeline,
         (None, Some(path)) => Some(checkpoint::named_by(path).context("--init-from")?),
         _ => None,
     };
+    // A trained scorer is read with the factor it was trained with (4 in checkpoints from
+    // before the factor was recorded), whatever this binary's default.
+    if let Some(dir) = resume_from.as_ref().map(|(_, d)| d).or(init_from.as_ref()) {
+        let scale = checkpoint::read_setup(dir)?.compressor.pool_score_scale;
+        setup.compressor.pool_score_scale = scale;
+        recipe.compressor.pool_score_scale = scale;
+    }
     let (mut loaded, state) = match (&resume_from, &init_from) {
         (Some((step, dir)), _) => {
             println!("resuming from {} (step {step})", dir.display());

@@ -101,6 +101,10 @@ pub struct CompressorConfig {
     /// hidden state a dense layer turns into the chunk's relevance score.
     #[serde(default)]
     pub rerank: bool,
+    /// The factor on the pooled readout's scores (see [`Compressor::pool_scorer`]); a setup
+    /// written before it was recorded trained its scorer with 4.
+    #[serde(default = "CompressorConfig::first_pool_score_scale")]
+    pub pool_score_scale: f32,
 }
 
 /// The measured best recipe at the seed's scale (README, "Rate 2"): a copy of the
@@ -117,6 +121,7 @@ impl Default for CompressorConfig {
             readout: Readout::Pooled,
             projector: false,
             rerank: false,
+            pool_score_scale: POOL_SCORE_SCALE,
         }
     }
 }
@@ -135,7 +140,12 @@ impl CompressorConfig {
             readout: Readout::Pooled,
             projector: false,
             rerank: false,
+            pool_score_scale: POOL_SCORE_SCALE,
         }
+    }
+
+    fn first_pool_score_scale() -> f32 {
+        4.0
     }
 
     /// Whether the readout needs a map to the generator's input: the pooled n_layers states
@@ -285,15 +295,18 @@ pub struct Compressor {
     /// A setting, not a weight.
     pub memory_layer: usize,
     /// The pooled readout's scorer `[d]`: a segment's weights are the softmax of
-    /// `POOL_SCORE_SCALE * w · rmsnorm(state)` over its tokens. Zero at the start, so the
+    /// `pool_score_scale * w · rmsnorm(state)` over its tokens. Zero at the start, so the
     /// pooled vectors begin as plain means; training lets a segment keep the tokens a question
     /// needs instead of their blur. (A checkpoint without it loads with the zero start.)
     pub pool_scorer: Option<Param<Tensor<1>>>,
+    /// [`CompressorConfig::pool_score_scale`]. A setting, not a weight.
+    pub pool_score_scale: f32,
 }
 
 /// Multiplies the scorer's logits: with Adam the scorer moves about one learning rate per
-/// step, so a few hundred steps at 1.5e-4 would leave the logits' spread under one.
-pub(crate) const POOL_SCORE_SCALE: f32 = 4.0;
+/// step, so a few hundred steps at 1.5e-4 would leave the logits' spread under one. 16
+/// measured better than 4 at rate 16 (README, "Scored pooling").
+pub(crate) const POOL_SCORE_SCALE: f32 = 16.0;
 
 impl Compressor {
     fn new(
@@ -314,6 +327,7 @@ impl Compressor {
             pool_rate: if pooled { config.compression_rate } else { 0 },
             memory_layer: config.memory_layer(),
             pool_scorer: pooled.then(|| Param::from_tensor(Tensor::zeros([d], device))),
+            pool_score_scale: config.pool_score_scale,
         }
     }
 
@@ -640,7 +654,11 @@ impl Compressor {
                     .iter()
                     .map(|p| (p.row, p.start + p.document.start..p.start + p.document.end))
                     .collect();
-                let pooled = segment_pool(hidden.clone(), &documents, r, self.pool_scorer.as_ref());
+                let scorer = self
+                    .pool_scorer
+                    .as_ref()
+                    .map(|w| (w, self.pool_score_scale));
+                let pooled = segment_pool(hidden.clone(), &documents, r, scorer);
                 let mut start = 0;
                 placements
                     .iter()
@@ -681,7 +699,7 @@ fn segment_pool(
     hidden: Tensor<3>,
     documents: &[(usize, Range<usize>)],
     r: usize,
-    scorer: Option<&Param<Tensor<1>>>,
+    scorer: Option<(&Param<Tensor<1>>, f32)>,
 ) -> Tensor<2> {
     let [batch, width, d] = hidden.dims();
     let segments: usize = documents
@@ -707,11 +725,11 @@ fn segment_pool(
             .bool_not();
     let scores = match scorer {
         // `[batch * width, 1]` -> `[1, batch * width]`, the same for every segment.
-        Some(w) => {
+        Some((w, scale)) => {
             let normed = flat.clone() / (flat.clone().powf_scalar(2.0).mean_dim(1) + 1e-6).sqrt();
             normed
                 .matmul(w.val().reshape([d, 1]))
-                .mul_scalar(POOL_SCORE_SCALE)
+                .mul_scalar(scale)
                 .reshape([1, batch * width])
                 .expand([segments, batch * width])
         }

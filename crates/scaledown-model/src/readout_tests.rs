@@ -79,11 +79,18 @@ fn a_pooled_vector_is_the_mean_of_its_segments_layer_k_states() {
     assert!(err < 1e-5, "{err}");
 }
 
-/// With a trained scorer a segment's vector is the softmax-weighted mean of its states, and
-/// the chunks of a batch or of one row still equal each chunk alone.
+/// With a trained scorer a segment's vector is the softmax-weighted mean of its states, its
+/// scores scaled by the setup's factor (4 here, not the default), and the chunks of a batch or
+/// of one row still equal each chunk alone.
 #[test]
 fn a_scored_segment_weighs_its_states_by_the_softmax_of_their_scores() {
-    let mut model = tiny_pooled(CompressorType::NLayers, 2);
+    let older = 4.0;
+    assert_ne!(older, POOL_SCORE_SCALE);
+    let config = CompressorConfig {
+        pool_score_scale: older,
+        ..pooled(CompressorType::NLayers)
+    };
+    let mut model = tiny::oscar(&config, 2);
     let device = Device::flex();
     device.seed(11);
     let w = Tensor::<1>::random([64], burn::tensor::Distribution::Normal(0.0, 0.5), &device);
@@ -95,7 +102,7 @@ fn a_scored_segment_weighs_its_states_by_the_softmax_of_their_scores() {
     let normed = states.clone() / (states.clone().powf_scalar(2.0).mean_dim(1) + 1e-6).sqrt();
     let scores = normed
         .matmul(w.reshape([64, 1]))
-        .mul_scalar(POOL_SCORE_SCALE)
+        .mul_scalar(older)
         .reshape([1, 8]);
     let pool = |r: std::ops::Range<usize>| {
         let weights = burn::tensor::activation::softmax(scores.clone().slice([0..1, r.clone()]), 1);
@@ -407,6 +414,21 @@ fn the_pooled_readout_trains_and_reloads() {
         let zero: f32 = scorer(&loaded).abs().max().into_scalar();
         assert_eq!(zero, 0.0, "{compressor_type}");
     }
+}
+
+/// A setup written before the scores' factor was recorded says its scorer trained with 4; a
+/// setup written now records the default.
+#[test]
+fn a_setup_records_its_scores_factor() {
+    let before = r#"{"compressor_type": "n_layers", "num_layers": 20, "num_memory_tokens": 8,
+        "compression_rate": 16, "readout": "pooled", "projector": false, "rerank": false}"#;
+    let older: CompressorConfig = serde_json::from_str(before).unwrap();
+    assert_eq!(older.pool_score_scale, 4.0);
+    let now = CompressorConfig::default();
+    assert_eq!(now.pool_score_scale, POOL_SCORE_SCALE);
+    let json = serde_json::to_string(&now).unwrap();
+    let read: CompressorConfig = serde_json::from_str(&json).unwrap();
+    assert_eq!(read, now);
 }
 
 /// ModernBERT behind the same encoder compressor (a local window shorter than the chunks):

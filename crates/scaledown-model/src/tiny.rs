@@ -36,6 +36,7 @@ pub fn compressor_config(compressor_type: CompressorType, readout: Readout) -> C
         projector: CompressorConfig::needs_projector(compressor_type, readout),
         rerank: false,
         readout,
+        pool_score_scale: crate::compressor::POOL_SCORE_SCALE,
     }
 }
 

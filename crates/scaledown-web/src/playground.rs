@@ -47,6 +47,7 @@ fn tiny_compressor() -> CompressorConfig {
         readout: Readout::Pooled,
         projector: false,
         rerank: false,
+        ..CompressorConfig::default()
     }
 }
 
