@@ -261,7 +261,9 @@ fn init_from_starts_a_fresh_epoch_from_another_runs_weights() {
     fails_with(&o, &["--init-from", "nowhere"]);
 
     // A checkpoint from before the scores' factor was recorded (no such field in its setup,
-    // no manifest) goes on with the factor its scorer trained with, 4, not today's default.
+    // no manifest) goes on with the factor its scorer trained with, 4, not the 16 of its rate.
+    let rate_16 = ["--compression-rate", "16", "--num-memory-tokens", "2"];
+    ok(&s.train("r16", &[&["--max-steps", "2"][..], &rate_16].concat()));
     let older = s.dir.join("older/checkpoints/final");
     std::fs::create_dir_all(&older).unwrap();
     for file in [
@@ -271,7 +273,7 @@ fn init_from_starts_a_fresh_epoch_from_another_runs_weights() {
         "trainable.safetensors",
     ] {
         std::fs::copy(
-            s.dir.join("stage1/checkpoints/final").join(file),
+            s.dir.join("r16/checkpoints/final").join(file),
             older.join(file),
         )
         .unwrap();
@@ -284,10 +286,13 @@ fn init_from_starts_a_fresh_epoch_from_another_runs_weights() {
         .unwrap()
         .remove("pool_score_scale");
     std::fs::write(older.join("setup.json"), setup.to_string()).unwrap();
-    ok(&s.train(
-        "stage5",
-        &["--max-steps", "1", "--init-from", &s.p("older")],
-    ));
+    let older_run = s.p("older");
+    let from_older = [
+        &["--max-steps", "1", "--init-from", &older_run][..],
+        &rate_16,
+    ]
+    .concat();
+    ok(&s.train("stage5", &from_older));
     let continued = read_json(&s.dir.join("stage5/checkpoints/final/setup.json"));
     assert_eq!(factor(&continued), Some(4.0));
 }

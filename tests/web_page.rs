@@ -433,7 +433,7 @@ fn the_page_answers_with_smollm2_and_a_checkpoint_fetched_by_url() {
             readout: Readout::Pooled,
             projector: false,
             rerank: false,
-            ..CompressorConfig::default()
+            pool_score_scale: CompressorConfig::measured_pool_score_scale(16),
         },
         ..RunConfig::default()
     };

@@ -121,7 +121,7 @@ impl Default for CompressorConfig {
             readout: Readout::Pooled,
             projector: false,
             rerank: false,
-            pool_score_scale: POOL_SCORE_SCALE,
+            pool_score_scale: Self::measured_pool_score_scale(2),
         }
     }
 }
@@ -140,12 +140,20 @@ impl CompressorConfig {
             readout: Readout::Pooled,
             projector: false,
             rerank: false,
-            pool_score_scale: POOL_SCORE_SCALE,
+            pool_score_scale: Self::measured_pool_score_scale(16),
         }
     }
 
     fn first_pool_score_scale() -> f32 {
         4.0
+    }
+
+    /// The measured factor on the scorer's logits at `compression_rate` (README, "The scorer's
+    /// factor"): with Adam the scorer moves about one learning rate per step, so the factor is
+    /// its pace. 16 at rate 16, where a segment must keep one of 16 tokens; 4 below, where
+    /// rate 2 answered better with it (its segments have 2 tokens, both worth keeping).
+    pub fn measured_pool_score_scale(compression_rate: usize) -> f32 {
+        if compression_rate >= 16 { 16.0 } else { 4.0 }
     }
 
     /// Whether the readout needs a map to the generator's input: the pooled n_layers states
@@ -302,11 +310,6 @@ pub struct Compressor {
     /// [`CompressorConfig::pool_score_scale`]. A setting, not a weight.
     pub pool_score_scale: f32,
 }
-
-/// Multiplies the scorer's logits: with Adam the scorer moves about one learning rate per
-/// step, so a few hundred steps at 1.5e-4 would leave the logits' spread under one. 16
-/// measured better than 4 at rate 16 (README, "Scored pooling").
-pub(crate) const POOL_SCORE_SCALE: f32 = 16.0;
 
 impl Compressor {
     fn new(

@@ -2,9 +2,7 @@
 //! generator, and that batching, caching, training and checkpoints keep it.
 
 use crate::checkpoint::{load_trainable, trainable_to_safetensors};
-use crate::compressor::{
-    Backbone, ChunkInput, CompressorConfig, CompressorType, POOL_SCORE_SCALE, Readout,
-};
+use crate::compressor::{Backbone, ChunkInput, CompressorConfig, CompressorType, Readout};
 use crate::encoder::Encoder;
 use crate::example::{Encoded, ids_tensor};
 use crate::generation::{GenerationConfig, PrefixCache, argmax};
@@ -80,14 +78,14 @@ fn a_pooled_vector_is_the_mean_of_its_segments_layer_k_states() {
 }
 
 /// With a trained scorer a segment's vector is the softmax-weighted mean of its states, its
-/// scores scaled by the setup's factor (4 here, not the default), and the chunks of a batch or
-/// of one row still equal each chunk alone.
+/// scores scaled by the setup's factor (16 here, not the tiny config's), and the chunks of a
+/// batch or of one row still equal each chunk alone.
 #[test]
 fn a_scored_segment_weighs_its_states_by_the_softmax_of_their_scores() {
-    let older = 4.0;
-    assert_ne!(older, POOL_SCORE_SCALE);
+    let factor = 16.0;
+    assert_ne!(factor, pooled(CompressorType::NLayers).pool_score_scale);
     let config = CompressorConfig {
-        pool_score_scale: older,
+        pool_score_scale: factor,
         ..pooled(CompressorType::NLayers)
     };
     let mut model = tiny::oscar(&config, 2);
@@ -102,7 +100,7 @@ fn a_scored_segment_weighs_its_states_by_the_softmax_of_their_scores() {
     let normed = states.clone() / (states.clone().powf_scalar(2.0).mean_dim(1) + 1e-6).sqrt();
     let scores = normed
         .matmul(w.reshape([64, 1]))
-        .mul_scalar(older)
+        .mul_scalar(factor)
         .reshape([1, 8]);
     let pool = |r: std::ops::Range<usize>| {
         let weights = burn::tensor::activation::softmax(scores.clone().slice([0..1, r.clone()]), 1);
@@ -417,15 +415,16 @@ fn the_pooled_readout_trains_and_reloads() {
 }
 
 /// A setup written before the scores' factor was recorded says its scorer trained with 4; a
-/// setup written now records the default.
+/// setup written now records the measured factor of its rate.
 #[test]
 fn a_setup_records_its_scores_factor() {
     let before = r#"{"compressor_type": "n_layers", "num_layers": 20, "num_memory_tokens": 8,
         "compression_rate": 16, "readout": "pooled", "projector": false, "rerank": false}"#;
     let older: CompressorConfig = serde_json::from_str(before).unwrap();
     assert_eq!(older.pool_score_scale, 4.0);
-    let now = CompressorConfig::default();
-    assert_eq!(now.pool_score_scale, POOL_SCORE_SCALE);
+    assert_eq!(CompressorConfig::default().pool_score_scale, 4.0);
+    let now = CompressorConfig::oscar();
+    assert_eq!(now.pool_score_scale, 16.0);
     let json = serde_json::to_string(&now).unwrap();
     let read: CompressorConfig = serde_json::from_str(&json).unwrap();
     assert_eq!(read, now);

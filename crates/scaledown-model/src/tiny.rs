@@ -36,7 +36,7 @@ pub fn compressor_config(compressor_type: CompressorType, readout: Readout) -> C
         projector: CompressorConfig::needs_projector(compressor_type, readout),
         rerank: false,
         readout,
-        pool_score_scale: crate::compressor::POOL_SCORE_SCALE,
+        pool_score_scale: CompressorConfig::measured_pool_score_scale(4),
     }
 }
 

@@ -47,7 +47,7 @@ fn tiny_compressor() -> CompressorConfig {
         readout: Readout::Pooled,
         projector: false,
         rerank: false,
-        ..CompressorConfig::default()
+        pool_score_scale: CompressorConfig::measured_pool_score_scale(16),
     }
 }
 
