@@ -93,8 +93,9 @@ pub struct TrainArgs {
     pub compression_rate: u32,
     /// How the compressor's states become memory vectors: pooled (memory vector j is a
     /// weighted mean of the states of the R document tokens it stands for, the weights learned,
-    /// plain at the start; with n_layers they enter the generator after its layer N) or memory-tokens (OSCAR's L learned tokens after the
-    /// chunk, through an MLP projector, at the generator's input).
+    /// plain at the start; with n_layers they enter the generator after its layer N) or
+    /// memory-tokens (OSCAR's L learned tokens after the chunk, through an MLP projector, at the
+    /// generator's input).
     #[arg(long, default_value = "pooled")]
     #[serde(default = "memory_tokens")]
     pub readout: Readout,
