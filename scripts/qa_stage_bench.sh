@@ -10,6 +10,15 @@
 #                                             questions of the train articles (results in
 #                                             runs/qa_stage900_s<SEED>*; the same stage)
 #   QUESTIONS=1800 scripts/qa_stage_bench.sh  the same with 1,350 more (runs/qa_stage1800_s<SEED>*)
+#   RATE=16 scripts/qa_stage_bench.sh         at rate 16 (8 memory vectors per 128-token chunk; the
+#                                             scorer's factor 16): runs/qa_stage_r16_s<SEED>* (README,
+#                                             "The scorer's factor"; about 25 minutes per seed)
+#   PRETRAIN=480 RATE=16 scripts/qa_stage_bench.sh
+#                                             480 windows of LoRA pretraining (half auto-encoding,
+#                                             half continuation) before the stage (README, "Rate 16:
+#                                             ... LoRA pretraining first"; about 10 minutes more):
+#                                             runs/qa_stage_pre480_r16_s<SEED>* (.pretrained: its
+#                                             curve and checkpoint)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scaledown/target}"
@@ -33,14 +42,39 @@ case "$questions" in
   *) echo "QUESTIONS=$questions: 450, 900 or 1800" >&2; exit 1 ;;
 esac
 
+rate=(); tag=
+case "${RATE:-2}" in
+  2) ;;
+  16) rate=(--compression-rate 16 --num-memory-tokens 8); tag=_r16 ;;
+  *) echo "RATE=$RATE: 2 or 16" >&2; exit 1 ;;
+esac
+pretrain=${PRETRAIN:-0}
+case "$pretrain" in
+  0) ;;
+  '' | *[!0-9]*) echo "PRETRAIN=$pretrain: a number of windows" >&2; exit 1 ;;
+  *) [ $((pretrain % 4)) = 0 ] || { echo "PRETRAIN=$pretrain: a multiple of 4 (the batch)" >&2; exit 1; }
+     tag=_pre$pretrain$tag ;;
+esac
+
 seeds=("$@")
 [ ${#seeds[@]} -gt 0 ] || seeds=(42 7)
 for s in "${seeds[@]}"; do
-  out=runs/qa_stage_s$s
-  "$sd" train --train-data data/hotpot400_gold.json --eval-data data/squad500_eval.json \
-    --max-eval-examples 10 --seed "$s" --resume --output-dir "$out/stage" | tee "$out.stage.log"
-  qa=runs/${epoch}_s$s
-  "$sd" train --train-data "$train" --eval-data data/squad500_eval.json \
+  from=()
+  if [ "$pretrain" != 0 ]; then
+    pre=runs/qa_stage${tag}_s$s.pretrained
+    "$sd" pretrain "${rate[@]}" --train-data data/squad500.json --generator-training lora \
+      --pretrain-data ../shared/data/hotpotqa_dev.jsonl --pretrain-data "$squad" \
+      --pretrain-steps $((pretrain / 4)) --eval-steps $((pretrain / 4)) \
+      --compressor-learning-rate 1e-4 --learning-rate 1e-4 --max-eval-examples 20 \
+      --eval-batch-size 4 --seed "$s" --resume --output-dir "$pre" | tee "$pre.log"
+    from=(--init-from "$pre")
+  fi
+  out=runs/qa_stage${tag}_s$s
+  "$sd" train "${rate[@]}" --train-data data/hotpot400_gold.json --eval-data data/squad500_eval.json \
+    --max-eval-examples 10 "${from[@]}" --seed "$s" --resume --output-dir "$out/stage" |
+    tee "$out.stage.log"
+  qa=runs/${epoch}${tag}_s$s
+  "$sd" train "${rate[@]}" --train-data "$train" --eval-data data/squad500_eval.json \
     --max-eval-examples 50 --init-from "$out/stage" --seed "$s" --resume --output-dir "$qa/qa" |
     tee "$qa.qa.log"
   "$sd" eval --checkpoint "$qa/qa/checkpoints/final" --eval-data data/heldout200.json \
