@@ -433,8 +433,9 @@ fn the_page_answers_with_smollm2_and_a_checkpoint_fetched_by_url() {
             readout: Readout::Pooled,
             projector: false,
             rerank: false,
-            pool_score_scale: CompressorConfig::measured_pool_score_scale(16),
-        },
+            ..CompressorConfig::default()
+        }
+        .with_measured_pool_score_scale(),
         ..RunConfig::default()
     };
     recipe.evaluation.max_new_tokens = 4;

@@ -228,10 +228,9 @@ impl TrainArgs {
                 readout: self.readout,
                 projector: CompressorConfig::needs_projector(compressor_type, self.readout),
                 rerank: self.rerank,
-                pool_score_scale: CompressorConfig::measured_pool_score_scale(
-                    self.compression_rate as usize,
-                ),
-            },
+                ..CompressorConfig::default()
+            }
+            .with_measured_pool_score_scale(),
             lora: (self.generator_training == GeneratorTraining::Lora)
                 .then_some(LoraSettings::OSCAR),
             optimiser: OptimiserConfig {

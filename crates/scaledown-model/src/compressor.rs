@@ -156,6 +156,14 @@ impl CompressorConfig {
         if compression_rate >= 16 { 16.0 } else { 4.0 }
     }
 
+    /// This config with the measured factor of its own rate (one place for the rate, not two).
+    pub fn with_measured_pool_score_scale(self) -> Self {
+        Self {
+            pool_score_scale: Self::measured_pool_score_scale(self.compression_rate),
+            ..self
+        }
+    }
+
     /// Whether the readout needs a map to the generator's input: the pooled n_layers states
     /// are the generator's own layer-N stream; every other readout's are not.
     pub fn needs_projector(compressor_type: CompressorType, readout: Readout) -> bool {

@@ -36,8 +36,9 @@ pub fn compressor_config(compressor_type: CompressorType, readout: Readout) -> C
         projector: CompressorConfig::needs_projector(compressor_type, readout),
         rerank: false,
         readout,
-        pool_score_scale: CompressorConfig::measured_pool_score_scale(4),
+        ..CompressorConfig::default()
     }
+    .with_measured_pool_score_scale()
 }
 
 /// A tiny OSCAR of `config` on the plain device, every random value drawn from `seed`.

@@ -47,8 +47,9 @@ fn tiny_compressor() -> CompressorConfig {
         readout: Readout::Pooled,
         projector: false,
         rerank: false,
-        pool_score_scale: CompressorConfig::measured_pool_score_scale(16),
+        ..CompressorConfig::default()
     }
+    .with_measured_pool_score_scale()
 }
 
 /// The files of a real model, as the user picked or fetched them.
