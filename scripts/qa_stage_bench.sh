@@ -19,6 +19,10 @@
 #                                             ... LoRA pretraining first"; about 10 minutes more):
 #                                             runs/qa_stage_pre480_r16_s<SEED>* (.pretrained: its
 #                                             curve and checkpoint)
+#   PRETRAIN=1920 RATE=16 scripts/qa_stage_bench.sh
+#                                             the same with 1,920 windows (README, "Rate 16: four
+#                                             times the pretraining windows"; about 40 minutes
+#                                             more): runs/qa_stage_pre1920_r16_s<SEED>*
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scaledown/target}"
