@@ -113,15 +113,16 @@ pub struct CompressorConfig {
 /// train`'s defaults and the page's fresh compressor.
 impl Default for CompressorConfig {
     fn default() -> Self {
+        let compression_rate = 2;
         Self {
             compressor_type: CompressorType::NLayers,
             num_layers: 20,
             num_memory_tokens: 64,
-            compression_rate: 2,
+            compression_rate,
             readout: Readout::Pooled,
             projector: false,
             rerank: false,
-            pool_score_scale: Self::measured_pool_score_scale(2),
+            pool_score_scale: Self::measured_pool_score_scale(compression_rate),
         }
     }
 }
@@ -132,15 +133,16 @@ impl CompressorConfig {
     /// the generator after its layer 5: what the benchmark's PyTorch twin runs. (`train`
     /// and the page start from [`CompressorConfig::default`].)
     pub fn oscar() -> Self {
+        let compression_rate = 16;
         Self {
             compressor_type: CompressorType::NLayers,
             num_layers: 5,
             num_memory_tokens: 8,
-            compression_rate: 16,
+            compression_rate,
             readout: Readout::Pooled,
             projector: false,
             rerank: false,
-            pool_score_scale: Self::measured_pool_score_scale(16),
+            pool_score_scale: Self::measured_pool_score_scale(compression_rate),
         }
     }
 
@@ -152,7 +154,7 @@ impl CompressorConfig {
     /// factor"): with Adam the scorer moves about one learning rate per step, so the factor is
     /// its pace. 16 at rate 16, where a segment must keep one of 16 tokens; 4 below, where
     /// rate 2 answered better with it (its segments have 2 tokens, both worth keeping).
-    pub fn measured_pool_score_scale(compression_rate: usize) -> f32 {
+    fn measured_pool_score_scale(compression_rate: usize) -> f32 {
         if compression_rate >= 16 { 16.0 } else { 4.0 }
     }
 
