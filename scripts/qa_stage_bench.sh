@@ -55,7 +55,7 @@ esac
 pretrain=${PRETRAIN:-0}
 case "$pretrain" in
   0) ;;
-  '' | *[!0-9]*) echo "PRETRAIN=$pretrain: a number of windows" >&2; exit 1 ;;
+  '' | *[!0-9]* | 0*) echo "PRETRAIN=$pretrain: a number of windows" >&2; exit 1 ;;
   *) [ $((pretrain % 4)) = 0 ] || { echo "PRETRAIN=$pretrain: a multiple of 4 (the batch)" >&2; exit 1; }
      tag=_pre$pretrain$tag ;;
 esac
