@@ -626,6 +626,41 @@ fn pretrain_writes_the_scaling_curve_and_keeps_its_budget() {
     assert_eq!(report["training"]["step"], 2);
     assert_eq!(report["training"]["pretrain_step"], 12);
 
+    // `pretrain --init-from`: a new phase of 8 steps after those 12, with its own warm-up
+    // and decay (the old schedule would go on at 8/19 of the peak), its curve going on.
+    let log = ok(&run(
+        "phase",
+        &[
+            "--init-from",
+            &out.display().to_string(),
+            "--pretrain-steps",
+            "8",
+            "--logging-steps",
+            "1",
+        ],
+    ));
+    assert!(log.contains("a new pretraining phase"), "{log}");
+    let lr = |step: &str| -> f64 {
+        let line = log
+            .lines()
+            .find(|l| l.starts_with(&format!("pretraining step {step}/20 ")))
+            .unwrap_or_else(|| panic!("no step {step}\n{log}"));
+        let after = line.split(", lr ").nth(1).unwrap();
+        after.split(',').next().unwrap().parse().unwrap()
+    };
+    // (the tiny runs' --compressor-learning-rate; the log prints three digits)
+    let peak = lr("13");
+    assert!((peak / 3e-3 - 1.0).abs() < 0.01, "{log}");
+    assert!((lr("20") / (peak / 7.0) - 1.0).abs() < 0.01, "{log}");
+    let phase = read_json(&s.dir.join("phase/pretraining_curve.json"));
+    let windows: Vec<u64> = phase["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["windows"].as_u64().unwrap())
+        .collect();
+    assert_eq!(windows, [0, 16, 32, 48, 64, 80], "{log}");
+
     // A LoRA run does not resume as a frozen one.
     let o = run(
         "curve",

@@ -197,8 +197,10 @@ pub struct TrainArgs {
     /// Start from the weights of another run's checkpoint (a checkpoint folder, or a run's
     /// --output-dir for its latest one): its compressor and LoRA, and the record of its
     /// pretraining, with a fresh optimiser and a fresh question-answering epoch on
-    /// --train-data. A stage on one dataset, then the epoch on another. The compressor flags
-    /// must match the checkpoint's. Ignored when --resume finds a checkpoint of this run.
+    /// --train-data. A stage on one dataset, then the epoch on another. With `pretrain`: a new
+    /// pretraining phase of --pretrain-steps (its own warm-up and decay) on the windows after
+    /// the ones those weights saw. The compressor flags must match the checkpoint's. Ignored
+    /// when --resume finds a checkpoint of this run.
     #[arg(long, value_name = "DIR")]
     #[serde(default)]
     pub init_from: Option<PathBuf>,

@@ -43,9 +43,21 @@ struct Run {
     resumed_optimizer: Option<(String, Vec<u8>)>,
 }
 
+/// What `--init-from` starts: question answering after the weights' pretraining (`train`), or
+/// a new pretraining phase (`pretrain`).
+#[derive(Clone, Copy, PartialEq)]
+enum Command {
+    Train,
+    Pretrain,
+}
+
 /// Checks the flags, reads the data and builds the model, or loads it with `--resume`: the
 /// run, its model and its progress so far.
-fn start(models_dir: &Path, a: &TrainArgs) -> Result<(Run, checkpoint::Pipeline, TrainState)> {
+fn start(
+    models_dir: &Path,
+    a: &TrainArgs,
+    command: Command,
+) -> Result<(Run, checkpoint::Pipeline, TrainState)> {
     let mut recipe = a.recipe();
     let compressor_type = recipe.compressor.compressor_type;
     let device = a.backend.device().map_err(anyhow::Error::msg)?;
@@ -141,12 +153,20 @@ fn start(models_dir: &Path, a: &TrainArgs) -> Result<(Run, checkpoint::Pipeline,
         (None, Some(dir)) => {
             let (loaded, from) = load_trained(dir, &setup, true, &device)?;
             println!(
-                "starting from the weights of {} ({} pretraining and {} question-answering steps): a fresh epoch",
+                "starting from the weights of {} ({} pretraining and {} question-answering steps): {}",
                 dir.display(),
                 from.pretrain_step,
-                from.step
+                from.step,
+                match command {
+                    Command::Train => "a fresh epoch",
+                    Command::Pretrain => "a new pretraining phase",
+                }
             );
-            (loaded, from.pretraining_record())
+            let state = match command {
+                Command::Train => from.pretraining_record(),
+                Command::Pretrain => from.new_pretraining_phase(),
+            };
+            (loaded, state)
         }
         (None, None) => (checkpoint::build(&setup, &device)?, TrainState::default()),
     };
@@ -357,7 +377,7 @@ pub fn pretrain(models_dir: &Path, a: TrainArgs) -> Result<()> {
     if a.pretrain_steps == 0 {
         bail!("--pretrain-steps: give the pretraining budget in steps of --batch-size windows");
     }
-    let (run, loaded, mut state) = start(models_dir, &a)?;
+    let (run, loaded, mut state) = start(models_dir, &a, Command::Pretrain)?;
     run.pretrain(
         &a,
         &loaded.tokenizers,
@@ -383,7 +403,7 @@ pub fn pretrain(models_dir: &Path, a: TrainArgs) -> Result<()> {
 }
 
 pub fn run(models_dir: &Path, a: TrainArgs) -> Result<()> {
-    let (run, loaded, mut state) = start(models_dir, &a)?;
+    let (run, loaded, mut state) = start(models_dir, &a, Command::Train)?;
     let checkpoint::Pipeline {
         oscar,
         base_generator,

@@ -87,9 +87,10 @@ impl RunEvents for Shell<'_> {
                 ));
                 (n.is_multiple_of(every) || n == total).then(|| {
                     format!(
-                        "pretraining step {n}/{total} ({} windows) loss {:.4}, {per_second:.2} windows/s",
+                        "pretraining step {n}/{total} ({} windows) loss {:.4}, lr {:.2e}, {per_second:.2} windows/s",
                         n * batch,
-                        stats.loss
+                        stats.loss,
+                        stats.compressor_lr
                     )
                 })
             }

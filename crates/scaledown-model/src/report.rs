@@ -62,6 +62,10 @@ pub struct TrainState {
     /// The auto-encoding memory gap during pretraining, on passages of the eval examples.
     #[serde(default)]
     pub pretrain_memory_gap: Vec<PretrainProbe>,
+    /// Where this pretraining phase began (`pretrain --init-from`: after the phases of the
+    /// weights it started from); its schedule and budget count from here.
+    #[serde(default)]
+    pub pretrain_phase: PhaseStart,
     /// [`MemoryUse`] of the untrained model.
     #[serde(default)]
     pub memory_use_before: Option<MemoryUse>,
@@ -86,7 +90,7 @@ impl TrainState {
     /// Whether pretraining is over at this point: its steps done, its minutes spent, or
     /// question answering begun (a run resumed there does not go back).
     pub fn pretraining_is_over(&self, pretraining: &PretrainingConfig) -> bool {
-        self.pretrain_step >= pretraining.steps
+        self.pretrain_step >= self.pretrain_phase.step + pretraining.steps
             || self.step > 0
             || self.pretraining_out_of_time(pretraining)
     }
@@ -95,7 +99,12 @@ impl TrainState {
     pub fn pretraining_out_of_time(&self, pretraining: &PretrainingConfig) -> bool {
         pretraining
             .minutes
-            .is_some_and(|m| self.pretrain_seconds >= m * 60.0)
+            .is_some_and(|m| self.pretrain_seconds - self.pretrain_phase.seconds >= m * 60.0)
+    }
+
+    /// Pretraining steps done in this phase.
+    pub fn pretrain_phase_step(&self) -> usize {
+        self.pretrain_step - self.pretrain_phase.step
     }
 
     /// Training examples per second of question answering.
@@ -113,10 +122,32 @@ impl TrainState {
             pretrain_losses: self.pretrain_losses,
             pretrain_seconds: self.pretrain_seconds,
             pretrain_memory_gap: self.pretrain_memory_gap,
+            pretrain_phase: self.pretrain_phase,
             memory_use_before: self.memory_use_before,
             ..TrainState::default()
         }
     }
+
+    /// What `pretrain --init-from` keeps of this progress: the pretraining record, with a new
+    /// phase (its own warm-up, decay and budget) starting after the steps done. Its windows
+    /// follow the ones already seen, and the curve goes on in windows seen.
+    pub fn new_pretraining_phase(self) -> TrainState {
+        let pretrain_phase = PhaseStart {
+            step: self.pretrain_step,
+            seconds: self.pretrain_seconds,
+        };
+        TrainState {
+            pretrain_phase,
+            ..self.pretraining_record()
+        }
+    }
+}
+
+/// Pretraining steps and seconds done before a phase began.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseStart {
+    pub step: usize,
+    pub seconds: f64,
 }
 
 /// How much an eval set is compressed: mean document tokens per example and the memory
@@ -241,5 +272,24 @@ mod tests {
         assert!(record.losses.is_empty());
         assert_eq!((record.pretrain_step, record.pretrain_seconds), (2, 61.0));
         assert!(!record.pretraining_is_over(&longer));
+
+        // `pretrain --init-from`: a new phase of its own steps and minutes after the 2 done.
+        let phase = record.new_pretraining_phase();
+        let two = PretrainingConfig {
+            steps: 2,
+            minutes: Some(1.0),
+            ..Default::default()
+        };
+        assert_eq!(phase.pretrain_phase_step(), 0);
+        assert!(!phase.pretraining_is_over(&two));
+        let mut phase = phase;
+        phase.record_pretraining_step(0.5, 100.0);
+        assert!(!phase.pretraining_is_over(&two), "39 s of its minute");
+        phase.record_pretraining_step(0.5, 110.0);
+        assert_eq!((phase.pretrain_step, phase.pretrain_phase_step()), (4, 2));
+        assert!(phase.pretraining_is_over(&two));
+        assert!(!phase.pretraining_out_of_time(&two), "49 s of its minute");
+        phase.record_pretraining_step(0.5, 122.0);
+        assert!(phase.pretraining_out_of_time(&two));
     }
 }

@@ -158,14 +158,21 @@ impl<'a> Pretraining<'a> {
         events: &mut E,
     ) -> Result<Oscar, E::Error> {
         let r = self.recipe;
-        let total = r.pretraining.steps;
         if state.pretraining_is_over(&r.pretraining) {
             return Ok(model);
         }
+        // A phase started from pretrained weights (`pretrain --init-from`) has its own
+        // schedule of `steps`, and its windows follow the ones they saw.
+        let (start, steps) = (state.pretrain_phase.step, r.pretraining.steps);
+        let total = start + steps;
         state.pretrain_total = total;
         let (batch, share) = (r.optimiser.batch_size, r.pretraining.reconstruction);
+        let phase = match start {
+            0 => String::new(),
+            _ => format!(" (a new phase after the {start} steps of the weights it starts from)"),
+        };
         events.note(&format!(
-            "pretraining ({share}): {} passages, {} auto-encoding and {} continuation windows, {total} steps of {batch}",
+            "pretraining ({share}): {} passages, {} auto-encoding and {} continuation windows, {steps} steps of {batch}{phase}",
             self.passages,
             self.set.auto_encoding.len(),
             self.set.continuation.len(),
@@ -173,8 +180,8 @@ impl<'a> Pretraining<'a> {
         if state.pretrain_step == 0 && state.pretrain_memory_gap.is_empty() {
             self.probe(&model, state, events).await?;
         }
-        let mut trainer = r.trainer(total, state.pretrain_step);
-        if state.pretrain_step > 0 {
+        let mut trainer = r.trainer(steps, state.pretrain_phase_step());
+        if state.pretrain_phase_step() > 0 {
             resume(&mut trainer, resumed, events)?;
         }
         events.started(Stage::Pretraining, state.pretrain_step, total);
@@ -186,14 +193,14 @@ impl<'a> Pretraining<'a> {
                 trainer
                     .run(
                         model,
-                        total,
-                        |step| self.set.batch(step, batch, share, r.seed),
+                        steps,
+                        |step| self.set.batch(start + step, batch, share, r.seed),
                         async |trainer, model, _, stats| -> Result<ControlFlow<()>, E::Error> {
                             let seconds = seconds_before + started.elapsed().as_secs_f64();
                             state.record_pretraining_step(stats.loss, seconds);
                             events.stepped(Stage::Pretraining, state, &stats);
                             let n = state.pretrain_step;
-                            if self.every.due(n, total) {
+                            if self.every.due(n - start, steps) {
                                 self.probe(model, state, events).await?;
                                 let optimizer = optimizer_state(trainer)?;
                                 events.checkpoint(
