@@ -123,8 +123,12 @@ fn start(
         None
     };
     if a.resume && resume_from.is_none() {
+        let from = match a.init_from {
+            Some(_) => "--init-from",
+            None => "scratch",
+        };
         println!(
-            "--resume: no checkpoint in {}; starting from scratch",
+            "--resume: no checkpoint in {}; starting from {from}",
             checkpoints.display()
         );
     }
