@@ -45,7 +45,7 @@ struct Run {
 
 /// What `--init-from` starts: question answering after the weights' pretraining (`train`), or
 /// a new pretraining phase (`pretrain`).
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum Command {
     Train,
     Pretrain,
@@ -156,20 +156,18 @@ fn start(
         }
         (None, Some(dir)) => {
             let (loaded, from) = load_trained(dir, &setup, true, &device)?;
-            println!(
-                "starting from the weights of {} ({} pretraining and {} question-answering steps): {}",
-                dir.display(),
-                from.pretrain_step,
-                from.step,
-                match command {
-                    Command::Train => "a fresh epoch",
-                    Command::Pretrain => "a new pretraining phase",
-                }
+            let done = format!(
+                "{} pretraining and {} question-answering steps",
+                from.pretrain_step, from.step
             );
-            let state = match command {
-                Command::Train => from.pretraining_record(),
-                Command::Pretrain => from.new_pretraining_phase(),
+            let (next, state) = match command {
+                Command::Train => ("a fresh epoch", from.pretraining_record()),
+                Command::Pretrain => ("a new pretraining phase", from.new_pretraining_phase()),
             };
+            println!(
+                "starting from the weights of {} ({done}): {next}",
+                dir.display()
+            );
             (loaded, state)
         }
         (None, None) => (checkpoint::build(&setup, &device)?, TrainState::default()),

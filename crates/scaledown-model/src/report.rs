@@ -122,7 +122,6 @@ impl TrainState {
             pretrain_losses: self.pretrain_losses,
             pretrain_seconds: self.pretrain_seconds,
             pretrain_memory_gap: self.pretrain_memory_gap,
-            pretrain_phase: self.pretrain_phase,
             memory_use_before: self.memory_use_before,
             ..TrainState::default()
         }
@@ -291,5 +290,12 @@ mod tests {
         assert!(!phase.pretraining_out_of_time(&two), "49 s of its minute");
         phase.record_pretraining_step(0.5, 122.0);
         assert!(phase.pretraining_out_of_time(&two));
+        // `train --init-from` those weights: their 5 steps are done pretraining, phases or not.
+        let record = phase.pretraining_record();
+        assert_eq!(record.pretrain_phase, PhaseStart::default());
+        assert!(record.pretraining_is_over(&PretrainingConfig {
+            steps: 4,
+            ..Default::default()
+        }));
     }
 }

@@ -200,7 +200,7 @@ impl<'a> Pretraining<'a> {
                             state.record_pretraining_step(stats.loss, seconds);
                             events.stepped(Stage::Pretraining, state, &stats);
                             let n = state.pretrain_step;
-                            if self.every.due(n - start, steps) {
+                            if self.every.due(state.pretrain_phase_step(), steps) {
                                 self.probe(model, state, events).await?;
                                 let optimizer = optimizer_state(trainer)?;
                                 events.checkpoint(
