@@ -185,6 +185,11 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = RunConfig::default().loss.distill, value_parser = weight)]
     #[serde(default)]
     pub distill_weight: f64,
+    /// Span loss: weight of the cross-entropy of the pooled readout's token scores against the
+    /// answer's tokens in the documents (where it is found; 0: off).
+    #[arg(long, default_value_t = RunConfig::default().loss.span, value_parser = weight)]
+    #[serde(default)]
+    pub span_weight: f64,
     /// After training, also fine-tune the uncompressed generator with the same LoRA recipe,
     /// steps and answers on the full text, and report it as the compressed model's fair
     /// ceiling (takes about twice the compressed training's time).
@@ -249,6 +254,7 @@ impl TrainArgs {
             loss: LossWeights {
                 rerank: self.rerank_weight,
                 distill: self.distill_weight,
+                span: self.span_weight,
             },
             evaluation: EvaluationConfig {
                 max_new_tokens: self.max_new_tokens as usize,

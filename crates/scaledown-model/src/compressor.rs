@@ -287,6 +287,9 @@ pub struct Compressed {
     pub chunk_vectors: Vec<usize>,
     /// The reranking head's score of each chunk `[chunks]`, when the compressor has one.
     pub scores: Option<Tensor<1>>,
+    /// The pooled readout's score (logit) of every document token `[Σ document tokens]`, in
+    /// chunk order: what the span loss trains to point at the answer. None without a scorer.
+    pub token_scores: Option<Tensor<1>>,
 }
 
 /// One chunk's compressor input: the embeddings `[1, n, backbone width]` of `[query; chunk]`
@@ -550,6 +553,9 @@ impl Compressor {
     /// The memory (after the projector) and reranking scores of chunks' states.
     fn scored(&self, states: Vec<ChunkStates>) -> Compressed {
         let chunk_vectors = states.iter().map(|s| s.memory.dims()[0]).collect();
+        let token_scores: Option<Vec<Tensor<1>>> =
+            states.iter().map(|s| s.token_scores.clone()).collect();
+        let token_scores = token_scores.map(|t| Tensor::cat(t, 0));
         let (memory_states, rr_states): (Vec<Tensor<2>>, Vec<Option<Tensor<2>>>) =
             states.into_iter().map(|s| (s.memory, s.rr)).unzip();
         let memory_states = Tensor::cat(memory_states, 0);
@@ -565,6 +571,7 @@ impl Compressor {
             memory,
             chunk_vectors,
             scores,
+            token_scores,
         }
     }
 
@@ -657,6 +664,12 @@ impl Compressor {
                 .slice([p.row..p.row + 1, from..from + n, 0..d])
                 .reshape([n, d])
         };
+        let [_, width, _] = hidden.dims();
+        // Every position's score `[rows * width]` (pooled readout with a scorer).
+        let logits = match (self.pool_rate, &self.pool_scorer) {
+            (0, _) | (_, None) => None,
+            (_, Some(w)) => Some(token_logits(hidden.clone(), w, self.pool_score_scale)),
+        };
         let memory: Vec<Tensor<2>> = match self.pool_rate {
             0 => placements
                 .iter()
@@ -667,11 +680,7 @@ impl Compressor {
                     .iter()
                     .map(|p| (p.row, p.start + p.document.start..p.start + p.document.end))
                     .collect();
-                let scorer = self
-                    .pool_scorer
-                    .as_ref()
-                    .map(|w| (w, self.pool_score_scale));
-                let pooled = segment_pool(hidden.clone(), &documents, r, scorer);
+                let pooled = segment_pool(hidden.clone(), &documents, r, logits.clone());
                 let mut start = 0;
                 placements
                     .iter()
@@ -690,6 +699,11 @@ impl Compressor {
             .map(|(memory, p)| ChunkStates {
                 memory,
                 rr: self.rerank.as_ref().map(|_| at(p, rr_at, 1)),
+                token_scores: logits.as_ref().map(|l| {
+                    let from = p.row * width + p.start;
+                    l.clone()
+                        .slice(from + p.document.start..from + p.document.end)
+                }),
             })
             .collect()
     }
@@ -712,7 +726,7 @@ fn segment_pool(
     hidden: Tensor<3>,
     documents: &[(usize, Range<usize>)],
     r: usize,
-    scorer: Option<(&Param<Tensor<1>>, f32)>,
+    scores: Option<Tensor<1>>,
 ) -> Tensor<2> {
     let [batch, width, d] = hidden.dims();
     let segments: usize = documents
@@ -736,21 +750,28 @@ fn segment_pool(
     let outside =
         Tensor::<2, Bool>::from_data(TensorData::new(member, [segments, batch * width]), &device)
             .bool_not();
-    let scores = match scorer {
-        // `[batch * width, 1]` -> `[1, batch * width]`, the same for every segment.
-        Some((w, scale)) => {
-            let normed = flat.clone() / (flat.clone().powf_scalar(2.0).mean_dim(1) + 1e-6).sqrt();
-            normed
-                .matmul(w.val().reshape([d, 1]))
-                .mul_scalar(scale)
-                .reshape([1, batch * width])
-                .expand([segments, batch * width])
-        }
+    let scores = match scores {
+        // `[batch * width]` -> `[1, batch * width]`, the same for every segment.
+        Some(scores) => scores
+            .reshape([1, batch * width])
+            .expand([segments, batch * width]),
         None => Tensor::zeros([segments, batch * width], &device),
     };
     // Finite, so that no backend meets inf - inf; exp(-1e9) is 0 in f32 all the same.
     let weights = softmax(scores.mask_fill(outside, -1.0e9), 1);
     weights.matmul(flat)
+}
+
+/// Each position's pooling score `scale · w · rmsnorm(state)` of `hidden` `[batch, width, d]`:
+/// `[batch * width]`.
+fn token_logits(hidden: Tensor<3>, w: &Param<Tensor<1>>, scale: f32) -> Tensor<1> {
+    let [batch, width, d] = hidden.dims();
+    let flat = hidden.reshape([batch * width, d]);
+    let normed = flat.clone() / (flat.powf_scalar(2.0).mean_dim(1) + 1e-6).sqrt();
+    normed
+        .matmul(w.val().reshape([d, 1]))
+        .mul_scalar(scale)
+        .reshape([batch * width])
 }
 
 /// The most positions in a row of one question's chunks ([`Compressor::compress_after_query`]).
@@ -770,6 +791,8 @@ struct Placement {
 struct ChunkStates {
     memory: Tensor<2>,
     rr: Option<Tensor<2>>,
+    /// The scores of its document tokens `[document tokens]` (pooled readout with a scorer).
+    token_scores: Option<Tensor<1>>,
 }
 
 struct FreshCopy;
