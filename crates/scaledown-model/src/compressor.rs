@@ -719,8 +719,8 @@ impl Compressor {
 
 /// The weighted means of `hidden` `[batch, width, d]` over segments of `r` positions of each
 /// `(row, document range)` (a shorter last segment pools what it has), in order:
-/// `[Σ segments, d]`. Without a scorer every token of a segment weighs the same; with one, a
-/// segment's weights are the softmax of its tokens' scores. One product with a matrix of
+/// `[Σ segments, d]`. Without `scores` (`[batch * width]`, [`token_logits`]) every token of a
+/// segment weighs the same; with them, a segment's weights are the softmax of its tokens'. One product with a matrix of
 /// weights, so that the gradient of every state is one pass.
 fn segment_pool(
     hidden: Tensor<3>,

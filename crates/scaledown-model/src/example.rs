@@ -126,7 +126,7 @@ impl TrainExample {
         let ids = self.encoded.document_ids();
         let found = answers
             .iter()
-            .filter(|a| !a.is_empty() && a.len() <= ids.len())
+            .filter(|a| !a.is_empty())
             .filter_map(|a| {
                 let at = ids.windows(a.len()).position(|w| w == a.as_slice())?;
                 Some(at..at + a.len())
