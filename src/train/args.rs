@@ -190,6 +190,12 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = RunConfig::default().loss.span, value_parser = weight)]
     #[serde(default)]
     pub span_weight: f64,
+    /// Pooled readout: place each chunk's segments by the scorer (each ends at one of the chunk's
+    /// top-scoring tokens) instead of every --compression-rate tokens; the same number of
+    /// memory vectors. May differ from the --init-from checkpoint's.
+    #[arg(long)]
+    #[serde(default)]
+    pub adaptive_segments: bool,
     /// After training, also fine-tune the uncompressed generator with the same LoRA recipe,
     /// steps and answers on the full text, and report it as the compressed model's fair
     /// ceiling (takes about twice the compressed training's time).
@@ -235,6 +241,7 @@ impl TrainArgs {
                 readout: self.readout,
                 projector: CompressorConfig::needs_projector(compressor_type, self.readout),
                 rerank: self.rerank,
+                adaptive_segments: self.adaptive_segments,
                 ..CompressorConfig::default()
             }
             .with_measured_pool_score_scale(),

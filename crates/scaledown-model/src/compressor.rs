@@ -105,6 +105,11 @@ pub struct CompressorConfig {
     /// written before it was recorded trained its scorer with 4.
     #[serde(default = "CompressorConfig::first_pool_score_scale")]
     pub pool_score_scale: f32,
+    /// Segments placed by the scorer instead of every R tokens: a chunk's v memory vectors end
+    /// at its v top-scoring tokens, so that an answer of several tokens can get several
+    /// vectors and filler shares one (pooled readout with a scorer; same v as fixed segments).
+    #[serde(default)]
+    pub adaptive_segments: bool,
 }
 
 /// The measured best recipe at the seed's scale (README, "Rate 2"): a copy of the
@@ -123,6 +128,7 @@ impl Default for CompressorConfig {
             projector: false,
             rerank: false,
             pool_score_scale: Self::measured_pool_score_scale(compression_rate),
+            adaptive_segments: false,
         }
     }
 }
@@ -143,6 +149,7 @@ impl CompressorConfig {
             projector: false,
             rerank: false,
             pool_score_scale: Self::measured_pool_score_scale(compression_rate),
+            adaptive_segments: false,
         }
     }
 
@@ -322,6 +329,8 @@ pub struct Compressor {
     pub pool_scorer: Option<Param<Tensor<1>>>,
     /// [`CompressorConfig::pool_score_scale`]. A setting, not a weight.
     pub pool_score_scale: f32,
+    /// [`CompressorConfig::adaptive_segments`]. A setting, not a weight.
+    pub adaptive_segments: bool,
 }
 
 impl Compressor {
@@ -344,6 +353,7 @@ impl Compressor {
             memory_layer: config.memory_layer(),
             pool_scorer: pooled.then(|| Param::from_tensor(Tensor::zeros([d], device))),
             pool_score_scale: config.pool_score_scale,
+            adaptive_segments: config.adaptive_segments,
         }
     }
 
@@ -680,7 +690,11 @@ impl Compressor {
                     .iter()
                     .map(|p| (p.row, p.start + p.document.start..p.start + p.document.end))
                     .collect();
-                let pooled = segment_pool(hidden.clone(), &documents, r, logits.clone());
+                let segments = match (&logits, self.adaptive_segments) {
+                    (Some(l), true) => scored_segments(l, width, &documents, r),
+                    _ => fixed_segments(&documents, r),
+                };
+                let pooled = segment_pool(hidden.clone(), &segments, logits.clone());
                 let mut start = 0;
                 placements
                     .iter()
@@ -717,45 +731,88 @@ impl Compressor {
     }
 }
 
-/// The weighted means of `hidden` `[batch, width, d]` over segments of `r` positions of each
-/// `(row, document range)` (a shorter last segment pools what it has), in order:
-/// `[Σ segments, d]`. Without `scores` (`[batch * width]`, [`token_logits`]) every token of a
-/// segment weighs the same; with them, a segment's weights are the softmax of its tokens'. One product with a matrix of
-/// weights, so that the gradient of every state is one pass.
-fn segment_pool(
-    hidden: Tensor<3>,
+/// Segments of `r` positions of each `(row, document range)`, in order (a shorter last
+/// segment holds what is left; an empty document one position).
+fn fixed_segments(documents: &[(usize, Range<usize>)], r: usize) -> Vec<(usize, Range<usize>)> {
+    let mut segments = Vec::new();
+    for (row, doc) in documents {
+        let end = doc.end.max(doc.start + 1);
+        for seg in (doc.start..end).step_by(r) {
+            segments.push((*row, seg..(seg + r).min(end)));
+        }
+    }
+    segments
+}
+
+/// As many segments per document as [`fixed_segments`] gives, placed by `scores`
+/// (`[batch * width]`, [`token_logits`]): each ends at one of the document's top-scoring
+/// tokens (ties to the earlier), the last runs to the document's end. They cover the
+/// document, so every token still pools somewhere.
+fn scored_segments(
+    scores: &Tensor<1>,
+    width: usize,
     documents: &[(usize, Range<usize>)],
     r: usize,
+) -> Vec<(usize, Range<usize>)> {
+    // One read of the scores per batch; the boundaries are not differentiable, the pooling
+    // weights within them are.
+    let scores: Vec<f32> = scores
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 scores");
+    let mut segments = Vec::new();
+    for (row, doc) in documents {
+        let v = doc.len().div_ceil(r);
+        if v <= 1 {
+            segments.extend(fixed_segments(&[(*row, doc.clone())], doc.len().max(1)));
+            continue;
+        }
+        let at = |t: usize| scores[row * width + t];
+        let mut top: Vec<usize> = doc.clone().collect();
+        top.sort_by(|&a, &b| at(b).total_cmp(&at(a)).then(a.cmp(&b)));
+        top.truncate(v);
+        top.sort_unstable();
+        let mut start = doc.start;
+        for (i, &t) in top.iter().enumerate() {
+            let end = if i + 1 == v { doc.end } else { t + 1 };
+            segments.push((*row, start..end));
+            start = end;
+        }
+    }
+    segments
+}
+
+/// The weighted means of `hidden` `[batch, width, d]` over `segments` (`(row, positions)`,
+/// [`fixed_segments`] or [`scored_segments`]), in order: `[segments, d]`. Without `scores`
+/// (`[batch * width]`, [`token_logits`]) every token of a segment weighs the same; with them,
+/// a segment's weights are the softmax of its tokens'. One product with a matrix of weights,
+/// so that the gradient of every state is one pass.
+fn segment_pool(
+    hidden: Tensor<3>,
+    segments: &[(usize, Range<usize>)],
     scores: Option<Tensor<1>>,
 ) -> Tensor<2> {
     let [batch, width, d] = hidden.dims();
-    let segments: usize = documents
-        .iter()
-        .map(|(_, doc)| doc.len().div_ceil(r).max(1))
-        .sum();
-    let mut member = vec![false; segments * batch * width];
-    let mut row = 0;
-    for (i, doc) in documents {
-        let i = *i;
-        for seg in (doc.start..doc.end.max(doc.start + 1)).step_by(r) {
-            let end = (seg + r).min(doc.end.max(doc.start + 1));
-            for t in seg..end {
-                member[row * batch * width + i * width + t] = true;
-            }
-            row += 1;
+    let n = segments.len();
+    let mut member = vec![false; n * batch * width];
+    for (k, (row, positions)) in segments.iter().enumerate() {
+        for t in positions.clone() {
+            member[k * batch * width + row * width + t] = true;
         }
     }
     let device = hidden.device();
     let flat = hidden.reshape([batch * width, d]);
     let outside =
-        Tensor::<2, Bool>::from_data(TensorData::new(member, [segments, batch * width]), &device)
+        Tensor::<2, Bool>::from_data(TensorData::new(member, [n, batch * width]), &device)
             .bool_not();
     let scores = match scores {
         // `[batch * width]` -> `[1, batch * width]`, the same for every segment.
         Some(scores) => scores
             .reshape([1, batch * width])
-            .expand([segments, batch * width]),
-        None => Tensor::zeros([segments, batch * width], &device),
+            .expand([n, batch * width]),
+        None => Tensor::zeros([n, batch * width], &device),
     };
     // Finite, so that no backend meets inf - inf; exp(-1e9) is 0 in f32 all the same.
     let weights = softmax(scores.mask_fill(outside, -1.0e9), 1);
@@ -808,4 +865,24 @@ impl ModuleMapper for FreshCopy {
 /// Memory tokens start as small random vectors (the scale of token embeddings).
 fn memory_init(l: usize, d: usize, device: &Device) -> Tensor<2> {
     Tensor::random([l, d], Distribution::Normal(0.0, 0.02), device)
+}
+
+#[cfg(test)]
+mod segment_tests {
+    use super::*;
+
+    #[test]
+    fn scored_segments_end_at_the_top_tokens_and_cover_the_document() {
+        // Row 1 of width 10, document positions 1..9 (8 tokens), R = 4: two segments,
+        // the first ending at the best token (position 6), the second running to the end.
+        let mut scores = vec![0.0f32; 20];
+        scores[10 + 6] = 5.0;
+        scores[10 + 3] = 4.0;
+        scores[10 + 0] = 9.0; // outside the document
+        let scores = Tensor::<1>::from_data(TensorData::new(scores, [20]), &Device::flex());
+        let segments = scored_segments(&scores, 10, &[(1, 1..9)], 4);
+        assert_eq!(segments, vec![(1, 1..4), (1, 4..9)]);
+        // Fixed segments of the same document for comparison: every 4 tokens.
+        assert_eq!(fixed_segments(&[(1, 1..9)], 4), vec![(1, 1..5), (1, 5..9)]);
+    }
 }
