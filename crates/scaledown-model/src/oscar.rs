@@ -449,7 +449,8 @@ impl Oscar {
                 continue;
             }
             if let Some(scores) = &c.token_scores {
-                spans.push(span_cross_entropy(scores.clone(), &ex.answer_tokens));
+                let every = self.compressor.adaptive_segments;
+                spans.push(span_cross_entropy(scores.clone(), &ex.answer_tokens, every));
             }
         }
         let mut rerank = Vec::new();
@@ -713,14 +714,24 @@ pub(crate) fn answer_cross_entropy(
 }
 
 /// `-log Σ_{t ∈ answer} softmax(scores)_t`: how far the scores `[n]` of a question's document
-/// tokens are from pointing at its answer's tokens (`answer`, indices into them): `[1]`.
-fn span_cross_entropy(scores: Tensor<1>, answer: &[usize]) -> Tensor<1> {
+/// tokens are from pointing at its answer's tokens (`answer`, indices into them): `[1]`. With
+/// `every_token`, the mean of `-log softmax(scores)_t` over the answer's tokens instead: each
+/// of them, not the one already on top, is pushed up, as segments placed by the scores
+/// ([`CompressorConfig::adaptive_segments`]) want, so that a number's digits each end one.
+///
+/// [`CompressorConfig::adaptive_segments`]: crate::compressor::CompressorConfig::adaptive_segments
+fn span_cross_entropy(scores: Tensor<1>, answer: &[usize], every_token: bool) -> Tensor<1> {
     let device = scores.device();
     let n = answer.len();
     let ids: Vec<i64> = answer.iter().map(|&t| t as i64).collect();
     let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &device);
     let picked = scores.clone().select(0, ids);
-    log_sum_exp(scores) - log_sum_exp(picked)
+    let answer = if every_token {
+        picked.mean()
+    } else {
+        log_sum_exp(picked)
+    };
+    log_sum_exp(scores) - answer
 }
 
 /// `log Σ exp(x)` of `x` `[n]`, shifted by its (detached) maximum: `[1]`.
