@@ -878,7 +878,7 @@ mod segment_tests {
         let mut scores = vec![0.0f32; 20];
         scores[10 + 6] = 5.0;
         scores[10 + 3] = 4.0;
-        scores[10 + 0] = 9.0; // outside the document
+        scores[10] = 9.0; // position 0 of row 1: outside the document
         let scores = Tensor::<1>::from_data(TensorData::new(scores, [20]), &Device::flex());
         let segments = scored_segments(&scores, 10, &[(1, 1..9)], 4);
         assert_eq!(segments, vec![(1, 1..4), (1, 4..9)]);

@@ -739,3 +739,27 @@ fn log_sum_exp(x: Tensor<1>) -> Tensor<1> {
     let m = x.clone().max().detach();
     (x - m.clone()).exp().sum().log() + m
 }
+
+#[cfg(test)]
+mod span_tests {
+    use super::*;
+
+    /// An answer of two tokens, one far on top: the share form is already nearly satisfied,
+    /// the every-token form still pushes the neglected one (its loss is the mean of both
+    /// tokens' `-log softmax`). For a one-token answer the two are the same.
+    #[test]
+    fn the_every_token_span_loss_does_not_stop_at_one_answer_token() {
+        let device = Device::flex();
+        let scores = Tensor::<1>::from_data(TensorData::new(vec![5.0f32, -5.0, 0.0], [3]), &device);
+        let loss = |answer: &[usize], every: bool| -> f32 {
+            span_cross_entropy(scores.clone(), answer, every).into_scalar()
+        };
+        let lse = (5.0f32.exp() + (-5.0f32).exp() + 1.0).ln();
+        assert!(
+            (loss(&[0, 1], false) - (lse - (5.0f32.exp() + (-5.0f32).exp()).ln())).abs() < 1e-4
+        );
+        assert!((loss(&[0, 1], true) - (lse - 0.0)).abs() < 1e-4);
+        assert!(loss(&[0, 1], true) > 5.0 && loss(&[0, 1], false) < 0.01);
+        assert!((loss(&[2], true) - loss(&[2], false)).abs() < 1e-5);
+    }
+}
