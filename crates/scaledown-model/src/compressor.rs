@@ -690,11 +690,12 @@ impl Compressor {
                     .iter()
                     .map(|p| (p.row, p.start + p.document.start..p.start + p.document.end))
                     .collect();
-                let segments = match (&logits, self.adaptive_segments) {
-                    (Some(l), true) => scored_segments(l, width, &documents, r),
-                    _ => fixed_segments(&documents, r),
+                let [batch, width, _] = hidden.dims();
+                let member = match (&logits, self.adaptive_segments) {
+                    (Some(l), true) => scored_segments(l.clone(), &documents, r, batch, width),
+                    _ => fixed_segments(&documents, r, batch, width, &hidden.device()),
                 };
-                let pooled = segment_pool(hidden.clone(), &segments, logits.clone());
+                let pooled = segment_pool(hidden.clone(), member, logits.clone());
                 let mut start = 0;
                 placements
                     .iter()
@@ -731,82 +732,96 @@ impl Compressor {
     }
 }
 
-/// Segments of `r` positions of each `(row, document range)`, in order (a shorter last
+/// Which of `batch * width` positions each segment pools, `[segments, batch * width]`:
+/// segments of `r` positions of each `(row, document range)`, in order (a shorter last
 /// segment holds what is left; an empty document one position).
-fn fixed_segments(documents: &[(usize, Range<usize>)], r: usize) -> Vec<(usize, Range<usize>)> {
-    let mut segments = Vec::new();
+fn fixed_segments(
+    documents: &[(usize, Range<usize>)],
+    r: usize,
+    batch: usize,
+    width: usize,
+    device: &Device,
+) -> Tensor<2, Bool> {
+    let total = batch * width;
+    let mut member = Vec::new();
     for (row, doc) in documents {
         let end = doc.end.max(doc.start + 1);
         for seg in (doc.start..end).step_by(r) {
-            segments.push((*row, seg..(seg + r).min(end)));
+            let mut positions = vec![false; total];
+            for t in seg..(seg + r).min(end) {
+                positions[row * width + t] = true;
+            }
+            member.extend(positions);
         }
     }
-    segments
+    let n = member.len() / total;
+    Tensor::from_data(TensorData::new(member, [n, total]), device)
 }
 
-/// As many segments per document as [`fixed_segments`] gives, placed by `scores`
+/// As [`fixed_segments`], with as many segments per document, placed by `scores`
 /// (`[batch * width]`, [`token_logits`]): each ends at one of the document's top-scoring
-/// tokens (ties to the earlier), the last runs to the document's end. They cover the
-/// document, so every token still pools somewhere.
+/// tokens (all tokens tied with the last of them count as on top), the last runs to the
+/// document's end, so every token still pools somewhere. On the device (no read of the
+/// scores, which the browser's WebGPU could not do synchronously); the boundaries are not
+/// differentiable, the pooling weights within them are.
 fn scored_segments(
-    scores: &Tensor<1>,
-    width: usize,
+    scores: Tensor<1>,
     documents: &[(usize, Range<usize>)],
     r: usize,
-) -> Vec<(usize, Range<usize>)> {
-    // One read of the scores per batch; the boundaries are not differentiable, the pooling
-    // weights within them are.
-    let scores: Vec<f32> = scores
-        .clone()
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("f32 scores");
-    let mut segments = Vec::new();
-    for (row, doc) in documents {
-        let v = doc.len().div_ceil(r);
-        if v <= 1 {
-            segments.extend(fixed_segments(&[(*row, doc.clone())], doc.len().max(1)));
-            continue;
-        }
-        let at = |t: usize| scores[row * width + t];
-        let mut top: Vec<usize> = doc.clone().collect();
-        top.sort_by(|&a, &b| at(b).total_cmp(&at(a)).then(a.cmp(&b)));
-        top.truncate(v);
-        top.sort_unstable();
-        let mut start = doc.start;
-        for (i, &t) in top.iter().enumerate() {
-            let end = if i + 1 == v { doc.end } else { t + 1 };
-            segments.push((*row, start..end));
-            start = end;
-        }
-    }
-    segments
+    batch: usize,
+    width: usize,
+) -> Tensor<2, Bool> {
+    let device = scores.device();
+    let scores = scores.detach();
+    let total = batch * width;
+    let rows: Vec<Tensor<2, Int>> = documents
+        .iter()
+        .map(|(row, doc)| {
+            let v = doc.len().div_ceil(r);
+            if v <= 1 {
+                let one = [(*row, doc.clone())];
+                return fixed_segments(&one, doc.len().max(1), batch, width, &device).int();
+            }
+            let (from, len) = (row * width + doc.start, doc.len());
+            let own = scores.clone().slice(from..from + len);
+            let last_top = own.clone().topk(v, 0).slice(v - 1..v);
+            let top = own.greater_equal(last_top.expand([len])).int();
+            // A token's segment: how many top tokens come before it (the tail after the last
+            // one joins the last segment).
+            let segment = (top.clone().cumsum(0) - top).clamp_max(v as i64 - 1);
+            let k = Tensor::<1, Int>::arange(0..v as i64, &device).reshape([v, 1]);
+            let member = segment
+                .reshape([1, len])
+                .expand([v, len])
+                .equal(k.expand([v, len]));
+            Tensor::cat(
+                vec![
+                    Tensor::zeros([v, from], &device),
+                    member.int(),
+                    Tensor::zeros([v, total - from - len], &device),
+                ],
+                1,
+            )
+        })
+        .collect();
+    Tensor::cat(rows, 0).bool()
 }
 
-/// The weighted means of `hidden` `[batch, width, d]` over `segments` (`(row, positions)`,
-/// [`fixed_segments`] or [`scored_segments`]), in order: `[segments, d]`. Without `scores`
-/// (`[batch * width]`, [`token_logits`]) every token of a segment weighs the same; with them,
-/// a segment's weights are the softmax of its tokens'. One product with a matrix of weights,
-/// so that the gradient of every state is one pass.
+/// The weighted means of `hidden` `[batch, width, d]` over the segments of `member`
+/// (`[segments, batch * width]`, [`fixed_segments`] or [`scored_segments`]), in order:
+/// `[segments, d]`. Without `scores` (`[batch * width]`, [`token_logits`]) every token of a
+/// segment weighs the same; with them, a segment's weights are the softmax of its tokens'. One
+/// product with a matrix of weights, so that the gradient of every state is one pass.
 fn segment_pool(
     hidden: Tensor<3>,
-    segments: &[(usize, Range<usize>)],
+    member: Tensor<2, Bool>,
     scores: Option<Tensor<1>>,
 ) -> Tensor<2> {
     let [batch, width, d] = hidden.dims();
-    let n = segments.len();
-    let mut member = vec![false; n * batch * width];
-    for (k, (row, positions)) in segments.iter().enumerate() {
-        for t in positions.clone() {
-            member[k * batch * width + row * width + t] = true;
-        }
-    }
+    let n = member.dims()[0];
     let device = hidden.device();
     let flat = hidden.reshape([batch * width, d]);
-    let outside =
-        Tensor::<2, Bool>::from_data(TensorData::new(member, [n, batch * width]), &device)
-            .bool_not();
+    let outside = member.bool_not();
     let scores = match scores {
         // `[batch * width]` -> `[1, batch * width]`, the same for every segment.
         Some(scores) => scores
@@ -871,18 +886,52 @@ fn memory_init(l: usize, d: usize, device: &Device) -> Tensor<2> {
 mod segment_tests {
     use super::*;
 
+    /// The positions of each segment of `member` `[segments, batch * width]`.
+    fn positions(member: Tensor<2, Bool>) -> Vec<Vec<usize>> {
+        let [n, total] = member.dims();
+        let flags = member.into_data().try_into_vec::<bool>().expect("bool");
+        (0..n)
+            .map(|k| (0..total).filter(|&p| flags[k * total + p]).collect())
+            .collect()
+    }
+
     #[test]
     fn scored_segments_end_at_the_top_tokens_and_cover_the_document() {
-        // Row 1 of width 10, document positions 1..9 (8 tokens), R = 4: two segments,
-        // the first ending at the best token (position 6), the second running to the end.
+        // Row 1 of width 10, document positions 1..9 (8 tokens), R = 4: two segments, the
+        // first ending at the better of the two top tokens' first (position 3), the second
+        // running to the end.
+        let device = Device::flex();
         let mut scores = vec![0.0f32; 20];
         scores[10 + 6] = 5.0;
         scores[10 + 3] = 4.0;
         scores[10] = 9.0; // position 0 of row 1: outside the document
-        let scores = Tensor::<1>::from_data(TensorData::new(scores, [20]), &Device::flex());
-        let segments = scored_segments(&scores, 10, &[(1, 1..9)], 4);
-        assert_eq!(segments, vec![(1, 1..4), (1, 4..9)]);
-        // Fixed segments of the same document for comparison: every 4 tokens.
-        assert_eq!(fixed_segments(&[(1, 1..9)], 4), vec![(1, 1..5), (1, 5..9)]);
+        let scores = Tensor::<1>::from_data(TensorData::new(scores, [20]), &device);
+        let member = scored_segments(scores, &[(1, 1..9)], 4, 2, 10);
+        assert_eq!(
+            positions(member),
+            vec![vec![11, 12, 13], (14..19).collect()]
+        );
+        // Fixed segments of the same document: every 4 tokens.
+        let member = fixed_segments(&[(1, 1..9)], 4, 2, 10, &device);
+        assert_eq!(
+            positions(member),
+            vec![vec![11, 12, 13, 14], vec![15, 16, 17, 18]]
+        );
+        // Three segments of a 9-token document at R = 4, and a lone one of a short document.
+        let mut scores = vec![0.0f32; 20];
+        for (t, s) in [(2, 3.0), (5, 2.0), (8, 1.0)] {
+            scores[t] = s;
+        }
+        let scores = Tensor::<1>::from_data(TensorData::new(scores, [20]), &device);
+        let member = scored_segments(scores, &[(0, 0..9), (1, 0..3)], 4, 2, 10);
+        assert_eq!(
+            positions(member),
+            vec![
+                vec![0, 1, 2],
+                vec![3, 4, 5],
+                vec![6, 7, 8],
+                vec![10, 11, 12]
+            ]
+        );
     }
 }
