@@ -185,14 +185,17 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = RunConfig::default().loss.distill, value_parser = weight)]
     #[serde(default)]
     pub distill_weight: f64,
-    /// Span loss: weight of the cross-entropy of the pooled readout's token scores against the
-    /// answer's tokens in the documents (where it is found; 0: off).
+    /// Span loss: weight of the cross-entropy of the pooled readout's token scores (softmaxed
+    /// over a question's document tokens) against each of the answer's tokens there (where the
+    /// answer is found; 0: off). With --adaptive-segments at rate 16: README, "Segments placed
+    /// by the scorer".
     #[arg(long, default_value_t = RunConfig::default().loss.span, value_parser = weight)]
     #[serde(default)]
     pub span_weight: f64,
     /// Pooled readout: place each chunk's segments by the scorer (each ends at one of the chunk's
     /// top-scoring tokens) instead of every --compression-rate tokens; the same number of
-    /// memory vectors. May differ from the --init-from checkpoint's.
+    /// memory vectors. Taught where answers lie by --span-weight. May differ from the
+    /// --init-from checkpoint's.
     #[arg(long)]
     #[serde(default)]
     pub adaptive_segments: bool,

@@ -449,8 +449,7 @@ impl Oscar {
                 continue;
             }
             if let Some(scores) = &c.token_scores {
-                let every = self.compressor.adaptive_segments;
-                spans.push(span_cross_entropy(scores.clone(), &ex.answer_tokens, every));
+                spans.push(span_cross_entropy(scores.clone(), &ex.answer_tokens));
             }
         }
         let mut rerank = Vec::new();
@@ -713,25 +712,20 @@ pub(crate) fn answer_cross_entropy(
     loss
 }
 
-/// `-log Σ_{t ∈ answer} softmax(scores)_t`: how far the scores `[n]` of a question's document
-/// tokens are from pointing at its answer's tokens (`answer`, indices into them): `[1]`. With
-/// `every_token`, the mean of `-log softmax(scores)_t` over the answer's tokens instead: each
-/// of them, not the one already on top, is pushed up, as segments placed by the scores
-/// ([`CompressorConfig::adaptive_segments`]) want, so that a number's digits each end one.
+/// The mean over the answer's tokens (`answer`, indices into the scores `[n]` of a question's
+/// document tokens) of `-log softmax(scores)_t`: how far the scores are from pointing at each
+/// of them: `[1]`. Each token, not only the one already on top (as `-log Σ_answer softmax`
+/// would, branch exp-span-scorer), so that segments placed by the scores
+/// ([`CompressorConfig::adaptive_segments`]) can give a number's digits one each.
 ///
 /// [`CompressorConfig::adaptive_segments`]: crate::compressor::CompressorConfig::adaptive_segments
-fn span_cross_entropy(scores: Tensor<1>, answer: &[usize], every_token: bool) -> Tensor<1> {
+fn span_cross_entropy(scores: Tensor<1>, answer: &[usize]) -> Tensor<1> {
     let device = scores.device();
     let n = answer.len();
     let ids: Vec<i64> = answer.iter().map(|&t| t as i64).collect();
     let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &device);
     let picked = scores.clone().select(0, ids);
-    let answer = if every_token {
-        picked.mean()
-    } else {
-        log_sum_exp(picked)
-    };
-    log_sum_exp(scores) - answer
+    log_sum_exp(scores) - picked.mean()
 }
 
 /// `log Σ exp(x)` of `x` `[n]`, shifted by its (detached) maximum: `[1]`.
@@ -744,22 +738,17 @@ fn log_sum_exp(x: Tensor<1>) -> Tensor<1> {
 mod span_tests {
     use super::*;
 
-    /// An answer of two tokens, one far on top: the share form is already nearly satisfied,
-    /// the every-token form still pushes the neglected one (its loss is the mean of both
-    /// tokens' `-log softmax`). For a one-token answer the two are the same.
+    /// An answer of two tokens, one far on top: the loss is the mean of both tokens'
+    /// `-log softmax`, so the neglected one still counts in full.
     #[test]
-    fn the_every_token_span_loss_does_not_stop_at_one_answer_token() {
+    fn the_span_loss_counts_every_answer_token() {
         let device = Device::flex();
         let scores = Tensor::<1>::from_data(TensorData::new(vec![5.0f32, -5.0, 0.0], [3]), &device);
-        let loss = |answer: &[usize], every: bool| -> f32 {
-            span_cross_entropy(scores.clone(), answer, every).into_scalar()
-        };
+        let loss =
+            |answer: &[usize]| -> f32 { span_cross_entropy(scores.clone(), answer).into_scalar() };
         let lse = (5.0f32.exp() + (-5.0f32).exp() + 1.0).ln();
-        assert!(
-            (loss(&[0, 1], false) - (lse - (5.0f32.exp() + (-5.0f32).exp()).ln())).abs() < 1e-4
-        );
-        assert!((loss(&[0, 1], true) - (lse - 0.0)).abs() < 1e-4);
-        assert!(loss(&[0, 1], true) > 5.0 && loss(&[0, 1], false) < 0.01);
-        assert!((loss(&[2], true) - loss(&[2], false)).abs() < 1e-5);
+        assert!((loss(&[0]) - (lse - 5.0)).abs() < 1e-4);
+        assert!((loss(&[0, 1]) - lse).abs() < 1e-4, "mean of 5 and -5 is 0");
+        assert!(loss(&[0, 1]) > 5.0 && loss(&[0]) < 0.01);
     }
 }
