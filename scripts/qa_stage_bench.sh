@@ -23,6 +23,16 @@
 #                                             the same with 1,920 windows (README, "Rate 16: four
 #                                             times the pretraining windows"; about 40 minutes
 #                                             more): runs/qa_stage_pre1920_r16_s<SEED>*
+#   PHASES=4 PRETRAIN=1920 RATE=16 ...        the pretraining in 4 phases of 480 windows, each a new
+#                                             schedule from the one before (README, "Rate 16:
+#                                             pretraining in four phases"): runs/..._ph4_...
+#   SEGMENTS=scored PHASES=4 PRETRAIN=1920 RATE=16 scripts/qa_stage_bench.sh
+#                                             the stage and the epoch with the span loss and
+#                                             segments placed by the scorer (--span-weight 1
+#                                             --adaptive-segments; README, "Segments placed by the
+#                                             scorer": issue 22's rate-16 targets; about 2 hours
+#                                             per seed): runs/qa_stage_pre1920_ph4_r16_scored_s<SEED>*
+#                                             (the pretraining in runs/qa_stage_pre1920_ph4_r16_s<SEED>*)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scaledown/target}"
@@ -60,25 +70,46 @@ case "$pretrain" in
      tag=_pre$pretrain$tag ;;
 esac
 
+phases=${PHASES:-1}
+case "$phases" in
+  1) ;;
+  2 | 3 | 4 | 5 | 6 | 7 | 8)
+    [ "$pretrain" != 0 ] && [ $((pretrain % (4 * phases))) = 0 ] ||
+      { echo "PHASES=$phases: needs PRETRAIN, a multiple of 4 x PHASES windows" >&2; exit 1; }
+    tag=_pre${pretrain}_ph$phases${tag#_pre$pretrain} ;;
+  *) echo "PHASES=$phases: 1 to 8" >&2; exit 1 ;;
+esac
+pretag=$tag
+scored=()
+case "${SEGMENTS:-fixed}" in
+  fixed) ;;
+  scored) scored=(--span-weight 1 --adaptive-segments); tag=${tag}_scored ;;
+  *) echo "SEGMENTS=$SEGMENTS: fixed or scored" >&2; exit 1 ;;
+esac
+
 seeds=("$@")
 [ ${#seeds[@]} -gt 0 ] || seeds=(42 7)
 for s in "${seeds[@]}"; do
   from=()
   if [ "$pretrain" != 0 ]; then
-    pre=runs/qa_stage${tag}_s$s.pretrained
-    "$sd" pretrain "${rate[@]}" --train-data data/squad500.json --generator-training lora \
-      --pretrain-data ../shared/data/hotpotqa_dev.jsonl --pretrain-data "$squad" \
-      --pretrain-steps $((pretrain / 4)) --eval-steps $((pretrain / 4)) \
-      --compressor-learning-rate 1e-4 --learning-rate 1e-4 --max-eval-examples 20 \
-      --eval-batch-size 4 --seed "$s" --resume --output-dir "$pre" | tee "$pre.log"
-    from=(--init-from "$pre")
+    steps=$((pretrain / 4 / phases))
+    for i in $(seq 1 "$phases"); do
+      pre=runs/qa_stage${pretag}_s$s.pretrained
+      [ "$phases" = 1 ] || pre=$pre.p$i
+      "$sd" pretrain "${rate[@]}" --train-data data/squad500.json --generator-training lora \
+        --pretrain-data ../shared/data/hotpotqa_dev.jsonl --pretrain-data "$squad" \
+        --pretrain-steps $steps --eval-steps $steps \
+        --compressor-learning-rate 1e-4 --learning-rate 1e-4 --max-eval-examples 20 \
+        --eval-batch-size 4 --seed "$s" --resume "${from[@]}" --output-dir "$pre" | tee "$pre.log"
+      from=(--init-from "$pre")
+    done
   fi
   out=runs/qa_stage${tag}_s$s
-  "$sd" train "${rate[@]}" --train-data data/hotpot400_gold.json --eval-data data/squad500_eval.json \
+  "$sd" train "${rate[@]}" "${scored[@]}" --train-data data/hotpot400_gold.json --eval-data data/squad500_eval.json \
     --max-eval-examples 10 "${from[@]}" --seed "$s" --resume --output-dir "$out/stage" |
     tee "$out.stage.log"
   qa=runs/${epoch}${tag}_s$s
-  "$sd" train "${rate[@]}" --train-data "$train" --eval-data data/squad500_eval.json \
+  "$sd" train "${rate[@]}" "${scored[@]}" --train-data "$train" --eval-data data/squad500_eval.json \
     --max-eval-examples 50 --init-from "$out/stage" --seed "$s" --resume --output-dir "$qa/qa" |
     tee "$qa.qa.log"
   "$sd" eval --checkpoint "$qa/qa/checkpoints/final" --eval-data data/heldout200.json \

@@ -297,6 +297,63 @@ fn init_from_starts_a_fresh_epoch_from_another_runs_weights() {
     assert_eq!(factor(&continued), Some(4.0));
 }
 
+/// The span loss finds each answer in its documents and trains beside the answer's loss;
+/// segments placed by the scorer (`--adaptive-segments`) go on from a run with fixed ones, are
+/// recorded in the checkpoint, and the reloaded checkpoint answers as the run did.
+#[test]
+fn the_span_loss_and_scored_segments_train_and_reload() {
+    let s = Setup::new();
+    ok(&s.train("fixed", &["--max-steps", "5"]));
+    let scored = [
+        "--max-steps",
+        "10",
+        "--span-weight",
+        "1",
+        "--adaptive-segments",
+        "--init-from",
+        &s.p("fixed"),
+    ];
+    let log = ok(&s.train("scored", &scored));
+    assert!(
+        log.contains("span loss: the answer found in the documents of 8 of 8 examples"),
+        "{log}"
+    );
+    let out = s.dir.join("scored");
+    let setup = read_json(&out.join("checkpoints/final/setup.json"));
+    assert_eq!(setup["compressor"]["adaptive_segments"], true);
+    let report = read_json(&out.join("metrics_report.json"));
+    let losses = report["training"]["losses"].as_array().unwrap();
+    assert_eq!(losses.len(), 10, "{log}");
+    assert!(losses.iter().all(|l| l[1].as_f64().unwrap().is_finite()));
+    let eval_out = s.p("scored_eval.json");
+    ok(&scaledown(&[
+        "eval",
+        "--checkpoint",
+        &out.join("checkpoints/final").display().to_string(),
+        "--eval-data",
+        &s.p("train_eval.json"),
+        "--output",
+        &eval_out,
+    ]));
+    let answers = |v: serde_json::Value| -> Vec<String> {
+        v["predictions"]
+            .as_array()
+            .or(v["compressed"]["predictions"].as_array())
+            .unwrap()
+            .iter()
+            .map(|p| p["prediction"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        answers(read_json(Path::new(&eval_out))),
+        answers(read_json(&out.join("after_training_results.json")))
+    );
+    fails_with(
+        &s.train("bad", &["--span-weight", "nan"]),
+        &["--span-weight"],
+    );
+}
+
 /// Every checkpoint carries a manifest (each file's SHA-256 and size): `eval` refuses a
 /// checkpoint whose tensors were damaged on disk, naming the file, and `--resume` passes over
 /// damaged checkpoints to the newest intact one and says so.

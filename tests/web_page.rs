@@ -411,8 +411,9 @@ fn without_webgpu_the_page_runs_on_the_cpu_backend_and_says_so() {
 #[ignore = "needs the built page, Chromium, chromedriver and the models: scripts/test.sh runs it"]
 fn the_page_answers_with_smollm2_and_a_checkpoint_fetched_by_url() {
     use scaledown_files::checkpoint::{build, save};
-    use scaledown_model::burn::prelude::Device;
-    use scaledown_model::burn::tensor::read_sync;
+    use scaledown_model::burn::module::Param;
+    use scaledown_model::burn::prelude::{Device, Tensor};
+    use scaledown_model::burn::tensor::{Distribution, read_sync};
     use scaledown_model::compressor::{CompressorConfig, CompressorType, Readout};
     use scaledown_model::generation::GenerationConfig;
     use scaledown_model::recipe::RunConfig;
@@ -433,6 +434,9 @@ fn the_page_answers_with_smollm2_and_a_checkpoint_fetched_by_url() {
             readout: Readout::Pooled,
             projector: false,
             rerank: false,
+            // Segments placed by the scorer: the page finds them on WebGPU (topk, a cumulative
+            // count), the native model on the CPU.
+            adaptive_segments: true,
             ..CompressorConfig::default()
         }
         .with_measured_pool_score_scale(),
@@ -442,7 +446,13 @@ fn the_page_answers_with_smollm2_and_a_checkpoint_fetched_by_url() {
     let setup = recipe.setup(gguf.clone(), None);
     let device = Device::flex();
     device.seed(11);
-    let loaded = build(&setup, &device).unwrap();
+    let mut loaded = build(&setup, &device).unwrap();
+    // A random scorer (a fresh one is zero: every score tied), so that the segments differ
+    // from every 16 tokens and from one another.
+    let scorer = loaded.oscar.compressor.pool_scorer.as_ref().expect("pooled");
+    let d = scorer.val().dims()[0];
+    let random = Tensor::<1>::random([d], Distribution::Normal(0.0, 1.0), &device);
+    loaded.oscar.compressor.pool_scorer = Some(Param::from_tensor(random));
     let checkpoints = tempfile::tempdir().unwrap();
     save(
         &checkpoints.path().join("final"),

@@ -185,6 +185,20 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = RunConfig::default().loss.distill, value_parser = weight)]
     #[serde(default)]
     pub distill_weight: f64,
+    /// Span loss: weight of the cross-entropy of the pooled readout's token scores (softmaxed
+    /// over a question's document tokens) against each of the answer's tokens there (where the
+    /// answer is found; 0: off). With --adaptive-segments at rate 16: README, "Segments placed
+    /// by the scorer".
+    #[arg(long, default_value_t = RunConfig::default().loss.span, value_parser = weight)]
+    #[serde(default)]
+    pub span_weight: f64,
+    /// Pooled readout: place each chunk's segments by the scorer (each ends at one of the chunk's
+    /// top-scoring tokens) instead of every --compression-rate tokens; the same number of
+    /// memory vectors. Taught where answers lie by --span-weight. May differ from the
+    /// --init-from checkpoint's.
+    #[arg(long)]
+    #[serde(default)]
+    pub adaptive_segments: bool,
     /// After training, also fine-tune the uncompressed generator with the same LoRA recipe,
     /// steps and answers on the full text, and report it as the compressed model's fair
     /// ceiling (takes about twice the compressed training's time).
@@ -230,6 +244,7 @@ impl TrainArgs {
                 readout: self.readout,
                 projector: CompressorConfig::needs_projector(compressor_type, self.readout),
                 rerank: self.rerank,
+                adaptive_segments: self.adaptive_segments,
                 ..CompressorConfig::default()
             }
             .with_measured_pool_score_scale(),
@@ -249,6 +264,7 @@ impl TrainArgs {
             loss: LossWeights {
                 rerank: self.rerank_weight,
                 distill: self.distill_weight,
+                span: self.span_weight,
             },
             evaluation: EvaluationConfig {
                 max_new_tokens: self.max_new_tokens as usize,

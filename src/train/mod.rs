@@ -331,6 +331,16 @@ impl Run {
             let example = tokenizers.answer_example(&self.setup.compressor, ex, target)?;
             examples.push(example.with_relevance(scores));
         }
+        if self.recipe.loss.span > 0.0 {
+            let found = examples
+                .iter()
+                .filter(|e| !e.answer_tokens.is_empty())
+                .count();
+            println!(
+                "span loss: the answer found in the documents of {found} of {} examples",
+                examples.len()
+            );
+        }
         if self.recipe.loss.distill == 0.0 {
             return Ok(examples);
         }

@@ -105,6 +105,11 @@ pub struct CompressorConfig {
     /// written before it was recorded trained its scorer with 4.
     #[serde(default = "CompressorConfig::first_pool_score_scale")]
     pub pool_score_scale: f32,
+    /// Segments placed by the scorer instead of every R tokens: a chunk's v memory vectors end
+    /// at its v top-scoring tokens, so that an answer of several tokens can get several
+    /// vectors and filler shares one (pooled readout with a scorer; same v as fixed segments).
+    #[serde(default)]
+    pub adaptive_segments: bool,
 }
 
 /// The measured best recipe at the seed's scale (README, "Rate 2"): a copy of the
@@ -123,6 +128,7 @@ impl Default for CompressorConfig {
             projector: false,
             rerank: false,
             pool_score_scale: Self::measured_pool_score_scale(compression_rate),
+            adaptive_segments: false,
         }
     }
 }
@@ -143,6 +149,7 @@ impl CompressorConfig {
             projector: false,
             rerank: false,
             pool_score_scale: Self::measured_pool_score_scale(compression_rate),
+            adaptive_segments: false,
         }
     }
 
@@ -287,6 +294,9 @@ pub struct Compressed {
     pub chunk_vectors: Vec<usize>,
     /// The reranking head's score of each chunk `[chunks]`, when the compressor has one.
     pub scores: Option<Tensor<1>>,
+    /// The pooled readout's score (logit) of every document token `[Σ document tokens]`, in
+    /// chunk order: what the span loss trains to point at the answer. None without a scorer.
+    pub token_scores: Option<Tensor<1>>,
 }
 
 /// One chunk's compressor input: the embeddings `[1, n, backbone width]` of `[query; chunk]`
@@ -319,6 +329,8 @@ pub struct Compressor {
     pub pool_scorer: Option<Param<Tensor<1>>>,
     /// [`CompressorConfig::pool_score_scale`]. A setting, not a weight.
     pub pool_score_scale: f32,
+    /// [`CompressorConfig::adaptive_segments`]. A setting, not a weight.
+    pub adaptive_segments: bool,
 }
 
 impl Compressor {
@@ -341,6 +353,7 @@ impl Compressor {
             memory_layer: config.memory_layer(),
             pool_scorer: pooled.then(|| Param::from_tensor(Tensor::zeros([d], device))),
             pool_score_scale: config.pool_score_scale,
+            adaptive_segments: config.adaptive_segments,
         }
     }
 
@@ -550,6 +563,9 @@ impl Compressor {
     /// The memory (after the projector) and reranking scores of chunks' states.
     fn scored(&self, states: Vec<ChunkStates>) -> Compressed {
         let chunk_vectors = states.iter().map(|s| s.memory.dims()[0]).collect();
+        let token_scores: Option<Vec<Tensor<1>>> =
+            states.iter().map(|s| s.token_scores.clone()).collect();
+        let token_scores = token_scores.map(|t| Tensor::cat(t, 0));
         let (memory_states, rr_states): (Vec<Tensor<2>>, Vec<Option<Tensor<2>>>) =
             states.into_iter().map(|s| (s.memory, s.rr)).unzip();
         let memory_states = Tensor::cat(memory_states, 0);
@@ -565,6 +581,7 @@ impl Compressor {
             memory,
             chunk_vectors,
             scores,
+            token_scores,
         }
     }
 
@@ -657,6 +674,12 @@ impl Compressor {
                 .slice([p.row..p.row + 1, from..from + n, 0..d])
                 .reshape([n, d])
         };
+        let [_, width, _] = hidden.dims();
+        // Every position's score `[rows * width]` (pooled readout with a scorer).
+        let logits = match (self.pool_rate, &self.pool_scorer) {
+            (0, _) | (_, None) => None,
+            (_, Some(w)) => Some(token_logits(hidden.clone(), w, self.pool_score_scale)),
+        };
         let memory: Vec<Tensor<2>> = match self.pool_rate {
             0 => placements
                 .iter()
@@ -667,11 +690,12 @@ impl Compressor {
                     .iter()
                     .map(|p| (p.row, p.start + p.document.start..p.start + p.document.end))
                     .collect();
-                let scorer = self
-                    .pool_scorer
-                    .as_ref()
-                    .map(|w| (w, self.pool_score_scale));
-                let pooled = segment_pool(hidden.clone(), &documents, r, scorer);
+                let [batch, width, _] = hidden.dims();
+                let member = match (&logits, self.adaptive_segments) {
+                    (Some(l), true) => scored_segments(l.clone(), &documents, r, batch, width),
+                    _ => fixed_segments(&documents, r, batch, width, &hidden.device()),
+                };
+                let pooled = segment_pool(hidden.clone(), member, logits.clone());
                 let mut start = 0;
                 placements
                     .iter()
@@ -690,6 +714,11 @@ impl Compressor {
             .map(|(memory, p)| ChunkStates {
                 memory,
                 rr: self.rerank.as_ref().map(|_| at(p, rr_at, 1)),
+                token_scores: logits.as_ref().map(|l| {
+                    let from = p.row * width + p.start;
+                    l.clone()
+                        .slice(from + p.document.start..from + p.document.end)
+                }),
             })
             .collect()
     }
@@ -703,54 +732,118 @@ impl Compressor {
     }
 }
 
-/// The weighted means of `hidden` `[batch, width, d]` over segments of `r` positions of each
-/// `(row, document range)` (a shorter last segment pools what it has), in order:
-/// `[Σ segments, d]`. Without a scorer every token of a segment weighs the same; with one, a
-/// segment's weights are the softmax of its tokens' scores. One product with a matrix of
-/// weights, so that the gradient of every state is one pass.
-fn segment_pool(
-    hidden: Tensor<3>,
+/// Which of `batch * width` positions each segment pools, `[segments, batch * width]`:
+/// segments of `r` positions of each `(row, document range)`, in order (a shorter last
+/// segment holds what is left; an empty document one position).
+fn fixed_segments(
     documents: &[(usize, Range<usize>)],
     r: usize,
-    scorer: Option<(&Param<Tensor<1>>, f32)>,
-) -> Tensor<2> {
-    let [batch, width, d] = hidden.dims();
-    let segments: usize = documents
-        .iter()
-        .map(|(_, doc)| doc.len().div_ceil(r).max(1))
-        .sum();
-    let mut member = vec![false; segments * batch * width];
-    let mut row = 0;
-    for (i, doc) in documents {
-        let i = *i;
-        for seg in (doc.start..doc.end.max(doc.start + 1)).step_by(r) {
-            let end = (seg + r).min(doc.end.max(doc.start + 1));
-            for t in seg..end {
-                member[row * batch * width + i * width + t] = true;
+    batch: usize,
+    width: usize,
+    device: &Device,
+) -> Tensor<2, Bool> {
+    let total = batch * width;
+    let mut member = Vec::new();
+    for (row, doc) in documents {
+        let end = doc.end.max(doc.start + 1);
+        for seg in (doc.start..end).step_by(r) {
+            let mut positions = vec![false; total];
+            for t in seg..(seg + r).min(end) {
+                positions[row * width + t] = true;
             }
-            row += 1;
+            member.extend(positions);
         }
     }
+    let n = member.len() / total;
+    Tensor::from_data(TensorData::new(member, [n, total]), device)
+}
+
+/// As [`fixed_segments`], with as many segments per document, placed by `scores`
+/// (`[batch * width]`, [`token_logits`]): each ends at one of the document's top-scoring
+/// tokens (all tokens tied with the last of them count as on top), the last runs to the
+/// document's end, so every token still pools somewhere. On the device (no read of the
+/// scores, which the browser's WebGPU could not do synchronously); the boundaries are not
+/// differentiable, the pooling weights within them are.
+fn scored_segments(
+    scores: Tensor<1>,
+    documents: &[(usize, Range<usize>)],
+    r: usize,
+    batch: usize,
+    width: usize,
+) -> Tensor<2, Bool> {
+    let device = scores.device();
+    let scores = scores.detach();
+    let total = batch * width;
+    let rows: Vec<Tensor<2, Int>> = documents
+        .iter()
+        .map(|(row, doc)| {
+            let v = doc.len().div_ceil(r);
+            if v <= 1 {
+                let one = [(*row, doc.clone())];
+                return fixed_segments(&one, doc.len().max(1), batch, width, &device).int();
+            }
+            let (from, len) = (row * width + doc.start, doc.len());
+            let own = scores.clone().slice(from..from + len);
+            let last_top = own.clone().topk(v, 0).slice(v - 1..v);
+            let top = own.greater_equal(last_top.expand([len])).int();
+            // A token's segment: how many top tokens come before it (the tail after the last
+            // one joins the last segment).
+            let segment = (top.clone().cumsum(0) - top).clamp_max(v as i64 - 1);
+            let k = Tensor::<1, Int>::arange(0..v as i64, &device).reshape([v, 1]);
+            let member = segment
+                .reshape([1, len])
+                .expand([v, len])
+                .equal(k.expand([v, len]));
+            Tensor::cat(
+                vec![
+                    Tensor::zeros([v, from], &device),
+                    member.int(),
+                    Tensor::zeros([v, total - from - len], &device),
+                ],
+                1,
+            )
+        })
+        .collect();
+    Tensor::cat(rows, 0).bool()
+}
+
+/// The weighted means of `hidden` `[batch, width, d]` over the segments of `member`
+/// (`[segments, batch * width]`, [`fixed_segments`] or [`scored_segments`]), in order:
+/// `[segments, d]`. Without `scores` (`[batch * width]`, [`token_logits`]) every token of a
+/// segment weighs the same; with them, a segment's weights are the softmax of its tokens'. One
+/// product with a matrix of weights, so that the gradient of every state is one pass.
+fn segment_pool(
+    hidden: Tensor<3>,
+    member: Tensor<2, Bool>,
+    scores: Option<Tensor<1>>,
+) -> Tensor<2> {
+    let [batch, width, d] = hidden.dims();
+    let n = member.dims()[0];
     let device = hidden.device();
     let flat = hidden.reshape([batch * width, d]);
-    let outside =
-        Tensor::<2, Bool>::from_data(TensorData::new(member, [segments, batch * width]), &device)
-            .bool_not();
-    let scores = match scorer {
-        // `[batch * width, 1]` -> `[1, batch * width]`, the same for every segment.
-        Some((w, scale)) => {
-            let normed = flat.clone() / (flat.clone().powf_scalar(2.0).mean_dim(1) + 1e-6).sqrt();
-            normed
-                .matmul(w.val().reshape([d, 1]))
-                .mul_scalar(scale)
-                .reshape([1, batch * width])
-                .expand([segments, batch * width])
-        }
-        None => Tensor::zeros([segments, batch * width], &device),
+    let outside = member.bool_not();
+    let scores = match scores {
+        // `[batch * width]` -> `[1, batch * width]`, the same for every segment.
+        Some(scores) => scores
+            .reshape([1, batch * width])
+            .expand([n, batch * width]),
+        None => Tensor::zeros([n, batch * width], &device),
     };
     // Finite, so that no backend meets inf - inf; exp(-1e9) is 0 in f32 all the same.
     let weights = softmax(scores.mask_fill(outside, -1.0e9), 1);
     weights.matmul(flat)
+}
+
+/// Each position's pooling score `scale · w · rmsnorm(state)` of `hidden` `[batch, width, d]`:
+/// `[batch * width]`.
+fn token_logits(hidden: Tensor<3>, w: &Param<Tensor<1>>, scale: f32) -> Tensor<1> {
+    let [batch, width, d] = hidden.dims();
+    let flat = hidden.reshape([batch * width, d]);
+    let normed = flat.clone() / (flat.powf_scalar(2.0).mean_dim(1) + 1e-6).sqrt();
+    normed
+        .matmul(w.val().reshape([d, 1]))
+        .mul_scalar(scale)
+        .reshape([batch * width])
 }
 
 /// The most positions in a row of one question's chunks ([`Compressor::compress_after_query`]).
@@ -770,6 +863,8 @@ struct Placement {
 struct ChunkStates {
     memory: Tensor<2>,
     rr: Option<Tensor<2>>,
+    /// The scores of its document tokens `[document tokens]` (pooled readout with a scorer).
+    token_scores: Option<Tensor<1>>,
 }
 
 struct FreshCopy;
@@ -785,4 +880,58 @@ impl ModuleMapper for FreshCopy {
 /// Memory tokens start as small random vectors (the scale of token embeddings).
 fn memory_init(l: usize, d: usize, device: &Device) -> Tensor<2> {
     Tensor::random([l, d], Distribution::Normal(0.0, 0.02), device)
+}
+
+#[cfg(test)]
+mod segment_tests {
+    use super::*;
+
+    /// The positions of each segment of `member` `[segments, batch * width]`.
+    fn positions(member: Tensor<2, Bool>) -> Vec<Vec<usize>> {
+        let [n, total] = member.dims();
+        let flags = member.into_data().try_into_vec::<bool>().expect("bool");
+        (0..n)
+            .map(|k| (0..total).filter(|&p| flags[k * total + p]).collect())
+            .collect()
+    }
+
+    #[test]
+    fn scored_segments_end_at_the_top_tokens_and_cover_the_document() {
+        // Row 1 of width 10, document positions 1..9 (8 tokens), R = 4: two segments, the
+        // first ending at the better of the two top tokens' first (position 3), the second
+        // running to the end.
+        let device = Device::flex();
+        let mut scores = vec![0.0f32; 20];
+        scores[10 + 6] = 5.0;
+        scores[10 + 3] = 4.0;
+        scores[10] = 9.0; // position 0 of row 1: outside the document
+        let scores = Tensor::<1>::from_data(TensorData::new(scores, [20]), &device);
+        let member = scored_segments(scores, &[(1, 1..9)], 4, 2, 10);
+        assert_eq!(
+            positions(member),
+            vec![vec![11, 12, 13], (14..19).collect()]
+        );
+        // Fixed segments of the same document: every 4 tokens.
+        let member = fixed_segments(&[(1, 1..9)], 4, 2, 10, &device);
+        assert_eq!(
+            positions(member),
+            vec![vec![11, 12, 13, 14], vec![15, 16, 17, 18]]
+        );
+        // Three segments of a 9-token document at R = 4, and a lone one of a short document.
+        let mut scores = vec![0.0f32; 20];
+        for (t, s) in [(2, 3.0), (5, 2.0), (8, 1.0)] {
+            scores[t] = s;
+        }
+        let scores = Tensor::<1>::from_data(TensorData::new(scores, [20]), &device);
+        let member = scored_segments(scores, &[(0, 0..9), (1, 0..3)], 4, 2, 10);
+        assert_eq!(
+            positions(member),
+            vec![
+                vec![0, 1, 2],
+                vec![3, 4, 5],
+                vec![6, 7, 8],
+                vec![10, 11, 12]
+            ]
+        );
+    }
 }

@@ -62,6 +62,16 @@ impl Encoded {
             .collect()
     }
 
+    /// The document tokens of all chunks, in order (what [`TrainExample::answer_tokens`]
+    /// index).
+    pub fn document_ids(&self) -> Vec<u32> {
+        self.chunks
+            .iter()
+            .zip(self.document_ranges())
+            .flat_map(|(c, r)| c[r].iter().copied())
+            .collect()
+    }
+
     /// How many documents the chunks come from.
     pub fn documents(&self) -> usize {
         self.chunk_documents.iter().max().map_or(0, |&d| d + 1)
@@ -92,6 +102,9 @@ pub struct TrainExample {
     /// The uncompressed teacher's top tokens at each answer position, for distillation
     /// (empty: none).
     pub teacher_tokens: TeacherTokens,
+    /// Where the answer lies in the document tokens ([`Encoded::document_ids`]), for the span
+    /// loss (empty: not found, or not looked for).
+    pub answer_tokens: Vec<usize>,
 }
 
 impl TrainExample {
@@ -102,6 +115,26 @@ impl TrainExample {
             answer,
             teacher_scores: vec![],
             teacher_tokens: vec![],
+            answer_tokens: vec![],
+        }
+    }
+
+    /// With the answer's place in the document tokens (the span loss's target): the first
+    /// occurrence of any of `answers` (token ids, e.g. the answer with and without a leading
+    /// space), or none.
+    pub fn with_answer_span(self, answers: &[Vec<u32>]) -> Self {
+        let ids = self.encoded.document_ids();
+        let found = answers
+            .iter()
+            .filter(|a| !a.is_empty())
+            .filter_map(|a| {
+                let at = ids.windows(a.len()).position(|w| w == a.as_slice())?;
+                Some(at..at + a.len())
+            })
+            .min_by_key(|r| r.start);
+        Self {
+            answer_tokens: found.map(|r| r.collect()).unwrap_or_default(),
+            ..self
         }
     }
 

@@ -129,6 +129,11 @@ pub struct LossWeights {
     pub rerank: f64,
     /// The distillation loss (examples with teacher tokens).
     pub distill: f64,
+    /// The span loss (examples whose answer is found in their documents, the pooled readout
+    /// with a scorer): the cross-entropy of the scorer's token scores against the answer's
+    /// tokens.
+    #[serde(default)]
+    pub span: f64,
 }
 
 impl LossWeights {
@@ -136,11 +141,13 @@ impl LossWeights {
     pub const ANSWER: Self = Self {
         rerank: 0.0,
         distill: 0.0,
+        span: 0.0,
     };
     /// OSCAR's: reranking λ 0.05, no distillation.
     pub const OSCAR: Self = Self {
         rerank: 0.05,
         distill: 0.0,
+        span: 0.0,
     };
 }
 
@@ -272,6 +279,7 @@ impl Oscar {
                 memory: Tensor::zeros([0, d], &device),
                 chunk_vectors: vec![],
                 scores: None,
+                token_scores: None,
             };
             return encoded.iter().map(|_| none()).collect();
         }
@@ -310,20 +318,26 @@ impl Oscar {
             }
         };
         let [_, d] = all.memory.dims();
-        let (mut chunk, mut row) = (0, 0);
+        let (mut chunk, mut row, mut token) = (0, 0, 0);
         encoded
             .iter()
             .map(|e| {
                 let n = e.chunks.len();
                 let chunk_vectors = all.chunk_vectors[chunk..chunk + n].to_vec();
                 let rows: usize = chunk_vectors.iter().sum();
+                let tokens: usize = e.document_ranges().map(|r| r.len()).sum();
                 let one = Compressed {
                     memory: all.memory.clone().slice([row..row + rows, 0..d]),
                     chunk_vectors,
                     scores: all.scores.clone().map(|s| s.slice(chunk..chunk + n)),
+                    token_scores: all
+                        .token_scores
+                        .clone()
+                        .map(|s| s.slice(token..token + tokens)),
                 };
                 chunk += n;
                 row += rows;
+                token += tokens;
                 one
             })
             .collect()
@@ -424,10 +438,20 @@ impl Oscar {
         let LossWeights {
             rerank: rerank_weight,
             distill: distill_weight,
+            span: span_weight,
         } = weights;
         let device = self.device();
         let encoded: Vec<&Encoded> = examples.iter().map(|ex| &ex.encoded).collect();
         let compressed = self.compress_all(&encoded);
+        let mut spans = Vec::new();
+        for (c, ex) in compressed.iter().zip(examples) {
+            if span_weight == 0.0 || ex.answer_tokens.is_empty() {
+                continue;
+            }
+            if let Some(scores) = &c.token_scores {
+                spans.push(span_cross_entropy(scores.clone(), &ex.answer_tokens));
+            }
+        }
         let mut rerank = Vec::new();
         for (c, ex) in compressed.iter().zip(examples) {
             let (e, teacher) = (&ex.encoded, ex.teacher_scores.as_slice());
@@ -457,6 +481,10 @@ impl Oscar {
         if !rerank.is_empty() {
             let mse = Tensor::cat(rerank, 0).sum() / examples.len() as f64;
             loss = loss + mse * rerank_weight;
+        }
+        if !spans.is_empty() {
+            let n = spans.len() as f64;
+            loss = loss + Tensor::cat(spans, 0).sum() * (span_weight / n);
         }
         loss
     }
@@ -682,4 +710,45 @@ pub(crate) fn answer_cross_entropy(
         loss = loss + soft * distill_weight;
     }
     loss
+}
+
+/// The mean over the answer's tokens (`answer`, indices into the scores `[n]` of a question's
+/// document tokens) of `-log softmax(scores)_t`: how far the scores are from pointing at each
+/// of them: `[1]`. Each token, not only the one already on top (as `-log Σ_answer softmax`
+/// would, branch exp-span-scorer), so that segments placed by the scores
+/// ([`CompressorConfig::adaptive_segments`]) can give a number's digits one each.
+///
+/// [`CompressorConfig::adaptive_segments`]: crate::compressor::CompressorConfig::adaptive_segments
+fn span_cross_entropy(scores: Tensor<1>, answer: &[usize]) -> Tensor<1> {
+    let device = scores.device();
+    let n = answer.len();
+    let ids: Vec<i64> = answer.iter().map(|&t| t as i64).collect();
+    let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &device);
+    let picked = scores.clone().select(0, ids);
+    log_sum_exp(scores) - picked.mean()
+}
+
+/// `log Σ exp(x)` of `x` `[n]`, shifted by its (detached) maximum: `[1]`.
+fn log_sum_exp(x: Tensor<1>) -> Tensor<1> {
+    let m = x.clone().max().detach();
+    (x - m.clone()).exp().sum().log() + m
+}
+
+#[cfg(test)]
+mod span_tests {
+    use super::*;
+
+    /// An answer of two tokens, one far on top: the loss is the mean of both tokens'
+    /// `-log softmax`, so the neglected one still counts in full.
+    #[test]
+    fn the_span_loss_counts_every_answer_token() {
+        let device = Device::flex();
+        let scores = Tensor::<1>::from_data(TensorData::new(vec![5.0f32, -5.0, 0.0], [3]), &device);
+        let loss =
+            |answer: &[usize]| -> f32 { span_cross_entropy(scores.clone(), answer).into_scalar() };
+        let lse = (5.0f32.exp() + (-5.0f32).exp() + 1.0).ln();
+        assert!((loss(&[0]) - (lse - 5.0)).abs() < 1e-4);
+        assert!((loss(&[0, 1]) - lse).abs() < 1e-4, "mean of 5 and -5 is 0");
+        assert!(loss(&[0, 1]) > 5.0 && loss(&[0]) < 0.01);
+    }
 }

@@ -66,9 +66,15 @@ impl Pipeline {
         setup: &OscarSetup,
         fresh_lora: bool,
     ) -> Result<(Self, Option<usize>), SetupMismatch> {
-        if saved.compressor != setup.compressor {
+        // Where the segments lie is a setting of the readout, not of its weights.
+        let placed = CompressorConfig {
+            adaptive_segments: setup.compressor.adaptive_segments,
+            ..saved.compressor.clone()
+        };
+        if placed != setup.compressor {
             return Err(SetupMismatch::Compressor);
         }
+        self.oscar.compressor.adaptive_segments = setup.compressor.adaptive_segments;
         match (saved.lora_rank, setup.lora_rank) {
             (x, y) if x == y => Ok((self, None)),
             (None, Some(rank)) if fresh_lora => {

@@ -41,10 +41,15 @@ impl OscarTokenizers {
         ex: &Example,
         answer: &str,
     ) -> Result<TrainExample, WeightError> {
+        let spellings = [
+            self.generator.encode(answer.trim())?,
+            self.generator.encode(&format!(" {}", answer.trim()))?,
+        ];
         Ok(TrainExample::new(
             self.encode_example(config, ex)?,
             self.encode_answer(answer)?,
-        ))
+        )
+        .with_answer_span(&spellings))
     }
 }
 

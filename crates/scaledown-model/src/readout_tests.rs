@@ -532,3 +532,52 @@ fn one_questions_chunks_run_its_query_once_and_equal_each_chunk_alone() {
     };
     assert_eq!(other_queries.shared_query(), None);
 }
+
+/// The answer's place is its first occurrence in the document tokens, across chunks, in any
+/// of its spellings; an answer not in the documents has none.
+#[test]
+fn the_answer_span_is_its_first_occurrence_in_the_document_tokens() {
+    // Document tokens: [1, 2, 3, 4, 5, 6] then [1, 2, 7, 8] (no query).
+    let found = example().with_answer_span(&[vec![2, 7], vec![9], vec![5, 6]]);
+    assert_eq!(found.answer_tokens, vec![4, 5]);
+    let across = example().with_answer_span(&[vec![6, 1, 2]]);
+    assert_eq!(across.answer_tokens, vec![5, 6, 7]);
+    let missing = example().with_answer_span(&[vec![9], vec![]]);
+    assert!(missing.answer_tokens.is_empty());
+}
+
+/// With the span loss alone the scorer learns to point at the answer's token: the token
+/// scores' softmax puts most of its mass there.
+#[test]
+fn the_span_loss_points_the_scorer_at_the_answer() {
+    let device = Device::flex();
+    device.seed(3);
+    let generator = LlamaConfig::tiny(tiny::VOCAB).init(&device);
+    let cfg = pooled(CompressorType::NLayers);
+    let mut model = oscar_over(generator, &cfg).train();
+    let ex = example().with_answer_span(&[vec![7]]);
+    assert_eq!(ex.answer_tokens, vec![8]);
+    let share = |m: &Oscar| -> f32 {
+        let c = m.compress_all(&[&ex.encoded]).pop().expect("one");
+        let p = burn::tensor::activation::softmax(c.token_scores.expect("scorer"), 0);
+        p.slice(8..9).into_scalar()
+    };
+    let before = share(&model);
+    assert!(
+        (before - 0.1).abs() < 1e-4,
+        "uniform over 10 tokens: {before}"
+    );
+    let mut settings = settings(30);
+    settings.loss = crate::oscar::LossWeights {
+        span: 1.0,
+        ..crate::oscar::LossWeights::ANSWER
+    };
+    let mut trainer = Trainer::new(settings);
+    for _ in 0..30 {
+        let (m, stats) = read_sync(trainer.step(model, &[&ex]));
+        model = m;
+        stats.unwrap();
+    }
+    let after = share(&model);
+    assert!(after > 0.5, "{before} -> {after}");
+}
