@@ -29,8 +29,8 @@
 #   SEGMENTS=scored PHASES=4 PRETRAIN=1920 RATE=16 scripts/qa_stage_bench.sh
 #                                             the stage and the epoch with the span loss and
 #                                             segments placed by the scorer (--span-weight 1
-#                                             --adaptive-segments; README, "Segments placed by the
-#                                             scorer": issue 22's rate-16 targets; about 2 hours
+#                                             --adaptive-segments; README, "Rate 16: segments placed
+#                                             by the scorer": issue 22's rate-16 targets; about 2 hours
 #                                             per seed): runs/qa_stage_pre1920_ph4_r16_scored_s<SEED>*
 #                                             (the pretraining in runs/qa_stage_pre1920_ph4_r16_s<SEED>*)
 set -euo pipefail

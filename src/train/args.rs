@@ -187,8 +187,8 @@ pub struct TrainArgs {
     pub distill_weight: f64,
     /// Span loss: weight of the cross-entropy of the pooled readout's token scores (softmaxed
     /// over a question's document tokens) against each of the answer's tokens there (where the
-    /// answer is found; 0: off). With --adaptive-segments at rate 16: README, "Segments placed
-    /// by the scorer".
+    /// answer is found; 0: off). With --adaptive-segments at rate 16: README, "Rate 16: segments
+    /// placed by the scorer".
     #[arg(long, default_value_t = RunConfig::default().loss.span, value_parser = weight)]
     #[serde(default)]
     pub span_weight: f64,
