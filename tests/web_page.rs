@@ -449,7 +449,12 @@ fn the_page_answers_with_smollm2_and_a_checkpoint_fetched_by_url() {
     let mut loaded = build(&setup, &device).unwrap();
     // A random scorer (a fresh one is zero: every score tied), so that the segments differ
     // from every 16 tokens and from one another.
-    let scorer = loaded.oscar.compressor.pool_scorer.as_ref().expect("pooled");
+    let scorer = loaded
+        .oscar
+        .compressor
+        .pool_scorer
+        .as_ref()
+        .expect("pooled");
     let d = scorer.val().dims()[0];
     let random = Tensor::<1>::random([d], Distribution::Normal(0.0, 1.0), &device);
     loaded.oscar.compressor.pool_scorer = Some(Param::from_tensor(random));

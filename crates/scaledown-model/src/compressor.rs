@@ -674,7 +674,7 @@ impl Compressor {
                 .slice([p.row..p.row + 1, from..from + n, 0..d])
                 .reshape([n, d])
         };
-        let [_, width, _] = hidden.dims();
+        let [rows, width, _] = hidden.dims();
         // Every position's score `[rows * width]` (pooled readout with a scorer).
         let logits = match (self.pool_rate, &self.pool_scorer) {
             (0, _) | (_, None) => None,
@@ -690,10 +690,9 @@ impl Compressor {
                     .iter()
                     .map(|p| (p.row, p.start + p.document.start..p.start + p.document.end))
                     .collect();
-                let [batch, width, _] = hidden.dims();
                 let member = match (&logits, self.adaptive_segments) {
-                    (Some(l), true) => scored_segments(l.clone(), &documents, r, batch, width),
-                    _ => fixed_segments(&documents, r, batch, width, &hidden.device()),
+                    (Some(l), true) => scored_segments(l.clone(), &documents, r, rows, width),
+                    _ => fixed_segments(&documents, r, rows, width, &hidden.device()),
                 };
                 let pooled = segment_pool(hidden.clone(), member, logits.clone());
                 let mut start = 0;
