@@ -325,29 +325,7 @@ fn the_span_loss_and_scored_segments_train_and_reload() {
     let losses = report["training"]["losses"].as_array().unwrap();
     assert_eq!(losses.len(), 10, "{log}");
     assert!(losses.iter().all(|l| l[1].as_f64().unwrap().is_finite()));
-    let eval_out = s.p("scored_eval.json");
-    ok(&scaledown(&[
-        "eval",
-        "--checkpoint",
-        &out.join("checkpoints/final").display().to_string(),
-        "--eval-data",
-        &s.p("train_eval.json"),
-        "--output",
-        &eval_out,
-    ]));
-    let answers = |v: serde_json::Value| -> Vec<String> {
-        v["predictions"]
-            .as_array()
-            .or(v["compressed"]["predictions"].as_array())
-            .unwrap()
-            .iter()
-            .map(|p| p["prediction"].as_str().unwrap().to_string())
-            .collect()
-    };
-    assert_eq!(
-        answers(read_json(Path::new(&eval_out))),
-        answers(read_json(&out.join("after_training_results.json")))
-    );
+    eval_answers_as_the_run_did(&s, "scored");
     fails_with(
         &s.train("bad", &["--span-weight", "nan"]),
         &["--span-weight"],
@@ -1089,7 +1067,15 @@ fn a_modernbert_folder_trains_as_the_encoder_compressor() {
     let head: f64 = losses[..5].iter().sum::<f64>() / 5.0;
     let tail: f64 = losses[losses.len() - 5..].iter().sum::<f64>() / 5.0;
     assert!(tail < 0.7 * head, "loss {head} -> {tail}");
-    let eval_out = s.p("mb_eval.json");
+    eval_answers_as_the_run_did(&s, "mb");
+}
+
+/// The step numbers of the report's `training.<key>` series ([step, value] pairs).
+/// `eval` of run `run`'s final checkpoint gives the answers its own after-training
+/// evaluation gave: the checkpoint reloads what the run trained.
+fn eval_answers_as_the_run_did(s: &Setup, run: &str) {
+    let out = s.dir.join(run);
+    let eval_out = s.p(&format!("{run}_eval.json"));
     ok(&scaledown(&[
         "eval",
         "--checkpoint",
@@ -1108,7 +1094,6 @@ fn a_modernbert_folder_trains_as_the_encoder_compressor() {
     assert_eq!(answers(&after), answers(&again["compressed"]));
 }
 
-/// The step numbers of the report's `training.<key>` series ([step, value] pairs).
 fn logged_steps(report: &serde_json::Value, key: &str) -> Vec<u64> {
     report["training"][key]
         .as_array()
