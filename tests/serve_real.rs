@@ -48,7 +48,8 @@ fn the_real_generator_answers_batches_and_streams() {
         assert_eq!(body["compressed"], false);
         assert!(body["document_tokens"].as_u64().unwrap() > 10, "{body}");
     }
-    // The three at once go through the model as one left-padded batch.
+    // The three at once go through the model as one batch (prefilled in groups of similar
+    // length, decoded together).
     let bodies: Vec<Value> = (0..3).map(request).collect();
     let concurrent = server.post_concurrently("/v1/answer", &bodies);
     for (a, b) in sequential.iter().zip(&concurrent) {

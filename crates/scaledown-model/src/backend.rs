@@ -46,6 +46,19 @@ pub fn is_native_cpu(device: &Device) -> bool {
     }
 }
 
+/// Whether `device` is Burn's CPU backend (native or wasm).
+pub fn is_cpu(device: &Device) -> bool {
+    #[cfg(feature = "flex")]
+    {
+        *device == Device::flex()
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
 impl fmt::Display for BackendKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

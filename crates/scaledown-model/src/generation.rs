@@ -1,5 +1,6 @@
 //! Greedy and sampled decoding with a KV cache and stop tokens.
 
+use crate::backend::is_cpu;
 use crate::llama::{KvCache, Llama, PromptInput};
 use burn::prelude::*;
 use burn::tensor::ExecutionError;
@@ -206,74 +207,148 @@ pub async fn generate_batch(
 
 /// [`generate_batch`], calling `on_token(row, id)` as each row's token is picked (a server
 /// streams them); a row's calls end with its stop token or at `max_new_tokens`.
+///
+/// On the CPU the prompts are prefilled in groups of similar length ([`prefill_groups`]);
+/// the decoding steps run as one batch, which a row leaves when it stops.
 pub async fn generate_batch_streaming(
     model: &Llama,
     prompts: Vec<PromptInput>,
     stop_ids: &[u32],
     config: &GenerationConfig,
+    on_token: impl FnMut(usize, u32),
+) -> Result<Vec<Vec<u32>>, ExecutionError> {
+    let Some(first) = prompts.first() else {
+        return Ok(Vec::new());
+    };
+    let lens: Vec<usize> = prompts.iter().map(PromptInput::len).collect();
+    let groups = prefill_groups(&lens, is_cpu(&first.embeds.device()));
+    generate_in_groups(model, prompts, groups, stop_ids, config, on_token).await
+}
+
+/// [`generate_batch_streaming`] with the prompts prefilled in `groups` (rows of `prompts`,
+/// each row in one group).
+pub(crate) async fn generate_in_groups(
+    model: &Llama,
+    prompts: Vec<PromptInput>,
+    groups: Vec<Vec<usize>>,
+    stop_ids: &[u32],
+    config: &GenerationConfig,
     mut on_token: impl FnMut(usize, u32),
 ) -> Result<Vec<Vec<u32>>, ExecutionError> {
     let batch = prompts.len();
-    if batch == 0 {
-        return Ok(Vec::new());
-    }
     let device = prompts[0].embeds.device();
     let lens: Vec<usize> = prompts.iter().map(PromptInput::len).collect();
     let n = lens.iter().copied().max().unwrap_or(0);
-    let (x, inserted) = PromptInput::stack(prompts, n, true);
     let is_pad = |b: usize, k: usize| k < n - lens[b];
-    // Real queries never see padding keys; padding queries may (they are never read, and a
-    // row with every key masked could give NaN on some backends).
-    let prefill_mask: Vec<bool> = (0..batch)
-        .flat_map(|b| (0..n).flat_map(move |q| (0..n).map(move |k| is_pad(b, k) && !is_pad(b, q))))
-        .collect();
-    let mask = |values: Vec<bool>, q: usize, k: usize| {
-        Tensor::<4, Bool>::from_data(TensorData::new(values, [batch, 1, q, k]), &device)
+    let mask = |values: Vec<bool>, rows: usize, q: usize, k: usize| {
+        Tensor::<4, Bool>::from_data(TensorData::new(values, [rows, 1, q, k]), &device)
     };
-    let mut cache = KvCache::new(model.layers.len());
-    let h = model.forward_input(
-        x,
-        inserted,
-        &mut cache,
-        Some(mask(prefill_mask, n, n)),
-        |_, _| {},
-    );
+    // Prefilled group by group, each group's rows padded to its longest; the groups' caches
+    // are then moved on to `n` positions, so that they stack into one batch.
+    let mut prompts: Vec<Option<PromptInput>> = prompts.into_iter().map(Some).collect();
+    let (mut caches, mut last) = (Vec::new(), Vec::new());
+    for group in &groups {
+        let m = group.iter().map(|&b| lens[b]).max().unwrap_or(0);
+        let before = n - m;
+        let rows = group
+            .iter()
+            .map(|&b| prompts[b].take().expect("each row is in one group"))
+            .collect();
+        let (x, inserted) = PromptInput::stack(rows, m, true);
+        // Real queries never see padding keys; padding queries may (they are never read,
+        // and a row with every key masked could give NaN on some backends).
+        let pad = |b: usize, k: usize| is_pad(b, before + k);
+        let hidden: Vec<bool> = group
+            .iter()
+            .flat_map(|&b| (0..m).flat_map(move |q| (0..m).map(move |k| pad(b, k) && !pad(b, q))))
+            .collect();
+        let hidden = hidden
+            .iter()
+            .any(|&h| h)
+            .then(|| mask(hidden, group.len(), m, m));
+        let mut cache = KvCache::new(model.layers.len());
+        let h = model.forward_input(x, inserted, &mut cache, hidden, |_, _| {});
+        last.push(h.slice_dim(1, m - 1..m));
+        caches.push(model.left_padded_cache(cache, before));
+    }
+    let mut cache = KvCache::stack(caches);
     let mut logits = model
-        .logits(h.slice_dim(1, n - 1..n))
+        .logits(Tensor::cat(last, 0))
         .reshape([batch, model.vocab_size()]);
     let mut samplers: Vec<Sampler> = (0..batch).map(|_| Sampler::new(config)).collect();
     let mut out = vec![Vec::new(); batch];
-    let mut done = vec![false; batch];
+    // The rows still decoding, as the cache holds them: a row that has stopped leaves the
+    // batch, so that the rest do not carry its work to the longest answer's end.
+    let mut rows: Vec<usize> = groups.into_iter().flatten().collect();
     for step in 0..config.max_new_tokens {
         let values = read_floats(logits).await?;
-        let vocab = values.len() / batch;
-        let mut next = Vec::with_capacity(batch);
-        for b in 0..batch {
-            if !done[b] {
-                let id = samplers[b].next(&values[b * vocab..(b + 1) * vocab]);
-                on_token(b, id);
-                out[b].push(id);
-                done[b] = stop_ids.contains(&id);
+        let vocab = values.len() / rows.len();
+        let mut going = Vec::with_capacity(rows.len());
+        for (i, &b) in rows.iter().enumerate() {
+            let id = samplers[b].next(&values[i * vocab..(i + 1) * vocab]);
+            on_token(b, id);
+            out[b].push(id);
+            if !stop_ids.contains(&id) {
+                going.push(i);
             }
-            next.push(*out[b].last().unwrap_or(&0) as i64);
         }
-        if done.iter().all(|&d| d) || step + 1 == config.max_new_tokens {
+        if going.is_empty() || step + 1 == config.max_new_tokens {
             break;
         }
+        if going.len() < rows.len() {
+            cache = cache.select_rows(&going);
+            rows = going.iter().map(|&i| rows[i]).collect();
+        }
         let kv = cache.len() + 1;
-        let decode_mask = (0..batch)
-            .flat_map(|b| (0..kv).map(move |k| is_pad(b, k)))
+        let decode_mask = rows
+            .iter()
+            .flat_map(|&b| (0..kv).map(move |k| is_pad(b, k)))
             .collect();
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(next, [batch, 1]), &device);
+        let next = rows
+            .iter()
+            .map(|&b| out[b][out[b].len() - 1] as i64)
+            .collect();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(next, [rows.len(), 1]), &device);
         let h = model.forward_embeds(
             model.embed(ids),
             &mut cache,
-            Some(mask(decode_mask, 1, kv)),
+            Some(mask(decode_mask, rows.len(), 1, kv)),
             |_, _| {},
         );
-        logits = model.logits(h).reshape([batch, model.vocab_size()]);
+        logits = model.logits(h).reshape([rows.len(), model.vocab_size()]);
     }
     Ok(out)
+}
+
+/// Most positions (padding included) that the CPU prefills as one group: past about this
+/// many rows a product runs near the cores' peak, and a larger group only adds padding.
+const PREFILL_POSITIONS: usize = 512;
+
+/// The rows of a batch that are prefilled together: elsewhere than on the CPU, all of them.
+/// On the CPU one long prompt's products already run near the cores' peak and padding is
+/// work spent on nothing, but a short prompt's products run at half of it (SmolLM2's weights
+/// are read and widened once per product): prompts are taken longest first, and a group
+/// grows while it holds at most [`PREFILL_POSITIONS`] positions, a fifth of them padding.
+pub(crate) fn prefill_groups(lens: &[usize], cpu: bool) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    if !cpu {
+        return vec![order];
+    }
+    order.sort_by_key(|&b| std::cmp::Reverse(lens[b]));
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for b in order {
+        match groups.last_mut() {
+            Some(g)
+                if (g.len() + 1) * lens[g[0]] <= PREFILL_POSITIONS
+                    && 4 * (g.len() + 1) * lens[g[0]]
+                        <= 5 * (g.iter().map(|&r| lens[r]).sum::<usize>() + lens[b]) =>
+            {
+                g.push(b)
+            }
+            _ => groups.push(vec![b]),
+        }
+    }
+    groups
 }
 
 /// A float tensor's values, read from the device without blocking (WebGPU needs that).
@@ -288,6 +363,22 @@ pub async fn read_floats<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, Execu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cpu_prefills_prompts_of_similar_length_together() {
+        // Longest first; 8 joins 10 and 9 (3 of 30 positions padding), 3 would pad 10 more.
+        assert_eq!(
+            prefill_groups(&[10, 3, 9, 8], true),
+            vec![vec![0, 2, 3], vec![1]]
+        );
+        // Equal lengths, but at most PREFILL_POSITIONS positions a group.
+        let long = PREFILL_POSITIONS / 2;
+        assert_eq!(
+            prefill_groups(&[long, long, long], true),
+            vec![vec![0, 1], vec![2]]
+        );
+        assert_eq!(prefill_groups(&[10, 3, 9], false), vec![vec![0, 1, 2]]);
+    }
 
     #[test]
     fn greedy_and_tiny_top_p_pick_the_argmax() {

@@ -428,7 +428,7 @@ fn answers_after_a_cached_prefix_equal_answers_from_scratch() {
 
 #[test]
 fn a_padded_batch_answers_as_each_question_alone() {
-    use crate::generation::{generate, generate_batch};
+    use crate::generation::{generate, generate_batch, generate_in_groups, prefill_groups};
     let model = tiny_oscar(CompressorType::NLayers, 9).for_inference();
     let device = Device::flex();
     let config = GenerationConfig {
@@ -450,20 +450,53 @@ fn a_padded_batch_answers_as_each_question_alone() {
             .map_or(a.len(), |i| i + 1);
         assert_eq!(b, &a[..until_stop]);
     }
-    // Token prompts of different lengths.
+    // Token prompts of different lengths, prefilled as the CPU groups them (padded inside
+    // a group, a group's cache moved on to the longest), all together, and each alone.
     let g = &model.generator;
-    let prompts: [&[u32]; 3] = [&[5, 6, 7], &[8], &[9, 10, 11, 12, 13, 14]];
-    let embeds = prompts
+    let prompts: [&[u32]; 6] = [
+        &[5, 6, 7],
+        &[8],
+        &[9, 10, 11, 12, 13, 14],
+        &[15, 16, 17, 18, 19],
+        &[20, 21, 22, 23, 24, 25],
+        &[26, 27, 28, 29, 30, 31, 32],
+    ];
+    let alone: Vec<Vec<u32>> = prompts
         .iter()
-        .map(|p| crate::llama::PromptInput::tokens(g.embed(crate::example::ids_tensor(p, &device))))
+        .map(|p| read_sync(generate(g, p, &[], &config, &device)).unwrap())
         .collect();
-    let batched = read_sync(generate_batch(g, embeds, &[], &config)).unwrap();
-    for (b, p) in batched.iter().zip(prompts) {
-        assert_eq!(
-            b,
-            &read_sync(generate(g, p, &[], &config, &device)).unwrap()
-        );
+    let embeds = || {
+        prompts
+            .iter()
+            .map(|p| {
+                crate::llama::PromptInput::tokens(g.embed(crate::example::ids_tensor(p, &device)))
+            })
+            .collect::<Vec<_>>()
+    };
+    let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
+    let grouped = prefill_groups(&lens, true);
+    assert!(grouped.iter().any(|g| g.len() > 1) && grouped.len() > 1);
+    let stop = [alone[3][2]];
+    for groups in [grouped, prefill_groups(&lens, false)] {
+        let batched = read_sync(generate_in_groups(
+            g,
+            embeds(),
+            groups.clone(),
+            &stop,
+            &config,
+            |_, _| {},
+        ))
+        .unwrap();
+        for (b, a) in batched.iter().zip(&alone) {
+            let until_stop = a
+                .iter()
+                .position(|t| stop.contains(t))
+                .map_or(a.len(), |i| i + 1);
+            assert_eq!(b, &a[..until_stop], "groups {groups:?}");
+        }
     }
+    let batched = read_sync(generate_batch(g, embeds(), &[], &config)).unwrap();
+    assert_eq!(batched, alone);
 }
 
 /// The one step loop: `after` sees every step in order, stops the run early when it breaks,

@@ -28,6 +28,110 @@ impl KvCache {
         }
     }
 
+    /// This cache moved `pad` positions on, behind `pad` placeholders (zero keys and values,
+    /// for the caller's mask to hide), as if its rows had been prefilled left-padded:
+    /// `rotate` turns cached keys `[batch, kv_heads, seq, head_dim]` as `pad` positions do
+    /// (RoPE rotations add up). Caches of different lengths so become [`KvCache::stack`]able.
+    pub(crate) fn left_padded(self, pad: usize, rotate: impl Fn(Tensor<4>) -> Tensor<4>) -> Self {
+        if pad == 0 {
+            return self;
+        }
+        let late = self.late.map(|l| LatePositions {
+            layer: l.layer,
+            rows: l
+                .rows
+                .into_iter()
+                .map(|row| [vec![false; pad], row].concat())
+                .collect(),
+        });
+        let layers = self
+            .layers
+            .into_iter()
+            .map(|kv| {
+                kv.map(|(k, v)| {
+                    let [batch, heads, _, d] = k.dims();
+                    let zeros = Tensor::<4>::zeros([batch, heads, pad, d], &k.device());
+                    (
+                        Tensor::cat(vec![zeros.clone(), rotate(k)], 2),
+                        Tensor::cat(vec![zeros, v], 2),
+                    )
+                })
+            })
+            .collect();
+        Self { layers, late }
+    }
+
+    /// Caches of the same length as one batch (their rows in order).
+    pub fn stack(caches: Vec<KvCache>) -> Self {
+        let len = caches.first().map_or(0, KvCache::len);
+        assert!(
+            caches.iter().all(|c| c.len() == len),
+            "stacked caches hold the same number of positions"
+        );
+        let num_layers = caches.first().map_or(0, |c| c.layers.len());
+        let late = caches.iter().find_map(|c| c.late.as_ref()).map(|first| {
+            let layer = first.layer;
+            let rows = caches
+                .iter()
+                .flat_map(|c| match &c.late {
+                    Some(l) => {
+                        assert_eq!(l.layer, layer, "late vectors enter after the same layer");
+                        l.rows.clone()
+                    }
+                    None => vec![vec![false; len]; c.batch()],
+                })
+                .collect();
+            LatePositions { layer, rows }
+        });
+        let mut per_layer: Vec<Vec<(Tensor<4>, Tensor<4>)>> = vec![Vec::new(); num_layers];
+        for cache in caches {
+            for (i, kv) in cache.layers.into_iter().enumerate() {
+                per_layer[i].extend(kv);
+            }
+        }
+        let layers = per_layer
+            .into_iter()
+            .map(|kvs| {
+                if kvs.is_empty() {
+                    return None;
+                }
+                let (k, v): (Vec<_>, Vec<_>) = kvs.into_iter().unzip();
+                Some((Tensor::cat(k, 0), Tensor::cat(v, 0)))
+            })
+            .collect();
+        Self { layers, late }
+    }
+
+    /// The cache of rows `keep` of this batch only (in that order).
+    pub fn select_rows(self, keep: &[usize]) -> Self {
+        let late = self.late.map(|l| LatePositions {
+            layer: l.layer,
+            rows: keep.iter().map(|&r| l.rows[r].clone()).collect(),
+        });
+        let layers = self
+            .layers
+            .into_iter()
+            .map(|kv| {
+                kv.map(|(k, v)| {
+                    let device = k.device();
+                    let ids: Vec<i64> = keep.iter().map(|&r| r as i64).collect();
+                    let ids =
+                        Tensor::<1, Int>::from_data(TensorData::new(ids, [keep.len()]), &device);
+                    (k.select(0, ids.clone()), v.select(0, ids))
+                })
+            })
+            .collect();
+        Self { layers, late }
+    }
+
+    /// Rows of the cached sequences (1 while nothing is cached).
+    fn batch(&self) -> usize {
+        match self.layers.first() {
+            Some(Some((k, _))) => k.dims()[0],
+            _ => 1,
+        }
+    }
+
     /// Number of cached positions (the position of the next token).
     pub fn len(&self) -> usize {
         match self.layers.first() {

@@ -587,6 +587,15 @@ impl Llama {
         self.norm.gamma.dims()[0]
     }
 
+    /// `cache` moved `pad` positions on, behind `pad` placeholders ([`KvCache::left_padded`]).
+    pub fn left_padded_cache(&self, cache: KvCache, pad: usize) -> KvCache {
+        let len = cache.len();
+        let device = self.device();
+        let by =
+            Tensor::<1, Int>::from_data(TensorData::new(vec![pad as i64; len], [len]), &device);
+        cache.left_padded(pad, |k| self.rope.apply_at(k, by.clone()))
+    }
+
     /// The longest sequence (prompt + generated tokens) this model can run.
     pub fn max_len(&self) -> usize {
         self.rope.max_len()
