@@ -108,18 +108,15 @@ impl KvCache {
             layer: l.layer,
             rows: keep.iter().map(|&r| l.rows[r].clone()).collect(),
         });
+        let Some(Some((first, _))) = self.layers.first() else {
+            return Self { late, ..self };
+        };
+        let ids: Vec<i64> = keep.iter().map(|&r| r as i64).collect();
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [keep.len()]), &first.device());
         let layers = self
             .layers
             .into_iter()
-            .map(|kv| {
-                kv.map(|(k, v)| {
-                    let device = k.device();
-                    let ids: Vec<i64> = keep.iter().map(|&r| r as i64).collect();
-                    let ids =
-                        Tensor::<1, Int>::from_data(TensorData::new(ids, [keep.len()]), &device);
-                    (k.select(0, ids.clone()), v.select(0, ids))
-                })
-            })
+            .map(|kv| kv.map(|(k, v)| (k.select(0, ids.clone()), v.select(0, ids.clone()))))
             .collect();
         Self { layers, late }
     }
