@@ -31,8 +31,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "flex")]
     pub backend: BackendKind,
     /// Most requests answered together in one batch (1: one at a time). On a 2-core CPU 16
-    /// gave 1.25x the queries/s of one at a time with compressed answers at 16 clients, and
-    /// the same with full text (README, "HTTP API").
+    /// gave 1.1-1.25x the queries/s of one at a time with compressed answers at 16 clients,
+    /// and 0.95-1.0x with full text (README, "HTTP API").
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub max_batch: u32,
     /// Longest wait for a batch to fill after its first request (milliseconds).
