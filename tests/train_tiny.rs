@@ -1070,7 +1070,6 @@ fn a_modernbert_folder_trains_as_the_encoder_compressor() {
     eval_answers_as_the_run_did(&s, "mb");
 }
 
-/// The step numbers of the report's `training.<key>` series ([step, value] pairs).
 /// `eval` of run `run`'s final checkpoint gives the answers its own after-training
 /// evaluation gave: the checkpoint reloads what the run trained.
 fn eval_answers_as_the_run_did(s: &Setup, run: &str) {
@@ -1094,6 +1093,7 @@ fn eval_answers_as_the_run_did(s: &Setup, run: &str) {
     assert_eq!(answers(&after), answers(&again["compressed"]));
 }
 
+/// The step numbers of the report's `training.<key>` series ([step, value] pairs).
 fn logged_steps(report: &serde_json::Value, key: &str) -> Vec<u64> {
     report["training"][key]
         .as_array()

@@ -32,20 +32,6 @@ impl BackendKind {
     }
 }
 
-/// Whether `device` is Burn's CPU backend in a native build, where the host-side kernels of
-/// [`crate::quant`] run on the same memory as the tensors.
-pub fn is_native_cpu(device: &Device) -> bool {
-    #[cfg(all(feature = "flex", not(target_arch = "wasm32")))]
-    {
-        *device == Device::flex()
-    }
-    #[cfg(not(all(feature = "flex", not(target_arch = "wasm32"))))]
-    {
-        let _ = device;
-        false
-    }
-}
-
 /// Whether `device` is Burn's CPU backend (native or wasm).
 pub fn is_cpu(device: &Device) -> bool {
     #[cfg(feature = "flex")]
@@ -57,6 +43,12 @@ pub fn is_cpu(device: &Device) -> bool {
         let _ = device;
         false
     }
+}
+
+/// Whether `device` is Burn's CPU backend in a native build, where the host-side kernels of
+/// [`crate::quant`] run on the same memory as the tensors.
+pub fn is_native_cpu(device: &Device) -> bool {
+    !cfg!(target_arch = "wasm32") && is_cpu(device)
 }
 
 impl fmt::Display for BackendKind {
